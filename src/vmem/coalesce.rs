@@ -1,0 +1,165 @@
+//! Coalescing walker output into [`Mapping`]s, and `virt_to_phys`.
+
+use crate::arch::PageTableFormat;
+
+use super::error::WalkError;
+use super::flags::{Flags, PageSize, Perms};
+use super::mapping::{Mapping, MappingKind};
+use super::ops::TableReadOps;
+use super::walk::{Leaf, WalkEvent, Walker};
+use super::PhysAddr;
+
+impl From<Leaf> for Mapping {
+    fn from(leaf: Leaf) -> Mapping {
+        Mapping {
+            phys_base: leaf.pa,
+            virt_base: leaf.va,
+            len: leaf.size,
+            kind: MappingKind::from_perms(leaf.perms, leaf.flags.contains(Flags::COW)),
+            user_accessible: leaf.perms.contains(Perms::USER),
+            flags: leaf.flags.difference(Flags::COW),
+            page_size: PageSize(leaf.size),
+        }
+    }
+}
+
+/// A coalesced item: a run of leaves, or a table the alias hook claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coalesced {
+    Mapping(Mapping),
+    Shared {
+        depth: usize,
+        table: PhysAddr,
+        va: u64,
+    },
+}
+
+/// Merges neighbouring leaves that continue each other into one mapping.
+/// Anything else (errors, shared tables) ends the current run and is passed
+/// through in address order.
+pub(crate) struct Coalesce<I> {
+    inner: I,
+    pending: Option<Mapping>,
+    stashed: Option<Result<WalkEvent, WalkError>>,
+}
+
+impl<I> Coalesce<I> {
+    pub(crate) fn new(inner: I) -> Self {
+        Coalesce {
+            inner,
+            pending: None,
+            stashed: None,
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<WalkEvent, WalkError>>> Iterator for Coalesce<I> {
+    type Item = Result<Coalesced, WalkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let Some(event) = self.stashed.take().or_else(|| self.inner.next()) else {
+                return self.pending.take().map(|m| Ok(Coalesced::Mapping(m)));
+            };
+            match event {
+                Ok(WalkEvent::Leaf(leaf)) => {
+                    let next = Mapping::from(leaf);
+                    match &mut self.pending {
+                        Some(run) if run.continues_with(&next) => run.len += next.len,
+                        Some(run) => {
+                            let done = core::mem::replace(run, next);
+                            return Some(Ok(Coalesced::Mapping(done)));
+                        }
+                        None => self.pending = Some(next),
+                    }
+                }
+                other => {
+                    if let Some(run) = self.pending.take() {
+                        self.stashed = Some(other);
+                        return Some(Ok(Coalesced::Mapping(run)));
+                    }
+                    return Some(other.map(|event| match event {
+                        WalkEvent::Leaf(leaf) => Coalesced::Mapping(leaf.into()),
+                        WalkEvent::Shared { depth, table, va } => {
+                            Coalesced::Shared { depth, table, va }
+                        }
+                    }));
+                }
+            }
+        }
+    }
+}
+
+type NoAliases = fn(usize, PhysAddr, u64) -> bool;
+
+fn no_aliases(_depth: usize, _table: PhysAddr, _va: u64) -> bool {
+    false
+}
+
+/// The iterator returned by [`virt_to_phys`].
+pub struct VirtToPhys<'a, F: ?Sized, O: TableReadOps> {
+    inner: Coalesce<Walker<'a, F, O, NoAliases>>,
+}
+
+impl<F: PageTableFormat + ?Sized, O: TableReadOps> VirtToPhys<'_, F, O> {
+    /// Stop with [`WalkError::BudgetExhausted`] after reading `entries`
+    /// table entries.
+    pub fn with_budget(mut self, entries: u64) -> Self {
+        self.inner.inner.set_budget(entries);
+        self
+    }
+
+    /// Table entries read so far.
+    pub fn entries_visited(&self) -> u64 {
+        self.inner.inner.visited()
+    }
+}
+
+impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for VirtToPhys<'_, F, O> {
+    type Item = Result<Mapping, WalkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            return match self.inner.next()? {
+                Ok(Coalesced::Mapping(m)) => Some(Ok(m)),
+                // The hook never claims a table, so nothing is shared.
+                Ok(Coalesced::Shared { .. }) => continue,
+                Err(e) => Some(Err(e)),
+            };
+        }
+    }
+}
+
+/// The coalesced mappings covering `va .. va + len` in the space rooted at
+/// `op.root_table()`, in address order.
+///
+/// Non-canonical parts of the range are skipped; a range running past
+/// 2^64 is cut there. Bad entries come out as `Err` items and the walk goes
+/// on after them. Mappings are whole leaves: the first and last may start
+/// before `va` or end after `va + len`.
+pub fn virt_to_phys<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
+    fmt: &'a F,
+    op: &'a O,
+    va: u64,
+    len: u64,
+) -> VirtToPhys<'a, F, O> {
+    virt_to_phys_in(fmt, op, op.root_table(), va, len)
+}
+
+/// [`virt_to_phys`] in the space rooted at `root` (any CR3, not just the
+/// accessor's own).
+pub fn virt_to_phys_in<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
+    fmt: &'a F,
+    op: &'a O,
+    root: O::TableAddr,
+    va: u64,
+    len: u64,
+) -> VirtToPhys<'a, F, O> {
+    let range = match len {
+        0 => None,
+        _ => fmt.linear_range(va, va.saturating_add(len - 1)),
+    };
+    VirtToPhys {
+        inner: Coalesce::new(Walker::new(fmt, op, root, range, no_aliases as NoAliases)),
+    }
+}

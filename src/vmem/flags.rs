@@ -1,0 +1,130 @@
+//! Permission and attribute bits, independent of any architecture.
+
+use core::fmt;
+
+bitflags::bitflags! {
+    /// Access rights of a page (or the rights a table entry lets through).
+    ///
+    /// For a leaf these are the *effective* rights after combining every
+    /// level of the walk: x86 ANDs writable and user and ORs no-execute.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Perms: u8 {
+        /// Data reads are allowed (always set for present x86 pages).
+        const READ = 1 << 0;
+        /// Data writes are allowed.
+        const WRITE = 1 << 1;
+        /// Instruction fetches are allowed.
+        const EXEC = 1 << 2;
+        /// The less privileged level (x86 CPL 3, Arm EL0) may access the page.
+        const USER = 1 << 3;
+    }
+}
+
+bitflags::bitflags! {
+    /// Attributes of a leaf entry other than access rights.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Flags: u16 {
+        /// The translation is global: not flushed on an address-space switch
+        /// (x86 G; Arm without nG).
+        const GLOBAL = 1 << 0;
+        /// The CPU has used this entry (x86 A, Arm AF).
+        const ACCESSED = 1 << 1;
+        /// The CPU has written through this entry (x86 D).
+        const DIRTY = 1 << 2;
+        /// Write-through caching (x86 PWT).
+        const WRITE_THROUGH = 1 << 3;
+        /// Caching disabled (x86 PCD).
+        const CACHE_DISABLE = 1 << 4;
+        /// The PAT index bit (x86 PAT, bit 7 of a 4 KiB PTE, bit 12 of a huge page).
+        const PAT = 1 << 5;
+        /// Copy-on-write: read-only now, marked by a software-available bit.
+        const COW = 1 << 6;
+        /// Arm contiguous hint.
+        const CONTIGUOUS = 1 << 7;
+    }
+}
+
+/// The size of the region one leaf entry maps, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageSize(pub u64);
+
+impl PageSize {
+    /// A 4 KiB page.
+    pub const SIZE_4K: PageSize = PageSize(1 << 12);
+    /// A 2 MiB huge page (x86 PD leaf, Arm level-2 block).
+    pub const SIZE_2M: PageSize = PageSize(1 << 21);
+    /// A 4 MiB huge page (i686 PSE).
+    pub const SIZE_4M: PageSize = PageSize(1 << 22);
+    /// A 1 GiB huge page (x86 PDPT leaf, Arm level-1 block).
+    pub const SIZE_1G: PageSize = PageSize(1 << 30);
+    /// As an upper bound for [`crate::vmem::map`]: any size the architecture offers.
+    pub const LARGEST: PageSize = PageSize(u64::MAX);
+
+    /// The size in bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for PageSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == PageSize::LARGEST {
+            return f.write_str("any");
+        }
+        fmt::Display::fmt(&HumanBytes(self.0), f)
+    }
+}
+
+/// Formats a byte count in the largest binary unit that divides it (`4K`,
+/// `2M`, `1G`, `1.5G` is printed as `1536M`).
+#[derive(Debug, Clone, Copy)]
+pub struct HumanBytes(pub u64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 6] =
+            [(60, "E"), (50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            let unit_bytes = 1u64 << shift;
+            if self.0 >= unit_bytes && self.0 % unit_bytes == 0 {
+                return write!(f, "{}{}", self.0 >> shift, unit);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Perms {
+    /// `rwxu`, with `-` for each missing right.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = |p: Perms, c: char| if self.contains(p) { c } else { '-' };
+        write!(
+            f,
+            "{}{}{}{}",
+            bit(Perms::READ, 'r'),
+            bit(Perms::WRITE, 'w'),
+            bit(Perms::EXEC, 'x'),
+            bit(Perms::USER, 'u')
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(HumanBytes(4096).to_string(), "4K");
+        assert_eq!(HumanBytes(3 << 29).to_string(), "1536M");
+        assert_eq!(HumanBytes(1 << 39).to_string(), "512G");
+        assert_eq!(HumanBytes(100).to_string(), "100");
+        assert_eq!(PageSize::SIZE_1G.to_string(), "1G");
+    }
+
+    #[test]
+    fn perms_display() {
+        assert_eq!((Perms::READ | Perms::USER).to_string(), "r--u");
+    }
+}

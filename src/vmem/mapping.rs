@@ -1,0 +1,169 @@
+//! `Mapping`: one contiguous run of virtual to physical addresses.
+
+use super::flags::{Flags, PageSize, Perms};
+
+/// Rights of an ordinary mapping.
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]
+pub struct BasicMapping {
+    /// Data reads are allowed.
+    pub readable: bool,
+    /// Data writes are allowed.
+    pub writable: bool,
+    /// Instruction fetches are allowed.
+    pub executable: bool,
+}
+
+/// Rights of a copy-on-write mapping: read-only now, writable after the
+/// page is copied. Marked in the entry by a software-available bit.
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]
+pub struct CowMapping {
+    /// Data reads are allowed.
+    pub readable: bool,
+    /// Instruction fetches are allowed.
+    pub executable: bool,
+}
+
+/// What a range of virtual addresses maps to.
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]
+pub enum MappingKind {
+    /// Nothing: accesses fault.
+    Unmapped,
+    /// An ordinary mapping.
+    Basic(BasicMapping),
+    /// A copy-on-write mapping.
+    Cow(CowMapping),
+}
+
+impl MappingKind {
+    /// The kind described by effective rights and the CoW marker. A CoW
+    /// marker on a writable entry is ignored (the copy already happened).
+    pub fn from_perms(perms: Perms, cow: bool) -> MappingKind {
+        let readable = perms.contains(Perms::READ);
+        let executable = perms.contains(Perms::EXEC);
+        if cow && !perms.contains(Perms::WRITE) {
+            MappingKind::Cow(CowMapping {
+                readable,
+                executable,
+            })
+        } else {
+            MappingKind::Basic(BasicMapping {
+                readable,
+                writable: perms.contains(Perms::WRITE),
+                executable,
+            })
+        }
+    }
+
+    /// The access rights (without [`Perms::USER`]) and whether the kind is
+    /// copy-on-write.
+    pub fn perms(self) -> (Perms, bool) {
+        match self {
+            MappingKind::Unmapped => (Perms::empty(), false),
+            MappingKind::Basic(b) => (
+                Perms::READ.intersection(bit(b.readable))
+                    | Perms::WRITE.intersection(bit(b.writable))
+                    | Perms::EXEC.intersection(bit(b.executable)),
+                false,
+            ),
+            MappingKind::Cow(c) => (
+                Perms::READ.intersection(bit(c.readable))
+                    | Perms::EXEC.intersection(bit(c.executable)),
+                true,
+            ),
+        }
+    }
+}
+
+fn bit(on: bool) -> Perms {
+    if on {
+        Perms::all()
+    } else {
+        Perms::empty()
+    }
+}
+
+/// One contiguous run of virtual addresses mapped to contiguous physical
+/// addresses with the same attributes.
+///
+/// As the output of [`crate::vmem::virt_to_phys`], a `Mapping` is coalesced:
+/// neighbouring leaves of the same page size, with contiguous physical
+/// addresses and equal attributes, come out as one `Mapping`.
+/// As the input of [`crate::vmem::map`], `page_size` is the *largest* leaf
+/// size `map` may use ([`PageSize::LARGEST`] lets it choose freely).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First physical address.
+    pub phys_base: u64,
+    /// First virtual address (canonical).
+    pub virt_base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Rights (effective across all levels when read from tables).
+    pub kind: MappingKind,
+    /// Whether the less privileged level may access the mapping.
+    pub user_accessible: bool,
+    /// Attributes other than rights (global, accessed, dirty, caching…).
+    /// Never contains [`Flags::COW`]: that is part of `kind`.
+    pub flags: Flags,
+    /// Leaf page size (output) or the largest leaf size allowed (input).
+    pub page_size: PageSize,
+}
+
+impl Mapping {
+    /// A supervisor mapping with no extra attributes and any page size.
+    pub fn new(virt_base: u64, phys_base: u64, len: u64, kind: MappingKind) -> Mapping {
+        Mapping {
+            phys_base,
+            virt_base,
+            len,
+            kind,
+            user_accessible: false,
+            flags: Flags::empty(),
+            page_size: PageSize::LARGEST,
+        }
+    }
+
+    /// The same mapping, accessible from user mode.
+    pub fn user(mut self) -> Mapping {
+        self.user_accessible = true;
+        self
+    }
+
+    /// The same mapping, limited to leaves of at most `size`.
+    pub fn max_page_size(mut self, size: PageSize) -> Mapping {
+        self.page_size = size;
+        self
+    }
+
+    /// The same mapping with these extra attributes.
+    pub fn with_flags(mut self, flags: Flags) -> Mapping {
+        self.flags = flags.difference(Flags::COW);
+        self
+    }
+
+    /// The effective rights including [`Perms::USER`].
+    pub fn perms(&self) -> Perms {
+        let (perms, _) = self.kind.perms();
+        if self.user_accessible {
+            perms | Perms::USER
+        } else {
+            perms
+        }
+    }
+
+    /// Whether `next` continues this mapping exactly (same attributes, page
+    /// size, and both addresses contiguous).
+    pub fn continues_with(&self, next: &Mapping) -> bool {
+        self.virt_base.checked_add(self.len) == Some(next.virt_base)
+            && self.phys_base.checked_add(self.len) == Some(next.phys_base)
+            && self.kind == next.kind
+            && self.user_accessible == next.user_accessible
+            && self.flags == next.flags
+            && self.page_size == next.page_size
+    }
+
+    /// The last virtual address of the mapping (inclusive).
+    pub fn virt_last(&self) -> u64 {
+        self.virt_base.wrapping_add(self.len.wrapping_sub(1))
+    }
+}

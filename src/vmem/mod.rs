@@ -1,0 +1,53 @@
+//! The architecture-independent page-table core.
+//!
+//! Read tables with [`virt_to_phys`] (coalesced [`Mapping`]s),
+//! [`translate`] (the chain of entries for one address) and
+//! [`walk_va_spaces`] (several spaces, shared sub-tables found); write them
+//! with [`map`], [`unmap`], [`protect`] and [`space_aware_map`]. Tables are
+//! reached only through [`TableReadOps`] / [`TableOps`]; the paging mode is
+//! a [`crate::arch::PageTableFormat`] value chosen at run time.
+//!
+//! Nothing here panics on table contents: bad entries are errors that name
+//! the level, table and index, and every walk is bounded by the entries it
+//! reads.
+
+mod buffer;
+mod coalesce;
+mod error;
+mod flags;
+mod mapping;
+mod modify;
+mod ops;
+mod spaces;
+mod translate;
+mod walk;
+
+pub use buffer::{BufferError, BufferTables};
+pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
+pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
+pub use flags::{Flags, HumanBytes, PageSize, Perms};
+pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};
+pub use modify::{map, protect, unmap};
+pub use ops::{
+    MayMoveTable, MayNotMoveTable, MoveInfo, TableMovability, TableOps, TableReadOps, Void,
+};
+pub use spaces::{
+    space_aware_map, walk_va_spaces, walk_va_spaces_bounded, SpaceAwareMapping, SpaceId,
+    SpaceReferenceMapping, SpaceWalk,
+};
+pub use translate::{
+    translate, translate_addr, translate_in, TranslateFault, Translated, Translation,
+    TranslationStep,
+};
+
+pub use crate::arch::amd64::{PAGE_PRESENT, PAGE_SIZE, PAGE_TABLE_SIZE, PTE_ADDR_MASK};
+
+/// A raw page-table entry.
+pub type PageTableEntry = u64;
+/// A guest-physical address.
+pub type PhysAddr = u64;
+/// A (canonical) virtual address.
+pub type VirtAddr = u64;
+/// Entries in one 4 KiB table of 64-bit entries.
+pub const PAGE_TABLE_ENTRIES_PER_TABLE: usize =
+    PAGE_TABLE_SIZE / core::mem::size_of::<PageTableEntry>();

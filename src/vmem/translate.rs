@@ -1,0 +1,185 @@
+//! Translating one virtual address, with the whole chain of entries.
+
+use core::fmt;
+
+use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
+
+use super::error::EntryLocation;
+use super::flags::{Flags, PageSize, Perms};
+use super::ops::TableReadOps;
+use super::walk::ENTRY_BYTES;
+use super::PhysAddr;
+
+/// One level of a translation: the entry read and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslationStep {
+    /// Where the entry is (level, table PA, index).
+    pub at: EntryLocation,
+    /// Its raw value.
+    pub raw: u64,
+    /// Its meaning at this level.
+    pub descriptor: Descriptor,
+}
+
+/// A successful translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translated {
+    /// The physical address.
+    pub pa: PhysAddr,
+    /// Level of the leaf entry.
+    pub level: usize,
+    /// Size of the page holding the address.
+    pub page_size: PageSize,
+    /// Effective rights across all levels.
+    pub perms: Perms,
+    /// The leaf's other attributes.
+    pub flags: Flags,
+}
+
+/// Why a translation stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranslateFault {
+    /// The address is outside the canonical address space.
+    NonCanonical {
+        /// The address.
+        va: u64,
+    },
+    /// This entry is not present.
+    NotPresent(EntryLocation),
+    /// This entry has reserved bits set.
+    Reserved(EntryLocation),
+    /// This entry's table is outside memory.
+    Unreadable(EntryLocation),
+}
+
+impl fmt::Display for TranslateFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TranslateFault::NonCanonical { va } => write!(f, "{va:#x} is not canonical"),
+            TranslateFault::NotPresent(at) => write!(f, "{at}: not present"),
+            TranslateFault::Reserved(at) => write!(f, "{at}: reserved bits set"),
+            TranslateFault::Unreadable(at) => write!(f, "{at}: table is outside memory"),
+        }
+    }
+}
+
+/// A translation with every entry read on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    steps: [TranslationStep; MAX_LEVELS],
+    len: usize,
+    /// The outcome.
+    pub result: Result<Translated, TranslateFault>,
+}
+
+impl Translation {
+    /// The entries read, root first.
+    pub fn steps(&self) -> &[TranslationStep] {
+        &self.steps[..self.len]
+    }
+}
+
+/// Walks one address, handing every entry read to `on_step`.
+fn walk_one<F, O>(
+    fmt: &F,
+    op: &O,
+    root: O::TableAddr,
+    va: u64,
+    mut on_step: impl FnMut(TranslationStep),
+) -> Result<Translated, TranslateFault>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    let lin = fmt.to_linear(va).ok_or(TranslateFault::NonCanonical { va })?;
+    let mut table = root;
+    let mut allowed = Perms::all();
+    let levels = fmt.levels().min(MAX_LEVELS);
+    for level in 0..levels {
+        let index = (lin >> fmt.shift(level)) & (fmt.entries(level) - 1);
+        let at = EntryLocation {
+            level,
+            table: O::to_phys(table),
+            index,
+        };
+        let raw = op
+            .read_entry(O::entry_addr(table, index * ENTRY_BYTES))
+            .map_err(|_| TranslateFault::Unreadable(at))?;
+        let descriptor = fmt.decode(level, raw);
+        on_step(TranslationStep {
+            at,
+            raw,
+            descriptor,
+        });
+        match descriptor {
+            Descriptor::Invalid => return Err(TranslateFault::NotPresent(at)),
+            Descriptor::Leaf { addr, perms, flags } => {
+                let span = fmt.entry_span(level);
+                return Ok(Translated {
+                    pa: addr | (lin & (span - 1)),
+                    level,
+                    page_size: PageSize(span),
+                    perms: perms & allowed,
+                    flags,
+                });
+            }
+            Descriptor::Table { addr, allowed: a } if level + 1 < levels => {
+                allowed &= a;
+                table = O::from_phys(addr);
+            }
+            Descriptor::Table { .. } | Descriptor::Reserved => {
+                return Err(TranslateFault::Reserved(at))
+            }
+        }
+    }
+    Err(TranslateFault::NonCanonical { va })
+}
+
+/// Translate `va` in the space rooted at `root`, recording every level.
+pub fn translate_in<F, O>(fmt: &F, op: &O, root: O::TableAddr, va: u64) -> Translation
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    let blank = TranslationStep {
+        at: EntryLocation {
+            level: 0,
+            table: 0,
+            index: 0,
+        },
+        raw: 0,
+        descriptor: Descriptor::Invalid,
+    };
+    let mut steps = [blank; MAX_LEVELS];
+    let mut len = 0;
+    let result = walk_one(fmt, op, root, va, |step| {
+        steps[len] = step;
+        len += 1;
+    });
+    Translation { steps, len, result }
+}
+
+/// Translate `va` in the space rooted at `op.root_table()`, recording every
+/// level (for people: `monitor vmem translate`).
+pub fn translate<F, O>(fmt: &F, op: &O, va: u64) -> Translation
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    translate_in(fmt, op, op.root_table(), va)
+}
+
+/// Translate `va` in the space rooted at `root`, without recording the
+/// chain (the fast path for memory accesses).
+pub fn translate_addr<F, O>(
+    fmt: &F,
+    op: &O,
+    root: O::TableAddr,
+    va: u64,
+) -> Result<Translated, TranslateFault>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    walk_one(fmt, op, root, va, |_| {})
+}

@@ -1,0 +1,222 @@
+//! The one table walker every architecture and operation shares.
+//!
+//! It visits the entries covering a linear range depth-first, in address
+//! order, keeping an explicit stack of at most [`MAX_LEVELS`] frames. Work is
+//! bounded by the entries it reads (plus an optional budget); it never
+//! iterates over address-space sizes. An entry that points back to a table
+//! on its own path is reported as [`WalkError::Loop`] and not followed.
+
+use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
+
+use super::error::{EntryLocation, WalkError};
+use super::flags::{Flags, Perms};
+use super::ops::TableReadOps;
+use super::PhysAddr;
+
+/// Bytes in one table entry.
+pub(crate) const ENTRY_BYTES: u64 = 8;
+
+/// One leaf the walker found, with rights made effective across levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leaf {
+    pub va: u64,
+    pub pa: PhysAddr,
+    pub size: u64,
+    pub perms: Perms,
+    pub flags: Flags,
+}
+
+/// What the walker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WalkEvent {
+    Leaf(Leaf),
+    /// The alias hook claimed the table at `depth` reached for `va`; it was
+    /// not walked.
+    Shared {
+        depth: usize,
+        table: PhysAddr,
+        va: u64,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct Frame<A> {
+    table: A,
+    base: u64,
+    next: u64,
+    last: u64,
+    allowed: Perms,
+}
+
+/// The indices of a table at `level` whose entries (covering `base ..`)
+/// intersect the linear range `lo ..= hi`.
+pub(crate) fn index_range<F: PageTableFormat + ?Sized>(
+    fmt: &F,
+    level: usize,
+    base: u64,
+    lo: u64,
+    hi: u64,
+) -> (u64, u64) {
+    let shift = fmt.shift(level);
+    let entries = fmt.entries(level);
+    // `wrapping_sub` makes a table spanning all 2^64 bytes end at u64::MAX.
+    let table_last = base.wrapping_add((entries << shift).wrapping_sub(1));
+    let first = if lo > base { (lo - base) >> shift } else { 0 };
+    let last = if hi < table_last {
+        (hi - base) >> shift
+    } else {
+        entries - 1
+    };
+    (first, last)
+}
+
+/// Depth-first walker over one address space. `H` decides, for each table
+/// about to be entered, whether to report it as shared instead.
+pub(crate) struct Walker<'a, F: ?Sized, O: TableReadOps, H> {
+    fmt: &'a F,
+    op: &'a O,
+    frames: [Frame<O::TableAddr>; MAX_LEVELS],
+    depth: usize,
+    lo: u64,
+    hi: u64,
+    visited: u64,
+    budget: u64,
+    hook: H,
+}
+
+impl<'a, F, O, H> Walker<'a, F, O, H>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+    H: FnMut(usize, PhysAddr, u64) -> bool,
+{
+    /// Walk the linear range `lo ..= hi` below `root`.
+    pub(crate) fn new(
+        fmt: &'a F,
+        op: &'a O,
+        root: O::TableAddr,
+        range: Option<(u64, u64)>,
+        hook: H,
+    ) -> Self {
+        let root_frame = Frame {
+            table: root,
+            base: 0,
+            next: 1,
+            last: 0,
+            allowed: Perms::all(),
+        };
+        let (lo, hi) = range.unwrap_or((1, 0));
+        let mut walker = Walker {
+            fmt,
+            op,
+            frames: [root_frame; MAX_LEVELS],
+            depth: 0,
+            lo,
+            hi,
+            visited: 0,
+            budget: u64::MAX,
+            hook,
+        };
+        if range.is_some() && fmt.levels() <= MAX_LEVELS && fmt.levels() > 0 {
+            walker.push(0, root, 0, Perms::all());
+        }
+        walker
+    }
+
+    /// Stop (with [`WalkError::BudgetExhausted`]) after reading `budget` entries.
+    pub(crate) fn set_budget(&mut self, budget: u64) {
+        self.budget = budget;
+    }
+
+    /// Entries read so far.
+    pub(crate) fn visited(&self) -> u64 {
+        self.visited
+    }
+
+    fn push(&mut self, level: usize, table: O::TableAddr, base: u64, allowed: Perms) {
+        let (first, last) = index_range(self.fmt, level, base, self.lo, self.hi);
+        self.frames[level] = Frame {
+            table,
+            base,
+            next: first,
+            last,
+            allowed,
+        };
+        self.depth = level + 1;
+    }
+}
+
+impl<F, O, H> Iterator for Walker<'_, F, O, H>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+    H: FnMut(usize, PhysAddr, u64) -> bool,
+{
+    type Item = Result<WalkEvent, WalkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.depth > 0 {
+            let level = self.depth - 1;
+            let frame = self.frames[level];
+            if frame.next > frame.last {
+                self.depth -= 1;
+                continue;
+            }
+            self.frames[level].next += 1;
+            if self.visited >= self.budget {
+                self.depth = 0;
+                return Some(Err(WalkError::BudgetExhausted {
+                    visited: self.visited,
+                }));
+            }
+            self.visited += 1;
+            let index = frame.next;
+            let at = EntryLocation {
+                level,
+                table: O::to_phys(frame.table),
+                index,
+            };
+            let raw = match self
+                .op
+                .read_entry(O::entry_addr(frame.table, index * ENTRY_BYTES))
+            {
+                Ok(raw) => raw,
+                Err(_) => return Some(Err(WalkError::Unreadable(at))),
+            };
+            let lin = frame.base + (index << self.fmt.shift(level));
+            match self.fmt.decode(level, raw) {
+                Descriptor::Invalid => {}
+                Descriptor::Leaf { addr, perms, flags } => {
+                    return Some(Ok(WalkEvent::Leaf(Leaf {
+                        va: self.fmt.from_linear(lin),
+                        pa: addr,
+                        size: self.fmt.entry_span(level),
+                        perms: perms & frame.allowed,
+                        flags,
+                    })));
+                }
+                Descriptor::Table { addr, allowed } if level + 1 < self.fmt.levels() => {
+                    let on_path = self.frames[..self.depth]
+                        .iter()
+                        .any(|f| O::to_phys(f.table) == addr);
+                    if on_path {
+                        return Some(Err(WalkError::Loop { at, target: addr }));
+                    }
+                    let va = self.fmt.from_linear(lin);
+                    if (self.hook)(level + 1, addr, va) {
+                        return Some(Ok(WalkEvent::Shared {
+                            depth: level + 1,
+                            table: addr,
+                            va,
+                        }));
+                    }
+                    self.push(level + 1, O::from_phys(addr), lin, frame.allowed & allowed);
+                }
+                Descriptor::Table { .. } | Descriptor::Reserved => {
+                    return Some(Err(WalkError::Reserved { at, raw }));
+                }
+            }
+        }
+        None
+    }
+}
