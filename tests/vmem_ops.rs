@@ -115,10 +115,19 @@ fn bad_input_is_refused_before_anything_changes() {
         (Mapping::new(0, 0, 0, RW), "empty"),
         (Mapping::new(u64::MAX - 0xfff, 0, 2 * K4, RW), "va overflow"),
         (Mapping::new(0, u64::MAX - 0xfff, 2 * K4, RW), "pa overflow"),
-        (Mapping::new(0x0000_8000_0000_0000, 0, K4, RW), "non-canonical"),
-        (Mapping::new(0x0000_7fff_ffff_f000, 0, 2 * K4, RW), "crosses the hole"),
+        (
+            Mapping::new(0x0000_8000_0000_0000, 0, K4, RW),
+            "non-canonical",
+        ),
+        (
+            Mapping::new(0x0000_7fff_ffff_f000, 0, 2 * K4, RW),
+            "crosses the hole",
+        ),
         (Mapping::new(0, 1 << 52, K4, RW), "pa beyond 52 bits"),
-        (Mapping::new(0, 0, K4, RW).max_page_size(PageSize(512)), "page too small"),
+        (
+            Mapping::new(0, 0, K4, RW).max_page_size(PageSize(512)),
+            "page too small",
+        ),
     ];
     for (mapping, what) in cases {
         let err = vmem::map(&M4, &t, &mapping).unwrap_err();
@@ -200,7 +209,12 @@ fn attributes_are_reported_and_split_coalescing() {
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].flags, m[0].page_size), (all_flags, size));
     }
-    vmem::map(&M4, &t, &Mapping::new(0, 0, K4, RW).with_flags(Flags::GLOBAL)).unwrap();
+    vmem::map(
+        &M4,
+        &t,
+        &Mapping::new(0, 0, K4, RW).with_flags(Flags::GLOBAL),
+    )
+    .unwrap();
     vmem::map(&M4, &t, &Mapping::new(K4, K4, K4, RW)).unwrap();
     assert_eq!(walk_all(&M4, &t).len(), 2, "different flags never merge");
 }
@@ -214,10 +228,7 @@ fn effective_rights_combine_every_level() {
     let pdpte = tr.steps()[1];
     let restricted = (pdpte.raw & !0b110) | (1 << 63);
     assert!(t
-        .write_entry(
-            pdpte.at.table + pdpte.at.index * 8,
-            restricted
-        )
+        .write_entry(pdpte.at.table + pdpte.at.index * 8, restricted)
         .unwrap()
         .is_none());
     let all = walk_all(&M4, &t);
@@ -265,7 +276,9 @@ fn translate_reports_the_chain_and_where_it_stops() {
     assert!(matches!(miss.result, Err(TranslateFault::NotPresent(at)) if at.level == 2));
     assert!(matches!(
         vmem::translate(&M4, &t, 0x0000_9000_0000_0000).result,
-        Err(TranslateFault::NonCanonical { va: 0x0000_9000_0000_0000 })
+        Err(TranslateFault::NonCanonical {
+            va: 0x0000_9000_0000_0000
+        })
     ));
 }
 
@@ -290,7 +303,12 @@ fn five_level_paging_reaches_57_bit_addresses() {
 #[test]
 fn virt_to_phys_limits_to_the_range() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(0, 0, 4 * M2, RW).max_page_size(PageSize::SIZE_4K)).unwrap();
+    vmem::map(
+        &M4,
+        &t,
+        &Mapping::new(0, 0, 4 * M2, RW).max_page_size(PageSize::SIZE_4K),
+    )
+    .unwrap();
     vmem::map(&M4, &t, &Mapping::new(HIGH, 0, K4, RW)).unwrap();
     let part: Vec<_> = vmem::virt_to_phys(&M4, &t, M2, M2)
         .collect::<Result<_, _>>()

@@ -67,7 +67,11 @@ fn op() -> impl Strategy<Value = Op> {
         0u64..1 << 20,
         kind(),
         any::<bool>(),
-        prop_oneof![Just(Flags::empty()), Just(Flags::GLOBAL), Just(Flags::ACCESSED | Flags::DIRTY)],
+        prop_oneof![
+            Just(Flags::empty()),
+            Just(Flags::GLOBAL),
+            Just(Flags::ACCESSED | Flags::DIRTY)
+        ],
         prop_oneof![
             Just(PageSize::SIZE_4K),
             Just(PageSize::SIZE_2M),
@@ -75,15 +79,17 @@ fn op() -> impl Strategy<Value = Op> {
             Just(PageSize::LARGEST)
         ],
     )
-        .prop_map(|((off, len), pa_gran, pa_slot, kind, user, flags, max)| Op::Map {
-            off,
-            len,
-            pa: (pa_slot * pa_gran) % (1 << 46),
-            kind,
-            user,
-            flags,
-            max,
-        });
+        .prop_map(
+            |((off, len), pa_gran, pa_slot, kind, user, flags, max)| Op::Map {
+                off,
+                len,
+                pa: (pa_slot * pa_gran) % (1 << 46),
+                kind,
+                user,
+                flags,
+                max,
+            },
+        );
     prop_oneof![
         3 => map,
         1 => range().prop_map(|(off, len)| Op::Unmap { off, len }),
@@ -118,15 +124,24 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
                 flags,
                 max,
             } => {
-                let mut m = Mapping::new(fmt.from_linear(base + off), pa, len, kind)
+                let mut m = Mapping::new(fmt.canonical(base + off), pa, len, kind)
                     .with_flags(flags)
                     .max_page_size(max);
                 m.user_accessible = user;
                 vmem::map(&fmt, &t, &m).unwrap();
-                model.map(base + off, Seg { len, pa, kind, user, flags });
+                model.map(
+                    base + off,
+                    Seg {
+                        len,
+                        pa,
+                        kind,
+                        user,
+                        flags,
+                    },
+                );
             }
             Op::Unmap { off, len } => {
-                vmem::unmap(&fmt, &t, fmt.from_linear(base + off), len).unwrap();
+                vmem::unmap(&fmt, &t, fmt.canonical(base + off), len).unwrap();
                 model.unmap(base + off, len);
             }
             Op::Protect {
@@ -135,7 +150,7 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
                 kind,
                 user,
             } => {
-                vmem::protect(&fmt, &t, fmt.from_linear(base + off), len, kind, user).unwrap();
+                vmem::protect(&fmt, &t, fmt.canonical(base + off), len, kind, user).unwrap();
                 model.protect(base + off, len, kind, user);
             }
         }
@@ -149,12 +164,15 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
         );
     }
     for pair in walked.windows(2) {
-        prop_assert!(!pair[0].continues_with(&pair[1]), "not coalesced: {pair:x?}");
+        prop_assert!(
+            !pair[0].continues_with(&pair[1]),
+            "not coalesced: {pair:x?}"
+        );
     }
     prop_assert_eq!(as_runs(&fmt, &walked), model.coalesced());
     for &probe in probes {
         let lin = base + probe % WINDOW;
-        let va = fmt.from_linear(lin);
+        let va = fmt.canonical(lin);
         let got = vmem::translate(&fmt, &t, va).result.ok();
         let want = model.lookup(lin);
         prop_assert_eq!(got.map(|g| g.pa), want.map(|(pa, _)| pa), "va {:#x}", va);
@@ -246,7 +264,7 @@ proptest! {
         let spaces = vmem::walk_va_spaces_bounded(&fmt, &t, &[root << 12, 0, 4096], BUDGET);
         prop_assert_eq!(spaces.len(), 3);
         // Writes over garbage: errors are fine, panics and hangs are not.
-        let page = fmt.from_linear(vas[0] & fmt.linear_mask() & !0xfff);
+        let page = fmt.canonical(vas[0] & fmt.linear_mask() & !0xfff);
         let _ = vmem::map(&fmt, &t, &Mapping::new(page, 0x1000, 0x1000, RW));
         let _ = vmem::protect(&fmt, &t, page, 0x2000, RO, true);
         let result = vmem::unmap(&fmt, &t, page, 0x1000);

@@ -240,13 +240,10 @@ mod tests {
     #[test]
     fn canonical_addresses() {
         let m = Amd64::FOUR_LEVEL;
-        assert_eq!(m.to_linear(0x0000_7fff_ffff_f000), Some(0x7fff_ffff_f000));
-        assert_eq!(
-            m.to_linear(0xffff_8000_0000_0000),
-            Some(0x8000_0000_0000)
-        );
-        assert_eq!(m.to_linear(0x0000_8000_0000_0000), None);
-        assert_eq!(m.from_linear(0xffff_ffff_ffff), u64::MAX);
+        assert_eq!(m.linear(0x0000_7fff_ffff_f000), Some(0x7fff_ffff_f000));
+        assert_eq!(m.linear(0xffff_8000_0000_0000), Some(0x8000_0000_0000));
+        assert_eq!(m.linear(0x0000_8000_0000_0000), None);
+        assert_eq!(m.canonical(0xffff_ffff_ffff), u64::MAX);
         assert_eq!(m.linear_range(0, u64::MAX), Some((0, (1 << 48) - 1)));
         assert_eq!(
             m.linear_range(0x1_0000_0000_0000, u64::MAX),
@@ -258,7 +255,7 @@ mod tests {
             Some((0, (1 << 47) - 1))
         );
         assert_eq!(
-            Amd64::FIVE_LEVEL.to_linear(0xff00_0000_0000_0000),
+            Amd64::FIVE_LEVEL.linear(0xff00_0000_0000_0000),
             Some(1 << 56)
         );
     }
@@ -277,7 +274,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(m.encode_leaf(2, 0x4020_0000, Perms::READ | Perms::WRITE | Perms::USER, Flags::PAT), raw);
+        assert_eq!(
+            m.encode_leaf(
+                2,
+                0x4020_0000,
+                Perms::READ | Perms::WRITE | Perms::USER,
+                Flags::PAT
+            ),
+            raw
+        );
         // Bit 13 set in a 2 MiB leaf is reserved.
         assert_eq!(m.decode(2, raw | 1 << 13), Descriptor::Reserved);
         // PS in a PML4E is reserved.

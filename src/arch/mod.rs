@@ -112,7 +112,7 @@ pub trait PageTableFormat {
     }
 
     /// The canonical virtual address of a linear offset.
-    fn from_linear(&self, lin: u64) -> u64 {
+    fn canonical(&self, lin: u64) -> u64 {
         let bits = self.va_bits();
         if self.sign_extended() && bits < 64 {
             let unused = 64 - bits;
@@ -124,9 +124,9 @@ pub trait PageTableFormat {
 
     /// The linear offset of a canonical virtual address, `None` when `va` is
     /// not canonical (outside the address space).
-    fn to_linear(&self, va: u64) -> Option<u64> {
+    fn linear(&self, va: u64) -> Option<u64> {
         let lin = va & self.linear_mask();
-        (self.from_linear(lin) == va).then_some(lin)
+        (self.canonical(lin) == va).then_some(lin)
     }
 
     /// The linear offsets of the canonical addresses in `first ..= last`,
@@ -136,12 +136,12 @@ pub trait PageTableFormat {
             return None;
         }
         let mask = self.linear_mask();
-        let lo = match self.to_linear(first) {
+        let lo = match self.linear(first) {
             Some(lin) => lin,
             // In the hole (or above a 32-bit space): the next canonical
             // address, if the range reaches it, is the upper half's start.
             None if self.sign_extended() => {
-                let upper = self.from_linear((mask >> 1) + 1);
+                let upper = self.canonical((mask >> 1) + 1);
                 if first > upper || last < upper {
                     return None;
                 }
@@ -149,9 +149,9 @@ pub trait PageTableFormat {
             }
             None => return None,
         };
-        let hi = match self.to_linear(last) {
+        let hi = match self.linear(last) {
             Some(lin) => lin,
-            None if self.sign_extended() && last < self.from_linear((mask >> 1) + 1) => mask >> 1,
+            None if self.sign_extended() && last < self.canonical((mask >> 1) + 1) => mask >> 1,
             None => mask,
         };
         (lo <= hi).then_some((lo, hi))

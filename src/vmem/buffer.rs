@@ -60,8 +60,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> BufferTables<B> {
             start: pool.start,
             end: pool.end,
         };
-        if pool.start % size != 0
-            || pool.end % size != 0
+        if !pool.start.is_multiple_of(size)
+            || !pool.end.is_multiple_of(size)
             || pool.start < base
             || end.is_none_or(|end| pool.end > end)
         {
@@ -92,7 +92,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> BufferTables<B> {
     }
 
     /// Run `f` on the bytes `pa .. pa + len`, if all are inside the buffer.
-    pub fn with_bytes<R>(&self, pa: PhysAddr, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, MemoryError> {
+    pub fn with_bytes<R>(
+        &self,
+        pa: PhysAddr,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, MemoryError> {
         let mut mem = self.mem.borrow_mut();
         let range = self.offset(pa, len, mem.as_ref().len())?;
         Ok(f(&mut mem.as_mut()[range]))

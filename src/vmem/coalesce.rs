@@ -39,8 +39,16 @@ pub(crate) enum Coalesced {
 /// through in address order.
 pub(crate) struct Coalesce<I> {
     inner: I,
-    pending: Option<Mapping>,
+    /// The run being built and the leaf that ends it.
+    pending: Option<(Mapping, Leaf)>,
     stashed: Option<Result<WalkEvent, WalkError>>,
+}
+
+/// Whether `next` continues the run whose last leaf is `last`.
+fn continues(last: &Leaf, next: &Leaf) -> bool {
+    last.va.checked_add(last.size) == Some(next.va)
+        && last.pa.checked_add(last.size) == Some(next.pa)
+        && (last.size, last.perms, last.flags) == (next.size, next.perms, next.flags)
 }
 
 impl<I> Coalesce<I> {
@@ -59,22 +67,22 @@ impl<I: Iterator<Item = Result<WalkEvent, WalkError>>> Iterator for Coalesce<I> 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let Some(event) = self.stashed.take().or_else(|| self.inner.next()) else {
-                return self.pending.take().map(|m| Ok(Coalesced::Mapping(m)));
+                return self.pending.take().map(|(m, _)| Ok(Coalesced::Mapping(m)));
             };
             match event {
-                Ok(WalkEvent::Leaf(leaf)) => {
-                    let next = Mapping::from(leaf);
-                    match &mut self.pending {
-                        Some(run) if run.continues_with(&next) => run.len += next.len,
-                        Some(run) => {
-                            let done = core::mem::replace(run, next);
-                            return Some(Ok(Coalesced::Mapping(done)));
-                        }
-                        None => self.pending = Some(next),
+                Ok(WalkEvent::Leaf(leaf)) => match &mut self.pending {
+                    Some((run, last)) if continues(last, &leaf) => {
+                        run.len += leaf.size;
+                        *last = leaf;
                     }
-                }
+                    Some(pending) => {
+                        let (done, _) = core::mem::replace(pending, (leaf.into(), leaf));
+                        return Some(Ok(Coalesced::Mapping(done)));
+                    }
+                    None => self.pending = Some((leaf.into(), leaf)),
+                },
                 other => {
-                    if let Some(run) = self.pending.take() {
+                    if let Some((run, _)) = self.pending.take() {
                         self.stashed = Some(other);
                         return Some(Ok(Coalesced::Mapping(run)));
                     }

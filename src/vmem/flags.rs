@@ -82,11 +82,17 @@ pub struct HumanBytes(pub u64);
 
 impl fmt::Display for HumanBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u32, &str); 6] =
-            [(60, "E"), (50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        const UNITS: [(u32, &str); 6] = [
+            (60, "E"),
+            (50, "P"),
+            (40, "T"),
+            (30, "G"),
+            (20, "M"),
+            (10, "K"),
+        ];
         for (shift, unit) in UNITS {
             let unit_bytes = 1u64 << shift;
-            if self.0 >= unit_bytes && self.0 % unit_bytes == 0 {
+            if self.0 >= unit_bytes && self.0.is_multiple_of(unit_bytes) {
                 return write!(f, "{}{}", self.0 >> shift, unit);
             }
         }

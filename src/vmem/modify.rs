@@ -227,7 +227,7 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
                     if whole
                         && self.fmt.leaf_allowed(level)
                         && span <= max_page
-                        && pa_here % span == 0
+                        && pa_here.is_multiple_of(span)
                     {
                         let value = self.fmt.encode_leaf(level, pa_here, perms, flags);
                         self.write(level, index, value)?;
@@ -245,7 +245,9 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
                 },
                 Action::Protect { perms, cow } => match descriptor {
                     Descriptor::Invalid => continue,
-                    Descriptor::Leaf { addr, mut flags, .. } if whole => {
+                    Descriptor::Leaf {
+                        addr, mut flags, ..
+                    } if whole => {
                         flags.set(Flags::COW, cow);
                         let value = self.fmt.encode_leaf(level, addr, perms, flags);
                         self.write(level, index, value)?;
@@ -283,15 +285,15 @@ fn check_range<F: PageTableFormat + ?Sized>(
     if len == 0 {
         return Err(MapError::Empty { va });
     }
-    if (va | len | pa) % MIN_PAGE != 0 {
+    if !(va | len | pa).is_multiple_of(MIN_PAGE) {
         return Err(MapError::Misaligned { va, pa, len });
     }
     let last = va
         .checked_add(len - 1)
         .ok_or(MapError::Overflow { base: va, len })?;
-    let lo = fmt.to_linear(va).ok_or(MapError::NonCanonical { va })?;
+    let lo = fmt.linear(va).ok_or(MapError::NonCanonical { va })?;
     let hi = fmt
-        .to_linear(last)
+        .linear(last)
         .ok_or(MapError::NonCanonical { va: last })?;
     if hi.checked_sub(lo) != Some(len - 1) {
         return Err(MapError::NonCanonical { va: last });
@@ -326,10 +328,13 @@ pub fn map<F: PageTableFormat + ?Sized, O: TableOps>(
         return unmap(fmt, op, mapping.virt_base, mapping.len);
     }
     let (lo, hi) = check_range(fmt, mapping.virt_base, mapping.len, mapping.phys_base)?;
-    let pa_last = mapping.phys_base.checked_add(mapping.len - 1).ok_or(MapError::Overflow {
-        base: mapping.phys_base,
-        len: mapping.len,
-    })?;
+    let pa_last = mapping
+        .phys_base
+        .checked_add(mapping.len - 1)
+        .ok_or(MapError::Overflow {
+            base: mapping.phys_base,
+            len: mapping.len,
+        })?;
     if pa_last >= fmt.phys_limit() {
         return Err(MapError::PhysTooLarge { pa: pa_last });
     }
@@ -388,7 +393,7 @@ pub(crate) fn link_table<F: PageTableFormat + ?Sized, O: TableOps>(
     depth: usize,
     table: PhysAddr,
 ) -> Result<(), MapError> {
-    let lin = fmt.to_linear(va).ok_or(MapError::NonCanonical { va })?;
+    let lin = fmt.linear(va).ok_or(MapError::NonCanonical { va })?;
     if depth == 0 || depth >= fmt.levels() {
         return Err(MapError::MissingTable { depth, va });
     }

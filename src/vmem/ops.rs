@@ -77,8 +77,7 @@ impl<Op: TableReadOps + ?Sized> TableMovability<Op> for MayNotMoveTable {
 }
 
 /// The information a write returns when it moved its table.
-pub type MoveInfo<Op> =
-    <<Op as TableOps>::TableMovability as TableMovability<Op>>::TableMoveInfo;
+pub type MoveInfo<Op> = <<Op as TableOps>::TableMovability as TableMovability<Op>>::TableMoveInfo;
 
 /// Write access to page tables, used by `map`, `unmap`, `protect` and
 /// `space_aware_map`.

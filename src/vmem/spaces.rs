@@ -106,13 +106,14 @@ where
                 Ok(Coalesced::Mapping(m)) => walk.mappings.push(SpaceAwareMapping::ThisSpace(m)),
                 Ok(Coalesced::Shared { depth, table, va }) => {
                     if let Some(&(owner, their_va)) = owners.get(&(table, depth)) {
-                        walk.mappings
-                            .push(SpaceAwareMapping::AnotherSpace(SpaceReferenceMapping {
+                        walk.mappings.push(SpaceAwareMapping::AnotherSpace(
+                            SpaceReferenceMapping {
                                 depth,
                                 space: owner,
                                 our_va: va,
                                 their_va,
-                            }));
+                            },
+                        ));
                     }
                 }
                 Err(e) => walk.errors.push(e),
@@ -150,11 +151,6 @@ where
         va: reference.their_va,
     };
     let owner = translate_in(fmt, op, owner_root, reference.their_va);
-    let table = owner
-        .steps()
-        .get(reference.depth)
-        .ok_or(missing)?
-        .at
-        .table;
+    let table = owner.steps().get(reference.depth).ok_or(missing)?.at.table;
     link_table(fmt, op, reference.our_va, reference.depth, table)
 }

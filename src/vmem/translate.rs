@@ -91,7 +91,7 @@ where
     F: PageTableFormat + ?Sized,
     O: TableReadOps,
 {
-    let lin = fmt.to_linear(va).ok_or(TranslateFault::NonCanonical { va })?;
+    let lin = fmt.linear(va).ok_or(TranslateFault::NonCanonical { va })?;
     let mut table = root;
     let mut allowed = Perms::all();
     let levels = fmt.levels().min(MAX_LEVELS);

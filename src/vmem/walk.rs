@@ -4,7 +4,8 @@
 //! order, keeping an explicit stack of at most [`MAX_LEVELS`] frames. Work is
 //! bounded by the entries it reads (plus an optional budget); it never
 //! iterates over address-space sizes. An entry that points back to a table
-//! on its own path is reported as [`WalkError::Loop`] and not followed.
+//! on its own path is reported as [`WalkError::Loop`] and not followed; a
+//! table outside memory is reported once and skipped.
 
 use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 
@@ -181,14 +182,18 @@ where
                 .read_entry(O::entry_addr(frame.table, index * ENTRY_BYTES))
             {
                 Ok(raw) => raw,
-                Err(_) => return Some(Err(WalkError::Unreadable(at))),
+                Err(_) => {
+                    // The whole table is unreachable: one error, not 512.
+                    self.depth -= 1;
+                    return Some(Err(WalkError::Unreadable(at)));
+                }
             };
             let lin = frame.base + (index << self.fmt.shift(level));
             match self.fmt.decode(level, raw) {
                 Descriptor::Invalid => {}
                 Descriptor::Leaf { addr, perms, flags } => {
                     return Some(Ok(WalkEvent::Leaf(Leaf {
-                        va: self.fmt.from_linear(lin),
+                        va: self.fmt.canonical(lin),
                         pa: addr,
                         size: self.fmt.entry_span(level),
                         perms: perms & frame.allowed,
@@ -202,7 +207,7 @@ where
                     if on_path {
                         return Some(Err(WalkError::Loop { at, target: addr }));
                     }
-                    let va = self.fmt.from_linear(lin);
+                    let va = self.fmt.canonical(lin);
                     if (self.hook)(level + 1, addr, va) {
                         return Some(Ok(WalkEvent::Shared {
                             depth: level + 1,

@@ -92,7 +92,10 @@ impl Model {
     }
 
     fn keys_in(&self, start: u64, len: u64) -> Vec<u64> {
-        self.segs.range(start..start + len).map(|(&k, _)| k).collect()
+        self.segs
+            .range(start..start + len)
+            .map(|(&k, _)| k)
+            .collect()
     }
 
     pub fn map(&mut self, start: u64, seg: Seg) {
@@ -152,7 +155,7 @@ pub fn coalesce(items: impl IntoIterator<Item = (u64, Seg)>) -> Vec<(u64, Seg)> 
 pub fn as_runs<F: PageTableFormat + ?Sized>(fmt: &F, mappings: &[Mapping]) -> Vec<(u64, Seg)> {
     coalesce(mappings.iter().map(|m| {
         (
-            fmt.to_linear(m.virt_base).unwrap(),
+            fmt.linear(m.virt_base).unwrap(),
             Seg {
                 len: m.len,
                 pa: m.phys_base,
