@@ -28,4 +28,6 @@
 extern crate alloc;
 
 pub mod arch;
+#[cfg(feature = "kvm")]
+pub mod target;
 pub mod vmem;

@@ -1,0 +1,149 @@
+//! The demo VM: boots the bundled C guest (or your own static ELF64) on
+//! KVM and serves gdb on 127.0.0.1:9001.
+//!
+//! ```sh
+//! cargo run --release --example demo-vm
+//! gdb -ex "target remote :9001"
+//! ```
+
+mod layout;
+mod loader;
+mod vm;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+
+use clap::Parser;
+use kvm_ioctls::VcpuExit;
+use log::{error, info, warn};
+use vmem_gdbstub::target::{Debugger, ExitAction, GdbListener};
+
+/// The guest built from guest/ by build.rs.
+const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
+
+#[derive(Parser, Debug)]
+#[command(about = "Boot a small KVM guest and debug it with gdb")]
+struct Args {
+    /// A static ELF64 to boot instead of the bundled guest (entry in long
+    /// mode, rdi = vCPU index; segments are mapped at their p_vaddr).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+    vcpus: u8,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(32..=4096))]
+    mem: u64,
+    /// TCP address for gdb (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: String,
+    /// Serve gdb on a unix socket instead (created with mode 0600).
+    #[arg(long)]
+    unix: Option<PathBuf>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        error!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let elf_path = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEMO_GUEST));
+    let elf = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    // Ctrl-C and SIGTERM are taken by a signal thread (blocked elsewhere).
+    let signals = block_termination_signals();
+    let vm = vm::create(&elf, usize::from(args.vcpus), args.mem)?;
+    let listener = match &args.unix {
+        Some(path) => GdbListener::unix(path),
+        None => GdbListener::tcp(&args.listen),
+    }
+    .map_err(|e| format!("cannot listen for gdb: {e}"))?;
+    println!(
+        "demo VM: {} vCPUs, {} MiB, address spaces {:#x} {:#x}",
+        args.vcpus, args.mem, vm.spaces[0], vm.spaces[1]
+    );
+    println!("guest ELF: {}", elf_path.display());
+    println!("gdb stub listening on {}", listener.describe());
+    let _ = std::io::stdout().flush();
+
+    let debugger = vm.debugger;
+    let mut vcpu_threads = Vec::new();
+    for index in 0..debugger.vcpu_count() {
+        let dbg = Arc::clone(&debugger);
+        let handle = thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || dbg.run_vcpu(index, handle_exit))
+            .map_err(|e| e.to_string())?;
+        vcpu_threads.push(handle);
+    }
+    let gdb = Arc::clone(&debugger);
+    thread::Builder::new()
+        .name("gdb".into())
+        .spawn(move || {
+            if let Err(e) = gdb.serve(listener) {
+                error!("gdb server stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    wait_for_termination(&signals, &debugger);
+    for t in vcpu_threads {
+        let _ = t.join();
+    }
+    info!("demo VM stopped");
+    Ok(())
+}
+
+/// Port I/O and MMIO the guest does outside the debugger's traps.
+fn handle_exit(vcpu: usize, exit: VcpuExit<'_>) -> ExitAction {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            if port == 0x3f8 {
+                let _ = std::io::stderr().write_all(data);
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::IoIn(_, data) => {
+            data.fill(0xff);
+            ExitAction::Continue
+        }
+        VcpuExit::MmioRead(_, data) => {
+            data.fill(0);
+            ExitAction::Continue
+        }
+        VcpuExit::MmioWrite(..) => ExitAction::Continue,
+        other => {
+            warn!("vcpu {vcpu}: unexpected exit {other:?}; shutting down");
+            ExitAction::Shutdown
+        }
+    }
+}
+
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set, then masking SIGINT and
+    // SIGTERM for this thread (inherited by the threads it spawns).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_termination(signals: &libc::sigset_t, debugger: &Debugger) {
+    let mut signal = 0;
+    // SAFETY: `signals` is a valid set blocked in every thread.
+    unsafe { libc::sigwait(signals, &mut signal) };
+    info!("signal {signal}: shutting down");
+    debugger.shut_down();
+}

@@ -1,0 +1,148 @@
+/*
+ * The demo guest of vmem-gdbstub.
+ *
+ * vCPU 0 runs a loop of nested calls (for bt / finish) and switches
+ * between two address spaces that share the kernel half; vCPU 1 writes a
+ * global (for watchpoints) and now and then executes its own int3, which
+ * must reach its own #BP handler. Both halt between bursts of work.
+ */
+typedef unsigned long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+/* Filled in by the VMM before start: the two spaces' CR3 values. */
+volatile u64 space_roots[2] = { 0, 0 };
+
+volatile u64 counter;
+volatile u64 last_result;
+volatile u64 watched_value;
+volatile u64 bp_hits;
+volatile u64 last_fault_addr;
+volatile u64 last_fault_vector;
+volatile u64 cr3_switches;
+volatile u64 vcpu1_iterations;
+
+const char greeting[] = "Hello from the higher half!";
+
+/* User-accessible page (VA 0x400000; a different PA per address space). */
+#define USER_PAGE ((volatile char *)0x400000UL)
+
+struct idt_entry {
+    u16 offset_low;
+    u16 selector;
+    u8 ist;
+    u8 type_attr;
+    u16 offset_mid;
+    u32 offset_high;
+    u32 zero;
+} __attribute__((packed));
+
+struct idt_pointer {
+    u16 limit;
+    u64 base;
+} __attribute__((packed));
+
+static struct idt_entry idt[32] __attribute__((aligned(16)));
+
+extern void bp_stub(void);
+extern void pf_stub(void);
+extern void fault_stub(void);
+
+static void set_gate(int vector, void (*handler)(void))
+{
+    u64 addr = (u64)handler;
+    idt[vector].offset_low = addr & 0xffff;
+    idt[vector].selector = 0x08;
+    idt[vector].ist = 0;
+    idt[vector].type_attr = 0x8e; /* present, DPL 0, 64-bit interrupt gate */
+    idt[vector].offset_mid = (addr >> 16) & 0xffff;
+    idt[vector].offset_high = addr >> 32;
+    idt[vector].zero = 0;
+}
+
+static void setup_idt(void)
+{
+    for (int v = 0; v < 32; v++)
+        set_gate(v, fault_stub);
+    set_gate(3, bp_stub);
+    set_gate(14, pf_stub);
+    struct idt_pointer ptr = { sizeof(idt) - 1, (u64)idt };
+    __asm__ volatile("lidt %0" : : "m"(ptr));
+}
+
+static inline void halt(void)
+{
+    __asm__ volatile("hlt");
+}
+
+static inline void write_cr3(u64 value)
+{
+    __asm__ volatile("mov %0, %%cr3" : : "r"(value) : "memory");
+}
+
+__attribute__((noinline)) int level3(int x)
+{
+    int local = x * 3;
+    counter++;
+    return local + 1;
+}
+
+__attribute__((noinline)) int level2(int x)
+{
+    int doubled = level3(x + 1) * 2;
+    return doubled;
+}
+
+__attribute__((noinline)) int level1(int x)
+{
+    int result = level2(x) + 5;
+    return result;
+}
+
+__attribute__((noinline)) void switch_space(u64 iteration)
+{
+    u64 root = space_roots[(iteration / 8) % 2];
+    if (root) {
+        write_cr3(root);
+        cr3_switches++;
+    }
+}
+
+static void vcpu0_main(void)
+{
+    for (u64 iteration = 0;; iteration++) {
+        last_result = level1((int)iteration);
+        if (iteration % 8 == 0)
+            switch_space(iteration);
+        USER_PAGE[0] = 'A' + (iteration % 26);
+        halt();
+    }
+}
+
+__attribute__((noinline)) void write_watched(u64 value)
+{
+    watched_value = value;
+}
+
+static void vcpu1_main(void)
+{
+    for (u64 iteration = 1;; iteration++) {
+        write_watched(watched_value + 1);
+        vcpu1_iterations = iteration;
+        if (iteration % 16 == 0)
+            __asm__ volatile("int3");
+        halt();
+    }
+}
+
+void kmain(u64 vcpu)
+{
+    setup_idt();
+    if (vcpu == 0)
+        vcpu0_main();
+    else
+        vcpu1_main();
+    for (;;)
+        halt();
+}

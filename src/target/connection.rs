@@ -1,0 +1,195 @@
+//! The gdb connection: a reader thread turns socket bytes into events on
+//! the same channel vCPUs use to report stops, so the gdb thread blocks on
+//! one channel and never polls. Writes are buffered and sent on flush.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread;
+
+use gdbstub::conn::{Connection, ConnectionExt};
+use log::{debug, trace};
+
+/// What the gdb thread waits for.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// Bytes from gdb.
+    Data(Vec<u8>),
+    /// A vCPU stopped by itself.
+    Wake,
+    /// gdb went away.
+    Closed,
+}
+
+/// A stream gdb talks over.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP (loopback by default).
+    Tcp(TcpStream),
+    /// A unix-domain socket.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Another handle on the same socket.
+    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Close both directions (ends the reader thread).
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => Read::read(s, buf),
+            Stream::Unix(s) => Read::read(s, buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => Write::write(s, buf),
+            Stream::Unix(s) => Write::write(s, buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The gdbstub side of a session.
+#[derive(Debug)]
+pub(crate) struct GdbConnection {
+    stream: Stream,
+    events: Receiver<SessionEvent>,
+    input: VecDeque<u8>,
+    output: Vec<u8>,
+}
+
+/// The next thing the gdb thread has to handle.
+pub(crate) enum Input {
+    Byte(u8),
+    Wake,
+}
+
+impl GdbConnection {
+    /// Start the reader thread for `stream`; it posts to `tx`.
+    pub(crate) fn new(
+        stream: Stream,
+        tx: Sender<SessionEvent>,
+        events: Receiver<SessionEvent>,
+    ) -> io::Result<GdbConnection> {
+        if let Stream::Tcp(s) = &stream {
+            s.set_nodelay(true)?;
+        }
+        let mut reader = stream.try_clone()?;
+        thread::Builder::new()
+            .name("gdb-reader".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = tx.send(SessionEvent::Closed);
+                            debug!("gdb connection closed");
+                            return;
+                        }
+                        Ok(n) => {
+                            trace!("<- {:?}", String::from_utf8_lossy(&buf[..n]));
+                            if tx.send(SessionEvent::Data(buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(GdbConnection {
+            stream,
+            events,
+            input: VecDeque::new(),
+            output: Vec::with_capacity(1 << 17),
+        })
+    }
+
+    /// Block for the next byte or vCPU wake-up.
+    pub(crate) fn next_input(&mut self) -> io::Result<Input> {
+        if let Some(b) = self.input.pop_front() {
+            return Ok(Input::Byte(b));
+        }
+        match self.events.recv() {
+            Ok(SessionEvent::Data(data)) => {
+                self.input.extend(data);
+                Ok(Input::Byte(self.input.pop_front().unwrap_or(0)))
+            }
+            Ok(SessionEvent::Wake) => Ok(Input::Wake),
+            Ok(SessionEvent::Closed) | Err(_) => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// The stream (to shut it down at the end of the session).
+    pub(crate) fn stream(&self) -> &Stream {
+        &self.stream
+    }
+}
+
+impl Connection for GdbConnection {
+    type Error = io::Error;
+
+    fn write(&mut self, byte: u8) -> io::Result<()> {
+        self.output.push(byte);
+        Ok(())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.output.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.output.is_empty() {
+            trace!("-> {:?}", String::from_utf8_lossy(&self.output));
+            self.stream.write_all(&self.output)?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionExt for GdbConnection {
+    fn read(&mut self) -> io::Result<u8> {
+        loop {
+            // vCPUs are parked between packets; a late wake-up is dropped
+            // here and its stop is collected at the next resume.
+            if let Input::Byte(b) = self.next_input()? {
+                return Ok(b);
+            }
+        }
+    }
+
+    fn peek(&mut self) -> io::Result<Option<u8>> {
+        while self.input.is_empty() {
+            match self.events.try_recv() {
+                Ok(SessionEvent::Data(data)) => self.input.extend(data),
+                Ok(SessionEvent::Wake) => {}
+                Ok(SessionEvent::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(self.input.front().copied())
+    }
+}

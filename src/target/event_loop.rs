@@ -1,0 +1,175 @@
+//! Accepting gdb, running one session, and the blocking event loop.
+
+use std::io;
+use std::marker::PhantomData;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use gdbstub::conn::Connection;
+use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
+use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
+use log::{info, warn};
+
+use super::connection::{GdbConnection, Input, Stream};
+use super::stub::KvmTarget;
+use super::vcpu::Command;
+use super::{lock, Inner};
+
+/// Largest packet we accept and advertise (gdb reads memory in chunks of
+/// about half this).
+const PACKET_SIZE: usize = 1 << 17;
+
+/// Where gdb connects.
+#[derive(Debug)]
+pub enum GdbListener {
+    /// A TCP socket.
+    Tcp(TcpListener),
+    /// A unix-domain socket (created with mode 0600), removed on drop.
+    Unix(UnixListener, PathBuf),
+}
+
+impl GdbListener {
+    /// Listen on a TCP address; a non-loopback address logs a warning.
+    pub fn tcp(addr: impl ToSocketAddrs) -> io::Result<GdbListener> {
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        if !local.ip().is_loopback() {
+            warn!("gdb stub listening on non-loopback {local}: anyone who can reach it controls the guest");
+        }
+        Ok(GdbListener::Tcp(listener))
+    }
+
+    /// Listen on a unix socket at `path`, readable by the owner only.
+    pub fn unix(path: impl AsRef<Path>) -> io::Result<GdbListener> {
+        let path = path.as_ref().to_path_buf();
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: umask only changes this process's file-creation mask; it
+        // is restored right after bind so the socket is created 0600.
+        let old = unsafe { libc::umask(0o077) };
+        let bound = UnixListener::bind(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(GdbListener::Unix(listener, path))
+    }
+
+    /// The TCP address actually bound (port 0 picks a free one).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            GdbListener::Tcp(l) => l.local_addr().ok(),
+            GdbListener::Unix(..) => None,
+        }
+    }
+
+    /// For logs.
+    pub fn describe(&self) -> String {
+        match self {
+            GdbListener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            GdbListener::Unix(_, path) => path.display().to_string(),
+        }
+    }
+
+    pub(crate) fn accept(&self) -> io::Result<Stream> {
+        match self {
+            GdbListener::Tcp(l) => {
+                let (stream, peer) = l.accept()?;
+                info!("gdb connected from {peer}");
+                Ok(Stream::Tcp(stream))
+            }
+            GdbListener::Unix(l, path) => {
+                let (stream, _) = l.accept()?;
+                info!("gdb connected on {}", path.display());
+                Ok(Stream::Unix(stream))
+            }
+        }
+    }
+}
+
+impl Drop for GdbListener {
+    fn drop(&mut self) {
+        if let GdbListener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Run one gdb session; afterwards the guest runs on without breakpoints.
+pub(crate) fn session(dbg: &Inner, stream: Stream) {
+    let (tx, rx) = mpsc::channel();
+    let conn = match GdbConnection::new(stream, tx.clone(), rx) {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!("cannot start the gdb session: {e}");
+            return;
+        }
+    };
+    *lock(&dbg.session) = Some(tx);
+    dbg.pause_all();
+    let mut target = KvmTarget::new(dbg);
+    target.collect_stops();
+    let shutdown_handle = conn.stream().try_clone().ok();
+    let result = GdbStubBuilder::new(conn)
+        .packet_buffer_size(PACKET_SIZE)
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|stub| {
+            stub.run_blocking::<SessionLoop<'_>>(&mut target)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(DisconnectReason::Kill) => info!("gdb sent kill: detaching, the guest keeps running"),
+        Ok(reason) => info!("gdb session ended: {reason:?}"),
+        Err(e) => info!("gdb session ended: {e}"),
+    }
+    target.clear_debug_state();
+    *lock(&dbg.session) = None;
+    if let Some(stream) = shutdown_handle {
+        stream.shutdown();
+    }
+    for v in &dbg.vcpus {
+        v.take_stop();
+        v.request(Command::Run);
+    }
+}
+
+/// The blocking event loop of one session.
+struct SessionLoop<'a>(PhantomData<&'a ()>);
+
+impl<'a> BlockingEventLoop for SessionLoop<'a> {
+    type Target = KvmTarget<'a>;
+    type Connection = GdbConnection;
+    type StopReason = MultiThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut KvmTarget<'a>,
+        conn: &mut GdbConnection,
+    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<String, io::Error>> {
+        loop {
+            if let Some(stop) = target.next_pending() {
+                return Ok(Event::TargetStopped(stop));
+            }
+            match conn.next_input() {
+                Ok(Input::Byte(b)) => return Ok(Event::IncomingData(b)),
+                Ok(Input::Wake) => target.collect_stops(),
+                Err(e) => return Err(WaitForStopReasonError::Connection(e)),
+            }
+        }
+    }
+
+    fn on_interrupt(target: &mut KvmTarget<'a>) -> Result<Option<Self::StopReason>, String> {
+        Ok(Some(target.interrupt()))
+    }
+}
+
+impl Drop for GdbConnection {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}

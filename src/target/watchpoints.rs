@@ -1,0 +1,248 @@
+//! Watchpoints by trapping the watched guest pages through memslots.
+//!
+//! Debug-register data watchpoints do not fire on every KVM host (they
+//! never do on kvm_pvm), so every watchpoint traps its page instead: a
+//! write-only watch puts the page in a read-only memslot (writes exit as
+//! MMIO, reads run normally); a read or access watch leaves the page out
+//! of every memslot (all accesses exit). The vCPU loop services those
+//! exits from host memory and reports a hit when the access overlaps the
+//! watched bytes. This works the same on ordinary KVM.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use gdbstub::target::ext::breakpoints::WatchKind;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
+use kvm_ioctls::VmFd;
+use log::debug;
+
+use super::memory::{GuestMemory, RamRegion};
+use crate::vmem::PhysAddr;
+
+const PAGE: u64 = 4096;
+
+/// One watchpoint: gdb's address and the guest-physical bytes it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watch {
+    pub va: u64,
+    pub gpa: PhysAddr,
+    pub len: u64,
+    pub kind: WatchKind,
+}
+
+/// How a page is trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Trap {
+    /// Read-only slot: writes exit.
+    Writes,
+    /// No slot: reads and writes exit.
+    All,
+}
+
+fn traps_reads(kind: WatchKind) -> bool {
+    matches!(kind, WatchKind::Read | WatchKind::ReadWrite)
+}
+
+fn traps_writes(kind: WatchKind) -> bool {
+    matches!(kind, WatchKind::Write | WatchKind::ReadWrite)
+}
+
+/// The watchpoints of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Watchpoints {
+    list: Vec<Watch>,
+}
+
+impl Watchpoints {
+    pub(crate) fn insert(&mut self, watch: Watch) {
+        self.list.push(watch);
+    }
+
+    pub(crate) fn remove(&mut self, va: u64, len: u64, kind: WatchKind) -> bool {
+        let before = self.list.len();
+        self.list
+            .retain(|w| !(w.va == va && w.len == len && w.kind == kind));
+        self.list.len() != before
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn pages(&self) -> BTreeMap<PhysAddr, Trap> {
+        let mut pages = BTreeMap::new();
+        for w in &self.list {
+            let trap = if traps_reads(w.kind) {
+                Trap::All
+            } else {
+                Trap::Writes
+            };
+            let last = w.gpa.saturating_add(w.len.max(1) - 1);
+            let mut page = w.gpa & !(PAGE - 1);
+            while page <= last {
+                let entry = pages.entry(page).or_insert(trap);
+                *entry = (*entry).max(trap);
+                match page.checked_add(PAGE) {
+                    Some(next) => page = next,
+                    None => break,
+                }
+            }
+        }
+        pages
+    }
+
+    /// Whether `gpa` lies on a trapped page.
+    pub(crate) fn traps(&self, gpa: PhysAddr) -> bool {
+        let page = gpa & !(PAGE - 1);
+        self.list.iter().any(|w| {
+            let first = w.gpa & !(PAGE - 1);
+            let last = w.gpa.saturating_add(w.len.max(1) - 1) & !(PAGE - 1);
+            (first..=last).contains(&page)
+        })
+    }
+
+    /// The watchpoint an access of `len` bytes at `gpa` triggers.
+    pub(crate) fn hit(&self, gpa: PhysAddr, len: u64, write: bool) -> Option<Watch> {
+        self.list.iter().copied().find(|w| {
+            let kind_matches = if write {
+                traps_writes(w.kind)
+            } else {
+                traps_reads(w.kind)
+            };
+            kind_matches && gpa < w.gpa.saturating_add(w.len) && w.gpa < gpa.saturating_add(len)
+        })
+    }
+}
+
+/// Serve one trapped access from host memory. Returns the watchpoint it
+/// triggers, if any.
+pub(crate) fn serve_access(
+    mem: &GuestMemory,
+    watches: &Watchpoints,
+    gpa: PhysAddr,
+    data: &mut [u8],
+    write: bool,
+) -> Option<Watch> {
+    let result = if write {
+        mem.write(gpa, data)
+    } else {
+        mem.read(gpa, data)
+    };
+    if result.is_err() {
+        debug!("trapped access at {gpa:#x} outside RAM");
+    }
+    watches.hit(gpa, data.len() as u64, write)
+}
+
+/// The memslots of guest RAM, re-laid out around trapped pages.
+#[derive(Debug)]
+pub(crate) struct Memslots {
+    registered: u32,
+}
+
+impl Memslots {
+    /// Register every RAM region as one writable slot.
+    pub(crate) fn new(vm: &VmFd, mem: &GuestMemory) -> io::Result<Memslots> {
+        let mut slots = Memslots { registered: 0 };
+        slots.apply(vm, mem, &Watchpoints::default())?;
+        Ok(slots)
+    }
+
+    /// Replace all slots by the layout `watches` needs. Call only with
+    /// every vCPU parked.
+    pub(crate) fn apply(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        watches: &Watchpoints,
+    ) -> io::Result<()> {
+        for slot in 0..self.registered {
+            set_slot(vm, slot, 0, 0, 0, 0)?;
+        }
+        self.registered = 0;
+        let pages = watches.pages();
+        for region in mem.regions() {
+            for (gpa, size, flags) in pieces(region, &pages) {
+                let host = region.host_addr() + (gpa - region.gpa);
+                set_slot(vm, self.registered, gpa, size, host, flags)?;
+                self.registered += 1;
+            }
+        }
+        debug!(
+            "memslots: {} slots, {} trapped pages",
+            self.registered,
+            pages.len()
+        );
+        Ok(())
+    }
+}
+
+/// The slots covering `region`: (gpa, size, flags), holes left out.
+fn pieces(region: &RamRegion, pages: &BTreeMap<PhysAddr, Trap>) -> Vec<(PhysAddr, u64, u32)> {
+    let end = region.gpa + region.size();
+    let mut out = Vec::new();
+    let mut at = region.gpa;
+    for (&page, &trap) in pages.range(region.gpa..end) {
+        if page > at {
+            out.push((at, page - at, 0));
+        }
+        if trap == Trap::Writes {
+            out.push((page, PAGE.min(end - page), KVM_MEM_READONLY));
+        }
+        at = page + PAGE;
+    }
+    if at < end {
+        out.push((at, end - at, 0));
+    }
+    out
+}
+
+fn set_slot(vm: &VmFd, slot: u32, gpa: u64, size: u64, host: u64, flags: u32) -> io::Result<()> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    // SAFETY: `host .. host + size` lies inside a `GuestRam` mapping owned
+    // by the `GuestMemory` that outlives the VM's use of it (size 0
+    // deletes the slot and maps nothing).
+    unsafe { vm.set_user_memory_region(region) }.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_need_overlap_and_the_right_kind() {
+        let mut w = Watchpoints::default();
+        w.insert(Watch {
+            va: 0xffff_0010,
+            gpa: 0x5010,
+            len: 8,
+            kind: WatchKind::Write,
+        });
+        assert!(w.hit(0x5014, 4, true).is_some());
+        assert!(w.hit(0x5018, 4, true).is_none());
+        assert!(w.hit(0x5010, 8, false).is_none());
+        assert!(w.traps(0x5ff8));
+        assert!(!w.traps(0x6000));
+        assert_eq!(w.pages(), BTreeMap::from([(0x5000, Trap::Writes)]));
+        w.insert(Watch {
+            va: 0,
+            gpa: 0x5ffc,
+            len: 8,
+            kind: WatchKind::Read,
+        });
+        assert_eq!(
+            w.pages(),
+            BTreeMap::from([(0x5000, Trap::All), (0x6000, Trap::All)])
+        );
+    }
+}
