@@ -61,7 +61,13 @@ fn run(args: Args) -> Result<(), String> {
     let elf = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
     // Ctrl-C and SIGTERM are taken by a signal thread (blocked elsewhere).
     let signals = block_termination_signals();
-    let vm = vm::create(&elf, usize::from(args.vcpus), args.mem)?;
+    let elf_path = std::fs::canonicalize(&elf_path).unwrap_or(elf_path);
+    let vm = vm::create(
+        &elf,
+        &elf_path.display().to_string(),
+        usize::from(args.vcpus),
+        args.mem,
+    )?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),
         None => GdbListener::tcp(&args.listen),
@@ -97,6 +103,9 @@ fn run(args: Args) -> Result<(), String> {
     wait_for_termination(&signals, &debugger);
     for t in vcpu_threads {
         let _ = t.join();
+    }
+    if let Some(path) = &args.unix {
+        let _ = std::fs::remove_file(path);
     }
     info!("demo VM stopped");
     Ok(())

@@ -29,7 +29,7 @@ pub struct Vm {
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
-pub fn create(elf: &[u8], vcpus: usize, mem_mib: u64) -> Result<Vm, String> {
+pub fn create(elf: &[u8], elf_path: &str, vcpus: usize, mem_mib: u64) -> Result<Vm, String> {
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let _ = vm.set_tss_address(0xfffb_d000);
@@ -63,7 +63,8 @@ pub fn create(elf: &[u8], vcpus: usize, mem_mib: u64) -> Result<Vm, String> {
         setup_long_mode(&fd, spaces[0], image.entry, index as u64)?;
         fds.push(fd);
     }
-    let debugger = Debugger::new(vm, fds, memory).map_err(|e| format!("memslots: {e}"))?;
+    let mut debugger = Debugger::new(vm, fds, memory).map_err(|e| format!("memslots: {e}"))?;
+    debugger.set_exec_file(elf_path);
     Ok(Vm {
         debugger: Arc::new(debugger),
         spaces,

@@ -90,6 +90,7 @@ pub(crate) struct Inner {
     memslots: Mutex<Memslots>,
     session: Mutex<Option<Sender<SessionEvent>>>,
     idle_sleep: Duration,
+    exec_file: Option<String>,
 }
 
 /// Lock a mutex, ignoring poisoning (a panicked holder leaves plain data).
@@ -118,6 +119,7 @@ impl Debugger {
                 memslots: Mutex::new(memslots),
                 session: Mutex::new(None),
                 idle_sleep: Duration::from_millis(2),
+                exec_file: None,
             },
         })
     }
@@ -126,6 +128,12 @@ impl Debugger {
     /// (default 2 ms; the VM has no interrupt controller to wake it).
     pub fn set_idle_sleep(&mut self, sleep: Duration) {
         self.inner.idle_sleep = sleep;
+    }
+
+    /// Tell gdb where the guest's ELF (with symbols) is, so a plain
+    /// `target remote` loads it (`qXfer:exec-file`).
+    pub fn set_exec_file(&mut self, path: impl Into<String>) {
+        self.inner.exec_file = Some(path.into());
     }
 
     /// Guest RAM.

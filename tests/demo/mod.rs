@@ -1,0 +1,165 @@
+//! Harness for tests that drive the real gdb against the real demo VM on
+//! /dev/kvm. Without /dev/kvm (or gdb) they skip with a message, unless
+//! VMEM_GDBSTUB_REQUIRE_KVM=1, where they fail.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running demo VM with its gdb port.
+pub struct DemoVm {
+    child: Child,
+    pub port: u16,
+    pub elf: String,
+}
+
+fn demo_binary() -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/examples/demo-vm
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("examples/demo-vm")
+}
+
+/// Whether the machine can run these tests; prints why not.
+pub fn available() -> bool {
+    let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+    let missing = if !Path::new("/dev/kvm").exists() {
+        Some("/dev/kvm is missing")
+    } else if Command::new("gdb").arg("--version").output().is_err() {
+        Some("gdb is not installed")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if required => panic!("{why}, and VMEM_GDBSTUB_REQUIRE_KVM=1"),
+        Some(why) => {
+            eprintln!("SKIPPED: {why} (set VMEM_GDBSTUB_REQUIRE_KVM=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+impl DemoVm {
+    /// Boot the demo VM on a free port; `None` when the machine cannot.
+    pub fn start() -> Option<DemoVm> {
+        Self::start_with(&[])
+    }
+
+    /// Boot with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Option<DemoVm> {
+        if !available() {
+            return None;
+        }
+        let mut child = Command::new(demo_binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the demo VM (built by cargo test as an example)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut port, mut elf) = (None, None);
+        while port.is_none() {
+            let line = lines.next().expect("demo VM exited early").expect("stdout");
+            if let Some(path) = line.strip_prefix("guest ELF: ") {
+                elf = Some(path.to_string());
+            }
+            if let Some(addr) = line.strip_prefix("gdb stub listening on ") {
+                port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+        }
+        Some(DemoVm {
+            child,
+            port: port.expect("port"),
+            elf: elf.expect("guest ELF line"),
+        })
+    }
+
+    /// The gdb command line that loads the guest's symbols and connects.
+    pub fn gdb_command(&self, commands: &[&str]) -> Command {
+        let mut gdb = Command::new("gdb");
+        gdb.args(["-batch", "-nx", "-ex", "set pagination off", "-ex"])
+            .arg(format!("file {}", self.elf))
+            .arg("-ex")
+            .arg(format!("target remote 127.0.0.1:{}", self.port));
+        for c in commands {
+            gdb.arg("-ex").arg(c);
+        }
+        gdb
+    }
+
+    /// Run gdb with `commands` and return everything it printed.
+    pub fn gdb(&self, commands: &[&str]) -> String {
+        let mut gdb = self.gdb_command(commands);
+        gdb.stdin(Stdio::null());
+        let output = run_with_timeout(gdb, Duration::from_secs(60));
+        eprintln!("---- gdb {commands:?}\n{output}");
+        output
+    }
+
+    /// Whether the VM process is still alive.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for DemoVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `cmd`, killing it after `limit`; stdout and stderr together.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> String {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("output");
+    let _ = done.send(());
+    let _ = watchdog.join();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The first hex number after `prefix` in `text`.
+pub fn hex_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let rest = rest.trim_start();
+    let digits: String = rest
+        .trim_start_matches("0x")
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    u64::from_str_radix(&digits, 16).ok()
+}
+
+/// The decimal number after `prefix` in `text`.
+pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}

@@ -1,0 +1,223 @@
+//! A real gdb against the real demo VM on /dev/kvm: symbols, breakpoints,
+//! stepping, watchpoints, threads, registers, memory.
+
+mod demo;
+
+use demo::{hex_after, number_after, DemoVm};
+
+#[test]
+fn break_continue_backtrace_locals_and_finish() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "break level3",
+        "continue",
+        "bt",
+        "info locals",
+        "print counter",
+        "finish",
+    ]);
+    assert!(out.contains("hit Breakpoint 1, level3"), "{out}");
+    // Nested frames, innermost first.
+    let frames: Vec<&str> = [
+        "#0  level3",
+        "#1  ",
+        "level2",
+        "#2  ",
+        "level1",
+        "#3  ",
+        "vcpu0_main",
+        "kmain",
+    ]
+    .into_iter()
+    .collect();
+    let mut at = 0;
+    for f in frames {
+        at += out[at..]
+            .find(f)
+            .unwrap_or_else(|| panic!("frame {f} missing in\n{out}"));
+    }
+    assert!(out.contains("local = "), "{out}");
+    assert!(number_after(&out, "$1 = ").is_some(), "{out}");
+    // finish returns to level2 with level3's value (x * 3 + 1).
+    let x = number_after(&out, "level3 (x=").expect("x");
+    assert_eq!(
+        number_after(&out, "Value returned is $2 = "),
+        Some(x * 3 + 1),
+        "{out}"
+    );
+    assert!(
+        out[out.find("Value returned").unwrap() - 200..].contains("level2 ("),
+        "{out}"
+    );
+}
+
+#[test]
+fn globals_strings_threads_and_registers() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "x/s &greeting",
+        "print watched_value",
+        "info threads",
+        "info registers cr3 efer fs_base cr0 cr4",
+        "print/x $cs",
+    ]);
+    assert!(
+        out.contains("0xffffffff8") && out.contains("\"Hello from the higher half!\""),
+        "{out}"
+    );
+    assert!(number_after(&out, "$1 = ").is_some(), "{out}");
+    assert!(
+        out.contains("Thread 1.1") && out.contains("Thread 1.2"),
+        "{out}"
+    );
+    let cr3 = hex_after(&out, "cr3").expect("cr3");
+    assert!(cr3 != 0 && cr3.is_multiple_of(4096), "{out}");
+    // LME | LMA | NXE.
+    assert_eq!(
+        hex_after(&out, "efer").expect("efer") & 0xd00,
+        0xd00,
+        "{out}"
+    );
+    assert_eq!(
+        hex_after(&out, "cr0").expect("cr0") >> 31,
+        1,
+        "paging on: {out}"
+    );
+    assert!(out.contains("fs_base        0x0"), "{out}");
+    assert!(out.contains("$2 = 0x8"), "{out}");
+}
+
+#[test]
+fn stepi_advances_rip_and_hbreak_stops() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "hbreak level2",
+        "continue",
+        "print/x $rip",
+        "stepi",
+        "print/x $rip",
+        "stepi",
+        "stepi",
+        "print/x $rip",
+        "delete",
+        "info registers rip",
+    ]);
+    assert!(out.contains("Hardware assisted breakpoint 1"), "{out}");
+    assert!(out.contains("hit Breakpoint 1, level2"), "{out}");
+    let first = hex_after(&out, "$1 = ").expect("rip 1");
+    let second = hex_after(&out, "$2 = ").expect("rip 2");
+    let third = hex_after(&out, "$3 = ").expect("rip 3");
+    assert!(
+        second > first && second - first < 16,
+        "stepi from {first:#x} to {second:#x}\n{out}"
+    );
+    assert_ne!(third, second, "{out}");
+}
+
+#[test]
+fn watch_reports_old_and_new_values() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "watch watched_value",
+        "continue",
+        "continue",
+        "print watched_value",
+    ]);
+    let old = number_after(&out, "Old value = ").expect("old value");
+    let new = number_after(&out, "New value = ").expect("new value");
+    assert_eq!(new, old + 1, "{out}");
+    assert!(out.contains("write_watched"), "{out}");
+    assert_eq!(number_after(&out, "$1 = "), Some(new + 1), "{out}");
+}
+
+#[test]
+fn unmapped_reads_fail_cleanly() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "x/2xg 0x1000",
+        "x/2xg 0x0000800000000000",
+        "x/1xg 0xffffffffffff0000",
+        "print counter",
+    ]);
+    assert!(
+        out.contains("Cannot access memory at address 0x1000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Cannot access memory at address 0x800000000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Cannot access memory at address 0xffffffffffff0000"),
+        "{out}"
+    );
+    assert!(
+        number_after(&out, "$1 = ").is_some(),
+        "the session survives: {out}"
+    );
+}
+
+#[test]
+fn the_guests_own_int3_reaches_the_guest() {
+    let Some(vm) = DemoVm::start() else { return };
+    let first = vm.gdb(&["print bp_hits", "print vcpu1_iterations"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = vm.gdb(&[
+        "print bp_hits",
+        "print vcpu1_iterations",
+        "print last_fault_vector",
+    ]);
+    let (hits0, hits1) = (
+        number_after(&first, "$1 = ").unwrap(),
+        number_after(&second, "$1 = ").unwrap(),
+    );
+    let iterations = number_after(&second, "$2 = ").unwrap();
+    assert!(
+        hits1 > hits0,
+        "the guest kept taking its own #BP: {hits0} -> {hits1}"
+    );
+    assert_eq!(hits1, iterations / 16, "one #BP per 16 iterations");
+    assert_eq!(
+        number_after(&second, "$3 = "),
+        Some(0),
+        "no other exception"
+    );
+}
+
+#[test]
+fn breakpoint_bytes_are_hidden_from_memory_reads() {
+    let Some(vm) = DemoVm::start() else { return };
+    // `maint packet` bypasses gdb's own breakpoint shadowing: the stub
+    // itself must show the original byte while its int3 is planted.
+    let out = vm.gdb(&[
+        "break *level2",
+        "continue",
+        "print/x (unsigned long)&level2",
+    ]);
+    assert!(out.contains("hit Breakpoint 1"), "{out}");
+    let addr = hex_after(&out, "$1 = ").expect("address");
+    let packet = format!("maint packet m{addr:x},1");
+    let out = vm.gdb(&["break *level2", "continue", &packet, "delete", &packet]);
+    let replies: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("received: "))
+        .collect();
+    assert_eq!(
+        replies,
+        vec!["received: \"55\"", "received: \"55\""],
+        "{out}"
+    );
+}
+
+#[test]
+fn plain_target_remote_finds_the_symbols_itself() {
+    let Some(vm) = DemoVm::start() else { return };
+    let mut gdb = std::process::Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex"])
+        .arg(format!("target remote 127.0.0.1:{}", vm.port))
+        .args(["-ex", "bt", "-ex", "print greeting"])
+        .stdin(std::process::Stdio::null());
+    let out = demo::run_with_timeout(gdb, std::time::Duration::from_secs(60));
+    assert!(out.contains("kmain (vcpu="), "{out}");
+    assert!(out.contains("\"Hello from the higher half!\""), "{out}");
+}
