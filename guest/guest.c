@@ -23,6 +23,11 @@ volatile u64 last_fault_vector;
 volatile u64 cr3_switches;
 volatile u64 vcpu1_iterations;
 
+/* Set by a debugger: vCPU 0 reads one u64 from probe_va, then clears it. */
+volatile u64 probe_va;
+volatile u64 probe_value;
+volatile u64 probe_count;
+
 const char greeting[] = "Hello from the higher half!";
 
 /* User-accessible page (VA 0x400000; a different PA per address space). */
@@ -116,6 +121,11 @@ static void vcpu0_main(void)
         if (iteration % 8 == 0)
             switch_space(iteration);
         USER_PAGE[0] = 'A' + (iteration % 26);
+        if (probe_va) {
+            probe_value = *(volatile u64 *)probe_va;
+            probe_va = 0;
+            probe_count++;
+        }
         halt();
     }
 }

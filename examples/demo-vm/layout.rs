@@ -15,6 +15,8 @@ use crate::loader::Segment;
 pub const GDT_ADDR: u64 = 0x1000;
 /// Page tables built at boot come from here.
 pub const BOOT_TABLES: std::ops::Range<u64> = 0x10_0000..0x20_0000;
+/// Reserved for tables created later (`monitor vmem map`).
+pub const SPARE_TABLES: std::ops::Range<u64> = 0x20_0000..0x30_0000;
 /// Physical pages behind the user page of each space.
 pub const USER_PA: [u64; 2] = [0x100_0000, 0x100_1000];
 /// The higher-half kernel window: VA KERNEL_BASE + x maps PA x.

@@ -42,6 +42,10 @@ struct Args {
     /// Serve gdb on a unix socket instead (created with mode 0600).
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// Reserve no guest-physical pool for new page tables (then `monitor
+    /// vmem map` can only fill existing tables).
+    #[arg(long)]
+    no_table_pool: bool,
 }
 
 fn main() {
@@ -67,6 +71,7 @@ fn run(args: Args) -> Result<(), String> {
         &elf_path.display().to_string(),
         usize::from(args.vcpus),
         args.mem,
+        !args.no_table_pool,
     )?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),

@@ -29,7 +29,13 @@ pub struct Vm {
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
-pub fn create(elf: &[u8], elf_path: &str, vcpus: usize, mem_mib: u64) -> Result<Vm, String> {
+pub fn create(
+    elf: &[u8],
+    elf_path: &str,
+    vcpus: usize,
+    mem_mib: u64,
+    table_pool: bool,
+) -> Result<Vm, String> {
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let _ = vm.set_tss_address(0xfffb_d000);
@@ -65,6 +71,12 @@ pub fn create(elf: &[u8], elf_path: &str, vcpus: usize, mem_mib: u64) -> Result<
     }
     let mut debugger = Debugger::new(vm, fds, memory).map_err(|e| format!("memslots: {e}"))?;
     debugger.set_exec_file(elf_path);
+    if table_pool {
+        debugger.set_table_pool(layout::SPARE_TABLES);
+    }
+    for space in spaces {
+        debugger.add_space(space);
+    }
     Ok(Vm {
         debugger: Arc::new(debugger),
         spaces,

@@ -6,11 +6,15 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::thread;
 
 use gdbstub::conn::{Connection, ConnectionExt};
 use log::{debug, trace};
+
+use super::qemu_packets;
 
 /// What the gdb thread waits for.
 #[derive(Debug)]
@@ -79,6 +83,11 @@ pub(crate) struct GdbConnection {
     events: Receiver<SessionEvent>,
     input: VecDeque<u8>,
     output: Vec<u8>,
+    /// An incoming packet not complete yet (`$` … `#xx`).
+    packet: Vec<u8>,
+    /// gdb switched acknowledgements off (`QStartNoAckMode`).
+    no_ack: bool,
+    phys_mode: Arc<AtomicBool>,
 }
 
 /// The next thing the gdb thread has to handle.
@@ -93,6 +102,7 @@ impl GdbConnection {
         stream: Stream,
         tx: Sender<SessionEvent>,
         events: Receiver<SessionEvent>,
+        phys_mode: Arc<AtomicBool>,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
@@ -123,7 +133,51 @@ impl GdbConnection {
             events,
             input: VecDeque::new(),
             output: Vec::with_capacity(1 << 17),
+            packet: Vec::new(),
+            no_ack: false,
+            phys_mode,
         })
+    }
+
+    /// Take bytes from gdb: QEMU's own packets are answered here, all else
+    /// is queued for gdbstub unchanged.
+    fn absorb(&mut self, data: &[u8]) -> io::Result<()> {
+        for &b in data {
+            if self.packet.is_empty() && b != b'$' {
+                self.input.push_back(b);
+                continue;
+            }
+            self.packet.push(b);
+            let n = self.packet.len();
+            if n < 4 || self.packet[n - 3] != b'#' {
+                continue;
+            }
+            let packet = std::mem::take(&mut self.packet);
+            let payload = &packet[1..n - 3];
+            let sum_ok = std::str::from_utf8(&packet[n - 2..])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                == Some(qemu_packets::checksum(payload));
+            match qemu_packets::reply(payload, &self.phys_mode).filter(|_| sum_ok) {
+                Some(reply) => {
+                    debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
+                    self.flush()?;
+                    let ack = if self.no_ack { "" } else { "+" };
+                    let framed = format!(
+                        "{ack}${reply}#{:02x}",
+                        qemu_packets::checksum(reply.as_bytes())
+                    );
+                    self.stream.write_all(framed.as_bytes())?;
+                }
+                None => {
+                    if payload == b"QStartNoAckMode" {
+                        self.no_ack = true;
+                    }
+                    self.input.extend(packet);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Block for the next byte or vCPU wake-up.
@@ -131,13 +185,19 @@ impl GdbConnection {
         if let Some(b) = self.input.pop_front() {
             return Ok(Input::Byte(b));
         }
-        match self.events.recv() {
-            Ok(SessionEvent::Data(data)) => {
-                self.input.extend(data);
-                Ok(Input::Byte(self.input.pop_front().unwrap_or(0)))
+        loop {
+            match self.events.recv() {
+                Ok(SessionEvent::Data(data)) => {
+                    self.absorb(&data)?;
+                    if let Some(b) = self.input.pop_front() {
+                        return Ok(Input::Byte(b));
+                    }
+                }
+                Ok(SessionEvent::Wake) => return Ok(Input::Wake),
+                Ok(SessionEvent::Closed) | Err(_) => {
+                    return Err(io::ErrorKind::UnexpectedEof.into())
+                }
             }
-            Ok(SessionEvent::Wake) => Ok(Input::Wake),
-            Ok(SessionEvent::Closed) | Err(_) => Err(io::ErrorKind::UnexpectedEof.into()),
         }
     }
 
@@ -184,7 +244,7 @@ impl ConnectionExt for GdbConnection {
     fn peek(&mut self) -> io::Result<Option<u8>> {
         while self.input.is_empty() {
             match self.events.try_recv() {
-                Ok(SessionEvent::Data(data)) => self.input.extend(data),
+                Ok(SessionEvent::Data(data)) => self.absorb(&data)?,
                 Ok(SessionEvent::Wake) => {}
                 Ok(SessionEvent::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Err(_) => return Ok(None),

@@ -6,7 +6,8 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
@@ -103,7 +104,8 @@ impl Drop for GdbListener {
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let (tx, rx) = mpsc::channel();
-    let conn = match GdbConnection::new(stream, tx.clone(), rx) {
+    let phys_mode = Arc::new(AtomicBool::new(false));
+    let conn = match GdbConnection::new(stream, tx.clone(), rx, Arc::clone(&phys_mode)) {
         Ok(conn) => conn,
         Err(e) => {
             warn!("cannot start the gdb session: {e}");
@@ -112,8 +114,9 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     };
     *lock(&dbg.session) = Some(tx);
     dbg.pause_all();
-    let mut target = KvmTarget::new(dbg);
+    let mut target = KvmTarget::new(dbg, phys_mode);
     target.collect_stops();
+    target.remember_spaces();
     let shutdown_handle = conn.stream().try_clone().ok();
     let result = GdbStubBuilder::new(conn)
         .packet_buffer_size(PACKET_SIZE)

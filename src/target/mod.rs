@@ -36,7 +36,9 @@ mod connection;
 mod event_loop;
 mod kick;
 mod memory;
+mod monitor;
 mod paging;
+mod qemu_packets;
 mod regs;
 mod stub;
 mod vcpu;
@@ -91,6 +93,9 @@ pub(crate) struct Inner {
     session: Mutex<Option<Sender<SessionEvent>>>,
     idle_sleep: Duration,
     exec_file: Option<String>,
+    table_pool: Option<TablePool>,
+    /// Address spaces known to `monitor vmem spaces`, with how they are known.
+    spaces: Mutex<std::collections::BTreeMap<u64, &'static str>>,
 }
 
 /// Lock a mutex, ignoring poisoning (a panicked holder leaves plain data).
@@ -120,6 +125,8 @@ impl Debugger {
                 session: Mutex::new(None),
                 idle_sleep: Duration::from_millis(2),
                 exec_file: None,
+                table_pool: None,
+                spaces: Mutex::default(),
             },
         })
     }
@@ -134,6 +141,17 @@ impl Debugger {
     /// `target remote` loads it (`qXfer:exec-file`).
     pub fn set_exec_file(&mut self, path: impl Into<String>) {
         self.inner.exec_file = Some(path.into());
+    }
+
+    /// Guest-physical pages (page-aligned range, not used by the guest)
+    /// from which `monitor vmem map` takes new page tables.
+    pub fn set_table_pool(&mut self, range: std::ops::Range<u64>) {
+        self.inner.table_pool = Some(TablePool::new(range));
+    }
+
+    /// Make an address space (a CR3 value) known to `monitor vmem spaces`.
+    pub fn add_space(&self, cr3: u64) {
+        lock(&self.inner.spaces).insert(cr3 & paging::CR3_ADDR_MASK, "registered");
     }
 
     /// Guest RAM.

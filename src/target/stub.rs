@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use gdbstub::common::{Pid, Signal, Tid};
 use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
@@ -19,16 +21,19 @@ use gdbstub::target::ext::breakpoints::{
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::exec_file::{ExecFile, ExecFileOps};
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
+use super::monitor::{self, Effect, View};
 use super::paging::Paging;
 use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
 use super::vcpu::{Command, StopKind};
 use super::watchpoints::Watch;
 use super::{lock, Inner};
+use crate::arch::{Amd64, PageTableFormat};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
@@ -49,6 +54,10 @@ pub(crate) struct KvmTarget<'a> {
     pending: VecDeque<(usize, StopKind)>,
     /// The vCPU of the last stop (whose tables breakpoints are set in).
     current: usize,
+    /// What gdb's memory accesses go through (`monitor vmem use`).
+    view: View,
+    /// QEMU's physical-memory mode (`Qqemu.PhyMemMode`), set by the packet layer.
+    phys_mode: Arc<AtomicBool>,
 }
 
 fn tid(index: usize) -> Tid {
@@ -75,13 +84,15 @@ pub(crate) fn read_state(fd: &VcpuFd) -> Result<KvmState, kvm_ioctls::Error> {
 }
 
 impl<'a> KvmTarget<'a> {
-    pub(crate) fn new(dbg: &'a Inner) -> KvmTarget<'a> {
+    pub(crate) fn new(dbg: &'a Inner, phys_mode: Arc<AtomicBool>) -> KvmTarget<'a> {
         KvmTarget {
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,
             pending: VecDeque::new(),
             current: 0,
+            view: View::Current,
+            phys_mode,
         }
     }
 
@@ -129,6 +140,7 @@ impl<'a> KvmTarget<'a> {
                 continue;
             }
             self.current = index;
+            self.remember_spaces();
             return Some(self.reason(index, kind));
         }
         None
@@ -205,14 +217,90 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
-    fn translate_for_gdb(&self, tid: Tid, va: u64) -> Result<(Paging, usize), TargetError<String>> {
+    /// How gdb's addresses are translated for thread `tid`: its own space,
+    /// the space chosen with `monitor vmem use`, or physical.
+    fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<String>> {
         let index = self.index(tid)?;
-        let paging = self.paging(index)?;
-        if paging == Paging::Legacy {
-            debug!("vcpu {index}: 32-bit paging is not supported yet ({va:#x})");
-            return Err(TargetError::NonFatal);
+        if self.phys_mode.load(Ordering::Relaxed) || self.view == View::Physical {
+            return Ok(Paging::Off);
         }
-        Ok((paging, index))
+        match (self.paging(index)?, self.view) {
+            (Paging::Legacy, _) => {
+                debug!("vcpu {index}: 32-bit paging is not supported yet");
+                Err(TargetError::NonFatal)
+            }
+            (Paging::Long { mode, .. }, View::Space(root)) => Ok(Paging::Long { mode, root }),
+            (paging, _) => Ok(paging),
+        }
+    }
+
+    /// Record every vCPU's current CR3 as a known address space.
+    pub(crate) fn remember_spaces(&self) {
+        let mut spaces = lock(&self.dbg.spaces);
+        for v in &self.dbg.vcpus {
+            if let Ok(sregs) = lock(&v.fd).get_sregs() {
+                if let Paging::Long { root, .. } = Paging::of(&sregs) {
+                    spaces.entry(root).or_insert("seen at a stop");
+                }
+            }
+        }
+    }
+
+    /// Everything a monitor command may need about the current vCPU.
+    fn monitor_context<'m>(&'m self, mode: &'m mut Option<Amd64>) -> monitor::Context<'m> {
+        let fd = lock(&self.dbg.vcpus[self.current].fd);
+        let state = read_state(&fd).ok();
+        let debug_regs = fd
+            .get_debug_regs()
+            .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
+            .unwrap_or_default();
+        drop(fd);
+        let paging = state.as_ref().map(|s| Paging::of(&s.sregs));
+        let root = match paging {
+            Some(Paging::Long { mode: m, root }) => {
+                *mode = Some(m);
+                Some(root)
+            }
+            _ => None,
+        };
+        let mut spaces: Vec<(u64, String)> = Vec::new();
+        for (i, v) in self.dbg.vcpus.iter().enumerate() {
+            if let Ok(Paging::Long { root, .. }) = lock(&v.fd).get_sregs().map(|s| Paging::of(&s)) {
+                match spaces.iter_mut().find(|(r, _)| *r == root) {
+                    Some((_, label)) => label.push_str(&format!(", vcpu {i}")),
+                    None => spaces.push((root, format!("current on vcpu {i}"))),
+                }
+            }
+        }
+        for (&root, &how) in lock(&self.dbg.spaces).iter() {
+            match spaces.iter_mut().find(|(r, _)| *r == root) {
+                Some((_, label)) => {
+                    label.push_str(", ");
+                    label.push_str(how);
+                }
+                None => spaces.push((root, how.to_string())),
+            }
+        }
+        monitor::Context {
+            memory: &self.dbg.memory,
+            pool: self.dbg.table_pool.as_ref(),
+            format: mode.as_ref().map(|m| m as &dyn PageTableFormat),
+            root,
+            spaces,
+            state,
+            debug_regs,
+        }
+    }
+
+    /// Make every vCPU drop cached translations: reloading CR3 through
+    /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
+    fn reload_cr3(&self) {
+        for (i, v) in self.dbg.vcpus.iter().enumerate() {
+            let fd = lock(&v.fd);
+            if let Err(e) = fd.get_sregs().and_then(|s| fd.set_sregs(&s)) {
+                warn!("vcpu {i}: cannot reload CR3: {e}");
+            }
+        }
     }
 }
 
@@ -234,6 +322,29 @@ impl Target for KvmTarget<'_> {
 
     fn support_exec_file(&mut self) -> Option<ExecFileOps<'_, Self>> {
         self.dbg.exec_file.is_some().then_some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MonitorCmd for KvmTarget<'_> {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
+        let line = String::from_utf8_lossy(cmd).into_owned();
+        debug!("monitor: {line}");
+        let mut mode = None;
+        let (text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
+        out.write_raw(text.as_bytes());
+        match effect {
+            Effect::None => {}
+            Effect::TablesChanged => self.reload_cr3(),
+            Effect::Use(view) => self.view = view,
+            Effect::AddSpace(root) => {
+                lock(&self.dbg.spaces).insert(root, "added");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -296,7 +407,7 @@ impl MultiThreadBase for KvmTarget<'_> {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
-        let (paging, _) = self.translate_for_gdb(tid, start)?;
+        let paging = self.paging_for_gdb(tid)?;
         let mut done = 0usize;
         while done < data.len() {
             let va = start.wrapping_add(done as u64);
@@ -319,7 +430,7 @@ impl MultiThreadBase for KvmTarget<'_> {
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
-        let (paging, _) = self.translate_for_gdb(tid, start)?;
+        let paging = self.paging_for_gdb(tid)?;
         // Translate every page first: nothing is written unless all is.
         let mut pieces = Vec::new();
         let mut done = 0usize;

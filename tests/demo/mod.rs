@@ -14,6 +14,8 @@ pub struct DemoVm {
     child: Child,
     pub port: u16,
     pub elf: String,
+    /// CR3 of the demo's two address spaces (empty for `--kernel`).
+    pub spaces: Vec<u64>,
 }
 
 fn demo_binary() -> PathBuf {
@@ -65,9 +67,15 @@ impl DemoVm {
             .expect("starting the demo VM (built by cargo test as an example)");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut port, mut elf) = (None, None);
+        let (mut port, mut elf, mut spaces) = (None, None, Vec::new());
         while port.is_none() {
             let line = lines.next().expect("demo VM exited early").expect("stdout");
+            if let Some(list) = line.split("address spaces ").nth(1) {
+                spaces = list
+                    .split_whitespace()
+                    .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+                    .collect();
+            }
             if let Some(path) = line.strip_prefix("guest ELF: ") {
                 elf = Some(path.to_string());
             }
@@ -79,6 +87,7 @@ impl DemoVm {
             child,
             port: port.expect("port"),
             elf: elf.expect("guest ELF line"),
+            spaces,
         })
     }
 

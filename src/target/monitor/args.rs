@@ -1,0 +1,125 @@
+//! Parsing monitor arguments: numbers, sizes, rights and `--options`.
+
+use crate::vmem::{BasicMapping, CowMapping, MappingKind, PageSize};
+
+/// Positional words and `--name value` options of one command.
+#[derive(Debug, Default)]
+pub(crate) struct Args<'a> {
+    pub positional: Vec<&'a str>,
+    options: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Args<'a> {
+    /// Split `words`; every option must be one of `known` and take a value.
+    pub(crate) fn parse(words: &[&'a str], known: &[&str]) -> Result<Args<'a>, String> {
+        let mut args = Args::default();
+        let mut rest = words.iter();
+        while let Some(&word) = rest.next() {
+            if let Some(name) = word.strip_prefix("--") {
+                if !known.contains(&name) {
+                    return Err(format!("unknown option --{name}"));
+                }
+                let value = rest.next().ok_or(format!("--{name} needs a value"))?;
+                args.options.push((name, value));
+            } else {
+                args.positional.push(word);
+            }
+        }
+        Ok(args)
+    }
+
+    /// The value of `--name`, if given.
+    pub(crate) fn option(&self, name: &str) -> Option<&'a str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Positional argument `i` as a number.
+    pub(crate) fn number(&self, i: usize, what: &str) -> Result<u64, String> {
+        let word = self.positional.get(i).ok_or(format!("missing {what}"))?;
+        number(word).map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// `0x1f`, `31`, `4k`, `2M`, `1g` (sizes are binary).
+pub(crate) fn number(word: &str) -> Result<u64, String> {
+    let lower = word.to_ascii_lowercase();
+    let (digits, shift) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 30),
+        _ => (lower.as_str(), 0),
+    };
+    let digits = digits.replace('_', "");
+    let value = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => digits.parse::<u64>(),
+    }
+    .map_err(|_| format!("'{word}' is not a number"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or(format!("'{word}' is too large"))
+}
+
+/// Rights from letters of `rwxuc` (`c` = copy-on-write); x86 pages are
+/// always readable, so `r` may be left out.
+pub(crate) fn rights(word: &str) -> Result<(MappingKind, bool), String> {
+    if word.is_empty() || !word.chars().all(|c| "rwxuc-".contains(c)) {
+        return Err(format!(
+            "'{word}' is not a set of rights (letters r w x u c)"
+        ));
+    }
+    let has = |c| word.contains(c);
+    let kind = if has('c') {
+        if has('w') {
+            return Err("a copy-on-write page cannot be writable".into());
+        }
+        MappingKind::Cow(CowMapping {
+            readable: true,
+            executable: has('x'),
+        })
+    } else {
+        MappingKind::Basic(BasicMapping {
+            readable: true,
+            writable: has('w'),
+            executable: has('x'),
+        })
+    };
+    Ok((kind, has('u')))
+}
+
+/// `4k`, `2m` or `1g`.
+pub(crate) fn page_size(word: &str) -> Result<PageSize, String> {
+    match word.to_ascii_lowercase().as_str() {
+        "4k" => Ok(PageSize::SIZE_4K),
+        "2m" => Ok(PageSize::SIZE_2M),
+        "1g" => Ok(PageSize::SIZE_1G),
+        _ => Err(format!("page size '{word}' is not one of 4k, 2m, 1g")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_sizes_and_rights() {
+        assert_eq!(number("0x1000"), Ok(0x1000));
+        assert_eq!(number("4096"), Ok(4096));
+        assert_eq!(number("2M"), Ok(2 << 20));
+        assert_eq!(number("0xffff_ffff_8000_0000"), Ok(0xffff_ffff_8000_0000));
+        assert!(number("zz").is_err());
+        assert!(number("99999999999999999999g").is_err());
+        assert!(rights("rw").is_ok());
+        assert!(rights("rq").is_err());
+        assert!(rights("cw").is_err());
+        let args = Args::parse(&["1", "--space", "0x1000", "2"], &["space"]).unwrap();
+        assert_eq!(args.positional, vec!["1", "2"]);
+        assert_eq!(args.option("space"), Some("0x1000"));
+        assert!(Args::parse(&["--bogus", "1"], &["space"]).is_err());
+        assert!(Args::parse(&["--space"], &["space"]).is_err());
+    }
+}

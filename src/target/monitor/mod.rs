@@ -1,0 +1,109 @@
+//! `monitor` commands: see and change the guest's page tables (`vmem …`)
+//! and QEMU's commands (`info mem`, `info tlb`, `gva2gpa`, `xp`,
+//! `info registers`).
+//!
+//! A command never fails the gdb session: every error is printed as text
+//! with the command's usage, and changes nothing.
+
+mod args;
+mod qemu;
+mod vmem;
+
+use std::fmt;
+
+use super::memory::{GuestMemory, TablePool};
+use super::regs::KvmState;
+use crate::arch::PageTableFormat;
+
+/// What gdb's memory accesses go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum View {
+    /// The stopped vCPU's current CR3.
+    Current,
+    /// Another address space (its root table).
+    Space(u64),
+    /// Guest-physical addresses.
+    Physical,
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            View::Current => f.write_str("the current vCPU's address space"),
+            View::Space(root) => write!(f, "address space {root:#x}"),
+            View::Physical => f.write_str("physical addresses"),
+        }
+    }
+}
+
+/// What the target must do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    None,
+    /// Page tables changed: make every vCPU drop cached translations.
+    TablesChanged,
+    /// Switch gdb's memory view.
+    Use(View),
+    /// Remember another address space.
+    AddSpace(u64),
+}
+
+/// What a command may look at.
+pub(crate) struct Context<'a> {
+    pub memory: &'a GuestMemory,
+    pub pool: Option<&'a TablePool>,
+    /// Paging format of the current vCPU (`None`: paging off).
+    pub format: Option<&'a dyn PageTableFormat>,
+    /// Root of the current space (`None`: paging off).
+    pub root: Option<u64>,
+    /// Known spaces with how they are known, in walk order.
+    pub spaces: Vec<(u64, String)>,
+    /// The current vCPU's registers.
+    pub state: Option<KvmState>,
+    /// DR0-DR3, DR6, DR7 of the current vCPU.
+    pub debug_regs: [u64; 6],
+}
+
+const HELP: &str = "\
+Commands (monitor COMMAND):
+  help                this text
+  vmem help           the page-table commands with examples
+";
+
+/// Run one monitor command line; returns its output and what to do next.
+pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut out = String::new();
+    let result = match words.as_slice() {
+        [] | ["help"] => {
+            out.push_str(HELP);
+            out.push_str(vmem::USAGE);
+            out.push_str(qemu::USAGE);
+            Ok(Effect::None)
+        }
+        ["vmem", rest @ ..] => vmem::run(ctx, rest, &mut out).map_err(|e| (e, vmem::USAGE)),
+        ["info", "mem"] => qemu::info_mem(ctx, &mut out)
+            .map(|()| Effect::None)
+            .map_err(|e| (e, qemu::USAGE)),
+        ["info", "tlb"] => qemu::info_tlb(ctx, &mut out)
+            .map(|()| Effect::None)
+            .map_err(|e| (e, qemu::USAGE)),
+        ["info", "registers"] => qemu::info_registers(ctx, &mut out)
+            .map(|()| Effect::None)
+            .map_err(|e| (e, qemu::USAGE)),
+        ["gva2gpa", addr] => qemu::gva2gpa(ctx, addr, &mut out)
+            .map(|()| Effect::None)
+            .map_err(|e| (e, qemu::USAGE)),
+        ["xp", rest @ ..] => qemu::xp(ctx, rest, &mut out)
+            .map(|()| Effect::None)
+            .map_err(|e| (e, qemu::USAGE)),
+        _ => Err((format!("unknown command: '{}'", line.trim()), HELP)),
+    };
+    match result {
+        Ok(effect) => (out, effect),
+        Err((error, usage)) => {
+            out.push_str(&format!("error: {error}\nusage:\n{usage}"));
+            (out, Effect::None)
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! QEMU's monitor commands, in QEMU's exact output formats, so pwndbg,
+//! GEF and gdb-pt-dump work unchanged (formats from QEMU's
+//! target/i386/monitor.c, monitor/hmp-cmds-target.c, target/i386/cpu-dump.c).
+
+use std::fmt::Write;
+
+use kvm_bindings::kvm_segment;
+
+use super::args;
+use super::Context;
+use crate::target::memory::GuestTables;
+use crate::vmem::{self, Flags, Perms};
+
+/// Usage of the QEMU-compatible commands.
+pub(crate) const USAGE: &str = "\
+info mem            ranges of equal protection: start-end size [u-]r[w-]
+info tlb            every page: va: pa XGPDACTUW
+info registers      the current vCPU's registers, QEMU layout
+gva2gpa ADDR        physical address of ADDR in the current space
+xp /FMT ADDR        physical memory dump (FMT: count, x|d|u|c, b|h|w|g)
+    e.g. monitor xp /4xg 0x100000
+";
+
+const BUDGET: u64 = 1 << 24;
+
+fn mappings<'a>(
+    ctx: &'a Context<'_>,
+    tables: &'a GuestTables<'a>,
+) -> Result<impl Iterator<Item = vmem::Mapping> + 'a, String> {
+    let fmt = ctx.format.ok_or("PG disabled")?;
+    Ok(vmem::virt_to_phys(fmt, tables, 0, u64::MAX)
+        .with_budget(BUDGET)
+        .filter_map(Result::ok))
+}
+
+/// `info mem`: runs of equal user / write protection, PA ignored.
+pub(crate) fn info_mem(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+    let Some(root) = ctx.root else {
+        out.push_str("PG disabled\n");
+        return Ok(());
+    };
+    let tables = GuestTables::new(ctx.memory, root, None);
+    let mut run: Option<(u64, u64, Perms)> = None;
+    let emit = |out: &mut String, (start, end, perms): (u64, u64, Perms)| {
+        let _ = writeln!(
+            out,
+            "{start:016x}-{end:016x} {:016x} {}r{}",
+            end.wrapping_sub(start),
+            if perms.contains(Perms::USER) {
+                'u'
+            } else {
+                '-'
+            },
+            if perms.contains(Perms::WRITE) {
+                'w'
+            } else {
+                '-'
+            }
+        );
+    };
+    for m in mappings(ctx, &tables)? {
+        let prot = m.perms() & (Perms::USER | Perms::WRITE);
+        let end = m.virt_base.wrapping_add(m.len);
+        match &mut run {
+            Some((_, run_end, run_prot)) if *run_end == m.virt_base && *run_prot == prot => {
+                *run_end = end
+            }
+            _ => {
+                if let Some(done) = run.replace((m.virt_base, end, prot)) {
+                    emit(out, done);
+                }
+            }
+        }
+    }
+    if let Some(done) = run {
+        emit(out, done);
+    }
+    Ok(())
+}
+
+/// `info tlb`: one line per leaf page.
+pub(crate) fn info_tlb(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+    let Some(root) = ctx.root else {
+        out.push_str("PG disabled\n");
+        return Ok(());
+    };
+    let tables = GuestTables::new(ctx.memory, root, None);
+    for m in mappings(ctx, &tables)? {
+        let size = m.page_size.bytes();
+        let perms = m.perms();
+        let letter = |on: bool, c: char| if on { c } else { '-' };
+        let letters: String = [
+            letter(!perms.contains(Perms::EXEC), 'X'),
+            letter(m.flags.contains(Flags::GLOBAL), 'G'),
+            letter(size > 4096, 'P'),
+            letter(m.flags.contains(Flags::DIRTY), 'D'),
+            letter(m.flags.contains(Flags::ACCESSED), 'A'),
+            letter(m.flags.contains(Flags::CACHE_DISABLE), 'C'),
+            letter(m.flags.contains(Flags::WRITE_THROUGH), 'T'),
+            letter(perms.contains(Perms::USER), 'U'),
+            letter(perms.contains(Perms::WRITE), 'W'),
+        ]
+        .iter()
+        .collect();
+        for i in 0..m.len / size {
+            let _ = writeln!(
+                out,
+                "{:016x}: {:016x} {letters}",
+                m.virt_base.wrapping_add(i * size),
+                m.phys_base + i * size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gva2gpa ADDR`.
+pub(crate) fn gva2gpa(ctx: &Context<'_>, addr: &str, out: &mut String) -> Result<(), String> {
+    let va = args::number(addr)?;
+    let gpa = match (ctx.format, ctx.root) {
+        (Some(fmt), Some(root)) => {
+            let tables = GuestTables::new(ctx.memory, root, None);
+            vmem::translate_addr(fmt, &tables, root, va)
+                .ok()
+                .map(|t| t.pa)
+        }
+        _ => Some(va),
+    };
+    match gpa {
+        Some(gpa) => writeln!(out, "gpa: {gpa:#x}"),
+        None => writeln!(out, "Unmapped"),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// `xp /FMT ADDR`.
+pub(crate) fn xp(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), String> {
+    let (spec, addr) = match words {
+        [spec, addr] if spec.starts_with('/') => (&spec[1..], *addr),
+        [addr] => ("", *addr),
+        _ => return Err("usage: xp /FMT ADDR".into()),
+    };
+    let digits: String = spec.chars().take_while(char::is_ascii_digit).collect();
+    let count: u64 = if digits.is_empty() {
+        1
+    } else {
+        digits.parse().map_err(|_| "bad count")?
+    };
+    let (mut format, mut size) = ('x', 4u64);
+    for c in spec[digits.len()..].chars() {
+        match c {
+            'x' | 'd' | 'u' | 'c' => format = c,
+            'b' => size = 1,
+            'h' => size = 2,
+            'w' => size = 4,
+            'g' => size = 8,
+            _ => return Err(format!("unknown format letter '{c}'")),
+        }
+    }
+    if format == 'c' {
+        size = 1;
+    }
+    if count > 1 << 16 {
+        return Err("count is too large (at most 65536)".into());
+    }
+    let mut addr = args::number(addr)?;
+    let mut len = count * size;
+    let line_size = if size == 1 { 8 } else { 16 };
+    let digits = match format {
+        'x' => (size * 8 / 4) as usize,
+        _ => (size * 8 * 10).div_ceil(33) as usize,
+    };
+    while len > 0 {
+        let l = len.min(line_size);
+        let mut buf = vec![0u8; l as usize];
+        ctx.memory
+            .read(addr, &mut buf)
+            .map_err(|_| format!("Cannot access memory at {addr:#x}"))?;
+        let _ = write!(out, "{addr:016x}:");
+        for chunk in buf.chunks(size as usize) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            let v = u64::from_le_bytes(bytes);
+            let shift = 64 - 8 * size as u32;
+            let _ = match format {
+                'x' => write!(out, " 0x{v:0digits$x}"),
+                'u' => write!(out, " {v:digits$}"),
+                'd' => write!(out, " {:digits$}", ((v << shift) as i64) >> shift),
+                _ => write!(out, " {}", printable(v as u8)),
+            };
+        }
+        out.push('\n');
+        addr = addr.wrapping_add(l);
+        len -= l;
+    }
+    Ok(())
+}
+
+fn printable(c: u8) -> String {
+    match c {
+        b'\'' => "'\\''".into(),
+        b'\\' => "'\\\\'".into(),
+        b'\n' => "'\\n'".into(),
+        b'\r' => "'\\r'".into(),
+        0x20..=0x7e => format!("'{}'", c as char),
+        _ => format!("'\\x{c:02x}'"),
+    }
+}
+
+fn seg_flags(s: &kvm_segment) -> u32 {
+    (u32::from(s.type_) << 8)
+        | (u32::from(s.s) << 12)
+        | (u32::from(s.dpl) << 13)
+        | (u32::from(s.present) << 15)
+        | (u32::from(s.avl) << 20)
+        | (u32::from(s.l) << 21)
+        | (u32::from(s.db) << 22)
+        | (u32::from(s.g) << 23)
+}
+
+fn seg_line(out: &mut String, name: &str, s: &kvm_segment) {
+    let flags = seg_flags(s);
+    let _ = write!(
+        out,
+        "{name:<3}={:04x} {:016x} {:08x} {:08x}",
+        s.selector,
+        s.base,
+        s.limit,
+        flags & 0x00ff_ff00
+    );
+    if s.present != 0 {
+        let _ = write!(out, " DPL={} ", s.dpl);
+        let t = s.type_;
+        if s.s != 0 {
+            if t & 0x8 != 0 {
+                let kind = if s.l != 0 {
+                    "CS64"
+                } else if s.db != 0 {
+                    "CS32"
+                } else {
+                    "CS16"
+                };
+                let _ = write!(
+                    out,
+                    "{kind} [{}{}",
+                    if t & 4 != 0 { 'C' } else { '-' },
+                    if t & 2 != 0 { 'R' } else { '-' }
+                );
+            } else {
+                let _ = write!(
+                    out,
+                    "DS   [{}{}",
+                    if t & 4 != 0 { 'E' } else { '-' },
+                    if t & 2 != 0 { 'W' } else { '-' }
+                );
+            }
+            let _ = write!(out, "{}]", if t & 1 != 0 { 'A' } else { '-' });
+        } else {
+            let name = match t {
+                2 => "LDT",
+                9 => "TSS64-avl",
+                11 => "TSS64-busy",
+                _ => "SYS",
+            };
+            out.push_str(name);
+        }
+    }
+    out.push('\n');
+}
+
+/// `info registers`.
+pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+    let state = ctx
+        .state
+        .as_ref()
+        .ok_or("cannot read the vCPU's registers")?;
+    let r = &state.regs;
+    let s = &state.sregs;
+    let rows = [
+        [
+            ("RAX", r.rax),
+            ("RBX", r.rbx),
+            ("RCX", r.rcx),
+            ("RDX", r.rdx),
+        ],
+        [
+            ("RSI", r.rsi),
+            ("RDI", r.rdi),
+            ("RBP", r.rbp),
+            ("RSP", r.rsp),
+        ],
+        [("R8 ", r.r8), ("R9 ", r.r9), ("R10", r.r10), ("R11", r.r11)],
+        [
+            ("R12", r.r12),
+            ("R13", r.r13),
+            ("R14", r.r14),
+            ("R15", r.r15),
+        ],
+    ];
+    for row in rows {
+        let line: Vec<String> = row.iter().map(|(n, v)| format!("{n}={v:016x}")).collect();
+        let _ = writeln!(out, "{}", line.join(" "));
+    }
+    let f = r.rflags;
+    let bit = |mask: u64, c: char| if f & mask != 0 { c } else { '-' };
+    let _ = writeln!(
+        out,
+        "RIP={:016x} RFL={:08x} [{}{}{}{}{}{}{}] CPL={} II=0 A20=1 SMM=0 HLT=0",
+        r.rip,
+        f as u32,
+        bit(1 << 10, 'D'),
+        bit(1 << 11, 'O'),
+        bit(1 << 7, 'S'),
+        bit(1 << 6, 'Z'),
+        bit(1 << 4, 'A'),
+        bit(1 << 2, 'P'),
+        bit(1, 'C'),
+        s.cs.selector & 3
+    );
+    for (name, seg) in [
+        ("ES", &s.es),
+        ("CS", &s.cs),
+        ("SS", &s.ss),
+        ("DS", &s.ds),
+        ("FS", &s.fs),
+        ("GS", &s.gs),
+        ("LDT", &s.ldt),
+        ("TR", &s.tr),
+    ] {
+        seg_line(out, name, seg);
+    }
+    let _ = writeln!(out, "GDT=     {:016x} {:08x}", s.gdt.base, s.gdt.limit);
+    let _ = writeln!(out, "IDT=     {:016x} {:08x}", s.idt.base, s.idt.limit);
+    let _ = writeln!(
+        out,
+        "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}",
+        s.cr0, s.cr2, s.cr3, s.cr4
+    );
+    let dr = &ctx.debug_regs;
+    let _ = writeln!(
+        out,
+        "DR0={:016x} DR1={:016x} DR2={:016x} DR3={:016x}",
+        dr[0], dr[1], dr[2], dr[3]
+    );
+    let _ = writeln!(out, "DR6={:016x} DR7={:016x}", dr[4], dr[5]);
+    let _ = writeln!(out, "EFER={:016x}", s.efer);
+    Ok(())
+}

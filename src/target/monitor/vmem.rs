@@ -1,0 +1,336 @@
+//! `monitor vmem …`: see and change the guest's page tables.
+
+use std::fmt::Write;
+
+use super::args::{self, Args};
+use super::{Context, Effect, View};
+use crate::arch::{Descriptor, PageTableFormat};
+use crate::target::memory::GuestTables;
+use crate::vmem::{
+    self, Flags, HumanBytes, MapError, Mapping, PageSize, Perms, SpaceAwareMapping, WalkError,
+};
+
+/// Entries a monitor walk may read before it gives up (bounds hostile tables).
+const WALK_BUDGET: u64 = 1 << 24;
+/// Default number of rows `walk` prints.
+const DEFAULT_LIMIT: usize = 200;
+
+pub(crate) const USAGE: &str = "\
+vmem walk [START [END]] [--space CR3] [--limit N]
+    coalesced mappings of an address space (END exclusive; default: all)
+    e.g. monitor vmem walk 0xffffffff80000000 --limit 20
+vmem translate VA [--space CR3]
+    every level of the walk for one address
+    e.g. monitor vmem translate 0xffffffff80400000
+vmem map VA PA LEN [rwxuc] [--page 4k|2m|1g] [--space CR3]
+    map LEN bytes at VA to PA (default rights rw; tables from the VMM's pool)
+    e.g. monitor vmem map 0x70000000 0x1000000 4k rwu
+vmem unmap VA LEN [--space CR3]
+    remove the translations of LEN bytes at VA
+    e.g. monitor vmem unmap 0x70000000 4k
+vmem protect VA LEN [rwxuc] [--space CR3]
+    change the rights of mapped pages (default r: read-only)
+    e.g. monitor vmem protect 0x400000 4k ru
+vmem spaces
+    every known address space, walked together; shared sub-tables shown once
+vmem space add CR3
+    remember another address space for `vmem spaces`
+vmem use CR3|current|phys
+    which space gdb's memory accesses go through (phys: physical addresses)
+    e.g. monitor vmem use 0x107000
+";
+
+/// `r w x u g a d c` with `-` for what is missing (c = copy-on-write).
+pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
+    let bits = [
+        (perms.contains(Perms::READ), 'r'),
+        (perms.contains(Perms::WRITE), 'w'),
+        (perms.contains(Perms::EXEC), 'x'),
+        (perms.contains(Perms::USER), 'u'),
+        (flags.contains(Flags::GLOBAL), 'g'),
+        (flags.contains(Flags::ACCESSED), 'a'),
+        (flags.contains(Flags::DIRTY), 'd'),
+        (flags.contains(Flags::COW), 'c'),
+    ];
+    bits.iter()
+        .map(|&(on, c)| if on { c } else { '-' })
+        .collect()
+}
+
+fn mapping_flags(m: &Mapping) -> String {
+    let (_, cow) = m.kind.perms();
+    let mut flags = m.flags;
+    flags.set(Flags::COW, cow);
+    flag_letters(m.perms(), flags)
+}
+
+/// One row of a walk.
+pub(crate) fn row(m: &Mapping) -> String {
+    format!(
+        "{:016x}-{:016x}  {:016x}-{:016x}  {:>6}  {:>4}  {}",
+        m.virt_base,
+        m.virt_last(),
+        m.phys_base,
+        m.phys_base.wrapping_add(m.len - 1),
+        HumanBytes(m.len).to_string(),
+        m.page_size.to_string(),
+        mapping_flags(m)
+    )
+}
+
+const HEADER: &str =
+    "virtual start    -end               physical start   -end                 size  page  rwxugadc";
+
+fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<PageSize, u64>) {
+    let sizes: Vec<String> = per_size
+        .iter()
+        .rev()
+        .map(|(size, bytes)| format!("{} in {size} pages", HumanBytes(*bytes)))
+        .collect();
+    let mapped = if sizes.is_empty() {
+        "nothing mapped".into()
+    } else {
+        sizes.join(", ")
+    };
+    let _ = writeln!(out, "{rows} mappings; {mapped}");
+}
+
+fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String> {
+    match args.option("space") {
+        Some(cr3) => Ok(args::number(cr3)? & crate::target::paging::CR3_ADDR_MASK),
+        None => ctx
+            .root
+            .ok_or_else(|| "paging is off on this vCPU: there are no page tables".into()),
+    }
+}
+
+fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+    let root = space_of(ctx, args)?;
+    let start = if args.positional.is_empty() {
+        0
+    } else {
+        args.number(0, "START")?
+    };
+    let end = if args.positional.len() > 1 {
+        args.number(1, "END")?
+    } else {
+        0
+    };
+    let len = if end == 0 {
+        u64::MAX - start
+    } else {
+        end.checked_sub(start).ok_or("END is below START")?
+    };
+    let limit = match args.option("limit") {
+        Some(n) => usize::try_from(args::number(n)?).map_err(|_| "--limit is too large")?,
+        None => DEFAULT_LIMIT,
+    };
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let tables = GuestTables::new(ctx.memory, root, None);
+    let _ = writeln!(out, "space {root:#x}:");
+    let _ = writeln!(out, "{HEADER}");
+    let mut per_size = std::collections::BTreeMap::new();
+    let (mut shown, mut hidden) = (0usize, 0usize);
+    for item in vmem::virt_to_phys(fmt, &tables, start, len).with_budget(WALK_BUDGET) {
+        match item {
+            Ok(m) => {
+                *per_size.entry(m.page_size).or_insert(0u64) += m.len;
+                if shown < limit {
+                    let _ = writeln!(out, "{}", row(&m));
+                    shown += 1;
+                } else {
+                    hidden += 1;
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "! {e}");
+            }
+        }
+    }
+    if hidden > 0 {
+        let _ = writeln!(out, "... {hidden} more mappings not shown (raise --limit)");
+    }
+    summary(out, shown + hidden, &per_size);
+    Ok(())
+}
+
+/// How an entry reads to a person.
+pub(crate) fn describe(fmt: &dyn PageTableFormat, level: usize, d: &Descriptor) -> String {
+    match *d {
+        Descriptor::Invalid => "not present".into(),
+        Descriptor::Reserved => "reserved bits set".into(),
+        Descriptor::Table { addr, allowed } => format!("table {addr:#x}, lets through {allowed}"),
+        Descriptor::Leaf { addr, perms, flags } => format!(
+            "{} page {addr:#x}, {}",
+            PageSize(fmt.entry_span(level)),
+            flag_letters(perms, flags)
+        ),
+    }
+}
+
+fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+    let va = args.number(0, "VA")?;
+    let root = space_of(ctx, args)?;
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let tables = GuestTables::new(ctx.memory, root, None);
+    let tr = vmem::translate_in(fmt, &tables, root, va);
+    let _ = writeln!(
+        out,
+        "{va:#x} in space {root:#x} ({}-level paging):",
+        fmt.levels()
+    );
+    for step in tr.steps() {
+        let at = step.at;
+        let name = format!("{}[{}]", fmt.level_name(at.level), at.index);
+        let _ = writeln!(
+            out,
+            "  {name:<10} at {:#014x}: {:#018x}  {}",
+            at.table + at.index * 8,
+            step.raw,
+            describe(fmt, at.level, &step.descriptor)
+        );
+    }
+    match tr.result {
+        Ok(t) => {
+            let _ = writeln!(
+                out,
+                "=> physical {:#x} ({} page; effective {})",
+                t.pa,
+                t.page_size,
+                flag_letters(t.perms, t.flags)
+            );
+        }
+        Err(fault) => {
+            let _ = writeln!(out, "=> no translation: {fault}");
+        }
+    }
+    Ok(())
+}
+
+fn edit(
+    ctx: &Context<'_>,
+    command: &str,
+    args: &Args<'_>,
+    out: &mut String,
+) -> Result<Effect, String> {
+    let root = space_of(ctx, args)?;
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let tables = GuestTables::new(ctx.memory, root, ctx.pool);
+    let va = args.number(0, "VA")?;
+    let result = match command {
+        "map" => {
+            let pa = args.number(1, "PA")?;
+            let len = args.number(2, "LEN")?;
+            let (kind, user) = args::rights(args.positional.get(3).copied().unwrap_or("rw"))?;
+            let mut m = Mapping::new(va, pa, len, kind);
+            m.user_accessible = user;
+            if let Some(size) = args.option("page") {
+                m.page_size = args::page_size(size)?;
+            }
+            vmem::map(fmt, &tables, &m)
+                .map(|()| format!("mapped {va:#x}..{:#x} to {pa:#x}", va.wrapping_add(len)))
+        }
+        "unmap" => {
+            let len = args.number(1, "LEN")?;
+            vmem::unmap(fmt, &tables, va, len)
+                .map(|()| format!("unmapped {va:#x}..{:#x}", va.wrapping_add(len)))
+        }
+        _ => {
+            let len = args.number(1, "LEN")?;
+            let (kind, user) = args::rights(args.positional.get(2).copied().unwrap_or("r"))?;
+            vmem::protect(fmt, &tables, va, len, kind, user)
+                .map(|()| format!("protected {va:#x}..{:#x}", va.wrapping_add(len)))
+        }
+    };
+    match result {
+        Ok(done) => {
+            let _ = writeln!(out, "{done} in space {root:#x}");
+            Ok(Effect::TablesChanged)
+        }
+        Err(MapError::Alloc { cause, .. }) if ctx.pool.is_none() => Err(format!(
+            "cannot {command}: a new page table is needed but the VMM reserved no table pool ({cause})"
+        )),
+        Err(e) => Err(format!("cannot {command}: {e}")),
+    }
+}
+
+fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let roots: Vec<u64> = ctx.spaces.iter().map(|(root, _)| *root).collect();
+    let walks = vmem::walk_va_spaces_bounded(
+        fmt,
+        &GuestTables::new(ctx.memory, 0, None),
+        &roots,
+        WALK_BUDGET,
+    );
+    for (walk, (_, label)) in walks.iter().zip(&ctx.spaces) {
+        let _ = writeln!(out, "space {:#x} ({label}):", walk.space);
+        for item in &walk.mappings {
+            match item {
+                SpaceAwareMapping::ThisSpace(m) => {
+                    let _ = writeln!(out, "  {}", row(m));
+                }
+                SpaceAwareMapping::AnotherSpace(r) => {
+                    let span = fmt.entry_span(r.depth - 1);
+                    let _ = writeln!(
+                        out,
+                        "  {:016x}-{:016x}  shared with space {:#x} at VA {:#x} (depth {})",
+                        r.our_va,
+                        r.our_va.wrapping_add(span - 1),
+                        r.space,
+                        r.their_va,
+                        r.depth
+                    );
+                }
+            }
+        }
+        for e in &walk.errors {
+            let _ = writeln!(out, "  ! {e}");
+        }
+        if walk
+            .errors
+            .iter()
+            .any(|e| matches!(e, WalkError::BudgetExhausted { .. }))
+        {
+            let _ = writeln!(out, "  (walk cut short)");
+        }
+    }
+    Ok(())
+}
+
+fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
+    let view = match args.positional.first().copied() {
+        Some("current") => View::Current,
+        Some("phys") | Some("physical") => View::Physical,
+        Some(word) => View::Space(args::number(word)? & crate::target::paging::CR3_ADDR_MASK),
+        None => return Err("missing CR3, current or phys".into()),
+    };
+    let _ = writeln!(out, "gdb memory accesses now go through {view}");
+    Ok(Effect::Use(view))
+}
+
+/// Run `vmem WORDS…`.
+pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
+    let (command, rest) = words.split_first().ok_or("missing vmem command")?;
+    let args = Args::parse(rest, &["space", "limit", "page"])?;
+    match *command {
+        "help" => {
+            out.push_str(USAGE);
+            Ok(Effect::None)
+        }
+        "walk" => walk(ctx, &args, out).map(|()| Effect::None),
+        "translate" => translate(ctx, &args, out).map(|()| Effect::None),
+        "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
+        "spaces" => spaces(ctx, out).map(|()| Effect::None),
+        "space" => match args.positional.as_slice() {
+            ["add", cr3] => {
+                let root = args::number(cr3)? & crate::target::paging::CR3_ADDR_MASK;
+                let _ = writeln!(out, "added space {root:#x}");
+                Ok(Effect::AddSpace(root))
+            }
+            _ => Err("usage: vmem space add CR3".into()),
+        },
+        "use" => use_space(&args, out),
+        other => Err(format!("unknown vmem command '{other}'")),
+    }
+}

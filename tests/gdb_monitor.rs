@@ -1,0 +1,441 @@
+//! `monitor` commands from a real gdb against the demo VM, checked against
+//! the layout the demo VM built: kernel window at 0xffffffff80000000 in
+//! 2 MiB pages (PA 0), 1 GiB direct map at 0xffff888000000000, a user page
+//! at 0x400000 (PA 0x1000000 / 0x1001000), two spaces sharing the kernel half.
+
+mod demo;
+
+use std::time::Duration;
+
+use demo::{hex_after, number_after, DemoVm};
+use regex::Regex;
+
+fn lines_matching<'a>(out: &'a str, re: &str) -> Vec<&'a str> {
+    let re = Regex::new(re).unwrap();
+    out.lines().filter(|l| re.is_match(l)).collect()
+}
+
+#[test]
+fn walk_shows_the_demo_layout() {
+    let Some(vm) = DemoVm::start() else { return };
+    let a = format!("monitor vmem walk --space {:#x}", vm.spaces[0]);
+    let out = vm.gdb(&[
+        &a,
+        "monitor vmem walk 0x400000 0x401000",
+        "monitor vmem walk --limit 2",
+    ]);
+    let row = r"^[0-9a-f]{16}-[0-9a-f]{16}  [0-9a-f]{16}-[0-9a-f]{16}  +\S+ +(4K|2M|1G)  [r-][w-][x-][u-][g-][a-][d-][c-]$";
+    assert!(lines_matching(&out, row).len() >= 5, "{out}");
+    assert!(Regex::new(r"(?m)^0000000000400000-0000000000400fff  0000000001000000-0000000001000fff      4K    4K  rw-u")
+        .unwrap()
+        .is_match(&out), "{out}");
+    assert!(Regex::new(r"(?m)^ffff888000000000-ffff88803fffffff  0000000000000000-000000003fffffff      1G    1G  rw--")
+        .unwrap()
+        .is_match(&out), "{out}");
+    assert!(
+        Regex::new(r"(?m)^ffffffff80000000-ffffffff8\S+  0000000000000000-\S+ +\S+    2M  rwx-")
+            .unwrap()
+            .is_match(&out),
+        "{out}"
+    );
+    assert!(
+        out.contains("1G in 1G pages, 64M in 2M pages, 4K in 4K pages"),
+        "{out}"
+    );
+    // A range walk and a limited walk.
+    assert!(out.contains("1 mappings; 4K in 4K pages"), "{out}");
+    assert!(
+        Regex::new(r"\.\.\. \d+ more mappings not shown")
+            .unwrap()
+            .is_match(&out),
+        "{out}"
+    );
+}
+
+#[test]
+fn translate_prints_every_level() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor vmem translate 0xffffffff80400123",
+        "monitor vmem translate 0x7000",
+    ]);
+    let chain = lines_matching(
+        &out,
+        r"^  (PML4|PDPT|PD|PT)\[\d+\] +at 0x[0-9a-f]+: 0x[0-9a-f]{16}  ",
+    );
+    assert_eq!(chain.len(), 3 + 3, "{out}");
+    assert!(
+        chain[0].starts_with("  PML4[511]") && chain[0].contains("table 0x"),
+        "{out}"
+    );
+    assert!(chain[1].starts_with("  PDPT[510]"), "{out}");
+    assert!(
+        chain[2].starts_with("  PD[2]") && chain[2].contains("2M page 0x400000, rwx-"),
+        "{out}"
+    );
+    assert!(
+        out.contains("=> physical 0x400123 (2M page; effective rwx-"),
+        "{out}"
+    );
+    // 0x7000: PML4[0] and PDPT[0] exist (for the user page at 0x400000 =
+    // PD[2]); PD[0] does not.
+    assert!(
+        chain[5].starts_with("  PD[0]") && chain[5].ends_with("not present"),
+        "{out}"
+    );
+    assert!(out.contains("=> no translation: level 2 table"), "{out}");
+    assert!(out.contains("entry 0: not present"), "{out}");
+}
+
+#[test]
+fn map_a_page_then_gdb_and_the_guest_read_it() {
+    let Some(vm) = DemoVm::start() else { return };
+    let mut cmds: Vec<String> = vm
+        .spaces
+        .iter()
+        .map(|s| format!("monitor vmem map 0x70000000 0x1800000 4k rw --space {s:#x}"))
+        .collect();
+    cmds.extend(
+        [
+            "set {unsigned long}0x70000010 = 0x1122334455667788",
+            "x/gx 0x70000010",
+            "monitor xp /2xg 0x1800008",
+            "set var probe_va = 0x70000010",
+            "monitor vmem translate 0x70000010",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let out = vm.gdb(&refs);
+    assert_eq!(
+        out.matches("mapped 0x70000000..0x70001000 to 0x1800000")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("0x70000010:\t0x1122334455667788"), "{out}");
+    assert!(
+        out.contains("0000000001800008: 0x0000000000000000 0x1122334455667788"),
+        "{out}"
+    );
+    assert!(out.contains("=> physical 0x1800010 (4K page"), "{out}");
+    // The guest (vCPU 0, whichever space it is in) reads it through its own tables.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = vm.gdb(&[
+        "print/x probe_value",
+        "print probe_count",
+        "print last_fault_vector",
+    ]);
+    assert!(out.contains("$1 = 0x1122334455667788"), "{out}");
+    assert_eq!(number_after(&out, "$2 = "), Some(1), "{out}");
+    assert_eq!(number_after(&out, "$3 = "), Some(0), "{out}");
+}
+
+#[test]
+fn protect_read_only_makes_the_guest_write_fault() {
+    let Some(vm) = DemoVm::start() else { return };
+    let cmds: Vec<String> = vm
+        .spaces
+        .iter()
+        .map(|s| format!("monitor vmem protect 0x400000 4k ru --space {s:#x}"))
+        .chain(["monitor vmem walk 0x400000 0x401000".to_string()])
+        .collect();
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let out = vm.gdb(&refs);
+    assert_eq!(
+        out.matches("protected 0x400000..0x401000").count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        Regex::new(r"(?m)^0000000000400000-0000000000400fff  \S+ +4K +4K  r--u")
+            .unwrap()
+            .is_match(&out),
+        "{out}"
+    );
+    // vCPU 0 writes its user page every iteration: it must now take #PF.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = vm.gdb(&["print/x last_fault_addr", "print last_fault_vector"]);
+    assert!(out.contains("$1 = 0x400000"), "{out}");
+    assert_eq!(number_after(&out, "$2 = "), Some(14), "{out}");
+}
+
+#[test]
+fn unmap_makes_reads_fail() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "x/bx 0x400000",
+        "monitor vmem unmap 0x400000 4k",
+        "x/bx 0x400000",
+        "monitor vmem translate 0x400000",
+    ]);
+    assert!(out.contains("0x400000:\t0x"), "{out}");
+    assert!(out.contains("unmapped 0x400000..0x401000"), "{out}");
+    assert!(
+        out.contains("Cannot access memory at address 0x400000"),
+        "{out}"
+    );
+    assert!(out.contains("=> no translation"), "{out}");
+}
+
+#[test]
+fn spaces_show_the_shared_kernel_half() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&["monitor vmem spaces"]);
+    for space in &vm.spaces {
+        assert!(out.contains(&format!("space {space:#x} (")), "{out}");
+    }
+    let shared = lines_matching(
+        &out,
+        r"shared with space 0x[0-9a-f]+ at VA 0x[0-9a-f]+ \(depth 1\)$",
+    );
+    assert_eq!(shared.len(), 2, "{out}");
+    assert!(
+        shared.iter().any(|l| l
+            .trim_start()
+            .starts_with("ffffff8000000000-ffffffffffffffff")),
+        "{out}"
+    );
+    assert!(
+        shared.iter().any(|l| l
+            .trim_start()
+            .starts_with("ffff888000000000-ffff88ffffffffff")),
+        "{out}"
+    );
+    // The user pages are each space's own.
+    assert!(
+        out.contains("0000000000400000-0000000000400fff  0000000001000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0000000000400000-0000000000400fff  0000000001001000"),
+        "{out}"
+    );
+}
+
+#[test]
+fn use_switches_what_gdb_reads() {
+    let Some(vm) = DemoVm::start() else { return };
+    let (a, b) = (vm.spaces[0], vm.spaces[1]);
+    let out = vm.gdb(&[
+        &format!("monitor vmem use {a:#x}"),
+        "set {unsigned char}0x400008 = 0x41",
+        &format!("monitor vmem use {b:#x}"),
+        "set {unsigned char}0x400008 = 0x42",
+        "x/bx 0x400008",
+        &format!("monitor vmem use {a:#x}"),
+        "x/bx 0x400008",
+        "monitor vmem use phys",
+        "x/bx 0x1001008",
+        "monitor vmem use current",
+        "x/s &greeting",
+    ]);
+    let values: Vec<u64> = out
+        .lines()
+        .filter(|l| l.starts_with("0x400008:") || l.starts_with("0x1001008:"))
+        .filter_map(|l| hex_after(l, ":"))
+        .collect();
+    assert_eq!(values, vec![0x42, 0x41, 0x42], "{out}");
+    assert!(
+        out.contains("gdb memory accesses now go through physical addresses"),
+        "{out}"
+    );
+    assert!(out.contains("\"Hello from the higher half!\""), "{out}");
+}
+
+#[test]
+fn qemu_formats_match_qemus_format_strings() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor info mem",
+        "monitor info tlb",
+        "monitor gva2gpa 0xffffffff80400123",
+        "monitor gva2gpa 0x7000",
+        "monitor xp /4xg 0x400000",
+        "monitor xp /3dw 0x400000",
+        "eval \"monitor xp /4c 0x%lx\", (unsigned long)&greeting - 0xffffffff80000000",
+        "monitor info registers",
+    ]);
+    // info mem: "%016x-%016x %016x %c%c%c"
+    let mem = lines_matching(&out, r"^[0-9a-f]{16}-[0-9a-f]{16} [0-9a-f]{16} [u-]r[w-]$");
+    assert_eq!(
+        mem,
+        vec![
+            "0000000000400000-0000000000401000 0000000000001000 urw",
+            "ffff888000000000-ffff888040000000 0000000040000000 -rw",
+            "ffffffff80000000-ffffffff84000000 0000000004000000 -rw",
+        ],
+        "{out}"
+    );
+    // info tlb: "%016x: %016x XGPDACTUW"
+    let tlb = lines_matching(
+        &out,
+        r"^[0-9a-f]{16}: [0-9a-f]{16} [X-][G-][P-][D-][A-][C-][T-][U-][W-]$",
+    );
+    assert_eq!(tlb.len(), 1 + 1 + 32, "{out}");
+    assert!(
+        tlb.contains(&"ffff888000000000: 0000000000000000 X-P-----W"),
+        "{out}"
+    );
+    assert!(
+        tlb.iter()
+            .any(|l| l.starts_with("0000000000400000: 0000000001000000 X--")
+                || l.starts_with("0000000000400000: 0000000001001000 X--")),
+        "{out}"
+    );
+    assert!(out.contains("gpa: 0x400123"), "{out}");
+    assert!(out.contains("\nUnmapped\n"), "{out}");
+    assert_eq!(
+        lines_matching(&out, r"^0000000000400000: 0x[0-9a-f]{16} 0x[0-9a-f]{16}$").len(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        lines_matching(&out, r"^0000000000400010: 0x[0-9a-f]{16} 0x[0-9a-f]{16}$").len(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        lines_matching(&out, r"^0000000000400000: +-?\d+ +-?\d+ +-?\d+$").len(),
+        1,
+        "{out}"
+    );
+    assert!(
+        Regex::new(r"(?m)^00000000004[0-9a-f]{5}: 'H' 'e' 'l' 'l'$")
+            .unwrap()
+            .is_match(&out),
+        "{out}"
+    );
+    for re in [
+        r"^RAX=[0-9a-f]{16} RBX=[0-9a-f]{16} RCX=[0-9a-f]{16} RDX=[0-9a-f]{16}$",
+        r"^RIP=[0-9a-f]{16} RFL=[0-9a-f]{8} \[[D-][O-][S-][Z-][A-][P-][C-]\] CPL=0 ",
+        r"^CS =0008 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 \[-R",
+        r"^GDT=     ffffffff80001000 00000017$",
+        r"^IDT=     [0-9a-f]{16} [0-9a-f]{8}$",
+        r"^CR0=80010033 CR2=[0-9a-f]{16} CR3=[0-9a-f]{16} CR4=[0-9a-f]{8}$",
+        r"^EFER=0000000000000d00$",
+    ] {
+        assert_eq!(lines_matching(&out, re).len(), 1, "{re}\n{out}");
+    }
+}
+
+#[test]
+fn qemu_packets_and_physical_mode() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "maint packet Qqemu.sstepbits",
+        "maint packet qqemu.sstepbits",
+        "maint packet qOffsets",
+        "maint packet qqemu.PhyMemMode",
+        "x/s 0x500000",
+        "maint packet Qqemu.PhyMemMode:1",
+        "maint packet qqemu.PhyMemMode",
+        "eval \"x/s 0x%lx\", (unsigned long)&greeting - 0xffffffff80000000",
+        "maint packet Qqemu.PhyMemMode:0",
+        "x/s &greeting",
+    ]);
+    let replies: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("received: "))
+        .collect();
+    assert_eq!(
+        replies,
+        vec![
+            "received: \"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
+            "received: \"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
+            "received: \"\"",
+            "received: \"0\"",
+            "received: \"OK\"",
+            "received: \"1\"",
+            "received: \"OK\"",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("Cannot access memory at address 0x500000"),
+        "virtual 0x500000 is not mapped: {out}"
+    );
+    assert!(
+        Regex::new(r#"(?m)^0x4[0-9a-f]{5}:\t"Hello from the higher half!"$"#)
+            .unwrap()
+            .is_match(&out),
+        "physical read: {out}"
+    );
+}
+
+#[test]
+fn bad_arguments_print_usage_and_change_nothing() {
+    let Some(vm) = DemoVm::start() else { return };
+    let walk = format!("monitor vmem walk --space {:#x}", vm.spaces[0]);
+    let before = vm.gdb(&[&walk]);
+    let out = vm.gdb(&[
+        "monitor vmem map 0x1001 0 4k",
+        "monitor vmem map 0x70000000",
+        "monitor vmem map 0x0000800000000000 0 4k",
+        "monitor vmem unmap 0xfffffffffffff000 8k",
+        "monitor vmem protect 0x400000 4k rq",
+        "monitor vmem walk --bogus 1",
+        "monitor vmem translate",
+        "monitor vmem frobnicate",
+        "monitor xp /4q 0",
+        "monitor xp /4xg 0xffffffffffff0000",
+        "monitor gva2gpa nonsense",
+        "monitor bogus",
+        "print counter",
+    ]);
+    assert_eq!(out.matches("error: ").count(), 12, "{out}");
+    assert!(out.matches("usage:").count() >= 12, "{out}");
+    assert!(out.contains("unknown command: 'bogus'"), "{out}");
+    assert!(
+        number_after(&out, "$1 = ").is_some(),
+        "the session survives: {out}"
+    );
+    let after = vm.gdb(&[&walk]);
+    let table = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("  4K  ") || l.contains("  1G  "))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table(&before), table(&after), "nothing changed");
+}
+
+#[test]
+fn without_a_table_pool_map_says_why() {
+    let Some(vm) = DemoVm::start_with(&["--no-table-pool"]) else {
+        return;
+    };
+    let out = vm.gdb(&[
+        "monitor vmem map 0x70000000 0x1800000 4k",
+        "monitor vmem map 0x401000 0x1800000 4k",
+    ]);
+    assert!(out.contains("the VMM reserved no table pool"), "{out}");
+    // Filling an existing table needs no new one.
+    assert!(
+        out.contains("mapped 0x401000..0x402000 to 0x1800000"),
+        "{out}"
+    );
+}
+
+#[test]
+fn help_lists_every_command() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&["monitor help", "monitor vmem help"]);
+    for cmd in [
+        "vmem walk",
+        "vmem translate",
+        "vmem map",
+        "vmem unmap",
+        "vmem protect",
+        "vmem spaces",
+        "vmem use",
+        "info mem",
+        "info tlb",
+        "gva2gpa",
+        "xp /FMT",
+        "info registers",
+    ] {
+        assert!(out.contains(cmd), "{cmd} missing: {out}");
+    }
+    assert!(out.matches("e.g. monitor").count() >= 6, "{out}");
+}
