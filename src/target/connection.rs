@@ -87,6 +87,8 @@ pub(crate) struct GdbConnection {
     packet: Vec<u8>,
     /// gdb switched acknowledgements off (`QStartNoAckMode`).
     no_ack: bool,
+    /// The last packet handed to gdbstub (answered here if it rejects it).
+    last_packet: Vec<u8>,
     phys_mode: Arc<AtomicBool>,
 }
 
@@ -135,6 +137,7 @@ impl GdbConnection {
             output: Vec::with_capacity(1 << 17),
             packet: Vec::new(),
             no_ack: false,
+            last_packet: Vec::new(),
             phys_mode,
         })
     }
@@ -161,23 +164,42 @@ impl GdbConnection {
             match qemu_packets::reply(payload, &self.phys_mode).filter(|_| sum_ok) {
                 Some(reply) => {
                     debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
-                    self.flush()?;
-                    let ack = if self.no_ack { "" } else { "+" };
-                    let framed = format!(
-                        "{ack}${reply}#{:02x}",
-                        qemu_packets::checksum(reply.as_bytes())
-                    );
-                    self.stream.write_all(framed.as_bytes())?;
+                    self.send_reply(reply)?;
                 }
                 None => {
                     if payload == b"QStartNoAckMode" {
                         self.no_ack = true;
                     }
+                    self.last_packet = payload.to_vec();
                     self.input.extend(packet);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Send one reply packet of our own (acknowledging the request first
+    /// unless gdb turned acknowledgements off).
+    fn send_reply(&mut self, reply: &str) -> io::Result<()> {
+        self.flush()?;
+        let ack = if self.no_ack { "" } else { "+" };
+        let framed = format!(
+            "{ack}${reply}#{:02x}",
+            qemu_packets::checksum(reply.as_bytes())
+        );
+        self.stream.write_all(framed.as_bytes())
+    }
+
+    /// gdbstub rejected the last packet (and stopped): answer it so gdb is
+    /// not left waiting — empty (unsupported) for queries, `E01` otherwise.
+    pub(crate) fn answer_rejected_packet(&mut self) -> io::Result<()> {
+        self.output.clear();
+        let query = matches!(self.last_packet.first(), Some(b'q' | b'Q' | b'v'));
+        debug!(
+            "answering rejected packet {:?}",
+            String::from_utf8_lossy(&self.last_packet[..self.last_packet.len().min(64)])
+        );
+        self.send_reply(if query { "" } else { "E01" })
     }
 
     /// Block for the next byte or vCPU wake-up.
@@ -251,5 +273,35 @@ impl ConnectionExt for GdbConnection {
             }
         }
         Ok(self.input.front().copied())
+    }
+}
+
+/// A borrowed connection, so one gdb connection can outlive a gdbstub
+/// state machine that stopped on a packet it could not parse.
+pub(crate) struct ConnRef<'c>(pub &'c mut GdbConnection);
+
+impl Connection for ConnRef<'_> {
+    type Error = io::Error;
+
+    fn write(&mut self, byte: u8) -> io::Result<()> {
+        self.0.write(byte)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Connection::flush(self.0)
+    }
+}
+
+impl ConnectionExt for ConnRef<'_> {
+    fn read(&mut self) -> io::Result<u8> {
+        self.0.read()
+    }
+
+    fn peek(&mut self) -> io::Result<Option<u8>> {
+        self.0.peek()
     }
 }

@@ -14,7 +14,7 @@ use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonErr
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
 use log::{info, warn};
 
-use super::connection::{GdbConnection, Input, Stream};
+use super::connection::{ConnRef, GdbConnection, Input, Stream};
 use super::stub::KvmTarget;
 use super::vcpu::Command;
 use super::{lock, Inner};
@@ -118,18 +118,29 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     target.collect_stops();
     target.remember_spaces();
     let shutdown_handle = conn.stream().try_clone().ok();
-    let result = GdbStubBuilder::new(conn)
-        .packet_buffer_size(PACKET_SIZE)
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|stub| {
-            stub.run_blocking::<SessionLoop<'_>>(&mut target)
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(DisconnectReason::Kill) => info!("gdb sent kill: detaching, the guest keeps running"),
-        Ok(reason) => info!("gdb session ended: {reason:?}"),
-        Err(e) => info!("gdb session ended: {e}"),
+    let mut conn = conn;
+    loop {
+        let result = GdbStubBuilder::new(ConnRef(&mut conn))
+            .packet_buffer_size(PACKET_SIZE)
+            .build()
+            .map_err(|e| e.to_string())
+            .map(|stub| stub.run_blocking::<SessionLoop<'_, '_>>(&mut target));
+        match result {
+            Ok(Ok(DisconnectReason::Kill)) => {
+                info!("gdb sent kill: detaching, the guest keeps running")
+            }
+            Ok(Ok(reason)) => info!("gdb session ended: {reason:?}"),
+            Ok(Err(e)) if !e.is_connection_error() && !e.is_target_error() => {
+                // A packet gdbstub cannot handle must not end the session.
+                warn!("rejected a packet from gdb: {e}");
+                if conn.answer_rejected_packet().is_ok() {
+                    continue;
+                }
+            }
+            Ok(Err(e)) => info!("gdb session ended: {e}"),
+            Err(e) => warn!("cannot start gdbstub: {e}"),
+        }
+        break;
     }
     target.clear_debug_state();
     *lock(&dbg.session) = None;
@@ -143,22 +154,22 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
 }
 
 /// The blocking event loop of one session.
-struct SessionLoop<'a>(PhantomData<&'a ()>);
+struct SessionLoop<'a, 'c>(PhantomData<(&'a (), &'c ())>);
 
-impl<'a> BlockingEventLoop for SessionLoop<'a> {
+impl<'a, 'c> BlockingEventLoop for SessionLoop<'a, 'c> {
     type Target = KvmTarget<'a>;
-    type Connection = GdbConnection;
+    type Connection = ConnRef<'c>;
     type StopReason = MultiThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
         target: &mut KvmTarget<'a>,
-        conn: &mut GdbConnection,
+        conn: &mut ConnRef<'c>,
     ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<String, io::Error>> {
         loop {
             if let Some(stop) = target.next_pending() {
                 return Ok(Event::TargetStopped(stop));
             }
-            match conn.next_input() {
+            match conn.0.next_input() {
                 Ok(Input::Byte(b)) => return Ok(Event::IncomingData(b)),
                 Ok(Input::Wake) => target.collect_stops(),
                 Err(e) => return Err(WaitForStopReasonError::Connection(e)),
