@@ -334,20 +334,17 @@ fn qemu_packets_and_physical_mode() {
         "maint packet Qqemu.PhyMemMode:0",
         "x/s &greeting",
     ]);
-    let replies: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("received: "))
-        .collect();
+    let replies = demo::packet_replies(&out);
     assert_eq!(
         replies,
         vec![
-            "received: \"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
-            "received: \"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
-            "received: \"\"",
-            "received: \"0\"",
-            "received: \"OK\"",
-            "received: \"1\"",
-            "received: \"OK\"",
+            "\"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
+            "\"ENABLE=1,NOIRQ=2,NOTIMER=4\"",
+            "\"\"",
+            "\"0\"",
+            "\"OK\"",
+            "\"1\"",
+            "\"OK\"",
         ],
         "{out}"
     );

@@ -198,15 +198,8 @@ fn breakpoint_bytes_are_hidden_from_memory_reads() {
     let addr = hex_after(&out, "$1 = ").expect("address");
     let packet = format!("maint packet m{addr:x},1");
     let out = vm.gdb(&["break *level2", "continue", &packet, "delete", &packet]);
-    let replies: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("received: "))
-        .collect();
-    assert_eq!(
-        replies,
-        vec!["received: \"55\"", "received: \"55\""],
-        "{out}"
-    );
+    let replies = demo::packet_replies(&out);
+    assert_eq!(replies, vec!["\"55\"", "\"55\""], "{out}");
 }
 
 #[test]
@@ -233,15 +226,8 @@ fn packets_gdbstub_rejects_do_not_end_the_session() {
         "print counter",
         "x/s &greeting",
     ]);
-    let replies: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("received: "))
-        .collect();
-    assert_eq!(
-        replies,
-        vec!["received: \"\"", "received: \"E01\"", "received: \"E01\""],
-        "{out}"
-    );
+    let replies = demo::packet_replies(&out);
+    assert_eq!(replies, vec!["\"\"", "\"E01\"", "\"E01\""], "{out}");
     assert!(number_after(&out, "$1 = ").is_some(), "{out}");
     assert!(out.contains("\"Hello from the higher half!\""), "{out}");
 }

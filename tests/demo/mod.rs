@@ -172,3 +172,10 @@ pub fn number_after(text: &str, prefix: &str) -> Option<u64> {
         .collect();
     digits.parse().ok()
 }
+
+/// The replies gdb printed for `maint packet` commands, in order.
+pub fn packet_replies(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("received: "))
+        .collect()
+}
