@@ -45,6 +45,14 @@ impl Stream {
         })
     }
 
+    /// Bound how long a read may block.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        };
+    }
+
     /// Close both directions (ends the reader thread).
     pub(crate) fn shutdown(&self) {
         let _ = match self {

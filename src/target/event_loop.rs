@@ -101,6 +101,28 @@ impl Drop for GdbListener {
     }
 }
 
+/// Tell a second client that a session is already attached, then close.
+pub(crate) fn refuse(mut stream: Stream) {
+    warn!("refusing a second gdb connection: a session is already attached");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    // Answer gdb's first packet (qSupported) with an error that says why.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.contains(&b'#') && seen.len() < 4096 {
+        match io::Read::read(&mut stream, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let reply = "E.another gdb session is already attached to this VM";
+    let framed = format!(
+        "+${reply}#{:02x}",
+        super::qemu_packets::checksum(reply.as_bytes())
+    );
+    let _ = io::Write::write_all(&mut stream, framed.as_bytes());
+    stream.shutdown();
+}
+
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let (tx, rx) = mpsc::channel();

@@ -46,7 +46,7 @@ mod watchpoints;
 
 use std::io;
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use kvm_bindings::{
@@ -189,13 +189,33 @@ impl Debugger {
         self.inner.shut_down();
     }
 
-    /// Accept gdb connections one after the other, forever.
+    /// Accept gdb connections forever: one session at a time; while one
+    /// is attached, another client is told so and disconnected.
     pub fn serve(&self, listener: GdbListener) -> io::Result<()> {
         info!("waiting for gdb on {}", listener.describe());
-        loop {
+        // Whether a session is attached; a session that is just ending
+        // (gdb detached, cleanup running) is waited for, not refused.
+        let busy = (Mutex::new(false), Condvar::new());
+        std::thread::scope(|scope| loop {
             let stream = listener.accept()?;
-            event_loop::session(&self.inner, stream);
-        }
+            let (flag, ended) = &busy;
+            let mut attached = ended
+                .wait_timeout_while(lock(flag), Duration::from_secs(1), |b| *b)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+            if *attached {
+                scope.spawn(move || event_loop::refuse(stream));
+                continue;
+            }
+            *attached = true;
+            drop(attached);
+            let busy = &busy;
+            scope.spawn(move || {
+                event_loop::session(&self.inner, stream);
+                *lock(&busy.0) = false;
+                busy.1.notify_all();
+            });
+        })
     }
 }
 

@@ -524,6 +524,12 @@ impl MultiThreadResume for KvmTarget<'_> {
                 _ => {}
             }
         }
+        if actions.iter().all(|a| *a == Action::Stay) && self.pending.is_empty() {
+            // Nothing would run (e.g. only unknown threads named): report
+            // a stop at once instead of waiting forever.
+            debug!("resume: no vCPU to run");
+            self.pending.push_back((self.current, StopKind::Step));
+        }
         if !self.pending.is_empty() {
             return Ok(());
         }
