@@ -5,17 +5,42 @@ mod support;
 
 use proptest::prelude::*;
 use support::*;
-use vmem_gdbstub::arch::{Amd64, PageTableFormat};
+use vmem_gdbstub::arch::{Aarch64, Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
     self, BufferTables, Flags, MapError, Mapping, MappingKind, PageSize, TableOps, TableReadOps,
     WalkError,
 };
 
 const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
 const G1: u64 = 1 << 30;
-/// Each case works inside 8 GiB of linear addresses.
-const WINDOW: u64 = 8 * G1;
+
+/// Every paging mode, by name.
+fn modes() -> Vec<(&'static str, Box<dyn PageTableFormat>)> {
+    vec![
+        ("amd64 4-level", Box::new(Amd64::FOUR_LEVEL)),
+        ("amd64 5-level", Box::new(Amd64::FIVE_LEVEL)),
+        ("i686", Box::new(I686::LEGACY)),
+        ("i686 PSE", Box::new(I686::PSE)),
+        ("i686 PAE", Box::new(I686::PAE)),
+        ("aarch64 48-bit TTBR0", Box::new(Aarch64::LOWER_48)),
+        ("aarch64 48-bit TTBR1", Box::new(Aarch64::UPPER_48)),
+        ("aarch64 39-bit TTBR0", Box::new(Aarch64::LOWER_39)),
+    ]
+}
+
+/// Each case works inside at most 8 GiB of linear addresses.
+fn window(fmt: &dyn PageTableFormat) -> u64 {
+    (8 * G1).min(fmt.linear_mask() + 1)
+}
+
+/// The leaf sizes of a mode (up to 1 GiB).
+fn granules(fmt: &dyn PageTableFormat) -> Vec<u64> {
+    (0..fmt.levels())
+        .filter(|&l| fmt.leaf_allowed(l))
+        .map(|l| fmt.entry_span(l))
+        .filter(|&s| s <= G1)
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -40,14 +65,10 @@ enum Op {
     },
 }
 
-fn granule() -> impl Strategy<Value = u64> {
-    prop_oneof![Just(K4), Just(M2), Just(G1)]
-}
-
 /// An aligned sub-range of the window: (offset, length).
-fn range() -> impl Strategy<Value = (u64, u64)> {
-    granule().prop_flat_map(|g| {
-        let slots = WINDOW / g;
+fn range(granules: Vec<u64>, window: u64) -> impl Strategy<Value = (u64, u64)> {
+    prop::sample::select(granules).prop_flat_map(move |g| {
+        let slots = window / g;
         let max_len = if g == K4 { 600 } else { 6 };
         (0..slots).prop_flat_map(move |start| {
             let room = (slots - start).min(max_len);
@@ -60,57 +81,86 @@ fn kind() -> impl Strategy<Value = MappingKind> {
     prop_oneof![Just(RW), Just(RO), Just(RX), Just(RWX), Just(COW)]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// Ops for mode number `mode`.
+fn ops(mode: usize) -> impl Strategy<Value = Vec<Op>> {
+    let fmt = &modes()[mode].1;
+    let (g, w, limit) = (
+        granules(fmt.as_ref()),
+        window(fmt.as_ref()),
+        fmt.phys_limit().min(1 << 46),
+    );
+    let supported = fmt.supported_flags();
+    let flag_sets: Vec<Flags> = [
+        Flags::empty(),
+        Flags::GLOBAL,
+        Flags::ACCESSED | Flags::DIRTY,
+        Flags::ACCESSED,
+    ]
+    .into_iter()
+    .map(|f| f & supported)
+    .collect();
+    let sizes: Vec<PageSize> = g
+        .iter()
+        .map(|&s| PageSize(s))
+        .chain([PageSize::LARGEST])
+        .collect();
     let map = (
-        range(),
-        granule(),
+        range(g.clone(), w),
+        prop::sample::select(g.clone()),
         0u64..1 << 20,
         kind(),
         any::<bool>(),
-        prop_oneof![
-            Just(Flags::empty()),
-            Just(Flags::GLOBAL),
-            Just(Flags::ACCESSED | Flags::DIRTY)
-        ],
-        prop_oneof![
-            Just(PageSize::SIZE_4K),
-            Just(PageSize::SIZE_2M),
-            Just(PageSize::SIZE_1G),
-            Just(PageSize::LARGEST)
-        ],
+        prop::sample::select(flag_sets),
+        prop::sample::select(sizes),
     )
         .prop_map(
-            |((off, len), pa_gran, pa_slot, kind, user, flags, max)| Op::Map {
+            move |((off, len), pa_gran, pa_slot, kind, user, flags, max)| Op::Map {
                 off,
                 len,
-                pa: (pa_slot * pa_gran) % (1 << 46),
+                pa: (pa_slot * pa_gran) % limit,
                 kind,
                 user,
                 flags,
                 max,
             },
         );
-    prop_oneof![
+    let op = prop_oneof![
         3 => map,
-        1 => range().prop_map(|(off, len)| Op::Unmap { off, len }),
-        1 => (range(), kind(), any::<bool>())
+        1 => range(g.clone(), w).prop_map(|(off, len)| Op::Unmap { off, len }),
+        1 => (range(g, w), kind(), any::<bool>())
             .prop_map(|((off, len), kind, user)| Op::Protect { off, len, kind, user }),
-    ]
+    ];
+    prop::collection::vec(op, 1..24)
 }
 
-/// Window bases in linear addresses: low, straddling a PML4 boundary, and
-/// the start of the upper half.
-fn base(fmt: Amd64) -> impl Strategy<Value = u64> {
-    let top_bit = 1u64 << (fmt.va_bits() - 1);
-    prop_oneof![
-        Just(0u64),
-        Just((1u64 << 39) - 3 * G1),
-        Just(top_bit),
-        Just(2 * top_bit - WINDOW),
-    ]
+/// Window bases in linear addresses: the bottom, across a top-level
+/// boundary, and the top of the space.
+fn bases(fmt: &dyn PageTableFormat) -> Vec<u64> {
+    let space = fmt.linear_mask();
+    let w = window(fmt);
+    let top_span = fmt.entry_span(0);
+    let mut bases = vec![0, space - w + 1];
+    if top_span > 3 * G1 && space > top_span + w {
+        bases.push(top_span - 3 * G1);
+    }
+    if fmt.sign_extended() {
+        bases.push((space >> 1) + 1);
+    }
+    bases
 }
 
-fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), TestCaseError> {
+/// What the tables will say for asked-for rights.
+fn expected_kind(fmt: &dyn PageTableFormat, kind: MappingKind) -> MappingKind {
+    let (perms, cow) = kind.perms();
+    MappingKind::from_perms(fmt.representable(perms), cow)
+}
+
+fn run_case(
+    fmt: &dyn PageTableFormat,
+    base: u64,
+    ops: &[Op],
+    probes: &[u64],
+) -> Result<(), TestCaseError> {
     let t = memory();
     let mut model = Model::default();
     for op in ops {
@@ -128,7 +178,8 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
                     .with_flags(flags)
                     .max_page_size(max);
                 m.user_accessible = user;
-                vmem::map(&fmt, &t, &m).unwrap();
+                vmem::map(fmt, &t, &m).unwrap();
+                let kind = expected_kind(fmt, kind);
                 model.map(
                     base + off,
                     Seg {
@@ -141,7 +192,7 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
                 );
             }
             Op::Unmap { off, len } => {
-                vmem::unmap(&fmt, &t, fmt.canonical(base + off), len).unwrap();
+                vmem::unmap(fmt, &t, fmt.canonical(base + off), len).unwrap();
                 model.unmap(base + off, len);
             }
             Op::Protect {
@@ -150,12 +201,12 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
                 kind,
                 user,
             } => {
-                vmem::protect(&fmt, &t, fmt.canonical(base + off), len, kind, user).unwrap();
-                model.protect(base + off, len, kind, user);
+                vmem::protect(fmt, &t, fmt.canonical(base + off), len, kind, user).unwrap();
+                model.protect(base + off, len, expected_kind(fmt, kind), user);
             }
         }
     }
-    let walked = walk_all(&fmt, &t);
+    let walked = walk_all(fmt, &t);
     for m in &walked {
         let size = m.page_size.bytes();
         prop_assert!(
@@ -169,11 +220,12 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
             "not coalesced: {pair:x?}"
         );
     }
-    prop_assert_eq!(as_runs(&fmt, &walked), model.coalesced());
+    prop_assert_eq!(as_runs(fmt, &walked), model.coalesced());
+    let w = window(fmt);
     for &probe in probes {
-        let lin = base + probe % WINDOW;
+        let lin = base + probe % w;
         let va = fmt.canonical(lin);
-        let got = vmem::translate(&fmt, &t, va).result.ok();
+        let got = vmem::translate(fmt, &t, va).result.ok();
         let want = model.lookup(lin);
         prop_assert_eq!(got.map(|g| g.pa), want.map(|(pa, _)| pa), "va {:#x}", va);
         if let (Some(g), Some((_, seg))) = (got, want) {
@@ -185,26 +237,39 @@ fn run_case(fmt: Amd64, base: u64, ops: &[Op], probes: &[u64]) -> Result<(), Tes
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+fn case(mode: usize) -> impl Strategy<Value = (u64, Vec<Op>, Vec<u64>)> {
+    let fmt = &modes()[mode].1;
+    (
+        prop::sample::select(bases(fmt.as_ref())),
+        ops(mode),
+        prop::collection::vec(any::<u64>(), 64),
+    )
+}
 
-    #[test]
-    fn four_level_matches_the_model(
-        base in base(Amd64::FOUR_LEVEL),
-        ops in prop::collection::vec(op(), 1..24),
-        probes in prop::collection::vec(any::<u64>(), 64),
-    ) {
-        run_case(Amd64::FOUR_LEVEL, base, &ops, &probes)?;
-    }
+macro_rules! mode_matches_the_model {
+    ($($name:ident => $mode:expr),* $(,)?) => {
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+            $(
+                #[test]
+                fn $name((base, ops, probes) in case($mode)) {
+                    let (_, fmt) = &modes()[$mode];
+                    run_case(fmt.as_ref(), base, &ops, &probes)?;
+                }
+            )*
+        }
+    };
+}
 
-    #[test]
-    fn five_level_matches_the_model(
-        base in base(Amd64::FIVE_LEVEL),
-        ops in prop::collection::vec(op(), 1..24),
-        probes in prop::collection::vec(any::<u64>(), 64),
-    ) {
-        run_case(Amd64::FIVE_LEVEL, base, &ops, &probes)?;
-    }
+mode_matches_the_model! {
+    amd64_four_level_matches_the_model => 0,
+    amd64_five_level_matches_the_model => 1,
+    i686_matches_the_model => 2,
+    i686_pse_matches_the_model => 3,
+    i686_pae_matches_the_model => 4,
+    aarch64_lower_48_matches_the_model => 5,
+    aarch64_upper_48_matches_the_model => 6,
+    aarch64_lower_39_matches_the_model => 7,
 }
 
 /// Size of a garbage image: 16 tables.
@@ -241,13 +306,14 @@ proptest! {
     fn garbage_tables_never_panic_and_always_end(
         words in garbage(),
         root in 0u64..GARBAGE_TABLES as u64,
-        five in any::<bool>(),
+        mode in 0usize..8,
         vas in prop::collection::vec(any::<u64>(), 16),
     ) {
-        let fmt = Amd64::new(five);
+        let modes = modes();
+        let fmt = modes[mode].1.as_ref();
         let t = image(&words);
         t.set_root(root << 12);
-        let mut walk = vmem::virt_to_phys(&fmt, &t, 0, u64::MAX).with_budget(BUDGET);
+        let mut walk = vmem::virt_to_phys(fmt, &t, 0, u64::MAX).with_budget(BUDGET);
         let mut items = 0u64;
         for item in walk.by_ref() {
             items += 1;
@@ -258,16 +324,16 @@ proptest! {
         prop_assert!(walk.entries_visited() <= BUDGET);
         prop_assert!(items <= BUDGET + 1);
         for &va in &vas {
-            let tr = vmem::translate(&fmt, &t, va);
+            let tr = vmem::translate(fmt, &t, va);
             prop_assert!(tr.steps().len() <= fmt.levels());
         }
-        let spaces = vmem::walk_va_spaces_bounded(&fmt, &t, &[root << 12, 0, 4096], BUDGET);
+        let spaces = vmem::walk_va_spaces_bounded(fmt, &t, &[root << 12, 0, 4096], BUDGET);
         prop_assert_eq!(spaces.len(), 3);
         // Writes over garbage: errors are fine, panics and hangs are not.
         let page = fmt.canonical(vas[0] & fmt.linear_mask() & !0xfff);
-        let _ = vmem::map(&fmt, &t, &Mapping::new(page, 0x1000, 0x1000, RW));
-        let _ = vmem::protect(&fmt, &t, page, 0x2000, RO, true);
-        let result = vmem::unmap(&fmt, &t, page, 0x1000);
+        let _ = vmem::map(fmt, &t, &Mapping::new(page, 0x1000, 0x1000, RW));
+        let _ = vmem::protect(fmt, &t, page, 0x2000, RO, true);
+        let result = vmem::unmap(fmt, &t, page, 0x1000);
         let refused_as_empty = matches!(result, Err(MapError::Empty { .. }));
         prop_assert!(!refused_as_empty);
         let _ = t.alloc_table();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use support::*;
-use vmem_gdbstub::arch::{Amd64, PageTableFormat};
+use vmem_gdbstub::arch::{Aarch64, Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
     self, BufferTables, Mapping, PageSize, SpaceAwareMapping, SpaceId, SpaceReferenceMapping,
     SpaceWalk, TableOps,
@@ -28,7 +28,7 @@ fn new_space(t: &Mem) -> SpaceId {
 }
 
 fn link(
-    fmt: &Amd64,
+    fmt: &dyn PageTableFormat,
     t: &Mem,
     ours: SpaceId,
     owner: SpaceId,
@@ -59,7 +59,7 @@ fn references(walk: &SpaceWalk) -> Vec<SpaceReferenceMapping> {
 
 /// Rebuild every walked space in fresh memory; returns it with the new
 /// root of each space (by old id).
-fn rebuild(fmt: &Amd64, walks: &[SpaceWalk]) -> (Mem, BTreeMap<SpaceId, u64>) {
+fn rebuild(fmt: &dyn PageTableFormat, walks: &[SpaceWalk]) -> (Mem, BTreeMap<SpaceId, u64>) {
     let t = memory();
     let mut built = BTreeMap::new();
     for walk in walks {
@@ -81,7 +81,7 @@ fn rebuild(fmt: &Amd64, walks: &[SpaceWalk]) -> (Mem, BTreeMap<SpaceId, u64>) {
 
 /// The rebuilt spaces translate exactly like the originals, and every
 /// alias is the same table in the rebuilt memory.
-fn check_rebuild(fmt: &Amd64, original: &Mem, roots: &[SpaceId]) -> Vec<SpaceWalk> {
+fn check_rebuild(fmt: &dyn PageTableFormat, original: &Mem, roots: &[SpaceId]) -> Vec<SpaceWalk> {
     let walks = vmem::walk_va_spaces(fmt, original, roots);
     assert_eq!(walks.iter().map(|w| w.space).collect::<Vec<_>>(), roots);
     let (rebuilt, built) = rebuild(fmt, &walks);
@@ -268,5 +268,52 @@ proptest! {
             }
         }
         check_rebuild(&fmt, &t, &roots);
+    }
+}
+
+#[test]
+fn aliases_are_found_and_rebuilt_in_every_mode() {
+    let modes: [(&str, &dyn PageTableFormat); 6] = [
+        ("i686", &I686::LEGACY),
+        ("i686 PSE", &I686::PSE),
+        ("i686 PAE", &I686::PAE),
+        ("aarch64 48 TTBR1", &Aarch64::UPPER_48),
+        ("aarch64 39 TTBR0", &Aarch64::LOWER_39),
+        ("amd64 5-level", &Amd64::FIVE_LEVEL),
+    ];
+    for (name, fmt) in modes {
+        let t = memory();
+        // A "kernel" in the top quarter of the space, 4 KiB and huge pages.
+        let top = fmt.linear_mask() - (fmt.linear_mask() >> 2);
+        let kernel = fmt.canonical(top & !(fmt.entry_span(0) - 1));
+        let huge = fmt.entry_span(fmt.levels() - 2);
+        let a = new_space(&t);
+        vmem::map(fmt, &t, &Mapping::new(kernel, 0x40_0000, 2 * huge, RX)).unwrap();
+        vmem::map(
+            fmt,
+            &t,
+            &Mapping::new(kernel + 2 * huge, 0x100_0000, 8 * K4, RW),
+        )
+        .unwrap();
+        vmem::map(
+            fmt,
+            &t,
+            &Mapping::new(fmt.canonical(0x40_0000), 0x50_0000, K4, RW).user(),
+        )
+        .unwrap();
+        let b = new_space(&t);
+        vmem::map(
+            fmt,
+            &t,
+            &Mapping::new(fmt.canonical(0x40_0000), 0x60_0000, K4, RO).user(),
+        )
+        .unwrap();
+        // Share the root entry above the 4 KiB pages (in 2-level PSE mode
+        // the first 4 MiB are a leaf, with no table below to share).
+        let shared = (kernel + 2 * huge) & !(fmt.entry_span(0) - 1);
+        link(fmt, &t, b, a, 1, shared, shared);
+        let walks = check_rebuild(fmt, &t, &[a, b]);
+        assert_eq!(references(&walks[1]).len(), 1, "{name}: {walks:x?}");
+        assert_eq!(references(&walks[1])[0].depth, 1, "{name}");
     }
 }

@@ -1,40 +1,18 @@
 //! x86-64 paging: 4-level (48-bit) and 5-level LA57 (57-bit).
 //!
-//! Bit layout from the Intel SDM vol. 3A §4.5 ("4-level paging and 5-level
-//! paging"), tables 4-15 to 4-20: bit 0 P, 1 R/W, 2 U/S, 3 PWT, 4 PCD,
-//! 5 A, 6 D (leaves), 7 PS (PAT in a 4 KiB PTE), 8 G (leaves), 9-11 ignored
-//! (we use bit 11 as the copy-on-write marker), 12 PAT in huge pages,
-//! 51:12 address, 63 XD. EFER.NXE is assumed set (bit 63 decoded as XD).
+//! Entry layout: Intel SDM vol. 3A §4.5 ("4-level paging and 5-level
+//! paging"), tables 4-15 to 4-20; shared with the other x86 modes in
+//! [`super::x86`]. EFER.NXE is assumed set (bit 63 decoded as XD).
 
+use super::x86::{Codec, FLAGS};
 use super::{Descriptor, PageTableFormat};
 use crate::vmem::{Flags, Perms, PhysAddr};
 
-/// Entry present.
-pub const PAGE_PRESENT: u64 = 1 << 0;
-/// Writes allowed.
-pub const PAGE_RW: u64 = 1 << 1;
-/// User-mode accesses allowed.
-pub const PAGE_USER: u64 = 1 << 2;
-/// Write-through caching.
-pub const PAGE_PWT: u64 = 1 << 3;
-/// Cache disable.
-pub const PAGE_PCD: u64 = 1 << 4;
-/// Accessed.
-pub const PAGE_ACCESSED: u64 = 1 << 5;
-/// Dirty (leaves only).
-pub const PAGE_DIRTY: u64 = 1 << 6;
-/// Page size: this PDPTE/PDE maps a huge page. In a PTE this bit is PAT.
-pub const PAGE_PS: u64 = 1 << 7;
-/// PAT bit of a 4 KiB PTE.
-pub const PAGE_PAT_4K: u64 = 1 << 7;
-/// Global (leaves only).
-pub const PAGE_GLOBAL: u64 = 1 << 8;
-/// Software-available bit 11: copy-on-write marker.
-pub const PAGE_COW: u64 = 1 << 11;
-/// PAT bit of a 2 MiB or 1 GiB page.
-pub const PAGE_PAT_LARGE: u64 = 1 << 12;
-/// Execute disable.
-pub const PAGE_NX: u64 = 1 << 63;
+pub use super::x86::{
+    PAGE_ACCESSED, PAGE_COW, PAGE_DIRTY, PAGE_GLOBAL, PAGE_NX, PAGE_PAT_4K, PAGE_PAT_LARGE,
+    PAGE_PCD, PAGE_PRESENT, PAGE_PS, PAGE_PWT, PAGE_RW, PAGE_USER,
+};
+
 /// Physical-address bits of an entry (MAXPHYADDR = 52).
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Smallest page.
@@ -42,6 +20,7 @@ pub const PAGE_SIZE: usize = 4096;
 /// Bytes in one table.
 pub const PAGE_TABLE_SIZE: usize = 4096;
 
+const CODEC: Codec = Codec { nx: true };
 const NAMES_4: [&str; 4] = ["PML4", "PDPT", "PD", "PT"];
 const NAMES_5: [&str; 5] = ["PML5", "PML4", "PDPT", "PD", "PT"];
 
@@ -66,22 +45,6 @@ impl Amd64 {
     fn last_level(&self) -> usize {
         self.levels() - 1
     }
-
-    fn pat_bit(&self, level: usize) -> u64 {
-        if level == self.last_level() {
-            PAGE_PAT_4K
-        } else {
-            PAGE_PAT_LARGE
-        }
-    }
-}
-
-fn perms_of(raw: u64) -> Perms {
-    let mut perms = Perms::READ;
-    perms.set(Perms::WRITE, raw & PAGE_RW != 0);
-    perms.set(Perms::USER, raw & PAGE_USER != 0);
-    perms.set(Perms::EXEC, raw & PAGE_NX == 0);
-    perms
 }
 
 impl PageTableFormat for Amd64 {
@@ -122,67 +85,33 @@ impl PageTableFormat for Amd64 {
         1 << 52
     }
 
+    fn supported_flags(&self) -> Flags {
+        FLAGS
+    }
+
+    fn representable(&self, perms: Perms) -> Perms {
+        CODEC.representable(perms)
+    }
+
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
-        if raw & PAGE_PRESENT == 0 {
-            return Descriptor::Invalid;
-        }
-        let is_leaf = level == self.last_level() || raw & PAGE_PS != 0;
-        if !is_leaf {
-            return Descriptor::Table {
-                addr: raw & PTE_ADDR_MASK,
-                allowed: perms_of(raw),
-            };
-        }
-        if !self.leaf_allowed(level) {
-            return Descriptor::Reserved;
-        }
-        let span = self.entry_span(level);
-        let pat = self.pat_bit(level);
-        if raw & PTE_ADDR_MASK & (span - 1) & !pat != 0 {
-            // Address bits below the huge page's alignment are reserved.
-            return Descriptor::Reserved;
-        }
-        let mut flags = Flags::empty();
-        for (bit, flag) in [
-            (PAGE_GLOBAL, Flags::GLOBAL),
-            (PAGE_ACCESSED, Flags::ACCESSED),
-            (PAGE_DIRTY, Flags::DIRTY),
-            (PAGE_PWT, Flags::WRITE_THROUGH),
-            (PAGE_PCD, Flags::CACHE_DISABLE),
-            (pat, Flags::PAT),
-            (PAGE_COW, Flags::COW),
-        ] {
-            flags.set(flag, raw & bit != 0);
-        }
-        Descriptor::Leaf {
-            addr: raw & PTE_ADDR_MASK & !(span - 1),
-            perms: perms_of(raw),
-            flags,
-        }
+        let last = level == self.last_level();
+        CODEC.decode(
+            raw,
+            last,
+            self.leaf_allowed(level),
+            self.entry_span(level),
+            PTE_ADDR_MASK,
+        )
     }
 
     fn encode_leaf(&self, level: usize, addr: PhysAddr, perms: Perms, flags: Flags) -> u64 {
-        let mut raw = PAGE_PRESENT | (addr & PTE_ADDR_MASK);
-        if level != self.last_level() {
-            raw |= PAGE_PS;
-        }
-        for (on, bit) in [
-            (perms.contains(Perms::WRITE), PAGE_RW),
-            (perms.contains(Perms::USER), PAGE_USER),
-            (!perms.contains(Perms::EXEC), PAGE_NX),
-            (flags.contains(Flags::GLOBAL), PAGE_GLOBAL),
-            (flags.contains(Flags::ACCESSED), PAGE_ACCESSED),
-            (flags.contains(Flags::DIRTY), PAGE_DIRTY),
-            (flags.contains(Flags::WRITE_THROUGH), PAGE_PWT),
-            (flags.contains(Flags::CACHE_DISABLE), PAGE_PCD),
-            (flags.contains(Flags::PAT), self.pat_bit(level)),
-            (flags.contains(Flags::COW), PAGE_COW),
-        ] {
-            if on {
-                raw |= bit;
-            }
-        }
-        raw
+        CODEC.encode(
+            level == self.last_level(),
+            addr,
+            PTE_ADDR_MASK,
+            perms,
+            flags,
+        )
     }
 
     fn encode_table(&self, _level: usize, addr: PhysAddr) -> u64 {
@@ -190,20 +119,11 @@ impl PageTableFormat for Amd64 {
     }
 
     fn relax_table(&self, _level: usize, raw: u64) -> u64 {
-        (raw | PAGE_RW | PAGE_USER) & !PAGE_NX
+        CODEC.relax(raw)
     }
 
-    fn restrict(&self, _level: usize, mut raw: u64, allowed: Perms) -> u64 {
-        if !allowed.contains(Perms::WRITE) {
-            raw &= !PAGE_RW;
-        }
-        if !allowed.contains(Perms::USER) {
-            raw &= !PAGE_USER;
-        }
-        if !allowed.contains(Perms::EXEC) {
-            raw |= PAGE_NX;
-        }
-        raw
+    fn restrict(&self, _level: usize, raw: u64, allowed: Perms) -> u64 {
+        CODEC.restrict(raw, allowed)
     }
 
     fn with_table_addr(&self, _level: usize, raw: u64, addr: PhysAddr) -> u64 {
@@ -274,15 +194,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            m.encode_leaf(
-                2,
-                0x4020_0000,
-                Perms::READ | Perms::WRITE | Perms::USER,
-                Flags::PAT
-            ),
-            raw
-        );
+        let rwu = Perms::READ | Perms::WRITE | Perms::USER;
+        assert_eq!(m.encode_leaf(2, 0x4020_0000, rwu, Flags::PAT), raw);
         // Bit 13 set in a 2 MiB leaf is reserved.
         assert_eq!(m.decode(2, raw | 1 << 13), Descriptor::Reserved);
         // PS in a PML4E is reserved.

@@ -12,9 +12,14 @@
 //! with its sign-extension bits removed, so that the two halves of an x86
 //! address space form one contiguous range `0 .. 2^va_bits`.
 
+pub mod aarch64;
 pub mod amd64;
+pub mod i686;
+mod x86;
 
+pub use aarch64::{Aarch64, Half};
 pub use amd64::Amd64;
+pub use i686::I686;
 
 use crate::vmem::{Flags, Perms, PhysAddr};
 
@@ -69,6 +74,20 @@ pub trait PageTableFormat {
 
     /// The largest physical address (exclusive) an entry can encode.
     fn phys_limit(&self) -> u64;
+
+    /// Bytes per entry (8, or 4 for 32-bit paging without PAE).
+    fn entry_size(&self) -> u64 {
+        8
+    }
+
+    /// Attributes this mode can store in an entry; `map` drops the rest.
+    fn supported_flags(&self) -> Flags;
+
+    /// The rights an entry ends up granting when `perms` are asked for
+    /// (x86 pages are always readable; without XD always executable).
+    fn representable(&self, perms: Perms) -> Perms {
+        perms | Perms::READ
+    }
 
     /// Decode a raw entry found at `level`.
     fn decode(&self, level: usize, raw: u64) -> Descriptor;

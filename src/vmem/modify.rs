@@ -12,8 +12,8 @@ use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 use super::error::{EntryLocation, MapError, WalkError};
 use super::flags::{Flags, Perms};
 use super::mapping::{Mapping, MappingKind};
-use super::ops::{TableMovability, TableOps};
-use super::walk::{index_range, ENTRY_BYTES};
+use super::ops::{MoveInfo, TableMovability, TableOps};
+use super::walk::{entry_word, index_range, read_raw};
 use super::PhysAddr;
 
 /// Smallest page on every supported architecture.
@@ -74,21 +74,31 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
     }
 
     fn read(&self, level: usize, index: u64) -> Result<u64, MapError> {
-        self.op
-            .read_entry(O::entry_addr(self.tables[level], index * ENTRY_BYTES))
+        read_raw(self.fmt, self.op, self.tables[level], index)
             .map_err(|_| WalkError::Unreadable(self.at(level, index)).into())
+    }
+
+    /// Store `value` as entry `index` of `table`; the table's new address
+    /// if the accessor moved it.
+    fn store(
+        &self,
+        table: O::TableAddr,
+        at: EntryLocation,
+        value: u64,
+    ) -> Result<Option<MoveInfo<O>>, MapError> {
+        let (addr, word) = entry_word(self.fmt, self.op, table, at.index, value)
+            .map_err(|_| MapError::Unwritable(at))?;
+        self.op
+            .write_entry(addr, word)
+            .map_err(|_| MapError::Unwritable(at))
     }
 
     /// Write an entry of a linked table; if the table moves, relink it in
     /// its parent, and so on up to the root.
     fn write(&mut self, mut level: usize, mut index: u64, mut value: u64) -> Result<(), MapError> {
         loop {
-            let entry = O::entry_addr(self.tables[level], index * ENTRY_BYTES);
-            let moved = self
-                .op
-                .write_entry(entry, value)
-                .map_err(|_| MapError::Unwritable(self.at(level, index)))?;
-            let Some(info) = moved else {
+            let at = self.at(level, index);
+            let Some(info) = self.store(self.tables[level], at, value)? else {
                 return Ok(());
             };
             let new_table = <O::TableMovability as TableMovability<O>>::new_table(info);
@@ -114,17 +124,12 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
         index: u64,
         value: u64,
     ) -> Result<(), MapError> {
-        let entry = O::entry_addr(*table, index * ENTRY_BYTES);
         let at = EntryLocation {
             level,
             table: O::to_phys(*table),
             index,
         };
-        if let Some(info) = self
-            .op
-            .write_entry(entry, value)
-            .map_err(|_| MapError::Unwritable(at))?
-        {
+        if let Some(info) = self.store(*table, at, value)? {
             *table = <O::TableMovability as TableMovability<O>>::new_table(info);
         }
         Ok(())
@@ -344,7 +349,7 @@ pub fn map<F: PageTableFormat + ?Sized, O: TableOps>(
         });
     }
     let (perms, cow) = rights(mapping.kind, mapping.user_accessible)?;
-    let mut flags = mapping.flags;
+    let mut flags = mapping.flags & fmt.supported_flags();
     flags.set(Flags::COW, cow);
     let action = Action::Map {
         lo,

@@ -7,7 +7,7 @@ use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 use super::error::EntryLocation;
 use super::flags::{Flags, PageSize, Perms};
 use super::ops::TableReadOps;
-use super::walk::ENTRY_BYTES;
+use super::walk::read_raw;
 use super::PhysAddr;
 
 /// One level of a translation: the entry read and what it means.
@@ -102,9 +102,7 @@ where
             table: O::to_phys(table),
             index,
         };
-        let raw = op
-            .read_entry(O::entry_addr(table, index * ENTRY_BYTES))
-            .map_err(|_| TranslateFault::Unreadable(at))?;
+        let raw = read_raw(fmt, op, table, index).map_err(|_| TranslateFault::Unreadable(at))?;
         let descriptor = fmt.decode(level, raw);
         on_step(TranslationStep {
             at,

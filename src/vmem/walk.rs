@@ -9,13 +9,57 @@
 
 use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 
-use super::error::{EntryLocation, WalkError};
+use super::error::{EntryLocation, MemoryError, WalkError};
 use super::flags::{Flags, Perms};
 use super::ops::TableReadOps;
 use super::PhysAddr;
 
-/// Bytes in one table entry.
-pub(crate) const ENTRY_BYTES: u64 = 8;
+/// Read entry `index` of `table` (4- or 8-byte entries; a 4-byte entry
+/// is read as the aligned `u64` holding it).
+pub(crate) fn read_raw<F, O>(
+    fmt: &F,
+    op: &O,
+    table: O::TableAddr,
+    index: u64,
+) -> Result<u64, MemoryError>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    let offset = index * fmt.entry_size();
+    let word = op.read_entry(O::entry_addr(table, offset & !7))?;
+    Ok(if fmt.entry_size() == 8 {
+        word
+    } else {
+        (word >> ((offset & 7) * 8)) & 0xffff_ffff
+    })
+}
+
+/// Where to write entry `index` of `table` and the `u64` to write there
+/// so that it holds `value` (merged with its neighbour for 4-byte entries).
+pub(crate) fn entry_word<F, O>(
+    fmt: &F,
+    op: &O,
+    table: O::TableAddr,
+    index: u64,
+    value: u64,
+) -> Result<(O::TableAddr, u64), MemoryError>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    let offset = index * fmt.entry_size();
+    let addr = O::entry_addr(table, offset & !7);
+    if fmt.entry_size() == 8 {
+        return Ok((addr, value));
+    }
+    let shift = (offset & 7) * 8;
+    let word = op.read_entry(addr)?;
+    Ok((
+        addr,
+        (word & !(0xffff_ffff << shift)) | ((value & 0xffff_ffff) << shift),
+    ))
+}
 
 /// One leaf the walker found, with rights made effective across levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +221,7 @@ where
                 table: O::to_phys(frame.table),
                 index,
             };
-            let raw = match self
-                .op
-                .read_entry(O::entry_addr(frame.table, index * ENTRY_BYTES))
-            {
+            let raw = match read_raw(self.fmt, self.op, frame.table, index) {
                 Ok(raw) => raw,
                 Err(_) => {
                     // The whole table is unreachable: one error, not 512.

@@ -185,7 +185,7 @@ fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(),
         let _ = writeln!(
             out,
             "  {name:<10} at {:#014x}: {:#018x}  {}",
-            at.table + at.index * 8,
+            at.table + at.index * fmt.entry_size(),
             step.raw,
             describe(fmt, at.level, &step.descriptor)
         );
