@@ -176,7 +176,7 @@ impl PageTableFormat for Aarch64 {
             };
         }
         // A block at level 0, or 0b01 at level 3, is reserved (a fault).
-        if !table_or_page && !(arm == 1 || arm == 2) {
+        if !(table_or_page || arm == 1 || arm == 2) {
             return Descriptor::Reserved;
         }
         if raw & ADDR & (span - 1) != 0 {
