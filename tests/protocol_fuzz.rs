@@ -94,6 +94,7 @@ fn hostile_packets_never_hurt_the_guest_or_the_next_session() {
     let counter_before = number_after(&before, "$1 = ").unwrap();
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut last = Vec::new();
     let mut rsp = Rsp::connect(vm.port);
     let code = fingerprint(&mut rsp);
     let (mut sent, mut replies, mut drops, mut timeouts) = (0u64, 0u64, 0u64, 0u64);
@@ -102,12 +103,17 @@ fn hostile_packets_never_hurt_the_guest_or_the_next_session() {
         let kind = rng.below(100);
         let ok = match kind {
             // Well-framed hostile packets: each must be answered.
-            0..=79 => match rsp.request(&hostile_payload(&mut rng)) {
+            0..=79 => match rsp.request(&{
+                let p = hostile_payload(&mut rng);
+                last = p.clone();
+                p
+            }) {
                 Reply::Packet(_) => {
                     replies += 1;
                     true
                 }
                 Reply::Timeout => {
+                    eprintln!("unanswered: {:?}", String::from_utf8_lossy(&last));
                     timeouts += 1;
                     rsp.resync()
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use vmem_gdbstub::arch::Amd64;
+use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
 use vmem_gdbstub::target::{GuestMemory, GuestTables, TablePool};
 use vmem_gdbstub::vmem::{
     self, BasicMapping, MapError, Mapping, MappingKind, PageSize, SpaceReferenceMapping, TableOps,
@@ -25,6 +25,8 @@ pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 pub const DIRECT_MAP: u64 = 0xffff_8880_0000_0000;
 /// The user page.
 pub const USER_VA: u64 = 0x40_0000;
+/// The 32-bit guest's kernel window: VA KERNEL_BASE_32 + x maps PA x.
+pub const KERNEL_BASE_32: u64 = 0xc000_0000;
 
 const MODE: Amd64 = Amd64::FOUR_LEVEL;
 const G1: u64 = 1 << 30;
@@ -37,40 +39,40 @@ fn kind(writable: bool, executable: bool) -> MappingKind {
     })
 }
 
-/// Build both address spaces; returns their CR3 values.
-pub fn build_spaces(
-    mem: &GuestMemory,
-    ram: u64,
+/// A new empty address space (its root table) from `pool`.
+fn new_space(mem: &GuestMemory, pool: &TablePool) -> Result<u64, MapError> {
+    GuestTables::new(mem, 0, Some(pool))
+        .alloc_table()
+        .map_err(|cause| MapError::Alloc { level: 0, cause })
+}
+
+/// Map `len` bytes of RAM from PA 0 at `base`, leaves up to `max`.
+fn map_window(
+    fmt: &dyn PageTableFormat,
+    t: &GuestTables<'_>,
+    base: u64,
+    len: u64,
+    max: PageSize,
+) -> Result<(), MapError> {
+    vmem::map(
+        fmt,
+        t,
+        &Mapping::new(base, 0, len, kind(true, true)).max_page_size(max),
+    )
+}
+
+/// Give a loaded image outside the windows its own 4 KiB pages.
+fn map_segments(
+    fmt: &dyn PageTableFormat,
+    t: &GuestTables<'_>,
     segments: &[Segment],
-) -> Result<[u64; 2], MapError> {
-    let pool = TablePool::new(BOOT_TABLES);
-    let new_space = || -> Result<u64, MapError> {
-        GuestTables::new(mem, 0, Some(&pool))
-            .alloc_table()
-            .map_err(|cause| MapError::Alloc { level: 0, cause })
-    };
-    let first = new_space()?;
-    let a = GuestTables::new(mem, first, Some(&pool));
-    let window = (ram.min(G1) & !((2 << 20) - 1)).max(2 << 20);
-    // Kernel window in 2 MiB pages, RAM's direct map in 1 GiB pages.
-    vmem::map(
-        &MODE,
-        &a,
-        &Mapping::new(KERNEL_BASE, 0, window, kind(true, true)).max_page_size(PageSize::SIZE_2M),
-    )?;
-    let direct = ram.div_ceil(G1) * G1;
-    vmem::map(
-        &MODE,
-        &a,
-        &Mapping::new(DIRECT_MAP, 0, direct, kind(true, false)),
-    )?;
-    // A loaded image outside the kernel window gets its own 4 KiB pages.
+) -> Result<(), MapError> {
     for seg in segments {
         let start = seg.vaddr & !0xfff;
         let len = (seg.vaddr + seg.memsz).next_multiple_of(4096) - start;
-        let covered = vmem::translate(&MODE, &a, start)
+        let covered = vmem::translate(fmt, t, start)
             .result
-            .is_ok_and(|t| t.pa == seg.paddr & !0xfff);
+            .is_ok_and(|tr| tr.pa == seg.paddr & !0xfff);
         if !covered {
             let m = Mapping::new(
                 start,
@@ -79,23 +81,45 @@ pub fn build_spaces(
                 kind(seg.writable, seg.executable),
             )
             .max_page_size(PageSize::SIZE_4K);
-            vmem::map(&MODE, &a, &m)?;
+            vmem::map(fmt, t, &m)?;
         }
     }
+    Ok(())
+}
+
+fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Result<(), MapError> {
+    vmem::map(
+        fmt,
+        t,
+        &Mapping::new(USER_VA, pa, 4096, kind(true, false)).user(),
+    )
+}
+
+/// Build both long-mode address spaces; returns their CR3 values.
+pub fn build_spaces(
+    mem: &GuestMemory,
+    ram: u64,
+    segments: &[Segment],
+) -> Result<[u64; 2], MapError> {
+    let pool = TablePool::new(BOOT_TABLES);
+    let first = new_space(mem, &pool)?;
+    let a = GuestTables::new(mem, first, Some(&pool));
+    let window = (ram.min(G1) & !((2 << 20) - 1)).max(2 << 20);
+    // Kernel window in 2 MiB pages, RAM's direct map in 1 GiB pages.
+    map_window(&MODE, &a, KERNEL_BASE, window, PageSize::SIZE_2M)?;
+    let direct = ram.div_ceil(G1) * G1;
     vmem::map(
         &MODE,
         &a,
-        &Mapping::new(USER_VA, USER_PA[0], 4096, kind(true, false)).user(),
+        &Mapping::new(DIRECT_MAP, 0, direct, kind(true, false)),
     )?;
+    map_segments(&MODE, &a, segments)?;
+    map_user_page(&MODE, &a, USER_PA[0])?;
 
     // The second space: its own user page, the kernel half shared.
-    let second = new_space()?;
+    let second = new_space(mem, &pool)?;
     let b = GuestTables::new(mem, second, Some(&pool));
-    vmem::map(
-        &MODE,
-        &b,
-        &Mapping::new(USER_VA, USER_PA[1], 4096, kind(true, false)).user(),
-    )?;
+    map_user_page(&MODE, &b, USER_PA[1])?;
     let owners = BTreeMap::from([(first, first)]);
     for va in [KERNEL_BASE, DIRECT_MAP] {
         let shared = SpaceReferenceMapping {
@@ -109,9 +133,32 @@ pub fn build_spaces(
     Ok([first, second])
 }
 
-/// Write a flat GDT: null, 64-bit code (0x08), data (0x10).
-pub fn write_gdt(mem: &GuestMemory) -> Result<(), vmem::MemoryError> {
-    let entries: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+/// Build the 32-bit guest's space (kernel window in the largest pages the
+/// mode has, a user page); returns its CR3.
+pub fn build_space_32(
+    mem: &GuestMemory,
+    ram: u64,
+    segments: &[Segment],
+    mode: I686,
+) -> Result<u64, MapError> {
+    let pool = TablePool::new(BOOT_TABLES);
+    let root = new_space(mem, &pool)?;
+    let t = GuestTables::new(mem, root, Some(&pool));
+    let window = ram.min(256 << 20) & !((4 << 20) - 1);
+    map_window(&mode, &t, KERNEL_BASE_32, window, PageSize::LARGEST)?;
+    map_segments(&mode, &t, segments)?;
+    map_user_page(&mode, &t, USER_PA[0])?;
+    Ok(root)
+}
+
+/// Write a flat GDT: null, code (0x08; 64-bit unless `code32`), data (0x10).
+pub fn write_gdt(mem: &GuestMemory, code32: bool) -> Result<(), vmem::MemoryError> {
+    let code = if code32 {
+        0x00cf_9b00_0000_ffff
+    } else {
+        0x00af_9b00_0000_ffff
+    };
+    let entries: [u64; 3] = [0, code, 0x00cf_9300_0000_ffff];
     let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.write(GDT_ADDR, &bytes)
 }

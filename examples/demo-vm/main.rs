@@ -18,10 +18,13 @@ use std::thread;
 use clap::Parser;
 use kvm_ioctls::VcpuExit;
 use log::{error, info, warn};
+use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{Debugger, ExitAction, GdbListener};
 
 /// The guest built from guest/ by build.rs.
 const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
+/// The 32-bit guest built from guest/guest32.c.
+const DEMO_GUEST32: &str = env!("DEMO_GUEST32_ELF");
 
 #[derive(Parser, Debug)]
 #[command(about = "Boot a small KVM guest and debug it with gdb")]
@@ -42,6 +45,10 @@ struct Args {
     /// Serve gdb on a unix socket instead (created with mode 0600).
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// Boot the bundled 32-bit guest in protected mode with this paging
+    /// (pse: 2-level with 4 MiB pages; pae: 3-level with 2 MiB pages).
+    #[arg(long, value_parser = ["pse", "pae"])]
+    guest32: Option<String>,
     /// Reserve no guest-physical pool for new page tables (then `monitor
     /// vmem map` can only fill existing tables).
     #[arg(long)]
@@ -58,29 +65,43 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let mode = match args.guest32.as_deref() {
+        Some("pae") => vm::GuestMode::Protected(I686::PAE),
+        Some(_) => vm::GuestMode::Protected(I686::PSE),
+        None => vm::GuestMode::Long,
+    };
+    let bundled = if args.guest32.is_some() {
+        DEMO_GUEST32
+    } else {
+        DEMO_GUEST
+    };
     let elf_path = args
         .kernel
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEMO_GUEST));
+        .unwrap_or_else(|| PathBuf::from(bundled));
     let elf = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
     // Ctrl-C and SIGTERM are taken by a signal thread (blocked elsewhere).
     let signals = block_termination_signals();
     let elf_path = std::fs::canonicalize(&elf_path).unwrap_or(elf_path);
-    let vm = vm::create(
-        &elf,
-        &elf_path.display().to_string(),
-        usize::from(args.vcpus),
-        args.mem,
-        !args.no_table_pool,
-    )?;
+    let vm = vm::create(&vm::Config {
+        elf: &elf,
+        elf_path: &elf_path.display().to_string(),
+        vcpus: usize::from(args.vcpus),
+        mem_mib: args.mem,
+        table_pool: !args.no_table_pool,
+        mode,
+    })?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),
         None => GdbListener::tcp(&args.listen),
     }
     .map_err(|e| format!("cannot listen for gdb: {e}"))?;
+    let spaces: Vec<String> = vm.spaces.iter().map(|s| format!("{s:#x}")).collect();
     println!(
-        "demo VM: {} vCPUs, {} MiB, address spaces {:#x} {:#x}",
-        args.vcpus, args.mem, vm.spaces[0], vm.spaces[1]
+        "demo VM: {} vCPUs, {} MiB, {mode:?}, address spaces {}",
+        args.vcpus,
+        args.mem,
+        spaces.join(" ")
     );
     println!("guest ELF: {}", elf_path.display());
     println!("gdb stub listening on {}", listener.describe());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
+use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{Debugger, GuestMemory, GuestRam, RamRegion};
 
 use crate::layout::{self, GDT_ADDR};
@@ -21,21 +22,43 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
+const CR4_PSE: u64 = 1 << 4;
+
+/// The CPU mode the guest starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    /// 64-bit long mode, 4-level paging.
+    Long,
+    /// 32-bit protected mode with this paging mode.
+    Protected(I686),
+}
 
 /// What the VMM needs after setup.
 pub struct Vm {
     pub debugger: Arc<Debugger>,
-    pub spaces: [u64; 2],
+    pub spaces: Vec<u64>,
+}
+
+/// What to boot and how.
+pub struct Config<'a> {
+    pub elf: &'a [u8],
+    pub elf_path: &'a str,
+    pub vcpus: usize,
+    pub mem_mib: u64,
+    pub table_pool: bool,
+    pub mode: GuestMode,
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
-pub fn create(
-    elf: &[u8],
-    elf_path: &str,
-    vcpus: usize,
-    mem_mib: u64,
-    table_pool: bool,
-) -> Result<Vm, String> {
+pub fn create(config: &Config<'_>) -> Result<Vm, String> {
+    let Config {
+        elf,
+        elf_path,
+        vcpus,
+        mem_mib,
+        table_pool,
+        mode,
+    } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let _ = vm.set_tss_address(0xfffb_d000);
@@ -44,9 +67,15 @@ pub fn create(
     let memory = GuestMemory::new(vec![RamRegion::new(0, ram)]).map_err(|e| e.to_string())?;
 
     let image = loader::load(elf, &memory)?;
-    layout::write_gdt(&memory).map_err(|e| e.to_string())?;
-    let spaces = layout::build_spaces(&memory, ram_size, &image.segments)
-        .map_err(|e| format!("page tables: {e}"))?;
+    layout::write_gdt(&memory, mode != GuestMode::Long).map_err(|e| e.to_string())?;
+    let spaces = match mode {
+        GuestMode::Long => layout::build_spaces(&memory, ram_size, &image.segments).map(Vec::from),
+        GuestMode::Protected(paging) => {
+            layout::build_space_32(&memory, ram_size, &image.segments, paging)
+                .map(|root| vec![root])
+        }
+    }
+    .map_err(|e| format!("page tables: {e}"))?;
     if let Some(roots) = loader::symbol(elf, "space_roots") {
         // The guest finds both CR3 values here (it switches between them).
         let paddr = roots.wrapping_sub(layout::KERNEL_BASE);
@@ -66,15 +95,18 @@ pub fn create(
             .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
-        setup_long_mode(&fd, spaces[0], image.entry, index as u64)?;
+        setup_vcpu(&fd, mode, spaces[0], image.entry, index as u64)?;
         fds.push(fd);
     }
     let mut debugger = Debugger::new(vm, fds, memory).map_err(|e| format!("memslots: {e}"))?;
-    debugger.set_exec_file(elf_path);
+    if mode == GuestMode::Long {
+        // gdb would take a 32-bit ELF's architecture over our x86-64 one.
+        debugger.set_exec_file(elf_path);
+    }
     if table_pool {
         debugger.set_table_pool(layout::SPARE_TABLES);
     }
-    for space in spaces {
+    for &space in &spaces {
         debugger.add_space(space);
     }
     Ok(Vm {
@@ -83,7 +115,7 @@ pub fn create(
     })
 }
 
-fn segment(selector: u16, code: bool) -> kvm_segment {
+fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -91,9 +123,9 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
         type_: if code { 0xb } else { 0x3 },
         present: 1,
         dpl: 0,
-        db: u8::from(!code),
+        db: u8::from(!(code && long)),
         s: 1,
-        l: u8::from(code),
+        l: u8::from(code && long),
         g: 1,
         avl: 0,
         unusable: 0,
@@ -101,10 +133,22 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-fn setup_long_mode(fd: &VcpuFd, cr3: u64, entry: u64, index: u64) -> Result<(), String> {
+fn setup_vcpu(
+    fd: &VcpuFd,
+    mode: GuestMode,
+    cr3: u64,
+    entry: u64,
+    index: u64,
+) -> Result<(), String> {
+    let long = mode == GuestMode::Long;
+    let kernel_base = if long {
+        layout::KERNEL_BASE
+    } else {
+        layout::KERNEL_BASE_32
+    };
     let mut sregs = fd.get_sregs().map_err(|e| e.to_string())?;
-    sregs.cs = segment(0x08, true);
-    let data = segment(0x10, false);
+    sregs.cs = segment(0x08, true, long);
+    let data = segment(0x10, false, long);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
@@ -117,14 +161,28 @@ fn setup_long_mode(fd: &VcpuFd, cr3: u64, entry: u64, index: u64) -> Result<(), 
         ..Default::default()
     };
     // GDTR is linear: use the kernel-window alias of the GDT page.
-    sregs.gdt.base = layout::KERNEL_BASE + GDT_ADDR;
+    sregs.gdt.base = kernel_base + GDT_ADDR;
     sregs.gdt.limit = 23;
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = cr3;
-    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    (sregs.cr4, sregs.efer) = match mode {
+        GuestMode::Long => (
+            CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT,
+            EFER_LME | EFER_LMA | EFER_NXE,
+        ),
+        GuestMode::Protected(paging) if paging == I686::PAE => (CR4_PAE | CR4_OSFXSR, EFER_NXE),
+        GuestMode::Protected(_) => (CR4_PSE | CR4_OSFXSR, 0),
+    };
     fd.set_sregs(&sregs)
         .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+    let back = fd.get_sregs().map_err(|e| e.to_string())?;
+    if back.cr0 & CR0_PG == 0 {
+        // Seen on kvm_pvm: it keeps CR0.PG only in long mode.
+        return Err(format!(
+            "this KVM host cannot run {mode:?} guests: it cleared CR0.PG (set {:#x}, read back {:#x})",
+            sregs.cr0, back.cr0
+        ));
+    }
     let mut regs = fd.get_regs().map_err(|e| e.to_string())?;
     regs.rip = entry;
     regs.rdi = index;

@@ -1,46 +1,75 @@
 //! Guest-virtual to guest-physical translation for one vCPU, with the
-//! paging mode read from its control registers (not `KVM_TRANSLATE`).
+//! paging mode read from its control registers (not `KVM_TRANSLATE`):
+//! CR0.PG off means physical addresses; EFER.LMA selects IA-32e paging
+//! (CR4.LA57: 5 levels); otherwise 32-bit paging (CR4.PAE, CR4.PSE).
 
 use kvm_bindings::kvm_sregs;
 
 use super::memory::{GuestMemory, GuestTables};
-use crate::arch::Amd64;
+use crate::arch::{Amd64, PageTableFormat, I686};
 use crate::vmem::{self, PhysAddr, TranslateFault};
 
 const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
 const EFER_LMA: u64 = 1 << 10;
 /// Root-table bits of CR3 (PCID and PWT/PCD dropped).
 pub(crate) const CR3_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// A PAE CR3 points to a 32-byte aligned PDPT.
+const CR3_PAE_MASK: u64 = 0xffff_ffe0;
+
+/// The table format of a paged vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuestFormat {
+    /// IA-32e paging.
+    Long(Amd64),
+    /// 32-bit paging (with or without PAE / PSE).
+    Protected(I686),
+}
+
+impl GuestFormat {
+    pub(crate) fn as_dyn(&self) -> &dyn PageTableFormat {
+        match self {
+            GuestFormat::Long(m) => m,
+            GuestFormat::Protected(m) => m,
+        }
+    }
+
+    /// The root table named by a CR3 value in this mode.
+    pub(crate) fn root(&self, cr3: u64) -> PhysAddr {
+        match self {
+            GuestFormat::Protected(m) if *m == I686::PAE => cr3 & CR3_PAE_MASK,
+            GuestFormat::Protected(_) => cr3 & 0xffff_f000,
+            GuestFormat::Long(_) => cr3 & CR3_ADDR_MASK,
+        }
+    }
+}
 
 /// How a vCPU translates addresses right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Paging {
     /// Paging off: addresses are physical.
     Off,
-    /// IA-32e paging (4- or 5-level) rooted at `root`.
-    Long { mode: Amd64, root: PhysAddr },
-    /// 32-bit protected-mode paging (not yet supported).
-    Legacy,
+    /// Paged through the tables rooted at `root`.
+    Paged { format: GuestFormat, root: PhysAddr },
 }
 
 impl Paging {
     /// The mode of a vCPU with these special registers.
     pub(crate) fn of(sregs: &kvm_sregs) -> Paging {
-        Self::from_regs(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer)
-    }
-
-    /// The mode given CR0, CR3, CR4 and EFER.
-    pub(crate) fn from_regs(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Paging {
+        let (cr0, cr4) = (sregs.cr0, sregs.cr4);
         if cr0 & CR0_PG == 0 {
-            Paging::Off
-        } else if efer & EFER_LMA != 0 {
-            Paging::Long {
-                mode: Amd64::new(cr4 & CR4_LA57 != 0),
-                root: cr3 & CR3_ADDR_MASK,
-            }
+            return Paging::Off;
+        }
+        let format = if sregs.efer & EFER_LMA != 0 {
+            GuestFormat::Long(Amd64::new(cr4 & CR4_LA57 != 0))
         } else {
-            Paging::Legacy
+            GuestFormat::Protected(I686::new(cr4 & CR4_PAE != 0, cr4 & CR4_PSE != 0))
+        };
+        Paging::Paged {
+            format,
+            root: format.root(sregs.cr3),
         }
     }
 
@@ -53,13 +82,90 @@ impl Paging {
     ) -> Result<(PhysAddr, u64), TranslateFault> {
         match *self {
             Paging::Off => Ok((va, 4096 - (va & 4095))),
-            Paging::Long { mode, root } => {
+            Paging::Paged { format, root } => {
                 let tables = GuestTables::new(mem, root, None);
-                let t = vmem::translate_addr(&mode, &tables, root, va)?;
+                let t = vmem::translate_addr(format.as_dyn(), &tables, root, va)?;
                 let size = t.page_size.bytes();
                 Ok((t.pa, size - (va & (size - 1))))
             }
-            Paging::Legacy => Err(TranslateFault::NonCanonical { va }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::target::memory::{GuestRam, RamRegion, TablePool};
+    use crate::vmem::{BasicMapping, Mapping, MappingKind, TableOps};
+
+    const RW: MappingKind = MappingKind::Basic(BasicMapping {
+        readable: true,
+        writable: true,
+        executable: true,
+    });
+
+    /// Tables for `fmt` in guest RAM mapping VA 0xc0500000 to PA 0x500000.
+    fn tables(mem: &GuestMemory, fmt: &dyn PageTableFormat) -> u64 {
+        let pool = TablePool::new(0x10_0000..0x20_0000);
+        let root = GuestTables::new(mem, 0, Some(&pool)).alloc_table().unwrap();
+        let t = GuestTables::new(mem, root, Some(&pool));
+        vmem::map(
+            fmt,
+            &t,
+            &Mapping::new(0xc040_0000, 0x40_0000, 0x40_0000, RW),
+        )
+        .unwrap();
+        root
+    }
+
+    fn sregs(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> kvm_sregs {
+        kvm_sregs {
+            cr0,
+            cr3,
+            cr4,
+            efer,
+            ..Default::default()
+        }
+    }
+
+    /// The mode comes from CR0.PG, CR4.PAE/PSE/LA57 and EFER.LMA, and each
+    /// mode reads the guest's tables in its own format.
+    #[test]
+    fn every_paging_mode_translates_through_its_own_tables() {
+        let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
+        let mem = GuestMemory::new(vec![RamRegion::new(0, ram)]).unwrap();
+        let cases: [(&dyn PageTableFormat, u64, u64); 4] = [
+            (&I686::PSE, CR4_PSE, 0),
+            (&I686::PAE, CR4_PAE, 0),
+            (&Amd64::FOUR_LEVEL, CR4_PAE, EFER_LMA),
+            (&Amd64::FIVE_LEVEL, CR4_PAE | CR4_LA57, EFER_LMA),
+        ];
+        for (fmt, cr4, efer) in cases {
+            mem.write(0x10_0000, &[0u8; 0x10_0000]).unwrap();
+            let root = tables(&mem, fmt);
+            let paging = Paging::of(&sregs(CR0_PG | 1, root | 0x18, cr4, efer));
+            assert!(
+                matches!(paging, Paging::Paged { root: r, .. } if r == root),
+                "{paging:?}"
+            );
+            let (gpa, in_page) = paging.translate(&mem, 0xc050_0123).unwrap();
+            assert_eq!(gpa, 0x50_0123, "{paging:?}");
+            assert!(in_page > 0);
+            assert!(paging.translate(&mem, 0x1000).is_err(), "{paging:?}");
+        }
+        // Paging off: physical addresses.
+        let off = Paging::of(&sregs(1, 0, CR4_PAE, 0));
+        assert_eq!(off, Paging::Off);
+        assert_eq!(off.translate(&mem, 0x1234), Ok((0x1234, 0xdcc)));
+        // 2-level without CR4.PSE.
+        assert!(matches!(
+            Paging::of(&sregs(CR0_PG, 0x5000, 0, 0)),
+            Paging::Paged {
+                format: GuestFormat::Protected(I686::LEGACY),
+                root: 0x5000
+            }
+        ));
     }
 }

@@ -28,12 +28,11 @@ use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
 use super::monitor::{self, Effect, View};
-use super::paging::Paging;
+use super::paging::{GuestFormat, Paging};
 use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
 use super::vcpu::{Command, StopKind};
 use super::watchpoints::Watch;
 use super::{lock, Inner};
-use crate::arch::{Amd64, PageTableFormat};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
@@ -225,11 +224,10 @@ impl<'a> KvmTarget<'a> {
             return Ok(Paging::Off);
         }
         match (self.paging(index)?, self.view) {
-            (Paging::Legacy, _) => {
-                debug!("vcpu {index}: 32-bit paging is not supported yet");
-                Err(TargetError::NonFatal)
-            }
-            (Paging::Long { mode, .. }, View::Space(root)) => Ok(Paging::Long { mode, root }),
+            (Paging::Paged { format, .. }, View::Space(cr3)) => Ok(Paging::Paged {
+                format,
+                root: format.root(cr3),
+            }),
             (paging, _) => Ok(paging),
         }
     }
@@ -239,7 +237,7 @@ impl<'a> KvmTarget<'a> {
         let mut spaces = lock(&self.dbg.spaces);
         for v in &self.dbg.vcpus {
             if let Ok(sregs) = lock(&v.fd).get_sregs() {
-                if let Paging::Long { root, .. } = Paging::of(&sregs) {
+                if let Paging::Paged { root, .. } = Paging::of(&sregs) {
                     spaces.entry(root).or_insert("seen at a stop");
                 }
             }
@@ -247,7 +245,7 @@ impl<'a> KvmTarget<'a> {
     }
 
     /// Everything a monitor command may need about the current vCPU.
-    fn monitor_context<'m>(&'m self, mode: &'m mut Option<Amd64>) -> monitor::Context<'m> {
+    fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
         let fd = lock(&self.dbg.vcpus[self.current].fd);
         let state = read_state(&fd).ok();
         let debug_regs = fd
@@ -257,15 +255,16 @@ impl<'a> KvmTarget<'a> {
         drop(fd);
         let paging = state.as_ref().map(|s| Paging::of(&s.sregs));
         let root = match paging {
-            Some(Paging::Long { mode: m, root }) => {
-                *mode = Some(m);
+            Some(Paging::Paged { format, root }) => {
+                *mode = Some(format);
                 Some(root)
             }
             _ => None,
         };
         let mut spaces: Vec<(u64, String)> = Vec::new();
         for (i, v) in self.dbg.vcpus.iter().enumerate() {
-            if let Ok(Paging::Long { root, .. }) = lock(&v.fd).get_sregs().map(|s| Paging::of(&s)) {
+            if let Ok(Paging::Paged { root, .. }) = lock(&v.fd).get_sregs().map(|s| Paging::of(&s))
+            {
                 match spaces.iter_mut().find(|(r, _)| *r == root) {
                     Some((_, label)) => label.push_str(&format!(", vcpu {i}")),
                     None => spaces.push((root, format!("current on vcpu {i}"))),
@@ -284,8 +283,9 @@ impl<'a> KvmTarget<'a> {
         monitor::Context {
             memory: &self.dbg.memory,
             pool: self.dbg.table_pool.as_ref(),
-            format: mode.as_ref().map(|m| m as &dyn PageTableFormat),
+            format: mode.as_ref().map(GuestFormat::as_dyn),
             root,
+            root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
             spaces,
             state,
             debug_regs,

@@ -60,18 +60,36 @@ impl DemoVm {
         if !available() {
             return None;
         }
+        Some(Self::try_start_with(args).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Boot, or say why the demo VM exited instead (its error message).
+    pub fn try_start_with(args: &[&str]) -> Result<DemoVm, String> {
         let mut child = Command::new(demo_binary())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting the demo VM (built by cargo test as an example)");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        // Keep draining stderr so the VM never blocks on a full pipe.
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let mut lines = BufReader::new(stdout).lines();
         let (mut port, mut elf, mut spaces) = (None, None, Vec::new());
         while port.is_none() {
-            let line = lines.next().expect("demo VM exited early").expect("stdout");
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.wait();
+                return Err(format!(
+                    "demo VM exited early: {}",
+                    errors.join().unwrap_or_default()
+                ));
+            };
             if let Some(list) = line.split("address spaces ").nth(1) {
                 spaces = list
                     .split_whitespace()
@@ -85,7 +103,7 @@ impl DemoVm {
                 port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             }
         }
-        Some(DemoVm {
+        Ok(DemoVm {
             child,
             port: port.expect("port"),
             elf: elf.expect("guest ELF line"),

@@ -77,11 +77,16 @@ impl Rsp {
         }
     }
 
+    /// Send `payload` and wait (up to 5 s, generous for a loaded machine)
+    /// for its reply.
     pub fn request(&mut self, payload: &[u8]) -> Reply {
         if !self.send(payload) {
             return Reply::Closed;
         }
-        self.reply()
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let reply = self.reply();
+        let _ = self.stream.set_read_timeout(Some(Duration::from_millis(300)));
+        reply
     }
 
     /// Get the stream back in step: ask for a known reply until it comes.

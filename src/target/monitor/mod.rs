@@ -56,6 +56,8 @@ pub(crate) struct Context<'a> {
     pub format: Option<&'a dyn PageTableFormat>,
     /// Root of the current space (`None`: paging off).
     pub root: Option<u64>,
+    /// The bits of a CR3 value that name the root table in this mode.
+    pub root_mask: u64,
     /// Known spaces with how they are known, in walk order.
     pub spaces: Vec<(u64, String)>,
     /// The current vCPU's registers.

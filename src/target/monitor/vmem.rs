@@ -97,7 +97,7 @@ fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<
 
 fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String> {
     match args.option("space") {
-        Some(cr3) => Ok(args::number(cr3)? & crate::target::paging::CR3_ADDR_MASK),
+        Some(cr3) => Ok(args::number(cr3)? & ctx.root_mask),
         None => ctx
             .root
             .ok_or_else(|| "paging is off on this vCPU: there are no page tables".into()),
@@ -302,7 +302,7 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
     let view = match args.positional.first().copied() {
         Some("current") => View::Current,
         Some("phys") | Some("physical") => View::Physical,
-        Some(word) => View::Space(args::number(word)? & crate::target::paging::CR3_ADDR_MASK),
+        Some(word) => View::Space(args::number(word)?),
         None => return Err("missing CR3, current or phys".into()),
     };
     let _ = writeln!(out, "gdb memory accesses now go through {view}");
@@ -324,7 +324,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "spaces" => spaces(ctx, out).map(|()| Effect::None),
         "space" => match args.positional.as_slice() {
             ["add", cr3] => {
-                let root = args::number(cr3)? & crate::target::paging::CR3_ADDR_MASK;
+                let root = args::number(cr3)? & ctx.root_mask;
                 let _ = writeln!(out, "added space {root:#x}");
                 Ok(Effect::AddSpace(root))
             }
