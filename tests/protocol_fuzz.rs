@@ -68,10 +68,16 @@ fn hostile_payload(rng: &mut Rng) -> Vec<u8> {
         14 => format!("g{tid}"),
         _ => {
             let n = rng.below(40) as usize;
-            (0..n)
+            let text: String = (0..n)
                 .map(|_| (b'!' + rng.below(90) as u8) as char)
                 .filter(|c| !"$#}*".contains(*c))
-                .collect()
+                .collect();
+            // Never a valid resume (c, s, C, S, i, I with any argument).
+            if text.starts_with(['c', 's', 'C', 'S', 'i', 'I']) {
+                format!("Y{text}")
+            } else {
+                text
+            }
         }
     };
     text.into_bytes()
@@ -94,7 +100,6 @@ fn hostile_packets_never_hurt_the_guest_or_the_next_session() {
     let counter_before = number_after(&before, "$1 = ").unwrap();
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let mut last = Vec::new();
     let mut rsp = Rsp::connect(vm.port);
     let code = fingerprint(&mut rsp);
     let (mut sent, mut replies, mut drops, mut timeouts) = (0u64, 0u64, 0u64, 0u64);
@@ -103,22 +108,21 @@ fn hostile_packets_never_hurt_the_guest_or_the_next_session() {
         let kind = rng.below(100);
         let ok = match kind {
             // Well-framed hostile packets: each must be answered.
-            0..=79 => match rsp.request(&{
-                let p = hostile_payload(&mut rng);
-                last = p.clone();
-                p
-            }) {
-                Reply::Packet(_) => {
-                    replies += 1;
-                    true
+            0..=79 => {
+                let payload = hostile_payload(&mut rng);
+                match rsp.request(&payload) {
+                    Reply::Packet(_) => {
+                        replies += 1;
+                        true
+                    }
+                    Reply::Timeout => {
+                        eprintln!("unanswered: {:?}", String::from_utf8_lossy(&payload));
+                        timeouts += 1;
+                        rsp.resync()
+                    }
+                    Reply::Closed => false,
                 }
-                Reply::Timeout => {
-                    eprintln!("unanswered: {:?}", String::from_utf8_lossy(&last));
-                    timeouts += 1;
-                    rsp.resync()
-                }
-                Reply::Closed => false,
-            },
+            }
             // Bad checksum.
             80..=84 => rsp.raw(b"$m0,1#00") && rsp.resync(),
             // Truncated, then a new packet.

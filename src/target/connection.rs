@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use gdbstub::conn::{Connection, ConnectionExt};
@@ -97,6 +97,8 @@ pub(crate) struct GdbConnection {
     no_ack: bool,
     /// The last packet handed to gdbstub (answered here if it rejects it).
     last_packet: Vec<u8>,
+    /// rip, rsp, rbp to add to the next stop reply.
+    expedite: Arc<Mutex<Option<[u64; 3]>>>,
     phys_mode: Arc<AtomicBool>,
 }
 
@@ -113,6 +115,7 @@ impl GdbConnection {
         tx: Sender<SessionEvent>,
         events: Receiver<SessionEvent>,
         phys_mode: Arc<AtomicBool>,
+        expedite: Arc<Mutex<Option<[u64; 3]>>>,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
@@ -146,6 +149,7 @@ impl GdbConnection {
             packet: Vec::new(),
             no_ack: false,
             last_packet: Vec::new(),
+            expedite,
             phys_mode,
         })
     }
@@ -184,6 +188,35 @@ impl GdbConnection {
             }
         }
         Ok(())
+    }
+
+    /// If the output holds a `T` stop reply, add rip (16), rsp (7) and rbp
+    /// (6) to it, so gdb does not have to ask for all registers.
+    fn expedite_stop_reply(&mut self) {
+        let Some(start) = self.output.iter().position(|&b| b == b'$') else {
+            return;
+        };
+        let Some(hash) = self.output[start..].iter().position(|&b| b == b'#') else {
+            return;
+        };
+        let payload = &self.output[start + 1..start + hash];
+        if payload.len() < 3 || payload[0] != b'T' {
+            return;
+        }
+        let Some([rip, rsp, rbp]) = super::lock(&self.expedite).take() else {
+            return;
+        };
+        let hex =
+            |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
+        let mut new = payload[..3].to_vec();
+        new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
+        new.extend_from_slice(&payload[3..]);
+        let mut framed = self.output[..start].to_vec();
+        framed.push(b'$');
+        framed.extend_from_slice(&new);
+        framed.extend(format!("#{:02x}", qemu_packets::checksum(&new)).bytes());
+        framed.extend_from_slice(&self.output[start + hash + 3..]);
+        self.output = framed;
     }
 
     /// Send one reply packet of our own (acknowledging the request first
@@ -251,6 +284,7 @@ impl Connection for GdbConnection {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.expedite_stop_reply();
         if !self.output.is_empty() {
             trace!("-> {:?}", String::from_utf8_lossy(&self.output));
             self.stream.write_all(&self.output)?;

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
@@ -127,7 +127,14 @@ pub(crate) fn refuse(mut stream: Stream) {
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let (tx, rx) = mpsc::channel();
     let phys_mode = Arc::new(AtomicBool::new(false));
-    let conn = match GdbConnection::new(stream, tx.clone(), rx, Arc::clone(&phys_mode)) {
+    let expedite = Arc::new(Mutex::new(None));
+    let conn = match GdbConnection::new(
+        stream,
+        tx.clone(),
+        rx,
+        Arc::clone(&phys_mode),
+        Arc::clone(&expedite),
+    ) {
         Ok(conn) => conn,
         Err(e) => {
             warn!("cannot start the gdb session: {e}");
@@ -136,7 +143,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     };
     *lock(&dbg.session) = Some(tx);
     dbg.pause_all();
-    let mut target = KvmTarget::new(dbg, phys_mode);
+    let mut target = KvmTarget::new(dbg, phys_mode, expedite);
     target.collect_stops();
     target.remember_spaces();
     let shutdown_handle = conn.stream().try_clone().ok();

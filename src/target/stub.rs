@@ -1,10 +1,11 @@
 //! The gdbstub `Target`: registers, memory through the guest's own page
 //! tables, resume / step with all-stop, breakpoints and watchpoints.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gdbstub::common::{Pid, Signal, Tid};
 use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
@@ -57,6 +58,11 @@ pub(crate) struct KvmTarget<'a> {
     view: View,
     /// QEMU's physical-memory mode (`Qqemu.PhyMemMode`), set by the packet layer.
     phys_mode: Arc<AtomicBool>,
+    /// Each parked vCPU's registers, read once per stop.
+    cache: RefCell<Vec<Option<KvmState>>>,
+    /// rip, rsp and rbp of the vCPU in the next stop reply (the
+    /// connection layer puts them in, so gdb need not send `g`).
+    expedite: Arc<Mutex<Option<[u64; 3]>>>,
 }
 
 fn tid(index: usize) -> Tid {
@@ -83,8 +89,14 @@ pub(crate) fn read_state(fd: &VcpuFd) -> Result<KvmState, kvm_ioctls::Error> {
 }
 
 impl<'a> KvmTarget<'a> {
-    pub(crate) fn new(dbg: &'a Inner, phys_mode: Arc<AtomicBool>) -> KvmTarget<'a> {
+    pub(crate) fn new(
+        dbg: &'a Inner,
+        phys_mode: Arc<AtomicBool>,
+        expedite: Arc<Mutex<Option<[u64; 3]>>>,
+    ) -> KvmTarget<'a> {
         KvmTarget {
+            cache: RefCell::new(vec![None; dbg.vcpus.len()]),
+            expedite,
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,
@@ -104,9 +116,23 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
+    /// vCPU `index`'s registers (it is parked), read once per stop.
+    fn state(&self, index: usize) -> Result<KvmState, TargetError<String>> {
+        if let Some(state) = self.cache.borrow()[index].clone() {
+            return Ok(state);
+        }
+        let state = read_state(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
+        self.cache.borrow_mut()[index] = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Registers may change (the vCPU ran, or was written).
+    fn forget(&self, index: usize) {
+        self.cache.borrow_mut()[index] = None;
+    }
+
     fn paging(&self, index: usize) -> Result<Paging, TargetError<String>> {
-        let fd = lock(&self.dbg.vcpus[index].fd);
-        Ok(Paging::of(&fd.get_sregs().map_err(fatal)?))
+        Ok(Paging::of(&self.state(index)?.sregs))
     }
 
     /// The guest-physical address of `va` in vCPU `index`'s space.
@@ -140,13 +166,17 @@ impl<'a> KvmTarget<'a> {
             }
             self.current = index;
             self.remember_spaces();
+            if let Ok(state) = self.state(index) {
+                let r = state.regs;
+                *lock(&self.expedite) = Some([r.rip, r.rsp, r.rbp]);
+            }
             return Some(self.reason(index, kind));
         }
         None
     }
 
     fn still_at_sw_breakpoint(&self, index: usize) -> bool {
-        let rip = lock(&self.dbg.vcpus[index].fd).get_regs().map(|r| r.rip);
+        let rip = self.state(index).map(|s| s.regs.rip);
         rip.ok()
             .and_then(|rip| self.gpa_of(index, rip))
             .is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa))
@@ -187,7 +217,7 @@ impl<'a> KvmTarget<'a> {
     /// host). Returns the stop the step itself produced, if any.
     fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
         let vcpu = &self.dbg.vcpus[index];
-        let rip = lock(&vcpu.fd).get_regs().ok()?.rip;
+        let rip = self.state(index).ok()?.regs.rip;
         let gpa = self.gpa_of(index, rip);
         let on_sw = gpa.is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa));
         let on_hw = self.dbg.breakpoints().hw().contains(&Some(rip));
@@ -201,6 +231,7 @@ impl<'a> KvmTarget<'a> {
         }
         vcpu.request(Command::StepOver);
         vcpu.wait_parked();
+        self.forget(index);
         if let Some(gpa) = gpa {
             self.dbg.breakpoints().replant(&self.dbg.memory, gpa);
         }
@@ -234,20 +265,19 @@ impl<'a> KvmTarget<'a> {
 
     /// Record every vCPU's current CR3 as a known address space.
     pub(crate) fn remember_spaces(&self) {
-        let mut spaces = lock(&self.dbg.spaces);
-        for v in &self.dbg.vcpus {
-            if let Ok(sregs) = lock(&v.fd).get_sregs() {
-                if let Paging::Paged { root, .. } = Paging::of(&sregs) {
-                    spaces.entry(root).or_insert("seen at a stop");
-                }
+        for index in 0..self.dbg.vcpus.len() {
+            if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
+                lock(&self.dbg.spaces)
+                    .entry(root)
+                    .or_insert("seen at a stop");
             }
         }
     }
 
     /// Everything a monitor command may need about the current vCPU.
     fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
+        let state = self.state(self.current).ok();
         let fd = lock(&self.dbg.vcpus[self.current].fd);
-        let state = read_state(&fd).ok();
         let debug_regs = fd
             .get_debug_regs()
             .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
@@ -368,16 +398,15 @@ impl ExecFile for KvmTarget<'_> {
 
 impl MultiThreadBase for KvmTarget<'_> {
     fn read_registers(&mut self, regs: &mut X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
-        let index = self.index(tid)?;
-        let fd = lock(&self.dbg.vcpus[index].fd);
-        *regs = read_state(&fd).map_err(fatal)?.to_gdb();
+        *regs = self.state(self.index(tid)?)?.to_gdb();
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
         let index = self.index(tid)?;
+        let mut state = self.state(index)?;
+        self.forget(index);
         let fd = lock(&self.dbg.vcpus[index].fd);
-        let mut state = read_state(&fd).map_err(fatal)?;
         let changed = state.apply(regs);
         debug!("vcpu {index}: writing registers {changed:?}");
         if changed.regs {
@@ -534,6 +563,7 @@ impl MultiThreadResume for KvmTarget<'_> {
             return Ok(());
         }
         debug!("resume: {actions:?}");
+        self.cache.borrow_mut().iter_mut().for_each(|s| *s = None);
         for (vcpu, action) in self.dbg.vcpus.iter().zip(&actions) {
             match action {
                 Action::Stay => {}

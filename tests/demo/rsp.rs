@@ -85,7 +85,9 @@ impl Rsp {
         }
         let _ = self.stream.set_read_timeout(Some(Duration::from_secs(5)));
         let reply = self.reply();
-        let _ = self.stream.set_read_timeout(Some(Duration::from_millis(300)));
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(300)));
         reply
     }
 
