@@ -132,5 +132,43 @@ fn spaces(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, translate, walks, spaces);
+/// The coalescing walk against translating every 4 KiB page of the same
+/// 1 GiB one by one (the naive way a debugger would list mappings).
+fn walk_vs_per_page(c: &mut Criterion) {
+    let fmt = Amd64::FOUR_LEVEL;
+    let mut group = c.benchmark_group("1 GiB: walk vs per-page");
+    group.sample_size(10);
+    let layouts: [(&str, PageSize, bool); 4] = [
+        ("1G pages", PageSize::SIZE_1G, false),
+        ("2M pages", PageSize::SIZE_2M, false),
+        ("4K contiguous", PageSize::SIZE_4K, false),
+        ("4K scattered", PageSize::SIZE_4K, true),
+    ];
+    for (name, size, scattered) in layouts {
+        let t = memory(8 << 20);
+        if scattered {
+            // Every page maps a different, non-adjacent frame.
+            for i in 0..(G1 >> 12) {
+                let pa = ((i * 7919) % (G1 >> 12)) << 13;
+                vmem::map(&fmt, &t, &Mapping::new(HIGH + (i << 12), pa, 4096, RW)).unwrap();
+            }
+        } else {
+            vmem::map(&fmt, &t, &Mapping::new(HIGH, 0, G1, RW).max_page_size(size)).unwrap();
+        }
+        let root = t.root_table();
+        group.bench_function(format!("walk, {name}"), |b| {
+            b.iter(|| vmem::virt_to_phys(&fmt, &t, HIGH, G1).count())
+        });
+        group.bench_function(format!("per-page, {name}"), |b| {
+            b.iter(|| {
+                (0..(G1 >> 12))
+                    .filter(|i| vmem::translate_addr(&fmt, &t, root, HIGH + (i << 12)).is_ok())
+                    .count()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, translate, walks, spaces, walk_vs_per_page);
 criterion_main!(benches);
