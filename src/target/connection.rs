@@ -196,6 +196,9 @@ impl GdbConnection {
         let Some(start) = self.output.iter().position(|&b| b == b'$') else {
             return;
         };
+        if self.output.get(start + 1) != Some(&b'T') {
+            return;
+        }
         let Some(hash) = self.output[start..].iter().position(|&b| b == b'#') else {
             return;
         };

@@ -1,0 +1,107 @@
+//! A gdb stub that does no work: zero registers, zero memory, steps that
+//! finish at once. It measures gdb's own floor for the end-to-end
+//! benchmark (`examples/bench-e2e`). Prints its port and serves one client.
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpListener;
+
+use vmem_gdbstub::target::X86_64Kvm;
+
+fn checksum(payload: &[u8]) -> u8 {
+    payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
+}
+
+fn reply(payload: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(payload);
+    let regs_bytes = vmem_gdbstub::target::X86_64Regs::default().to_bytes().len();
+    let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
+    let out: String = match text.as_ref() {
+        t if t.starts_with("qSupported") => "PacketSize=20000;qXfer:features:read+".into(),
+        "?" => "T05thread:01;".into(),
+        "g" => "00".repeat(regs_bytes),
+        "vCont?" => "vCont;c;C;s;S".into(),
+        t if t.starts_with("vCont;s") || t == "s" => "T05thread:01;".into(),
+        t if t.starts_with('m') => {
+            let len = t
+                .split(',')
+                .nth(1)
+                .and_then(|l| usize::from_str_radix(l, 16).ok())
+                .unwrap_or(0);
+            "00".repeat(len.min(0x10000))
+        }
+        t if t.starts_with("qXfer:features:read:target.xml:") => {
+            let range = &t["qXfer:features:read:target.xml:".len()..];
+            let mut parts = range
+                .split(',')
+                .map(|n| usize::from_str_radix(n, 16).unwrap_or(0));
+            let (off, len) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            let rest = xml.get(off.min(xml.len())..).unwrap_or("");
+            if rest.len() > len {
+                format!("m{}", &rest[..len])
+            } else {
+                format!("l{rest}")
+            }
+        }
+        "qfThreadInfo" => "m01".into(),
+        "qsThreadInfo" => "l".into(),
+        "qC" => "QC01".into(),
+        "qAttached" => "1".into(),
+        t if t.starts_with('H') || t == "QStartNoAckMode" || t.starts_with('D') => "OK".into(),
+        t if t.starts_with('T') => "OK".into(),
+        _ => String::new(),
+    };
+    let mut framed = vec![b'$'];
+    framed.extend_from_slice(out.as_bytes());
+    framed.extend(format!("#{:02x}", checksum(out.as_bytes())).bytes());
+    framed
+}
+
+fn main() -> std::io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("gdb stub listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut no_ack = false;
+        let mut byte = [0u8];
+        'session: loop {
+            // Skip to a packet start; an interrupt while "running" stops.
+            loop {
+                if reader.read(&mut byte)? == 0 {
+                    break 'session;
+                }
+                match byte[0] {
+                    b'$' => break,
+                    0x03 => writer.write_all(&reply(b"?"))?,
+                    _ => {}
+                }
+            }
+            let mut payload = Vec::new();
+            loop {
+                if reader.read(&mut byte)? == 0 {
+                    break 'session;
+                }
+                if byte[0] == b'#' {
+                    break;
+                }
+                payload.push(byte[0]);
+            }
+            let mut sum = [0u8; 2];
+            reader.read_exact(&mut sum)?;
+            if !no_ack {
+                writer.write_all(b"+")?;
+            }
+            if payload.starts_with(b"vCont;c") || payload == b"c" {
+                continue; // "running" until 0x03
+            }
+            writer.write_all(&reply(&payload))?;
+            no_ack |= payload == b"QStartNoAckMode";
+            if payload.starts_with(b"D") {
+                break;
+            }
+        }
+    }
+}
