@@ -4,27 +4,11 @@
 //! attach afterwards. VMEM_GDBSTUB_LONG=1 sends ten times as many.
 
 mod demo;
+mod support;
 
 use demo::rsp::{Reply, Rsp};
 use demo::{number_after, DemoVm};
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
+use support::Rng;
 
 const ADDRS: [u64; 8] = [
     0,

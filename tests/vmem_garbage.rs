@@ -4,23 +4,12 @@
 
 mod support;
 
-use support::RW;
+use support::{Rng, RW};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat};
 use vmem_gdbstub::vmem::{self, BufferTables, Mapping, WalkError};
 
 const TABLES: u64 = 8;
 const BUDGET: u64 = 20_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// Entries biased to be present and to point inside the image (so walks
 /// go deep and loop), sometimes anywhere, sometimes at the top of memory.
