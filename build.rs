@@ -10,6 +10,7 @@ fn main() {
     for file in [
         "guest/guest.c",
         "guest/entry.S",
+        "guest/pvh.S",
         "guest/guest.ld",
         "guest/guest32.c",
         "guest/guest32.ld",
@@ -42,6 +43,7 @@ fn main() {
             "-T",
             "guest/guest.ld",
             "guest/entry.S",
+            "guest/pvh.S",
             "guest/guest.c",
         ],
         &guest64,

@@ -1,5 +1,7 @@
-//! End-to-end benchmark: the real gdb against the demo VM's stub and
-//! against a do-nothing stub (gdb's own floor), in one run.
+//! End-to-end benchmark: the real gdb against the demo VM's stub, against
+//! QEMU's gdbstub (the same guest ELF booted by `qemu-system-x86_64` via
+//! PVH, under TCG; skipped if QEMU is not installed) and against a
+//! do-nothing stub (gdb's own floor), in one run.
 //!
 //! ```sh
 //! cargo build --release --examples && ./target/release/examples/bench-e2e
@@ -25,6 +27,42 @@ struct Stub {
 }
 
 impl Stub {
+    /// QEMU running the demo guest, its gdbstub on a free port.
+    fn qemu() -> Option<Stub> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "128",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-no-reboot",
+            ])
+            .args(["-kernel", env!("DEMO_GUEST_ELF")])
+            .arg("-gdb")
+            .arg(format!("tcp:127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        // Wait until its gdbstub accepts connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(200));
+                return Some(Stub { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     fn start(binary: &Path, args: &[&str]) -> Stub {
         let mut child = Command::new(binary)
             .args(args)
@@ -230,30 +268,61 @@ fn main() {
         "gdb against the demo VM (ours) and a do-nothing stub (floor), {} MiB dump, {STEPS} steps",
         DUMP_BYTES >> 20
     );
+    let qemu = Stub::qemu();
+    if let Some(q) = &qemu {
+        fill_random(q.port, &tmp);
+    }
     let a = measure(ours.port, "1");
+    let q = qemu.as_ref().map(|q| measure(q.port, "1"));
     let b = measure(floor.port, "1");
     let mb = |d: Duration| DUMP_BYTES as f64 / 1e6 / d.as_secs_f64();
-    println!("{:<34} {:>12} {:>12} {:>8}", "", "ours", "floor", "ratio");
+    let cell = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
     println!(
-        "{:<34} {:>10.2} s {:>10.2} s {:>7.2}x",
+        "{:<32} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "", "ours", "QEMU", "floor", "vs QEMU", "vs floor"
+    );
+    println!(
+        "{:<32} {:>10.2} s {:>12} {:>10.2} s {:>10} {:>9.2}x",
         "dump binary memory 64 MiB",
         a.dump.as_secs_f64(),
+        cell(q.as_ref().map(|q| format!("{:.2} s", q.dump.as_secs_f64()))),
         b.dump.as_secs_f64(),
+        cell(
+            q.as_ref()
+                .map(|q| format!("{:.2}x", q.dump.as_secs_f64() / a.dump.as_secs_f64()))
+        ),
         a.dump.as_secs_f64() / b.dump.as_secs_f64()
     );
     println!(
-        "{:<34} {:>8.1} MB/s {:>7.1} MB/s",
+        "{:<32} {:>7.1} MB/s {:>12} {:>7.1} MB/s",
         "  throughput",
         mb(a.dump),
+        cell(q.as_ref().map(|q| format!("{:.1} MB/s", mb(q.dump)))),
         mb(b.dump)
     );
     println!(
-        "{:<34} {:>12.0} {:>12.0} {:>7.2}x",
+        "{:<32} {:>12.0} {:>12} {:>12.0} {:>10} {:>9.2}x",
         "stepi per second",
         a.steps_per_s,
+        cell(q.as_ref().map(|q| format!("{:.0}", q.steps_per_s))),
         b.steps_per_s,
+        cell(
+            q.as_ref()
+                .map(|q| format!("{:.2}x", a.steps_per_s / q.steps_per_s))
+        ),
         a.steps_per_s / b.steps_per_s
     );
+    if let Some(q) = &qemu {
+        let ms = ctrl_c_latency(q.port).as_secs_f64() * 1e3;
+        println!("{:<32} {:>12} {:>9.2} ms", "Ctrl-C to stop, QEMU", "", ms);
+        println!(
+            "{:<32} {:>12} {:>10.1} %",
+            "CPU while stopped, QEMU",
+            "",
+            cpu_over_10s(q, "shell sleep 11")
+        );
+    }
+    drop(qemu);
     let latency = ctrl_c_latency(ours.port);
     println!(
         "{:<34} {:>9.2} ms",

@@ -172,7 +172,8 @@ impl Debugger {
     }
 
     /// Run vCPU `index` until the VM shuts down. Call it from that vCPU's
-    /// own thread. Exits the debugger does not handle itself (port I/O,
+    /// own thread, for every vCPU (stopping the VM for gdb waits until each
+    /// one is parked). Exits the debugger does not handle itself (port I/O,
     /// MMIO outside trapped pages…) go to `on_exit`.
     pub fn run_vcpu(
         &self,

@@ -24,7 +24,7 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::ext::exec_file::{ExecFile, ExecFileOps};
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use kvm_bindings::{kvm_msr_entry, Msrs};
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
@@ -58,7 +58,9 @@ pub(crate) struct KvmTarget<'a> {
     view: View,
     /// QEMU's physical-memory mode (`Qqemu.PhyMemMode`), set by the packet layer.
     phys_mode: Arc<AtomicBool>,
-    /// Each parked vCPU's registers, read once per stop.
+    /// Each parked vCPU's general and special registers, read once per stop.
+    core: RefCell<Vec<Option<(kvm_regs, kvm_sregs)>>>,
+    /// The rest (x87/SSE, KERNEL_GS_BASE), read only when gdb wants them.
     cache: RefCell<Vec<Option<KvmState>>>,
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
@@ -95,6 +97,7 @@ impl<'a> KvmTarget<'a> {
         expedite: Arc<Mutex<Option<[u64; 3]>>>,
     ) -> KvmTarget<'a> {
         KvmTarget {
+            core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
             expedite,
             dbg,
@@ -116,23 +119,40 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
-    /// vCPU `index`'s registers (it is parked), read once per stop.
+    /// vCPU `index`'s general and special registers (it is parked), read
+    /// once per stop: the stop path needs only these.
+    fn core(&self, index: usize) -> Result<(kvm_regs, kvm_sregs), TargetError<String>> {
+        if let Some(core) = self.core.borrow()[index] {
+            return Ok(core);
+        }
+        let fd = lock(&self.dbg.vcpus[index].fd);
+        let core = (
+            fd.get_regs().map_err(fatal)?,
+            fd.get_sregs().map_err(fatal)?,
+        );
+        self.core.borrow_mut()[index] = Some(core);
+        Ok(core)
+    }
+
+    /// All of vCPU `index`'s registers, read once per stop.
     fn state(&self, index: usize) -> Result<KvmState, TargetError<String>> {
         if let Some(state) = self.cache.borrow()[index].clone() {
             return Ok(state);
         }
-        let state = read_state(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
+        let mut state = read_state(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
+        (state.regs, state.sregs) = self.core(index)?;
         self.cache.borrow_mut()[index] = Some(state.clone());
         Ok(state)
     }
 
     /// Registers may change (the vCPU ran, or was written).
     fn forget(&self, index: usize) {
+        self.core.borrow_mut()[index] = None;
         self.cache.borrow_mut()[index] = None;
     }
 
     fn paging(&self, index: usize) -> Result<Paging, TargetError<String>> {
-        Ok(Paging::of(&self.state(index)?.sregs))
+        Ok(Paging::of(&self.core(index)?.1))
     }
 
     /// The guest-physical address of `va` in vCPU `index`'s space.
@@ -166,8 +186,7 @@ impl<'a> KvmTarget<'a> {
             }
             self.current = index;
             self.remember_spaces();
-            if let Ok(state) = self.state(index) {
-                let r = state.regs;
+            if let Ok((r, _)) = self.core(index) {
                 *lock(&self.expedite) = Some([r.rip, r.rsp, r.rbp]);
             }
             return Some(self.reason(index, kind));
@@ -176,7 +195,7 @@ impl<'a> KvmTarget<'a> {
     }
 
     fn still_at_sw_breakpoint(&self, index: usize) -> bool {
-        let rip = self.state(index).map(|s| s.regs.rip);
+        let rip = self.core(index).map(|(r, _)| r.rip);
         rip.ok()
             .and_then(|rip| self.gpa_of(index, rip))
             .is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa))
@@ -217,7 +236,7 @@ impl<'a> KvmTarget<'a> {
     /// host). Returns the stop the step itself produced, if any.
     fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
         let vcpu = &self.dbg.vcpus[index];
-        let rip = self.state(index).ok()?.regs.rip;
+        let rip = self.core(index).ok()?.0.rip;
         let gpa = self.gpa_of(index, rip);
         let on_sw = gpa.is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa));
         let on_hw = self.dbg.breakpoints().hw().contains(&Some(rip));
@@ -563,7 +582,7 @@ impl MultiThreadResume for KvmTarget<'_> {
             return Ok(());
         }
         debug!("resume: {actions:?}");
-        self.cache.borrow_mut().iter_mut().for_each(|s| *s = None);
+        (0..self.dbg.vcpus.len()).for_each(|i| self.forget(i));
         for (vcpu, action) in self.dbg.vcpus.iter().zip(&actions) {
             match action {
                 Action::Stay => {}
