@@ -65,7 +65,7 @@ fn gdb_killed_mid_session_leaves_no_int3_behind() {
             .collect()
     };
     let before = code(&vm.gdb(&["x/512xb 0xffffffff80400000"]));
-    assert_eq!(before.len(), 64);
+    assert!(before.len() >= 64, "{before:?}");
     let mut seed = 0x1234_5678u64;
     for round in 0..rounds {
         let mut commands = vec![

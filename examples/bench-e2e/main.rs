@@ -265,7 +265,7 @@ fn main() {
     let floor = Stub::start(&dir.join("null-stub"), &[]);
     fill_random(ours.port, &tmp);
     println!(
-        "gdb against the demo VM (ours) and a do-nothing stub (floor), {} MiB dump, {STEPS} steps",
+        "gdb 13 against the demo VM (ours), QEMU on the same guest and a do-nothing stub (floor): {} MiB dump of random bytes, {STEPS} steps",
         DUMP_BYTES >> 20
     );
     let qemu = Stub::qemu();
