@@ -128,7 +128,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let (tx, rx) = mpsc::channel();
     let phys_mode = Arc::new(AtomicBool::new(false));
     let expedite = Arc::new(Mutex::new(None));
-    let conn = match GdbConnection::new(
+    let mut conn = match GdbConnection::new(
         stream,
         tx.clone(),
         rx,
@@ -145,9 +145,10 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     dbg.pause_all();
     let mut target = KvmTarget::new(dbg, phys_mode, expedite);
     target.collect_stops();
-    target.remember_spaces();
+    for index in 0..dbg.vcpus.len() {
+        target.remember_space(index);
+    }
     let shutdown_handle = conn.stream().try_clone().ok();
-    let mut conn = conn;
     loop {
         let result = GdbStubBuilder::new(ConnRef(&mut conn))
             .packet_buffer_size(PACKET_SIZE)

@@ -24,7 +24,7 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::ext::exec_file::{ExecFile, ExecFileOps};
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
@@ -75,19 +75,16 @@ fn fatal(e: impl std::fmt::Display) -> TargetError<String> {
     TargetError::Fatal(e.to_string())
 }
 
-pub(crate) fn read_state(fd: &VcpuFd) -> Result<KvmState, kvm_ioctls::Error> {
+/// The registers beyond the general and special ones: x87/SSE and
+/// IA32_KERNEL_GS_BASE.
+fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         ..Default::default()
     }])
     .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))?;
     fd.get_msrs(&mut msrs)?;
-    Ok(KvmState {
-        regs: fd.get_regs()?,
-        sregs: fd.get_sregs()?,
-        fpu: fd.get_fpu()?,
-        k_gs_base: msrs.as_slice()[0].data,
-    })
+    Ok((fd.get_fpu()?, msrs.as_slice()[0].data))
 }
 
 impl<'a> KvmTarget<'a> {
@@ -139,8 +136,14 @@ impl<'a> KvmTarget<'a> {
         if let Some(state) = self.cache.borrow()[index].clone() {
             return Ok(state);
         }
-        let mut state = read_state(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
-        (state.regs, state.sregs) = self.core(index)?;
+        let (regs, sregs) = self.core(index)?;
+        let (fpu, k_gs_base) = read_extra(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
+        let state = KvmState {
+            regs,
+            sregs,
+            fpu,
+            k_gs_base,
+        };
         self.cache.borrow_mut()[index] = Some(state.clone());
         Ok(state)
     }
@@ -185,7 +188,7 @@ impl<'a> KvmTarget<'a> {
                 continue;
             }
             self.current = index;
-            self.remember_spaces();
+            self.remember_space(index);
             if let Ok((r, _)) = self.core(index) {
                 *lock(&self.expedite) = Some([r.rip, r.rsp, r.rbp]);
             }
@@ -282,14 +285,12 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
-    /// Record every vCPU's current CR3 as a known address space.
-    pub(crate) fn remember_spaces(&self) {
-        for index in 0..self.dbg.vcpus.len() {
-            if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
-                lock(&self.dbg.spaces)
-                    .entry(root)
-                    .or_insert("seen at a stop");
-            }
+    /// Record vCPU `index`'s current CR3 as a known address space.
+    pub(crate) fn remember_space(&self, index: usize) {
+        if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
+            lock(&self.dbg.spaces)
+                .entry(root)
+                .or_insert("seen at a stop");
         }
     }
 
