@@ -311,24 +311,26 @@ impl<'a> KvmTarget<'a> {
             }
             _ => None,
         };
+        // Known spaces in walk order, each labelled with every way it is
+        // known: `first` starts a label, `more` extends one.
         let mut spaces: Vec<(u64, String)> = Vec::new();
-        for (i, v) in self.dbg.vcpus.iter().enumerate() {
-            if let Ok(Paging::Paged { root, .. }) = lock(&v.fd).get_sregs().map(|s| Paging::of(&s))
-            {
-                match spaces.iter_mut().find(|(r, _)| *r == root) {
-                    Some((_, label)) => label.push_str(&format!(", vcpu {i}")),
-                    None => spaces.push((root, format!("current on vcpu {i}"))),
-                }
+        let mut know = |root: u64, first: String, more: String| match spaces
+            .iter_mut()
+            .find(|(r, _)| *r == root)
+        {
+            Some((_, label)) => {
+                label.push_str(", ");
+                label.push_str(&more);
+            }
+            None => spaces.push((root, first)),
+        };
+        for i in 0..self.dbg.vcpus.len() {
+            if let Ok(Paging::Paged { root, .. }) = self.paging(i) {
+                know(root, format!("current on vcpu {i}"), format!("vcpu {i}"));
             }
         }
         for (&root, &how) in lock(&self.dbg.spaces).iter() {
-            match spaces.iter_mut().find(|(r, _)| *r == root) {
-                Some((_, label)) => {
-                    label.push_str(", ");
-                    label.push_str(how);
-                }
-                None => spaces.push((root, how.to_string())),
-            }
+            know(root, how.to_string(), how.to_string());
         }
         monitor::Context {
             memory: &self.dbg.memory,
