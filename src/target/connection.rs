@@ -203,7 +203,7 @@ impl GdbConnection {
             return;
         };
         let payload = &self.output[start + 1..start + hash];
-        if payload.len() < 3 || payload[0] != b'T' {
+        if payload.len() < 3 {
             return;
         }
         let Some([rip, rsp, rbp]) = super::lock(&self.expedite).take() else {
@@ -215,9 +215,7 @@ impl GdbConnection {
         new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
         new.extend_from_slice(&payload[3..]);
         let mut framed = self.output[..start].to_vec();
-        framed.push(b'$');
-        framed.extend_from_slice(&new);
-        framed.extend(format!("#{:02x}", qemu_packets::checksum(&new)).bytes());
+        framed.extend(qemu_packets::frame(&new));
         framed.extend_from_slice(&self.output[start + hash + 3..]);
         self.output = framed;
     }
@@ -226,12 +224,9 @@ impl GdbConnection {
     /// unless gdb turned acknowledgements off).
     fn send_reply(&mut self, reply: &str) -> io::Result<()> {
         self.flush()?;
-        let ack = if self.no_ack { "" } else { "+" };
-        let framed = format!(
-            "{ack}${reply}#{:02x}",
-            qemu_packets::checksum(reply.as_bytes())
-        );
-        self.stream.write_all(framed.as_bytes())
+        let mut framed = if self.no_ack { Vec::new() } else { vec![b'+'] };
+        framed.extend(qemu_packets::frame(reply.as_bytes()));
+        self.stream.write_all(&framed)
     }
 
     /// gdbstub rejected the last packet (and stopped): answer it so gdb is

@@ -114,12 +114,10 @@ pub(crate) fn refuse(mut stream: Stream) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let reply = "E.another gdb session is already attached to this VM";
-    let framed = format!(
-        "+${reply}#{:02x}",
-        super::qemu_packets::checksum(reply.as_bytes())
-    );
-    let _ = io::Write::write_all(&mut stream, framed.as_bytes());
+    let reply = b"E.another gdb session is already attached to this VM";
+    let mut framed = vec![b'+'];
+    framed.extend(super::qemu_packets::frame(reply));
+    let _ = io::Write::write_all(&mut stream, &framed);
     stream.shutdown();
 }
 

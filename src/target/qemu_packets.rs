@@ -29,6 +29,15 @@ pub(crate) fn checksum(payload: &[u8]) -> u8 {
     payload.iter().fold(0u8, |sum, b| sum.wrapping_add(*b))
 }
 
+/// `payload` as an RSP packet: `$payload#xx`.
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(payload.len() + 4);
+    framed.push(b'$');
+    framed.extend_from_slice(payload);
+    framed.extend(format!("#{:02x}", checksum(payload)).bytes());
+    framed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +56,6 @@ mod tests {
         assert_eq!(reply(b"qOffsets", &phys), None);
         assert_eq!(reply(b"m1000,4", &phys), None);
         assert_eq!(checksum(b"OK"), 0x9a);
+        assert_eq!(frame(b"OK"), b"$OK#9a");
     }
 }
