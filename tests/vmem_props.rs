@@ -87,7 +87,8 @@ fn ops(mode: usize) -> impl Strategy<Value = Vec<Op>> {
     let (g, w, limit) = (
         granules(fmt.as_ref()),
         window(fmt.as_ref()),
-        fmt.phys_limit().min(1 << 46),
+        // Half the physical space: pa + len (at most 6 GiB) stays encodable.
+        fmt.phys_limit().min(1 << 46) / 2,
     );
     let supported = fmt.supported_flags();
     let flag_sets: Vec<Flags> = [
