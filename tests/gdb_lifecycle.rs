@@ -60,7 +60,8 @@ fn gdb_killed_mid_session_leaves_no_int3_behind() {
     // The guest's code page, before any breakpoint.
     let code = |out: &str| -> Vec<String> {
         out.lines()
-            .filter(|l| l.starts_with("0xffffffff804"))
+            // `x` rows only, not a "0x… in f ()" stop line.
+            .filter(|l| l.starts_with("0xffffffff804") && l.contains(">:"))
             .map(String::from)
             .collect()
     };

@@ -7,6 +7,10 @@ use std::net::TcpListener;
 
 use vmem_gdbstub::target::X86_64Kvm;
 
+/// A stop reply that carries rbp, rsp and rip, as ours does, so gdb need
+/// not ask for all registers after each step.
+const STOP: &str = "T05thread:01;06:0000000000000000;07:0000000000000000;10:0000000000000000;";
+
 fn checksum(payload: &[u8]) -> u8 {
     payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
@@ -17,10 +21,10 @@ fn reply(payload: &[u8]) -> Vec<u8> {
     let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
     let out: String = match text.as_ref() {
         t if t.starts_with("qSupported") => "PacketSize=20000;qXfer:features:read+".into(),
-        "?" => "T05thread:01;".into(),
+        "?" => STOP.into(),
         "g" => "00".repeat(regs_bytes),
         "vCont?" => "vCont;c;C;s;S".into(),
-        t if t.starts_with("vCont;s") || t == "s" => "T05thread:01;".into(),
+        t if t.starts_with("vCont;s") || t == "s" => STOP.into(),
         t if t.starts_with('m') => {
             let len = t
                 .split(',')

@@ -11,9 +11,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::conn::Connection;
 use log::{debug, trace};
 
+use super::memory_packets::{self, ReadRequest};
 use super::qemu_packets;
 
 /// What the gdb thread waits for.
@@ -89,12 +90,15 @@ impl Write for Stream {
 pub(crate) struct GdbConnection {
     stream: Stream,
     events: Receiver<SessionEvent>,
-    input: VecDeque<u8>,
+    input: VecDeque<Input>,
     output: Vec<u8>,
     /// An incoming packet not complete yet (`$` … `#xx`).
     packet: Vec<u8>,
     /// gdb switched acknowledgements off (`QStartNoAckMode`).
     no_ack: bool,
+    /// The thread (1-based) gdb's memory accesses refer to, mirrored from
+    /// `Hg` packets and stop replies as gdbstub tracks it.
+    mem_thread: usize,
     /// The last packet handed to gdbstub (answered here if it rejects it).
     last_packet: Vec<u8>,
     /// rip, rsp, rbp to add to the next stop reply.
@@ -103,8 +107,13 @@ pub(crate) struct GdbConnection {
 }
 
 /// The next thing the gdb thread has to handle.
+#[derive(Debug)]
 pub(crate) enum Input {
+    /// A byte for gdbstub.
     Byte(u8),
+    /// A memory read to answer with [`GdbConnection::answer_read`].
+    Read(ReadRequest),
+    /// A vCPU stopped by itself.
     Wake,
 }
 
@@ -148,18 +157,20 @@ impl GdbConnection {
             output: Vec::with_capacity(1 << 17),
             packet: Vec::new(),
             no_ack: false,
+            mem_thread: 1,
             last_packet: Vec::new(),
             expedite,
             phys_mode,
         })
     }
 
-    /// Take bytes from gdb: QEMU's own packets are answered here, all else
-    /// is queued for gdbstub unchanged.
+    /// Take bytes from gdb: QEMU's own packets are answered here, memory
+    /// reads are queued for [`Self::answer_read`], all else is queued for
+    /// gdbstub unchanged.
     fn absorb(&mut self, data: &[u8]) -> io::Result<()> {
         for &b in data {
             if self.packet.is_empty() && b != b'$' {
-                self.input.push_back(b);
+                self.input.push_back(Input::Byte(b));
                 continue;
             }
             self.packet.push(b);
@@ -173,59 +184,116 @@ impl GdbConnection {
                 .ok()
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
                 == Some(qemu_packets::checksum(payload));
-            match qemu_packets::reply(payload, &self.phys_mode).filter(|_| sum_ok) {
-                Some(reply) => {
-                    debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
-                    self.send_reply(reply)?;
-                }
+            if !sum_ok {
+                // gdbstub asks for it again.
+                self.forward(&packet);
+                continue;
+            }
+            if let Some(reply) = qemu_packets::reply(payload, &self.phys_mode) {
+                debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
+                self.send_reply(reply.as_bytes())?;
+                continue;
+            }
+            match memory_packets::parse_read(payload) {
+                // `x0,0` (lldb's probe for its own `x`) stays with gdbstub,
+                // which says "unsupported"; gdb learns of ours from
+                // `binary-upload+` in the qSupported reply.
+                Some(read) => self.input.push_back(Input::Read(read)),
                 None => {
                     if payload == b"QStartNoAckMode" {
                         self.no_ack = true;
                     }
-                    self.last_packet = payload.to_vec();
-                    self.input.extend(packet);
+                    if let Some(thread) = payload.strip_prefix(b"Hg").and_then(memory_thread) {
+                        self.mem_thread = thread;
+                    }
+                    self.forward(&packet);
                 }
             }
         }
         Ok(())
     }
 
-    /// If the output holds a `T` stop reply, add rip (16), rsp (7) and rbp
-    /// (6) to it, so gdb does not have to ask for all registers.
-    fn expedite_stop_reply(&mut self) {
+    /// Queue a whole packet (`$…#xx`) for gdbstub.
+    fn forward(&mut self, packet: &[u8]) {
+        self.last_packet = packet[1..packet.len() - 3].to_vec();
+        self.input.extend(packet.iter().map(|&b| Input::Byte(b)));
+    }
+
+    /// The thread gdb's memory accesses currently refer to (1-based).
+    pub(crate) fn mem_thread(&self) -> usize {
+        self.mem_thread
+    }
+
+    /// Answer a memory read with `data` (possibly shorter than asked), or
+    /// with `E<errno>` when nothing could be read.
+    pub(crate) fn answer_read(
+        &mut self,
+        read: &ReadRequest,
+        data: Result<&[u8], u8>,
+    ) -> io::Result<()> {
+        self.flush()?;
+        if !self.no_ack {
+            self.output.push(b'+');
+        }
+        self.output.push(b'$');
+        let start = self.output.len();
+        match data {
+            Ok(data) if read.binary => {
+                self.output.push(b'b');
+                memory_packets::push_binary(&mut self.output, data);
+            }
+            Ok(data) => memory_packets::push_hex(&mut self.output, data),
+            Err(errno) => self.output.extend(format!("E{errno:02x}").bytes()),
+        }
+        let sum = qemu_packets::checksum(&self.output[start..]);
+        self.output.extend(format!("#{sum:02x}").bytes());
+        trace!("-> memory reply, {} bytes", self.output.len());
+        self.stream.write_all(&self.output)?;
+        self.output.clear();
+        Ok(())
+    }
+
+    /// Rewrite the one reply packet in the output: stop replies get rip
+    /// (16), rsp (7) and rbp (6), so gdb does not have to ask for all
+    /// registers; gdbstub's `qSupported` reply gains `binary-upload+`.
+    fn amend_reply(&mut self) {
         let Some(start) = self.output.iter().position(|&b| b == b'$') else {
             return;
         };
-        if self.output.get(start + 1) != Some(&b'T') {
-            return;
-        }
         let Some(hash) = self.output[start..].iter().position(|&b| b == b'#') else {
             return;
         };
         let payload = &self.output[start + 1..start + hash];
-        if payload.len() < 3 {
-            return;
-        }
-        let Some([rip, rsp, rbp]) = super::lock(&self.expedite).take() else {
+        let amended = if payload.first() == Some(&b'T') && payload.len() >= 3 {
+            if let Some(thread) = stop_reply_thread(payload) {
+                self.mem_thread = thread;
+            }
+            let Some([rip, rsp, rbp]) = super::lock(&self.expedite).take() else {
+                return;
+            };
+            let hex =
+                |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
+            let mut new = payload[..3].to_vec();
+            new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
+            new.extend_from_slice(&payload[3..]);
+            new
+        } else if payload.starts_with(b"PacketSize=") {
+            [payload, b";binary-upload+"].concat()
+        } else {
             return;
         };
-        let hex =
-            |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
-        let mut new = payload[..3].to_vec();
-        new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
-        new.extend_from_slice(&payload[3..]);
         let mut framed = self.output[..start].to_vec();
-        framed.extend(qemu_packets::frame(&new));
+        framed.extend(qemu_packets::frame(&amended));
         framed.extend_from_slice(&self.output[start + hash + 3..]);
         self.output = framed;
     }
 
     /// Send one reply packet of our own (acknowledging the request first
     /// unless gdb turned acknowledgements off).
-    fn send_reply(&mut self, reply: &str) -> io::Result<()> {
+    fn send_reply(&mut self, reply: &[u8]) -> io::Result<()> {
         self.flush()?;
         let mut framed = if self.no_ack { Vec::new() } else { vec![b'+'] };
-        framed.extend(qemu_packets::frame(reply.as_bytes()));
+        framed.extend(qemu_packets::frame(reply));
         self.stream.write_all(&framed)
     }
 
@@ -238,22 +306,17 @@ impl GdbConnection {
             "answering rejected packet {:?}",
             String::from_utf8_lossy(&self.last_packet[..self.last_packet.len().min(64)])
         );
-        self.send_reply(if query { "" } else { "E01" })
+        self.send_reply(if query { b"" } else { b"E01" })
     }
 
-    /// Block for the next byte or vCPU wake-up.
+    /// Block for the next byte, memory read or vCPU wake-up.
     pub(crate) fn next_input(&mut self) -> io::Result<Input> {
-        if let Some(b) = self.input.pop_front() {
-            return Ok(Input::Byte(b));
-        }
         loop {
+            if let Some(input) = self.input.pop_front() {
+                return Ok(input);
+            }
             match self.events.recv() {
-                Ok(SessionEvent::Data(data)) => {
-                    self.absorb(&data)?;
-                    if let Some(b) = self.input.pop_front() {
-                        return Ok(Input::Byte(b));
-                    }
-                }
+                Ok(SessionEvent::Data(data)) => self.absorb(&data)?,
                 Ok(SessionEvent::Wake) => return Ok(Input::Wake),
                 Ok(SessionEvent::Closed) | Err(_) => {
                     return Err(io::ErrorKind::UnexpectedEof.into())
@@ -266,6 +329,25 @@ impl GdbConnection {
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream
     }
+}
+
+/// The thread an `Hg` packet selects, as gdbstub reads it: `0` (any) is
+/// the first thread, `-1` (all) changes nothing; a `pPID.` prefix is skipped.
+fn memory_thread(id: &[u8]) -> Option<usize> {
+    let tid = match id.strip_prefix(b"p") {
+        Some(rest) => &rest[rest.iter().position(|&b| b == b'.')? + 1..],
+        None => id,
+    };
+    let tid = usize::from_str_radix(std::str::from_utf8(tid).ok()?, 16).ok()?;
+    Some(tid.max(1))
+}
+
+/// The thread named in a `T` stop reply (`thread:p01.02;`).
+fn stop_reply_thread(payload: &[u8]) -> Option<usize> {
+    let at = payload.windows(7).position(|w| w == b"thread:")? + 7;
+    let rest = &payload[at..];
+    let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+    memory_thread(&rest[..end])
 }
 
 impl Connection for GdbConnection {
@@ -282,37 +364,13 @@ impl Connection for GdbConnection {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.expedite_stop_reply();
+        self.amend_reply();
         if !self.output.is_empty() {
             trace!("-> {:?}", String::from_utf8_lossy(&self.output));
             self.stream.write_all(&self.output)?;
             self.output.clear();
         }
         Ok(())
-    }
-}
-
-impl ConnectionExt for GdbConnection {
-    fn read(&mut self) -> io::Result<u8> {
-        loop {
-            // vCPUs are parked between packets; a late wake-up is dropped
-            // here and its stop is collected at the next resume.
-            if let Input::Byte(b) = self.next_input()? {
-                return Ok(b);
-            }
-        }
-    }
-
-    fn peek(&mut self) -> io::Result<Option<u8>> {
-        while self.input.is_empty() {
-            match self.events.try_recv() {
-                Ok(SessionEvent::Data(data)) => self.absorb(&data)?,
-                Ok(SessionEvent::Wake) => {}
-                Ok(SessionEvent::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Err(_) => return Ok(None),
-            }
-        }
-        Ok(self.input.front().copied())
     }
 }
 
@@ -333,15 +391,5 @@ impl Connection for ConnRef<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Connection::flush(self.0)
-    }
-}
-
-impl ConnectionExt for ConnRef<'_> {
-    fn read(&mut self) -> io::Result<u8> {
-        self.0.read()
-    }
-
-    fn peek(&mut self) -> io::Result<Option<u8>> {
-        self.0.peek()
     }
 }

@@ -1,7 +1,6 @@
 //! Accepting gdb, running one session, and the blocking event loop.
 
 use std::io;
-use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -10,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
 use gdbstub::conn::Connection;
-use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
-use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
+use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubBuilder, GdbStubError};
 use log::{info, warn};
 
 use super::connection::{ConnRef, GdbConnection, Input, Stream};
@@ -121,6 +120,23 @@ pub(crate) fn refuse(mut stream: Stream) {
     stream.shutdown();
 }
 
+/// Why a gdbstub state machine stopped.
+enum Ended {
+    /// gdb detached, killed or disconnected cleanly.
+    Reason(DisconnectReason),
+    /// gdbstub failed: a packet it could not handle, the target, or the
+    /// connection.
+    Stub(GdbStubError<String, io::Error>),
+    /// The connection failed while we were waiting or answering.
+    Connection(io::Error),
+}
+
+impl From<GdbStubError<String, io::Error>> for Ended {
+    fn from(e: GdbStubError<String, io::Error>) -> Ended {
+        Ended::Stub(e)
+    }
+}
+
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let (tx, rx) = mpsc::channel();
@@ -148,25 +164,30 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     }
     let shutdown_handle = conn.stream().try_clone().ok();
     loop {
-        let result = GdbStubBuilder::new(ConnRef(&mut conn))
+        let stub = match GdbStubBuilder::new(ConnRef(&mut conn))
             .packet_buffer_size(PACKET_SIZE)
             .build()
-            .map_err(|e| e.to_string())
-            .map(|stub| stub.run_blocking::<SessionLoop<'_, '_>>(&mut target));
-        match result {
-            Ok(Ok(DisconnectReason::Kill)) => {
+        {
+            Ok(stub) => stub,
+            Err(e) => {
+                warn!("cannot start gdbstub: {e}");
+                break;
+            }
+        };
+        match drive(stub, &mut target) {
+            Ended::Reason(DisconnectReason::Kill) => {
                 info!("gdb sent kill: detaching, the guest keeps running")
             }
-            Ok(Ok(reason)) => info!("gdb session ended: {reason:?}"),
-            Ok(Err(e)) if !e.is_connection_error() && !e.is_target_error() => {
+            Ended::Reason(reason) => info!("gdb session ended: {reason:?}"),
+            Ended::Stub(e) if !e.is_connection_error() && !e.is_target_error() => {
                 // A packet gdbstub cannot handle must not end the session.
                 warn!("rejected a packet from gdb: {e}");
                 if conn.answer_rejected_packet().is_ok() {
                     continue;
                 }
             }
-            Ok(Err(e)) => info!("gdb session ended: {e}"),
-            Err(e) => warn!("cannot start gdbstub: {e}"),
+            Ended::Stub(e) => info!("gdb session ended: {e}"),
+            Ended::Connection(e) => info!("gdb session ended: {e}"),
         }
         break;
     }
@@ -181,32 +202,58 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     }
 }
 
-/// The blocking event loop of one session.
-struct SessionLoop<'a, 'c>(PhantomData<(&'a (), &'c ())>);
-
-impl<'a, 'c> BlockingEventLoop for SessionLoop<'a, 'c> {
-    type Target = KvmTarget<'a>;
-    type Connection = ConnRef<'c>;
-    type StopReason = MultiThreadStopReason<u64>;
-
-    fn wait_for_stop_reason(
-        target: &mut KvmTarget<'a>,
-        conn: &mut ConnRef<'c>,
-    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<String, io::Error>> {
-        loop {
-            if let Some(stop) = target.next_pending() {
-                return Ok(Event::TargetStopped(stop));
+/// Drive gdbstub's state machine: bytes go to gdbstub, memory reads are
+/// answered here (faster than gdbstub's encoder), vCPU stops are reported,
+/// and nothing polls — every wait blocks on the connection's channel.
+fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarget<'a>) -> Ended {
+    let mut gdb = match stub.run_state_machine(target) {
+        Ok(gdb) => gdb,
+        Err(e) => return e.into(),
+    };
+    loop {
+        let next = match gdb {
+            GdbStubStateMachine::Idle(mut idle) => match idle.borrow_conn().0.next_input() {
+                Ok(Input::Byte(b)) => idle.incoming_data(target, b),
+                Ok(Input::Read(read)) => match target.answer_read(idle.borrow_conn().0, &read) {
+                    Ok(()) => Ok(idle.into()),
+                    Err(e) => return Ended::Connection(e),
+                },
+                // vCPUs are parked between packets; a late wake-up's stop
+                // is collected at the next resume.
+                Ok(Input::Wake) => Ok(idle.into()),
+                Err(e) => return Ended::Connection(e),
+            },
+            GdbStubStateMachine::Running(mut running) => {
+                if let Some(stop) = target.next_pending() {
+                    running.report_stop(target, stop)
+                } else {
+                    match running.borrow_conn().0.next_input() {
+                        Ok(Input::Byte(b)) => running.incoming_data(target, b),
+                        Ok(Input::Read(read)) => {
+                            // All-stop gdb never reads while the guest runs.
+                            if let Err(e) = running.borrow_conn().0.answer_read(&read, Err(1)) {
+                                return Ended::Connection(e);
+                            }
+                            Ok(running.into())
+                        }
+                        Ok(Input::Wake) => {
+                            target.collect_stops();
+                            Ok(running.into())
+                        }
+                        Err(e) => return Ended::Connection(e),
+                    }
+                }
             }
-            match conn.0.next_input() {
-                Ok(Input::Byte(b)) => return Ok(Event::IncomingData(b)),
-                Ok(Input::Wake) => target.collect_stops(),
-                Err(e) => return Err(WaitForStopReasonError::Connection(e)),
+            GdbStubStateMachine::CtrlCInterrupt(interrupt) => {
+                let stop = target.interrupt();
+                interrupt.interrupt_handled(target, Some(stop))
             }
-        }
-    }
-
-    fn on_interrupt(target: &mut KvmTarget<'a>) -> Result<Option<Self::StopReason>, String> {
-        Ok(Some(target.interrupt()))
+            GdbStubStateMachine::Disconnected(gone) => return Ended::Reason(gone.get_reason()),
+        };
+        gdb = match next {
+            Ok(gdb) => gdb,
+            Err(e) => return e.into(),
+        };
     }
 }
 

@@ -148,6 +148,13 @@ impl GuestMemory {
     /// Copy guest memory at `gpa` into `buf`; fails, copying nothing past
     /// the gap, if any byte is not RAM.
     pub fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let len = buf.len();
+        Self::whole(gpa, len, self.read_prefix(gpa, buf))
+    }
+
+    /// Copy guest memory at `gpa` into `buf` up to the first byte that is
+    /// not RAM; returns how many bytes were copied.
+    pub fn read_prefix(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize {
         self.access(gpa, buf.len(), |host, done, n| {
             // SAFETY: `locate` checked that `host .. host + n` lies inside a
             // live mapping; `buf[done..done + n]` is in bounds. Guest vCPUs
@@ -159,11 +166,23 @@ impl GuestMemory {
     /// Copy `data` into guest memory at `gpa` (checked first: nothing is
     /// written unless all of it is RAM).
     pub fn write(&self, gpa: PhysAddr, data: &[u8]) -> Result<(), MemoryError> {
-        self.access(gpa, data.len(), |_, _, _| {})?;
+        Self::whole(gpa, data.len(), self.access(gpa, data.len(), |_, _, _| {}))?;
         self.access(gpa, data.len(), |host, done, n| {
-            // SAFETY: as in `read`, with the roles of the buffers swapped.
+            // SAFETY: as in `read_prefix`, with the roles of the buffers swapped.
             unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), host, n) }
-        })
+        });
+        Ok(())
+    }
+
+    /// `Ok` if an access of `len` bytes at `gpa` covered `done` = all of them.
+    fn whole(gpa: PhysAddr, len: usize, done: usize) -> Result<(), MemoryError> {
+        if done == len {
+            Ok(())
+        } else {
+            Err(MemoryError {
+                addr: gpa.wrapping_add(done as u64),
+            })
+        }
     }
 
     /// Read a little-endian `u64` (the page-table walker's hot path).
@@ -182,24 +201,27 @@ impl GuestMemory {
     }
 
     /// Walk `gpa .. gpa + len` region by region, calling `copy(host,
-    /// offset, n)` for each piece.
+    /// offset, n)` for each piece, up to the first byte that is not RAM;
+    /// returns the bytes covered.
     fn access(
         &self,
         gpa: PhysAddr,
         len: usize,
         mut copy: impl FnMut(*mut u8, usize, usize),
-    ) -> Result<(), MemoryError> {
+    ) -> usize {
         let mut done = 0usize;
         while done < len {
-            let at = gpa
-                .checked_add(done as u64)
-                .ok_or(MemoryError { addr: gpa })?;
-            let (host, avail) = self.locate(at)?;
+            let Some(at) = gpa.checked_add(done as u64) else {
+                break;
+            };
+            let Ok((host, avail)) = self.locate(at) else {
+                break;
+            };
             let n = (len - done).min(usize::try_from(avail).unwrap_or(usize::MAX));
             copy(host, done, n);
             done += n;
         }
-        Ok(())
+        done
     }
 }
 

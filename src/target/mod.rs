@@ -36,6 +36,7 @@ mod connection;
 mod event_loop;
 mod kick;
 mod memory;
+mod memory_packets;
 mod monitor;
 mod paging;
 mod qemu_packets;

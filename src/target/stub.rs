@@ -28,6 +28,8 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
+use super::connection::GdbConnection;
+use super::memory_packets::ReadRequest;
 use super::monitor::{self, Effect, View};
 use super::paging::{GuestFormat, Paging};
 use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
@@ -65,6 +67,8 @@ pub(crate) struct KvmTarget<'a> {
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
     expedite: Arc<Mutex<Option<[u64; 3]>>>,
+    /// Reused for memory reads answered in our packet layer.
+    read_buffer: Vec<u8>,
 }
 
 fn tid(index: usize) -> Tid {
@@ -97,6 +101,7 @@ impl<'a> KvmTarget<'a> {
             core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
             expedite,
+            read_buffer: Vec::new(),
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,
@@ -285,6 +290,26 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
+    /// Answer a memory read our packet layer took from gdb, for the thread
+    /// gdb's memory accesses refer to (what gdbstub would have used).
+    pub(crate) fn answer_read(
+        &mut self,
+        conn: &mut GdbConnection,
+        read: &ReadRequest,
+    ) -> std::io::Result<()> {
+        let mut data = std::mem::take(&mut self.read_buffer);
+        data.resize(read.len, 0);
+        let thread = NonZeroUsize::new(conn.mem_thread()).unwrap_or(NonZeroUsize::MIN);
+        let result = match self.read_addrs(read.addr, &mut data, thread) {
+            Ok(n) => Ok(&data[..n]),
+            Err(TargetError::Errno(errno)) => Err(errno),
+            Err(_) => Err(1),
+        };
+        let sent = conn.answer_read(read, result);
+        self.read_buffer = data;
+        sent
+    }
+
     /// Record vCPU `index`'s current CR3 as a known address space.
     pub(crate) fn remember_space(&self, index: usize) {
         if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
@@ -467,11 +492,12 @@ impl MultiThreadBase for KvmTarget<'_> {
             };
             let n = (data.len() - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
             let chunk = &mut data[done..done + n];
-            if self.dbg.memory.read(gpa, chunk).is_err() {
+            let read = self.dbg.memory.read_prefix(gpa, chunk);
+            self.dbg.breakpoints().mask(gpa, &mut chunk[..read]);
+            done += read;
+            if read < n {
                 break;
             }
-            self.dbg.breakpoints().mask(gpa, chunk);
-            done += n;
         }
         if done == 0 && !data.is_empty() {
             debug!("read at {start:#x}: not mapped or not RAM");
