@@ -15,23 +15,71 @@ fn checksum(payload: &[u8]) -> u8 {
     payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
 
-fn reply(payload: &[u8]) -> Vec<u8> {
+/// What memory reads return: the same pseudo-random bytes the benchmark
+/// dumps from the real stubs (so gdb decodes the same kind of data), made
+/// once, as hex for `m` and as unescaped-safe binary for `x`.
+struct Memory {
+    hex: Vec<u8>,
+    binary: Vec<u8>,
+}
+
+impl Memory {
+    fn new() -> Memory {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..1 << 17)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Memory {
+            hex: bytes
+                .iter()
+                .flat_map(|b| format!("{b:02x}").into_bytes())
+                .collect(),
+            // No byte that would need escaping in a binary reply.
+            binary: bytes
+                .iter()
+                .map(|&b| {
+                    if matches!(b, b'#' | b'$' | b'}' | b'*') {
+                        b'a'
+                    } else {
+                        b
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn read_len(request: &str) -> usize {
+    request
+        .split(',')
+        .nth(1)
+        .and_then(|l| usize::from_str_radix(l, 16).ok())
+        .unwrap_or(0)
+        .min(1 << 17)
+}
+
+fn reply(payload: &[u8], memory: &Memory) -> Vec<u8> {
     let text = String::from_utf8_lossy(payload);
     let regs_bytes = vmem_gdbstub::target::X86_64Regs::default().to_bytes().len();
     let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
     let out: String = match text.as_ref() {
-        t if t.starts_with("qSupported") => "PacketSize=20000;qXfer:features:read+".into(),
+        t if t.starts_with("qSupported") => {
+            "PacketSize=20000;qXfer:features:read+;binary-upload+".into()
+        }
         "?" => STOP.into(),
         "g" => "00".repeat(regs_bytes),
         "vCont?" => "vCont;c;C;s;S".into(),
         t if t.starts_with("vCont;s") || t == "s" => STOP.into(),
         t if t.starts_with('m') => {
-            let len = t
-                .split(',')
-                .nth(1)
-                .and_then(|l| usize::from_str_radix(l, 16).ok())
-                .unwrap_or(0);
-            "00".repeat(len.min(0x10000))
+            return frame(&memory.hex[..2 * read_len(t)]);
+        }
+        t if t.starts_with('x') => {
+            return frame(&[b"b", &memory.binary[..read_len(t)]].concat());
         }
         t if t.starts_with("qXfer:features:read:target.xml:") => {
             let range = &t["qXfer:features:read:target.xml:".len()..];
@@ -54,9 +102,13 @@ fn reply(payload: &[u8]) -> Vec<u8> {
         t if t.starts_with('T') => "OK".into(),
         _ => String::new(),
     };
+    frame(out.as_bytes())
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
     let mut framed = vec![b'$'];
-    framed.extend_from_slice(out.as_bytes());
-    framed.extend(format!("#{:02x}", checksum(out.as_bytes())).bytes());
+    framed.extend_from_slice(payload);
+    framed.extend(format!("#{:02x}", checksum(payload)).bytes());
     framed
 }
 
@@ -64,6 +116,7 @@ fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("gdb stub listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
+    let memory = Memory::new();
     loop {
         let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
@@ -79,7 +132,7 @@ fn main() -> std::io::Result<()> {
                 }
                 match byte[0] {
                     b'$' => break,
-                    0x03 => writer.write_all(&reply(b"?"))?,
+                    0x03 => writer.write_all(&reply(b"?", &memory))?,
                     _ => {}
                 }
             }
@@ -101,7 +154,7 @@ fn main() -> std::io::Result<()> {
             if payload.starts_with(b"vCont;c") || payload == b"c" {
                 continue; // "running" until 0x03
             }
-            writer.write_all(&reply(&payload))?;
+            writer.write_all(&reply(&payload, &memory))?;
             no_ack |= payload == b"QStartNoAckMode";
             if payload.starts_with(b"D") {
                 break;

@@ -92,6 +92,8 @@ pub(crate) struct GdbConnection {
     events: Receiver<SessionEvent>,
     input: VecDeque<Input>,
     output: Vec<u8>,
+    /// Plain hex of the memory reply being encoded.
+    hex: Vec<u8>,
     /// An incoming packet not complete yet (`$` … `#xx`).
     packet: Vec<u8>,
     /// gdb switched acknowledgements off (`QStartNoAckMode`).
@@ -155,6 +157,7 @@ impl GdbConnection {
             events,
             input: VecDeque::new(),
             output: Vec::with_capacity(1 << 17),
+            hex: Vec::new(),
             packet: Vec::new(),
             no_ack: false,
             mem_thread: 1,
@@ -242,7 +245,7 @@ impl GdbConnection {
                 self.output.push(b'b');
                 memory_packets::push_binary(&mut self.output, data);
             }
-            Ok(data) => memory_packets::push_hex(&mut self.output, data),
+            Ok(data) => memory_packets::push_hex(&mut self.output, &mut self.hex, data),
             Err(errno) => self.output.extend(format!("E{errno:02x}").bytes()),
         }
         let sum = qemu_packets::checksum(&self.output[start..]);
