@@ -115,6 +115,23 @@ fn stepi_advances_rip_and_hbreak_stops() {
 }
 
 #[test]
+fn other_vcpus_still_run_while_one_is_stepped_for_long() {
+    let Some(vm) = DemoVm::start() else { return };
+    // Steps hold vCPU 1 back for speed, but never for more than a few
+    // milliseconds in a row: a guest stepped through a wait on another
+    // vCPU must still advance.
+    let out = vm.gdb(&[
+        "thread 1",
+        "print vcpu1_iterations",
+        "stepi 1500",
+        "print vcpu1_iterations",
+    ]);
+    let before = number_after(&out, "$1 = ").expect("before");
+    let after = number_after(&out, "$2 = ").expect("after");
+    assert!(after > before, "vcpu 1 ran meanwhile: {before} -> {after}\n{out}");
+}
+
+#[test]
 fn watch_reports_old_and_new_values() {
     let Some(vm) = DemoVm::start() else { return };
     let out = vm.gdb(&[

@@ -1,32 +1,23 @@
-//! The gdb connection: a reader thread turns socket bytes into events on
-//! the same channel vCPUs use to report stops, so the gdb thread blocks on
-//! one channel and never polls. Writes are buffered and sent on flush.
+//! The gdb connection: the gdb thread reads the socket itself, sleeping in
+//! [`wait::wait`] on the socket and the vCPUs' wake-up socket together, so
+//! it never polls and no packet is handed between threads. Writes are
+//! buffered and sent on flush.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::time::Duration;
 
 use gdbstub::conn::Connection;
 use log::{debug, trace};
 
 use super::memory_packets::{self, ReadRequest};
 use super::qemu_packets;
-
-/// What the gdb thread waits for.
-#[derive(Debug)]
-pub(crate) enum SessionEvent {
-    /// Bytes from gdb.
-    Data(Vec<u8>),
-    /// A vCPU stopped by itself.
-    Wake,
-    /// gdb went away.
-    Closed,
-}
+use super::wait::{self, Ready, WakeReceiver};
 
 /// A stream gdb talks over.
 #[derive(Debug)]
@@ -54,7 +45,15 @@ impl Stream {
         };
     }
 
-    /// Close both directions (ends the reader thread).
+    /// The socket's descriptor (to wait on it).
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Close both directions.
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
@@ -89,7 +88,9 @@ impl Write for Stream {
 #[derive(Debug)]
 pub(crate) struct GdbConnection {
     stream: Stream,
-    events: Receiver<SessionEvent>,
+    wake: WakeReceiver,
+    /// Bytes read from the socket, before `absorb`.
+    read_buf: Vec<u8>,
     input: VecDeque<Input>,
     output: Vec<u8>,
     /// Plain hex of the memory reply being encoded.
@@ -117,44 +118,26 @@ pub(crate) enum Input {
     Read(ReadRequest),
     /// A vCPU stopped by itself.
     Wake,
+    /// The wait's timeout passed.
+    Timeout,
 }
 
 impl GdbConnection {
-    /// Start the reader thread for `stream`; it posts to `tx`.
+    /// A session's connection over `stream`; vCPUs wake it through the
+    /// waker paired with `wake`.
     pub(crate) fn new(
         stream: Stream,
-        tx: Sender<SessionEvent>,
-        events: Receiver<SessionEvent>,
+        wake: WakeReceiver,
         phys_mode: Arc<AtomicBool>,
         expedite: Arc<Mutex<Option<[u64; 3]>>>,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
         }
-        let mut reader = stream.try_clone()?;
-        thread::Builder::new()
-            .name("gdb-reader".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = tx.send(SessionEvent::Closed);
-                            debug!("gdb connection closed");
-                            return;
-                        }
-                        Ok(n) => {
-                            trace!("<- {:?}", String::from_utf8_lossy(&buf[..n]));
-                            if tx.send(SessionEvent::Data(buf[..n].to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })?;
         Ok(GdbConnection {
             stream,
-            events,
+            wake,
+            read_buf: vec![0u8; 1 << 16],
             input: VecDeque::new(),
             output: Vec::with_capacity(1 << 17),
             hex: Vec::new(),
@@ -312,19 +295,34 @@ impl GdbConnection {
         self.send_reply(if query { b"" } else { b"E01" })
     }
 
-    /// Block for the next byte, memory read or vCPU wake-up.
-    pub(crate) fn next_input(&mut self) -> io::Result<Input> {
+    /// Block for the next byte, memory read or vCPU wake-up, or until
+    /// `timeout` passes.
+    pub(crate) fn next_input(&mut self, timeout: Option<Duration>) -> io::Result<Input> {
         loop {
             if let Some(input) = self.input.pop_front() {
                 return Ok(input);
             }
-            match self.events.recv() {
-                Ok(SessionEvent::Data(data)) => self.absorb(&data)?,
-                Ok(SessionEvent::Wake) => return Ok(Input::Wake),
-                Ok(SessionEvent::Closed) | Err(_) => {
-                    return Err(io::ErrorKind::UnexpectedEof.into())
-                }
+            match wait::wait(self.stream.raw_fd(), &self.wake, timeout)? {
+                Ready::Wake => return Ok(Input::Wake),
+                Ready::Timeout => return Ok(Input::Timeout),
+                Ready::Gdb => {}
             }
+            let mut buf = std::mem::take(&mut self.read_buf);
+            let read = self.stream.read(&mut buf);
+            let absorbed = match read {
+                Ok(0) => {
+                    debug!("gdb connection closed");
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                }
+                Ok(n) => {
+                    trace!("<- {:?}", String::from_utf8_lossy(&buf[..n]));
+                    self.absorb(&buf[..n])
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                Err(e) => Err(e),
+            };
+            self.read_buf = buf;
+            absorbed?;
         }
     }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -16,6 +16,7 @@ use log::{info, warn};
 use super::connection::{ConnRef, GdbConnection, Input, Stream};
 use super::stub::KvmTarget;
 use super::vcpu::Command;
+use super::wait;
 use super::{lock, Inner};
 
 /// Largest packet we accept and advertise (gdb reads memory in chunks of
@@ -139,23 +140,20 @@ impl From<GdbStubError<String, io::Error>> for Ended {
 
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
-    let (tx, rx) = mpsc::channel();
     let phys_mode = Arc::new(AtomicBool::new(false));
     let expedite = Arc::new(Mutex::new(None));
-    let mut conn = match GdbConnection::new(
-        stream,
-        tx.clone(),
-        rx,
-        Arc::clone(&phys_mode),
-        Arc::clone(&expedite),
-    ) {
-        Ok(conn) => conn,
+    let started = wait::wake_pair().and_then(|(waker, wake)| {
+        let conn = GdbConnection::new(stream, wake, Arc::clone(&phys_mode), Arc::clone(&expedite))?;
+        Ok((waker, conn))
+    });
+    let (waker, mut conn) = match started {
+        Ok(started) => started,
         Err(e) => {
             warn!("cannot start the gdb session: {e}");
             return;
         }
     };
-    *lock(&dbg.session) = Some(tx);
+    *lock(&dbg.session) = Some(waker);
     dbg.pause_all();
     let mut target = KvmTarget::new(dbg, phys_mode, expedite);
     target.collect_stops();
@@ -204,7 +202,9 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
 
 /// Drive gdbstub's state machine: bytes go to gdbstub, memory reads are
 /// answered here (faster than gdbstub's encoder), vCPU stops are reported,
-/// and nothing polls — every wait blocks on the connection's channel.
+/// and nothing polls — every wait sleeps in poll(2) on the gdb socket and
+/// the vCPUs' wake-up socket (with a timeout only while a step holds other
+/// vCPUs back).
 fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarget<'a>) -> Ended {
     let mut gdb = match stub.run_state_machine(target) {
         Ok(gdb) => gdb,
@@ -212,7 +212,7 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
     };
     loop {
         let next = match gdb {
-            GdbStubStateMachine::Idle(mut idle) => match idle.borrow_conn().0.next_input() {
+            GdbStubStateMachine::Idle(mut idle) => match idle.borrow_conn().0.next_input(None) {
                 Ok(Input::Byte(b)) => idle.incoming_data(target, b),
                 Ok(Input::Read(read)) => match target.answer_read(idle.borrow_conn().0, &read) {
                     Ok(()) => Ok(idle.into()),
@@ -220,14 +220,15 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                 },
                 // vCPUs are parked between packets; a late wake-up's stop
                 // is collected at the next resume.
-                Ok(Input::Wake) => Ok(idle.into()),
+                Ok(Input::Wake | Input::Timeout) => Ok(idle.into()),
                 Err(e) => return Ended::Connection(e),
             },
             GdbStubStateMachine::Running(mut running) => {
                 if let Some(stop) = target.next_pending() {
                     running.report_stop(target, stop)
                 } else {
-                    match running.borrow_conn().0.next_input() {
+                    let deadline = target.start_deadline();
+                    match running.borrow_conn().0.next_input(deadline) {
                         Ok(Input::Byte(b)) => running.incoming_data(target, b),
                         Ok(Input::Read(read)) => {
                             // All-stop gdb never reads while the guest runs.
@@ -238,6 +239,10 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                         }
                         Ok(Input::Wake) => {
                             target.collect_stops();
+                            Ok(running.into())
+                        }
+                        Ok(Input::Timeout) => {
+                            target.start_deferred();
                             Ok(running.into())
                         }
                         Err(e) => return Ended::Connection(e),

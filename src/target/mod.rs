@@ -43,10 +43,10 @@ mod qemu_packets;
 mod regs;
 mod stub;
 mod vcpu;
+mod wait;
 mod watchpoints;
 
 use std::io;
-use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -63,7 +63,6 @@ pub use memory::{GuestMemory, GuestRam, GuestTables, RamRegion, TablePool};
 pub use regs::{X86_64Kvm, X86_64RegId, X86_64Regs};
 
 use breakpoints::Breakpoints;
-use connection::SessionEvent;
 use vcpu::{Command, Vcpu};
 use watchpoints::{Memslots, Watchpoints};
 
@@ -91,7 +90,8 @@ pub(crate) struct Inner {
     breakpoints: RwLock<Breakpoints>,
     watchpoints: RwLock<Watchpoints>,
     memslots: Mutex<Memslots>,
-    session: Mutex<Option<Sender<SessionEvent>>>,
+    /// Wakes the attached session's gdb thread.
+    session: Mutex<Option<wait::Waker>>,
     idle_sleep: Duration,
     exec_file: Option<String>,
     table_pool: Option<TablePool>,
@@ -256,8 +256,8 @@ impl Inner {
 
     /// Tell the gdb thread a vCPU stopped by itself.
     fn wake(&self) {
-        if let Some(tx) = lock(&self.session).as_ref() {
-            let _ = tx.send(SessionEvent::Wake);
+        if let Some(waker) = lock(&self.session).as_ref() {
+            waker.wake();
         }
     }
 

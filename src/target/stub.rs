@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gdbstub::common::{Pid, Signal, Tid};
 use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
@@ -39,6 +40,14 @@ use super::{lock, Inner};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
+/// How long a single step may run before the vCPUs gdb lets continue
+/// alongside it are started (a step normally ends in microseconds; one
+/// that waits for another vCPU gets it running after this).
+const STEP_GRACE: Duration = Duration::from_millis(1);
+
+/// The longest run of back-to-back steps that holds the other vCPUs back.
+const MAX_HOLD: Duration = Duration::from_millis(20);
+
 /// What gdb asked one vCPU to do at the next resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
@@ -69,6 +78,10 @@ pub(crate) struct KvmTarget<'a> {
     expedite: Arc<Mutex<Option<[u64; 3]>>>,
     /// Reused for memory reads answered in our packet layer.
     read_buffer: Vec<u8>,
+    /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
+    deferred: Vec<usize>,
+    /// Since when steps have held other vCPUs back without a break.
+    held_since: Option<Instant>,
 }
 
 fn tid(index: usize) -> Tid {
@@ -102,6 +115,8 @@ impl<'a> KvmTarget<'a> {
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
             expedite,
             read_buffer: Vec::new(),
+            deferred: Vec::new(),
+            held_since: None,
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,
@@ -172,15 +187,42 @@ impl<'a> KvmTarget<'a> {
             .map(|(gpa, _)| gpa)
     }
 
+    /// How long the event loop may wait before the held-back vCPUs must
+    /// start (`None`: nothing is held back).
+    pub(crate) fn start_deadline(&self) -> Option<Duration> {
+        (!self.deferred.is_empty()).then_some(STEP_GRACE)
+    }
+
+    /// The step outlasted its grace period: start the vCPUs held back.
+    pub(crate) fn start_deferred(&mut self) {
+        debug!("step still running: starting vcpus {:?}", self.deferred);
+        self.held_since = None;
+        for index in std::mem::take(&mut self.deferred) {
+            match self.step_over(index) {
+                Some(Some(kind)) => self.pending.push_back((index, kind)),
+                _ => self.dbg.vcpus[index].request(Command::Run),
+            }
+        }
+        if !self.pending.is_empty() {
+            // Stepping over a breakpoint stopped one: stop everyone.
+            self.dbg.pause_all();
+            self.collect_stops();
+        }
+    }
+
     /// Take the stops vCPUs recorded; if any, stop everyone.
     pub(crate) fn collect_stops(&mut self) {
         if !self.dbg.vcpus.iter().any(|v| v.has_stop()) {
             return;
         }
+        self.deferred.clear();
         self.dbg.pause_all();
         for (i, v) in self.dbg.vcpus.iter().enumerate() {
             if let Some(kind) = v.take_stop() {
                 self.pending.push_back((i, kind));
+            }
+            if let Some(core) = v.take_snapshot() {
+                self.core.borrow_mut()[i] = Some(core);
             }
         }
     }
@@ -230,6 +272,7 @@ impl<'a> KvmTarget<'a> {
     /// Ctrl-C: stop everything, preferring a real stop if one raced in.
     pub(crate) fn interrupt(&mut self) -> MultiThreadStopReason<u64> {
         debug!("interrupt: stopping all vCPUs");
+        self.deferred.clear();
         self.dbg.pause_all();
         self.collect_stops();
         self.next_pending()
@@ -259,6 +302,7 @@ impl<'a> KvmTarget<'a> {
         vcpu.request(Command::StepOver);
         vcpu.wait_parked();
         self.forget(index);
+        self.core.borrow_mut()[index] = vcpu.take_snapshot();
         if let Some(gpa) = gpa {
             self.dbg.breakpoints().replant(&self.dbg.memory, gpa);
         }
@@ -589,8 +633,21 @@ impl MultiThreadResume for KvmTarget<'_> {
             .iter()
             .map(|a| a.unwrap_or(self.default_action))
             .collect();
+        // While a step runs (a few microseconds), the vCPUs gdb lets
+        // continue are held back: they start (stepping over a breakpoint
+        // of theirs then) only if the step has not ended within
+        // STEP_GRACE, so a step costs no kick of the others. After
+        // MAX_HOLD of back-to-back steps they run along with one step, so
+        // a guest stepped through a wait for another vCPU still advances.
+        let stepping = actions.contains(&Action::Step);
+        let hold = stepping && self.held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
+        self.held_since = if hold {
+            Some(self.held_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
         for (index, &action) in actions.iter().enumerate() {
-            if action == Action::Stay {
+            if action == Action::Stay || (hold && action == Action::Continue) {
                 continue;
             }
             match self.step_over(index) {
@@ -612,9 +669,10 @@ impl MultiThreadResume for KvmTarget<'_> {
         }
         debug!("resume: {actions:?}");
         (0..self.dbg.vcpus.len()).for_each(|i| self.forget(i));
-        for (vcpu, action) in self.dbg.vcpus.iter().zip(&actions) {
+        for (index, (vcpu, action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
             match action {
                 Action::Stay => {}
+                Action::Continue if hold => self.deferred.push(index),
                 Action::Continue => vcpu.request(Command::Run),
                 Action::Step => vcpu.request(Command::Step),
             }

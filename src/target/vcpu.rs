@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use gdbstub::common::Signal;
-use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
+use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug, kvm_regs, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
@@ -56,6 +56,9 @@ struct Control {
     command: Command,
     running: bool,
     stop: Option<StopKind>,
+    /// General and special registers read by the vCPU thread itself when
+    /// it stopped (cheaper than reading them from the gdb thread).
+    snapshot: Option<(kvm_regs, kvm_sregs)>,
 }
 
 /// A vCPU and its control block.
@@ -88,6 +91,7 @@ impl Vcpu {
                 command: Command::Run,
                 running: true,
                 stop: None,
+                snapshot: None,
             }),
             cv: Condvar::new(),
             immediate_exit,
@@ -99,16 +103,18 @@ impl Vcpu {
         lock(&self.ctl)
     }
 
-    /// Ask the vCPU to do `command`; pausing interrupts a running guest.
+    /// Ask the vCPU to do `command`; pausing interrupts a running guest
+    /// (a parked one is not disturbed).
     pub(crate) fn request(&self, command: Command) {
         let mut ctl = self.control();
-        ctl.command = command;
+        let previous = std::mem::replace(&mut ctl.command, command);
         if command != Command::Pause {
             ctl.running = true;
+            ctl.snapshot = None;
         }
         drop(ctl);
         self.cv.notify_all();
-        if matches!(command, Command::Pause | Command::Quit) {
+        if matches!(command, Command::Pause | Command::Quit) && previous != Command::Pause {
             self.immediate_exit.set(true);
             if let Some(&thread) = self.thread.get() {
                 kick::kick(thread);
@@ -134,10 +140,18 @@ impl Vcpu {
         self.control().stop.take()
     }
 
+    /// The registers the vCPU saved when it last parked by itself, if it
+    /// has not run since (taken once).
+    pub(crate) fn take_snapshot(&self) -> Option<(kvm_regs, kvm_sregs)> {
+        self.control().snapshot.take()
+    }
+
     fn next_command(&self) -> Command {
         let mut ctl = self.control();
         loop {
             if ctl.command != Command::Pause {
+                // A pause requested from now on sets the flag again.
+                self.immediate_exit.set(false);
                 return ctl.command;
             }
             if ctl.running {
@@ -148,11 +162,21 @@ impl Vcpu {
         }
     }
 
-    fn stop_self(&self, kind: Option<StopKind>, inner: &Inner) {
+    /// Park after stopping by itself, then tell the gdb thread (parked
+    /// first, so the gdb thread need not wait for it again).
+    fn stop_self(
+        &self,
+        kind: Option<StopKind>,
+        snapshot: Option<(kvm_regs, kvm_sregs)>,
+        inner: &Inner,
+    ) {
         let mut ctl = self.control();
         ctl.stop = kind;
+        ctl.snapshot = snapshot;
         ctl.command = Command::Pause;
+        ctl.running = false;
         drop(ctl);
+        self.cv.notify_all();
         if kind.is_some() {
             debug!("vcpu {} stopped: {kind:?}", self.index);
             inner.wake();
@@ -200,13 +224,19 @@ impl Vcpu {
                 applied = Some(wanted);
             }
             let outcome = self.run_once(&mut fd, inner, stepping, on_exit);
+            let snapshot = match outcome {
+                Outcome::StepDone | Outcome::Stop(_) => fd.get_regs().ok().zip(fd.get_sregs().ok()),
+                _ => None,
+            };
             drop(fd);
             match outcome {
                 Outcome::Again => {}
                 Outcome::Idle => self.idle(inner.idle_sleep),
-                Outcome::StepDone if command == Command::StepOver => self.stop_self(None, inner),
-                Outcome::StepDone => self.stop_self(Some(StopKind::Step), inner),
-                Outcome::Stop(kind) => self.stop_self(Some(kind), inner),
+                Outcome::StepDone if command == Command::StepOver => {
+                    self.stop_self(None, snapshot, inner)
+                }
+                Outcome::StepDone => self.stop_self(Some(StopKind::Step), snapshot, inner),
+                Outcome::Stop(kind) => self.stop_self(Some(kind), snapshot, inner),
                 Outcome::Quit => {
                     inner.shut_down();
                     self.mark_finished();
