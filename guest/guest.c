@@ -78,10 +78,11 @@ static void setup_idt(void)
 
 static inline void halt(void)
 {
-    /* Our VMM resumes a halted vCPU after a short sleep; elsewhere (QEMU,
-     * no interrupts) nothing would wake it, so pause for a while instead. */
+    /* Our VMM resumes a vCPU halted with interrupts enabled after a short
+     * sleep (its stand-in for a timer tick); elsewhere (QEMU, no interrupt
+     * source set up) nothing would wake it, so pause for a while instead. */
     if (space_roots[0]) {
-        __asm__ volatile("hlt");
+        __asm__ volatile("sti; hlt; cli");
         return;
     }
     for (int i = 0; i < 1000; i++)

@@ -12,7 +12,7 @@ void main32(void)
 {
     for (;;) {
         ticks32++;
-        __asm__ volatile("hlt");
+        __asm__ volatile("sti; hlt; cli");
     }
 }
 

@@ -128,7 +128,10 @@ fn other_vcpus_still_run_while_one_is_stepped_for_long() {
     ]);
     let before = number_after(&out, "$1 = ").expect("before");
     let after = number_after(&out, "$2 = ").expect("after");
-    assert!(after > before, "vcpu 1 ran meanwhile: {before} -> {after}\n{out}");
+    assert!(
+        after > before,
+        "vcpu 1 ran meanwhile: {before} -> {after}\n{out}"
+    );
 }
 
 #[test]

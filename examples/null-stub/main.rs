@@ -69,7 +69,7 @@ fn reply(payload: &[u8], memory: &Memory) -> Vec<u8> {
     let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
     let out: String = match text.as_ref() {
         t if t.starts_with("qSupported") => {
-            "PacketSize=20000;qXfer:features:read+;binary-upload+".into()
+            "PacketSize=20000;QStartNoAckMode+;qXfer:features:read+;binary-upload+".into()
         }
         "?" => STOP.into(),
         "g" => "00".repeat(regs_bytes),

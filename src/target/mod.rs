@@ -132,8 +132,12 @@ impl Debugger {
         })
     }
 
-    /// How long a vCPU that executed `hlt` sleeps before it runs again
-    /// (default 2 ms; the VM has no interrupt controller to wake it).
+    /// How long a vCPU that executed `hlt` with interrupts enabled sleeps
+    /// before it runs again (default 2 ms): it stands in for a timer
+    /// interrupt, for VMMs without an in-kernel interrupt controller (with
+    /// one, KVM handles `hlt` itself). A vCPU that halts with interrupts
+    /// disabled sleeps until the debugger or shutdown wakes it, as a real
+    /// CPU would.
     pub fn set_idle_sleep(&mut self, sleep: Duration) {
         self.inner.idle_sleep = sleep;
     }

@@ -24,6 +24,7 @@ use super::{lock, ExitAction, Inner};
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 const BP_VECTOR: u32 = 3;
 const DB_VECTOR: u32 = 1;
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// Why a vCPU stopped by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,11 @@ pub(crate) struct Vcpu {
 /// What one `KVM_RUN` came to.
 enum Outcome {
     Again,
-    Idle,
+    /// `hlt`: with interrupts enabled (a timer tick wakes it) or not
+    /// (nothing can: it sleeps until the debugger or shutdown).
+    Halted {
+        interruptible: bool,
+    },
     StepDone,
     Stop(StopKind),
     Quit,
@@ -189,11 +194,21 @@ impl Vcpu {
         self.cv.notify_all();
     }
 
-    /// Wait out a `hlt`, returning early if the debugger wants something.
-    fn idle(&self, sleep: Duration) {
+    /// Wait out a `hlt`: `tick` stands in for the timer interrupt the VM
+    /// has no controller for; without one (interrupts disabled) only the
+    /// debugger or shutdown ends the wait, as on a real CPU.
+    fn idle(&self, tick: Option<Duration>) {
         let ctl = self.control();
-        if ctl.command == Command::Run {
-            let _ = self.cv.wait_timeout(ctl, sleep);
+        match tick {
+            Some(tick) => {
+                if ctl.command == Command::Run {
+                    let _ = self.cv.wait_timeout(ctl, tick);
+                }
+            }
+            None => {
+                let woken = self.cv.wait_while(ctl, |ctl| ctl.command == Command::Run);
+                drop(woken.unwrap_or_else(|e| e.into_inner()));
+            }
         }
     }
 
@@ -231,7 +246,9 @@ impl Vcpu {
             drop(fd);
             match outcome {
                 Outcome::Again => {}
-                Outcome::Idle => self.idle(inner.idle_sleep),
+                Outcome::Halted { interruptible } => {
+                    self.idle(interruptible.then_some(inner.idle_sleep))
+                }
                 Outcome::StepDone if command == Command::StepOver => {
                     self.stop_self(None, snapshot, inner)
                 }
@@ -266,7 +283,9 @@ impl Vcpu {
         };
         match exit {
             VcpuExit::Hlt if stepping => Outcome::StepDone,
-            VcpuExit::Hlt => Outcome::Idle,
+            VcpuExit::Hlt => Outcome::Halted {
+                interruptible: fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF != 0),
+            },
             VcpuExit::Debug(arch) => self.on_debug_exit(fd, inner, arch, stepping),
             VcpuExit::InternalError => self.on_internal_error(fd, inner),
             VcpuExit::MmioRead(gpa, data) if inner.traps(gpa) => {
