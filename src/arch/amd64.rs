@@ -42,12 +42,15 @@ impl Amd64 {
         Amd64 { la57 }
     }
 
+    #[inline]
+
     fn last_level(&self) -> usize {
         self.levels() - 1
     }
 }
 
 impl PageTableFormat for Amd64 {
+    #[inline]
     fn levels(&self) -> usize {
         if self.la57 {
             5
@@ -55,6 +58,8 @@ impl PageTableFormat for Amd64 {
             4
         }
     }
+
+    #[inline]
 
     fn va_bits(&self) -> u32 {
         if self.la57 {
@@ -64,9 +69,13 @@ impl PageTableFormat for Amd64 {
         }
     }
 
+    #[inline]
+
     fn sign_extended(&self) -> bool {
         true
     }
+
+    #[inline]
 
     fn shift(&self, level: usize) -> u32 {
         12 + 9 * (self.last_level() - level) as u32
@@ -75,6 +84,8 @@ impl PageTableFormat for Amd64 {
     fn index_bits(&self, _level: usize) -> u32 {
         9
     }
+
+    #[inline]
 
     fn leaf_allowed(&self, level: usize) -> bool {
         // PT (4 KiB), PD (2 MiB) and PDPT (1 GiB).
@@ -92,6 +103,8 @@ impl PageTableFormat for Amd64 {
     fn representable(&self, perms: Perms) -> Perms {
         CODEC.representable(perms)
     }
+
+    #[inline]
 
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         let last = level == self.last_level();

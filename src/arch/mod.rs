@@ -112,16 +112,19 @@ pub trait PageTableFormat {
     fn level_name(&self, level: usize) -> &'static str;
 
     /// Bytes covered by one entry at `level`.
+    #[inline]
     fn entry_span(&self, level: usize) -> u64 {
         1u64 << self.shift(level)
     }
 
     /// Number of entries in a table at `level`.
+    #[inline]
     fn entries(&self, level: usize) -> u64 {
         1u64 << self.index_bits(level)
     }
 
     /// The mask of linear addresses.
+    #[inline]
     fn linear_mask(&self) -> u64 {
         if self.va_bits() >= 64 {
             u64::MAX
@@ -143,6 +146,7 @@ pub trait PageTableFormat {
 
     /// The linear offset of a canonical virtual address, `None` when `va` is
     /// not canonical (outside the address space).
+    #[inline]
     fn linear(&self, va: u64) -> Option<u64> {
         let lin = va & self.linear_mask();
         (self.canonical(lin) == va).then_some(lin)

@@ -42,6 +42,7 @@ pub(crate) struct Codec {
 
 impl Codec {
     /// The rights one entry grants (READ always; EXEC unless XD).
+    #[inline]
     pub(crate) fn perms(self, raw: u64) -> Perms {
         let mut perms = Perms::READ;
         perms.set(Perms::WRITE, raw & PAGE_RW != 0);
@@ -51,6 +52,7 @@ impl Codec {
     }
 
     /// The attributes of a leaf whose PAT bit is `pat`.
+    #[inline]
     pub(crate) fn flags(self, raw: u64, pat: u64) -> Flags {
         let mut flags = Flags::empty();
         for (bit, flag) in [
@@ -116,6 +118,7 @@ impl Codec {
     /// Decode an entry. `last`: the level maps 4 KiB pages; `huge`: a
     /// directory entry here may map a huge page of `span` bytes; `addr_mask`:
     /// the mode's physical-address bits.
+    #[inline]
     pub(crate) fn decode(
         self,
         raw: u64,

@@ -92,16 +92,29 @@ impl RamRegion {
     pub fn host_addr(&self) -> u64 {
         self.ram.host_addr()
     }
-
-    fn end(&self) -> u64 {
-        self.gpa + self.size()
-    }
 }
+
+/// Where one region's bytes are on the host, flattened for lookups (no
+/// pointer chase through the `Arc` per access).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: PhysAddr,
+    end: PhysAddr,
+    host: NonNull<u8>,
+}
+
+// SAFETY: `host` points into a `GuestRam` that the same `GuestMemory` keeps
+// alive (its `regions`); it is only used for raw copies, like `GuestRam`.
+unsafe impl Send for Span {}
+// SAFETY: as above.
+unsafe impl Sync for Span {}
 
 /// All guest RAM, bounds-checked.
 #[derive(Debug, Clone, Default)]
 pub struct GuestMemory {
     regions: Vec<RamRegion>,
+    /// `regions` as address ranges and host pointers, in the same order.
+    spans: Vec<Span>,
 }
 
 impl GuestMemory {
@@ -117,7 +130,18 @@ impl GuestMemory {
                 return Err(MemoryError { addr: pair[1].gpa });
             }
         }
-        Ok(GuestMemory { regions })
+        let mut spans = Vec::with_capacity(regions.len());
+        for r in &regions {
+            spans.push(Span {
+                start: r.gpa,
+                end: r
+                    .gpa
+                    .checked_add(r.size())
+                    .ok_or(MemoryError { addr: r.gpa })?,
+                host: r.ram.ptr,
+            });
+        }
+        Ok(GuestMemory { regions, spans })
     }
 
     /// The regions, by address.
@@ -132,14 +156,15 @@ impl GuestMemory {
 
     /// The host pointer and the bytes available from `gpa` to the end of
     /// its region.
+    #[inline]
     fn locate(&self, gpa: PhysAddr) -> Result<(*mut u8, u64), MemoryError> {
-        let idx = self.regions.partition_point(|r| r.end() <= gpa);
-        match self.regions.get(idx) {
-            Some(r) if r.gpa <= gpa => {
-                let offset = gpa - r.gpa;
+        let idx = self.spans.partition_point(|r| r.end <= gpa);
+        match self.spans.get(idx) {
+            Some(r) if r.start <= gpa => {
+                let offset = gpa - r.start;
                 // In bounds: offset < size of this mapping.
-                let ptr = r.ram.ptr.as_ptr().wrapping_add(offset as usize);
-                Ok((ptr, r.size() - offset))
+                let ptr = r.host.as_ptr().wrapping_add(offset as usize);
+                Ok((ptr, r.end - gpa))
             }
             _ => Err(MemoryError { addr: gpa }),
         }
@@ -186,14 +211,16 @@ impl GuestMemory {
     }
 
     /// Read a little-endian `u64` (the page-table walker's hot path).
+    #[inline]
     pub fn read_u64(&self, gpa: PhysAddr) -> Result<u64, MemoryError> {
         let (host, avail) = self.locate(gpa)?;
-        if avail >= 8 {
+        if avail >= 8 && host.cast::<u64>().is_aligned() {
             // SAFETY: `locate` checked that the 8 bytes from `host` lie in a
-            // live mapping; an unaligned volatile load of plain memory the
-            // guest may be writing only sees a torn value, never UB in Rust.
-            let raw = unsafe { std::ptr::read_volatile(host.cast::<[u8; 8]>()) };
-            return Ok(u64::from_le_bytes(raw));
+            // live mapping, and `host` is 8-byte aligned (page-table entries
+            // always are): one volatile load of plain memory the guest may
+            // be writing sees an old or new value, never UB in Rust.
+            let raw = unsafe { std::ptr::read_volatile(host.cast::<u64>()) };
+            return Ok(u64::from_le(raw));
         }
         let mut bytes = [0u8; 8];
         self.read(gpa, &mut bytes)?;
@@ -276,9 +303,13 @@ impl<'a> GuestTables<'a> {
 impl TableReadOps for GuestTables<'_> {
     type TableAddr = PhysAddr;
 
+    #[inline]
+
     fn entry_addr(addr: PhysAddr, entry_offset: u64) -> PhysAddr {
         addr.wrapping_add(entry_offset)
     }
+
+    #[inline]
 
     fn read_entry(&self, addr: PhysAddr) -> Result<u64, MemoryError> {
         self.mem.read_u64(addr)
