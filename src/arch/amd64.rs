@@ -43,7 +43,6 @@ impl Amd64 {
     }
 
     #[inline]
-
     fn last_level(&self) -> usize {
         self.levels() - 1
     }
@@ -60,7 +59,6 @@ impl PageTableFormat for Amd64 {
     }
 
     #[inline]
-
     fn va_bits(&self) -> u32 {
         if self.la57 {
             57
@@ -70,13 +68,11 @@ impl PageTableFormat for Amd64 {
     }
 
     #[inline]
-
     fn sign_extended(&self) -> bool {
         true
     }
 
     #[inline]
-
     fn shift(&self, level: usize) -> u32 {
         12 + 9 * (self.last_level() - level) as u32
     }
@@ -86,7 +82,6 @@ impl PageTableFormat for Amd64 {
     }
 
     #[inline]
-
     fn leaf_allowed(&self, level: usize) -> bool {
         // PT (4 KiB), PD (2 MiB) and PDPT (1 GiB).
         level + 3 > self.last_level()
@@ -105,7 +100,6 @@ impl PageTableFormat for Amd64 {
     }
 
     #[inline]
-
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         let last = level == self.last_level();
         CODEC.decode(

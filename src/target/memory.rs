@@ -304,13 +304,11 @@ impl TableReadOps for GuestTables<'_> {
     type TableAddr = PhysAddr;
 
     #[inline]
-
     fn entry_addr(addr: PhysAddr, entry_offset: u64) -> PhysAddr {
         addr.wrapping_add(entry_offset)
     }
 
     #[inline]
-
     fn read_entry(&self, addr: PhysAddr) -> Result<u64, MemoryError> {
         self.mem.read_u64(addr)
     }
