@@ -102,6 +102,39 @@ fn hex_and_binary_reads_return_what_was_written() {
 }
 
 #[test]
+fn read_ahead_never_serves_stale_bytes() {
+    let Some(vm) = DemoVm::start() else { return };
+    let mut rsp = Rsp::connect(vm.port);
+    let chunk = 0x1000u64;
+    let read = |rsp: &mut Rsp, kind: char, addr: u64| {
+        let reply = packet(rsp.request(format!("{kind}{addr:x},{chunk:x}").as_bytes()));
+        match kind {
+            'm' => unhex(&expand_runs(&reply)),
+            _ => unescape(&expand_runs(&reply[1..])),
+        }
+    };
+    for kind in ['m', 'x'] {
+        for value in [0x11u8, 0x22] {
+            let fill = format!("{value:02x}").repeat(chunk as usize);
+            let write = format!("M{:x},{chunk:x}:{fill}", SCRATCH + chunk);
+            // The first read prepares the second; the write in between
+            // must make that preparation void.
+            read(&mut rsp, kind, SCRATCH);
+            assert_eq!(packet(rsp.request(write.as_bytes())), b"OK");
+            assert_eq!(
+                read(&mut rsp, kind, SCRATCH + chunk),
+                vec![value; chunk as usize]
+            );
+            // And in sequence with nothing between, the prepared reply.
+            assert_eq!(
+                read(&mut rsp, kind, SCRATCH + 2 * chunk).len(),
+                chunk as usize
+            );
+        }
+    }
+}
+
+#[test]
 fn reads_follow_the_selected_thread_and_fail_cleanly() {
     let Some(vm) = DemoVm::start() else { return };
     let mut rsp = Rsp::connect(vm.port);

@@ -1,15 +1,18 @@
 //! End-to-end benchmark: the real gdb against the demo VM's stub, against
 //! QEMU's gdbstub (the same guest ELF booted by `qemu-system-x86_64` via
-//! PVH, under TCG; skipped if QEMU is not installed) and against a
-//! do-nothing stub (gdb's own floor), in one run.
+//! PVH, under TCG and under KVM; skipped if QEMU is not installed) and
+//! against a do-nothing stub (gdb's own floor), in one run. gdb loads the
+//! guest's ELF in every case, so it does the same work against each stub.
 //!
 //! ```sh
 //! cargo build --release --examples && ./target/release/examples/bench-e2e
 //! ```
 //!
-//! Prints: `dump binary memory` of 64 MiB, `stepi` rate over 10,000 steps,
-//! Ctrl-C latency on a running guest, and CPU used by the stub process over
-//! 10 s while stopped and while a halted guest waits in `continue`.
+//! Prints: `dump binary memory` of 64 MiB (gdb 13's hex `m`, and gdb 18's
+//! binary `x` when a gdb that speaks it is found: `VMEM_GDBSTUB_GDB_X` or
+//! `/opt/gdb18/bin/gdb`), `stepi` rate over 10,000 steps, Ctrl-C latency
+//! on a running guest, and CPU used by the stub process over 10 s while
+//! stopped and while a halted guest waits in `continue`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ const DUMP_BYTES: u64 = 64 << 20;
 /// 32 MiB into the direct map: clear of the page tables and the kernel.
 const DUMP_BASE: u64 = 0xffff_8880_0200_0000;
 const STEPS: u32 = 10_000;
+const GUEST_ELF: &str = env!("DEMO_GUEST_ELF");
 
 struct Stub {
     child: Child,
@@ -27,8 +31,9 @@ struct Stub {
 }
 
 impl Stub {
-    /// QEMU running the demo guest, its gdbstub on a free port.
-    fn qemu() -> Option<Stub> {
+    /// QEMU running the demo guest under `accel` (tcg or kvm), its
+    /// gdbstub on a free port, once the guest runs in its higher half.
+    fn qemu(accel: &str) -> Option<Stub> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -37,7 +42,7 @@ impl Stub {
         let child = Command::new("qemu-system-x86_64")
             .args([
                 "-accel",
-                "tcg",
+                accel,
                 "-m",
                 "128",
                 "-display",
@@ -45,20 +50,23 @@ impl Stub {
                 "-nodefaults",
                 "-no-reboot",
             ])
-            .args(["-kernel", env!("DEMO_GUEST_ELF")])
+            .args(["-kernel", GUEST_ELF])
             .arg("-gdb")
             .arg(format!("tcp:127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        // Wait until its gdbstub accepts connections.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                std::thread::sleep(Duration::from_millis(200));
-                return Some(Stub { child, port });
+        let stub = Stub { child, port };
+        // Wait until the guest runs its kernel (firmware is slow under a
+        // paravirtualised KVM: up to half a minute).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            let out = gdb(GDB, port, &["print/x $pc".into()]).output().ok()?;
+            if String::from_utf8_lossy(&out.stdout).contains("0xffffffff804") {
+                return Some(stub);
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         None
     }
@@ -107,9 +115,30 @@ impl Drop for Stub {
     }
 }
 
-fn gdb(port: u16, commands: &[String]) -> Command {
-    let mut cmd = Command::new("gdb");
+/// gdb 13, as installed.
+const GDB: &str = "gdb";
+
+/// A gdb that speaks the binary `x` read (gdb 18), if one is installed.
+fn gdb_with_x() -> Option<String> {
+    [
+        std::env::var("VMEM_GDBSTUB_GDB_X").unwrap_or_default(),
+        "/opt/gdb18/bin/gdb".to_string(),
+    ]
+    .into_iter()
+    .find(|path| {
+        Command::new(path)
+            .args(["-batch", "-nx", "-ex", "show remote binary-upload-packet"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("'x' packet"))
+    })
+}
+
+/// `gdb` with the guest's symbols, connected to `port`, running `commands`.
+fn gdb(gdb: &str, port: u16, commands: &[String]) -> Command {
+    let mut cmd = Command::new(gdb);
     cmd.args(["-batch", "-nx", "-ex", "set pagination off", "-ex"])
+        .arg(format!("file {GUEST_ELF}"))
+        .arg("-ex")
         .arg(format!("target remote 127.0.0.1:{port}"));
     for c in commands {
         cmd.arg("-ex").arg(c);
@@ -121,10 +150,10 @@ fn gdb(port: u16, commands: &[String]) -> Command {
 }
 
 /// Wall time of a gdb run minus the time of connecting and detaching.
-fn timed(port: u16, commands: &[String]) -> Duration {
+fn timed(gdb_path: &str, port: u16, commands: &[String]) -> Duration {
     let run = |cmds: &[String]| {
         let start = Instant::now();
-        let out = gdb(port, cmds).output().expect("gdb");
+        let out = gdb(gdb_path, port, cmds).output().expect("gdb");
         assert!(
             out.status.success(),
             "{}",
@@ -139,7 +168,7 @@ fn timed(port: u16, commands: &[String]) -> Duration {
 fn ctrl_c_latency(port: u16) -> Duration {
     let mut samples = Vec::new();
     for _ in 0..5 {
-        let mut child = gdb(port, &["continue".into()]).spawn().expect("gdb");
+        let mut child = gdb(GDB, port, &["continue".into()]).spawn().expect("gdb");
         std::thread::sleep(Duration::from_millis(800));
         let start = Instant::now();
         let _ = Command::new("kill")
@@ -163,7 +192,7 @@ fn ctrl_c_latency(port: u16) -> Duration {
 
 /// CPU the stub uses in 10 s while gdb is attached and runs `command`.
 fn cpu_over_10s(stub: &Stub, command: &str) -> f64 {
-    let mut child = gdb(stub.port, &[command.into()]).spawn().expect("gdb");
+    let mut child = gdb(GDB, stub.port, &[command.into()]).spawn().expect("gdb");
     std::thread::sleep(Duration::from_millis(500));
     let before = stub.cpu();
     std::thread::sleep(Duration::from_secs(10));
@@ -176,12 +205,16 @@ fn cpu_over_10s(stub: &Stub, command: &str) -> f64 {
     used / 10.0 * 100.0
 }
 
-fn halting_kernel(dir: &Path) -> PathBuf {
-    let src = dir.join("halt.c");
-    let elf = dir.join("halt.elf");
+/// A kernel that only halts: with interrupts disabled (nothing can wake
+/// it) or enabled (the VMM's 2 ms stand-in for a timer tick wakes it).
+fn halting_kernel(dir: &Path, interrupts: bool) -> PathBuf {
+    let name = if interrupts { "idle" } else { "halt" };
+    let src = dir.join(format!("{name}.c"));
+    let elf = dir.join(format!("{name}.elf"));
+    let halt = if interrupts { "sti; hlt; cli" } else { "hlt" };
     std::fs::write(
         &src,
-        "void _start(void) { for (;;) __asm__ volatile(\"hlt\"); }\n",
+        format!("void _start(void) {{ for (;;) __asm__ volatile(\"{halt}\"); }}\n"),
     )
     .expect("write");
     let status = Command::new("gcc")
@@ -203,26 +236,19 @@ fn halting_kernel(dir: &Path) -> PathBuf {
     elf
 }
 
+/// What one stub was measured at.
 struct Row {
+    name: &'static str,
     dump: Duration,
+    dump_x: Option<Duration>,
     steps_per_s: f64,
 }
 
-/// Fill the dumped range with random bytes (through gdb), so that neither
-/// stub profits from run-length encoding zeros.
-fn fill_random(port: u16, dir: &Path) {
-    let file = dir.join("random.bin");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..DUMP_BYTES / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    std::fs::write(&file, bytes).expect("write");
+/// Fill the dumped range with random bytes (through gdb), so that no stub
+/// profits from run-length encoding zeros.
+fn fill_random(port: u16, file: &Path) {
     let out = gdb(
+        GDB,
         port,
         &[format!("restore {} binary {DUMP_BASE:#x}", file.display())],
     )
@@ -235,21 +261,68 @@ fn fill_random(port: u16, dir: &Path) {
     );
 }
 
-fn measure(port: u16, thread: &str) -> Row {
-    let dump = timed(
-        port,
-        &[format!(
-            "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
-            DUMP_BASE + DUMP_BYTES
-        )],
-    );
-    let steps = timed(
-        port,
-        &[format!("thread {thread}"), format!("stepi {STEPS}")],
-    );
+fn random_file(dir: &Path) -> PathBuf {
+    let file = dir.join("random.bin");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..DUMP_BYTES / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&file, bytes).expect("write");
+    file
+}
+
+fn measure(name: &'static str, port: u16, gdb_x: Option<&str>) -> Row {
+    let dump = [format!(
+        "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
+        DUMP_BASE + DUMP_BYTES
+    )];
+    let steps = timed(GDB, port, &["thread 1".into(), format!("stepi {STEPS}")]);
     Row {
-        dump,
+        name,
+        dump: timed(GDB, port, &dump),
+        dump_x: gdb_x.map(|g| timed(g, port, &dump)),
         steps_per_s: f64::from(STEPS) / steps.as_secs_f64(),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    print!("{:<34}", "");
+    rows.iter().for_each(|r| print!("{:>12}", r.name));
+    println!();
+    let line = |label: &str, cell: &dyn Fn(&Row) -> String| {
+        print!("{label:<34}");
+        rows.iter().for_each(|r| print!("{:>12}", cell(r)));
+        println!();
+    };
+    line("dump 64 MiB, gdb 13 (m)", &|r| secs(r.dump));
+    line("  MB/s", &|r| {
+        format!("{:.1}", DUMP_BYTES as f64 / 1e6 / r.dump.as_secs_f64())
+    });
+    line("dump 64 MiB, gdb 18 (x)", &|r| {
+        r.dump_x.map_or("n/a".into(), secs)
+    });
+    line("stepi per second", &|r| format!("{:.0}", r.steps_per_s));
+    let ours = &rows[0];
+    for other in &rows[1..] {
+        println!(
+            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {:.2}x the rate",
+            other.name,
+            other.dump.as_secs_f64() / ours.dump.as_secs_f64(),
+            ours.dump.as_secs_f64() / other.dump.as_secs_f64(),
+            ours.steps_per_s / other.steps_per_s
+        );
+    }
+    if let Some(x) = ours.dump_x {
+        println!(
+            "ours, gdb 18 x vs gdb 13 m: {:.2}x faster",
+            ours.dump.as_secs_f64() / x.as_secs_f64()
+        );
     }
 }
 
@@ -258,98 +331,78 @@ fn main() {
     let dir = exe.parent().expect("examples dir");
     let tmp = std::env::temp_dir().join(format!("bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
+    let random = random_file(&tmp);
+    let gdb_x = gdb_with_x();
+    println!(
+        "gdb 13 (and gdb 18: {}) with the guest's symbols, against the demo VM (ours), QEMU on the same guest and a do-nothing stub (floor): {} MiB dump of random bytes, {STEPS} steps",
+        gdb_x.as_deref().unwrap_or("not found"),
+        DUMP_BYTES >> 20
+    );
+    let mut rows = Vec::new();
     let ours = Stub::start(
         &dir.join("demo-vm"),
         &["--listen", "127.0.0.1:0", "--mem", "128"],
     );
-    let floor = Stub::start(&dir.join("null-stub"), &[]);
-    fill_random(ours.port, &tmp);
-    println!(
-        "gdb 13 against the demo VM (ours), QEMU on the same guest and a do-nothing stub (floor): {} MiB dump of random bytes, {STEPS} steps",
-        DUMP_BYTES >> 20
-    );
-    let qemu = Stub::qemu();
-    if let Some(q) = &qemu {
-        fill_random(q.port, &tmp);
-    }
-    let a = measure(ours.port, "1");
-    let q = qemu.as_ref().map(|q| measure(q.port, "1"));
-    let b = measure(floor.port, "1");
-    let mb = |d: Duration| DUMP_BYTES as f64 / 1e6 / d.as_secs_f64();
-    let cell = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
-    println!(
-        "{:<32} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "", "ours", "QEMU", "floor", "vs QEMU", "vs floor"
-    );
-    println!(
-        "{:<32} {:>10.2} s {:>12} {:>10.2} s {:>10} {:>9.2}x",
-        "dump binary memory 64 MiB",
-        a.dump.as_secs_f64(),
-        cell(q.as_ref().map(|q| format!("{:.2} s", q.dump.as_secs_f64()))),
-        b.dump.as_secs_f64(),
-        cell(
-            q.as_ref()
-                .map(|q| format!("{:.2}x", q.dump.as_secs_f64() / a.dump.as_secs_f64()))
-        ),
-        a.dump.as_secs_f64() / b.dump.as_secs_f64()
-    );
-    println!(
-        "{:<32} {:>7.1} MB/s {:>12} {:>7.1} MB/s",
-        "  throughput",
-        mb(a.dump),
-        cell(q.as_ref().map(|q| format!("{:.1} MB/s", mb(q.dump)))),
-        mb(b.dump)
-    );
-    println!(
-        "{:<32} {:>12.0} {:>12} {:>12.0} {:>10} {:>9.2}x",
-        "stepi per second",
-        a.steps_per_s,
-        cell(q.as_ref().map(|q| format!("{:.0}", q.steps_per_s))),
-        b.steps_per_s,
-        cell(
-            q.as_ref()
-                .map(|q| format!("{:.2}x", a.steps_per_s / q.steps_per_s))
-        ),
-        a.steps_per_s / b.steps_per_s
-    );
-    if let Some(q) = &qemu {
-        let ms = ctrl_c_latency(q.port).as_secs_f64() * 1e3;
-        println!("{:<32} {:>12} {:>9.2} ms", "Ctrl-C to stop, QEMU", "", ms);
-        println!(
-            "{:<32} {:>12} {:>10.1} %",
-            "CPU while stopped, QEMU",
-            "",
-            cpu_over_10s(q, "shell sleep 11")
-        );
-    }
-    drop(qemu);
+    fill_random(ours.port, &random);
+    rows.push(measure("ours", ours.port, gdb_x.as_deref()));
     let latency = ctrl_c_latency(ours.port);
+    let stopped = cpu_over_10s(&ours, "shell sleep 11");
+    drop(ours);
+    let mut qemu_extra = Vec::new();
+    for (name, accel) in [("QEMU TCG", "tcg"), ("QEMU KVM", "kvm")] {
+        let Some(q) = Stub::qemu(accel) else {
+            println!("{name}: not available (install qemu-system-x86)");
+            continue;
+        };
+        fill_random(q.port, &random);
+        rows.push(measure(name, q.port, gdb_x.as_deref()));
+        qemu_extra.push((
+            name,
+            ctrl_c_latency(q.port),
+            cpu_over_10s(&q, "shell sleep 11"),
+        ));
+    }
+    let floor = Stub::start(&dir.join("null-stub"), &[]);
+    rows.push(measure("floor", floor.port, gdb_x.as_deref()));
+    drop(floor);
+    print_table(&rows);
     println!(
         "{:<34} {:>9.2} ms",
-        "Ctrl-C to stop (median of 5)",
+        "Ctrl-C to stop (median of 5), ours",
         latency.as_secs_f64() * 1e3
     );
+    for (name, latency, cpu) in &qemu_extra {
+        println!(
+            "{:<34} {:>9.2} ms",
+            format!("Ctrl-C to stop, {name}"),
+            latency.as_secs_f64() * 1e3
+        );
+        println!(
+            "{:<34} {:>10.1} %",
+            format!("CPU while stopped, {name}"),
+            cpu
+        );
+    }
     println!(
         "{:<34} {:>10.1} %",
-        "CPU while stopped (10 s)",
-        cpu_over_10s(&ours, "shell sleep 11")
+        "CPU while stopped (10 s), ours", stopped
     );
-    drop(ours);
-    let halted = Stub::start(
-        &dir.join("demo-vm"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--vcpus",
-            "1",
-            "--kernel",
-            halting_kernel(&tmp).to_str().unwrap_or(""),
-        ],
-    );
-    println!(
-        "{:<34} {:>10.1} %",
-        "CPU, halted guest in continue",
-        cpu_over_10s(&halted, "continue")
-    );
+    for (label, interrupts) in [
+        ("CPU, guest halted with IF=0", false),
+        ("CPU, guest idle in sti;hlt", true),
+    ] {
+        let halted = Stub::start(
+            &dir.join("demo-vm"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--vcpus",
+                "1",
+                "--kernel",
+                halting_kernel(&tmp, interrupts).to_str().unwrap_or(""),
+            ],
+        );
+        println!("{label:<34} {:>10.1} %", cpu_over_10s(&halted, "continue"));
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

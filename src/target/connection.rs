@@ -95,6 +95,8 @@ pub(crate) struct GdbConnection {
     output: Vec<u8>,
     /// Plain hex of the memory reply being encoded.
     hex: Vec<u8>,
+    /// A read-ahead reply: the read it answers and its framed bytes.
+    prepared: Option<(ReadRequest, Vec<u8>)>,
     /// An incoming packet not complete yet (`$` … `#xx`).
     packet: Vec<u8>,
     /// gdb switched acknowledgements off (`QStartNoAckMode`).
@@ -141,6 +143,7 @@ impl GdbConnection {
             input: VecDeque::new(),
             output: Vec::with_capacity(1 << 17),
             hex: Vec::new(),
+            prepared: None,
             packet: Vec::new(),
             no_ack: false,
             mem_thread: 1,
@@ -156,6 +159,9 @@ impl GdbConnection {
     fn absorb(&mut self, data: &[u8]) -> io::Result<()> {
         for &b in data {
             if self.packet.is_empty() && b != b'$' {
+                if b != b'+' {
+                    self.prepared = None;
+                }
                 self.input.push_back(Input::Byte(b));
                 continue;
             }
@@ -166,6 +172,11 @@ impl GdbConnection {
             }
             let packet = std::mem::take(&mut self.packet);
             let payload = &packet[1..n - 3];
+            let read = memory_packets::parse_read(payload);
+            if read.is_none() {
+                // Anything but a read may change what a read returns.
+                self.prepared = None;
+            }
             let sum_ok = std::str::from_utf8(&packet[n - 2..])
                 .ok()
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
@@ -180,7 +191,7 @@ impl GdbConnection {
                 self.send_reply(reply.as_bytes())?;
                 continue;
             }
-            match memory_packets::parse_read(payload) {
+            match read {
                 // `x0,0` (lldb's probe for its own `x`) stays with gdbstub,
                 // which says "unsupported"; gdb learns of ours from
                 // `binary-upload+` in the qSupported reply.
@@ -221,22 +232,37 @@ impl GdbConnection {
         if !self.no_ack {
             self.output.push(b'+');
         }
-        self.output.push(b'$');
-        let start = self.output.len();
-        match data {
-            Ok(data) if read.binary => {
-                self.output.push(b'b');
-                memory_packets::push_binary(&mut self.output, data);
-            }
-            Ok(data) => memory_packets::push_hex(&mut self.output, &mut self.hex, data),
-            Err(errno) => self.output.extend(format!("E{errno:02x}").bytes()),
-        }
-        let sum = qemu_packets::checksum(&self.output[start..]);
-        self.output.extend(format!("#{sum:02x}").bytes());
+        frame_read(&mut self.output, &mut self.hex, read, data);
         trace!("-> memory reply, {} bytes", self.output.len());
         self.stream.write_all(&self.output)?;
         self.output.clear();
         Ok(())
+    }
+
+    /// Encode the reply to a read gdb is expected to send next (read-ahead:
+    /// done while gdb is still decoding the last reply). Any other input
+    /// discards it.
+    pub(crate) fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
+        let mut framed = Vec::new();
+        frame_read(&mut framed, &mut self.hex, &read, data);
+        self.prepared = Some((read, framed));
+    }
+
+    /// Send the prepared reply if it answers `read`; false if there is none.
+    pub(crate) fn send_prepared(&mut self, read: &ReadRequest) -> io::Result<bool> {
+        let Some((prepared, framed)) = self.prepared.take() else {
+            return Ok(false);
+        };
+        if prepared != *read {
+            return Ok(false);
+        }
+        self.flush()?;
+        if !self.no_ack {
+            self.stream.write_all(b"+")?;
+        }
+        trace!("-> read-ahead memory reply, {} bytes", framed.len());
+        self.stream.write_all(&framed)?;
+        Ok(true)
     }
 
     /// Rewrite the one reply packet in the output: stop replies get rip
@@ -330,6 +356,23 @@ impl GdbConnection {
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream
     }
+}
+
+/// Append the framed reply (`$…#xx`) to a memory read: `data` as hex or
+/// (`x`) binary, or `E<errno>`.
+fn frame_read(out: &mut Vec<u8>, hex: &mut Vec<u8>, read: &ReadRequest, data: Result<&[u8], u8>) {
+    out.push(b'$');
+    let start = out.len();
+    match data {
+        Ok(data) if read.binary => {
+            out.push(b'b');
+            memory_packets::push_binary(out, data);
+        }
+        Ok(data) => memory_packets::push_hex(out, hex, data),
+        Err(errno) => out.extend(format!("E{errno:02x}").bytes()),
+    }
+    let sum = qemu_packets::checksum(&out[start..]);
+    out.extend(format!("#{sum:02x}").bytes());
 }
 
 /// The thread an `Hg` packet selects, as gdbstub reads it: `0` (any) is

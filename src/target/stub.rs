@@ -45,6 +45,9 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// that waits for another vCPU gets it running after this).
 const STEP_GRACE: Duration = Duration::from_millis(1);
 
+/// Reads at least this long are followed by a read-ahead of the next.
+const READ_AHEAD_MIN: usize = 4096;
+
 /// The longest run of back-to-back steps that holds the other vCPUs back.
 const MAX_HOLD: Duration = Duration::from_millis(20);
 
@@ -335,23 +338,50 @@ impl<'a> KvmTarget<'a> {
     }
 
     /// Answer a memory read our packet layer took from gdb, for the thread
-    /// gdb's memory accesses refer to (what gdbstub would have used).
+    /// gdb's memory accesses refer to (what gdbstub would have used). A
+    /// large read is followed by the next one in line, encoded while gdb
+    /// decodes this reply (gdb reads big ranges in order).
     pub(crate) fn answer_read(
         &mut self,
         conn: &mut GdbConnection,
         read: &ReadRequest,
     ) -> std::io::Result<()> {
         let mut data = std::mem::take(&mut self.read_buffer);
-        data.resize(read.len, 0);
         let thread = NonZeroUsize::new(conn.mem_thread()).unwrap_or(NonZeroUsize::MIN);
-        let result = match self.read_addrs(read.addr, &mut data, thread) {
+        let whole = if conn.send_prepared(read)? {
+            true
+        } else {
+            let result = self.read_into(&mut data, read, thread);
+            let whole = result.is_ok_and(|d| d.len() == read.len);
+            conn.answer_read(read, result)?;
+            whole
+        };
+        if whole && read.len >= READ_AHEAD_MIN {
+            let next = ReadRequest {
+                addr: read.addr.wrapping_add(read.len as u64),
+                ..*read
+            };
+            let result = self.read_into(&mut data, &next, thread);
+            conn.prepare_read(next, result);
+        }
+        self.read_buffer = data;
+        Ok(())
+    }
+
+    /// Read `read` into `data` as gdb would see it: the bytes read, or
+    /// the errno of nothing readable.
+    fn read_into<'d>(
+        &mut self,
+        data: &'d mut Vec<u8>,
+        read: &ReadRequest,
+        thread: Tid,
+    ) -> Result<&'d [u8], u8> {
+        data.resize(read.len, 0);
+        match self.read_addrs(read.addr, data, thread) {
             Ok(n) => Ok(&data[..n]),
             Err(TargetError::Errno(errno)) => Err(errno),
             Err(_) => Err(1),
-        };
-        let sent = conn.answer_read(read, result);
-        self.read_buffer = data;
-        sent
+        }
     }
 
     /// Record vCPU `index`'s current CR3 as a known address space.
