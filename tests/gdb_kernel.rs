@@ -49,9 +49,16 @@ fn build(dir: &Path, name: &str, source: &str) -> PathBuf {
     elf
 }
 
-/// `ticks` seen by two gdb sessions 300 ms apart (the first also checks
-/// symbols and threads).
-fn ticks_over_300ms(elf: &Path) -> Option<(u64, u64)> {
+/// Build a kernel halting with `halt` and return `ticks` as seen by two
+/// gdb sessions 300 ms apart (the first also checks symbols and threads);
+/// `None` when the demo VM cannot run here.
+fn ticks_over_300ms(name: &str, halt: &str) -> Option<(u64, u64)> {
+    if !demo::available() {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("vmem-gdbstub-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let elf = build(&dir, name, &source(halt));
     let vm = DemoVm::start_with(&["--kernel", elf.to_str().unwrap(), "--vcpus", "1"])?;
     assert_eq!(vm.elf, elf.to_str().unwrap());
     let first = vm.gdb(&["print ticks", "x/s banner", "info threads"]);
@@ -59,6 +66,7 @@ fn ticks_over_300ms(elf: &Path) -> Option<(u64, u64)> {
     assert!(!first.contains("Thread 1.2"), "one vCPU: {first}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let second = vm.gdb(&["print ticks"]);
+    let _ = std::fs::remove_dir_all(&dir);
     Some((
         number_after(&first, "$1 = ").unwrap(),
         number_after(&second, "$1 = ").unwrap(),
@@ -67,31 +75,17 @@ fn ticks_over_300ms(elf: &Path) -> Option<(u64, u64)> {
 
 #[test]
 fn boots_a_low_linked_static_elf_and_ticks_with_interrupts_on() {
-    if !demo::available() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("vmem-gdbstub-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let elf = build(&dir, "ticking", &source("sti; hlt; cli"));
-    if let Some((a, b)) = ticks_over_300ms(&elf) {
+    if let Some((a, b)) = ticks_over_300ms("ticking", "sti; hlt; cli") {
         // The VMM's 2 ms stand-in for a timer tick wakes it.
         assert!(b > a + 10, "the kernel runs: {a} -> {b}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_kernel_halted_with_interrupts_off_stays_halted() {
-    if !demo::available() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("vmem-gdbstub-halted-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let elf = build(&dir, "halted", &source("hlt"));
-    if let Some((a, b)) = ticks_over_300ms(&elf) {
+    if let Some((a, b)) = ticks_over_300ms("halted", "hlt") {
         // Nothing wakes it but the debugger: each detach lets it run
         // once more (the `jmp` back and the next `hlt`).
         assert!(b <= a + 1, "parked, not woken every 2 ms: {a} -> {b}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@
 mod demo;
 
 use demo::rsp::{Reply, Rsp};
+use demo::rsp_decode::{expand_runs, unescape, unhex};
 use demo::DemoVm;
 
 /// 32 MiB into the demo's direct map: RAM the guest does not use.
@@ -27,43 +28,6 @@ fn pattern() -> Vec<u8> {
     }));
     data.extend(std::iter::repeat_n(0xffu8, 729));
     data
-}
-
-/// gdb's reading of a reply: expand `c*N` runs, then (binary) undo `}`
-/// escapes.
-fn expand_runs(wire: &[u8]) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::new();
-    let mut i = 0;
-    while i < wire.len() {
-        if wire[i] == b'*' && i + 1 < wire.len() {
-            let last = *out.last().expect("a run follows a character");
-            out.extend(std::iter::repeat_n(last, usize::from(wire[i + 1]) - 29));
-            i += 2;
-        } else {
-            out.push(wire[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn unescape(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut it = data.iter();
-    while let Some(&b) = it.next() {
-        out.push(if b == b'}' {
-            it.next().expect("escaped byte") ^ 0x20
-        } else {
-            b
-        });
-    }
-    out
-}
-
-fn unhex(text: &[u8]) -> Vec<u8> {
-    text.chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
 }
 
 fn packet(reply: Reply) -> Vec<u8> {

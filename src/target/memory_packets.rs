@@ -254,35 +254,10 @@ pub(crate) fn push_binary(out: &mut Vec<u8>, data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// gdb's side: expand runs, then undo binary escapes.
-    fn expand(wire: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < wire.len() {
-            if wire[i] == b'*' {
-                let last = *out.last().expect("a run follows a character");
-                out.extend(std::iter::repeat_n(last, usize::from(wire[i + 1]) - 29));
-                i += 2;
-            } else {
-                out.push(wire[i]);
-                i += 1;
-            }
-        }
-        out
+    mod rsp_decode {
+        include!("../../tests/demo/rsp_decode.rs");
     }
-
-    fn unescape(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut it = data.iter();
-        while let Some(&b) = it.next() {
-            out.push(if b == b'}' {
-                it.next().expect("escaped") ^ 0x20
-            } else {
-                b
-            });
-        }
-        out
-    }
+    use rsp_decode::{expand_runs as expand, unescape, unhex};
 
     fn samples() -> Vec<Vec<u8>> {
         let mut x = 0x1234_5678_9abc_def0u64;
@@ -318,8 +293,7 @@ mod tests {
             let mut wire = Vec::new();
             push_hex(&mut wire, &mut Vec::new(), &data);
             assert!(!wire.iter().any(|b| matches!(b, b'#' | b'$')), "{wire:?}");
-            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(expand(&wire), hex.as_bytes());
+            assert_eq!(unhex(&expand(&wire)), data);
         }
         let mut wire = Vec::new();
         push_hex(&mut wire, &mut Vec::new(), &[0u8; 64]);

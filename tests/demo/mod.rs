@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod rsp;
+pub mod rsp_decode;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
