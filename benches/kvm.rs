@@ -74,8 +74,8 @@ fn setup() -> Option<(Debugger, u64, [u64; 3])> {
 
 fn ours(debugger: &Debugger, root: u64, va: u64) -> u64 {
     let tables = GuestTables::new(debugger.memory(), root, None);
-    vmem::translate_addr(&Amd64::FOUR_LEVEL, &tables, root, va)
-        .map(|t| t.pa)
+    vmem::translate_pa(&Amd64::FOUR_LEVEL, &tables, root, va)
+        .map(|(pa, _)| pa)
         .unwrap_or(0)
 }
 

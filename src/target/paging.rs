@@ -84,9 +84,9 @@ impl Paging {
             Paging::Off => Ok((va, 4096 - (va & 4095))),
             Paging::Paged { format, root } => {
                 let tables = GuestTables::new(mem, root, None);
-                let t = vmem::translate_addr(format.as_dyn(), &tables, root, va)?;
-                let size = t.page_size.bytes();
-                Ok((t.pa, size - (va & (size - 1))))
+                let (pa, page) = vmem::translate_pa(format.as_dyn(), &tables, root, va)?;
+                let size = page.bytes();
+                Ok((pa, size - (va & (size - 1))))
             }
         }
     }

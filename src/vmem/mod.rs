@@ -36,7 +36,7 @@ pub use spaces::{
     SpaceReferenceMapping, SpaceWalk,
 };
 pub use translate::{
-    translate, translate_addr, translate_in, TranslateFault, Translated, Translation,
+    translate, translate_addr, translate_in, translate_pa, TranslateFault, Translated, Translation,
     TranslationStep,
 };
 

@@ -80,6 +80,7 @@ impl Translation {
 }
 
 /// Walks one address, handing every entry read to `on_step`.
+#[inline(always)]
 fn walk_one<F, O>(
     fmt: &F,
     op: &O,
@@ -131,6 +132,22 @@ where
         }
     }
     Err(TranslateFault::NonCanonical { va })
+}
+
+/// Where `va` goes in the space rooted at `root`, and in what size of
+/// page: the leanest form of [`translate_addr`] (rights and attributes
+/// are not decoded), for memory accesses.
+pub fn translate_pa<F, O>(
+    fmt: &F,
+    op: &O,
+    root: O::TableAddr,
+    va: u64,
+) -> Result<(PhysAddr, PageSize), TranslateFault>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    walk_one(fmt, op, root, va, |_| {}).map(|t| (t.pa, t.page_size))
 }
 
 /// Translate `va` in the space rooted at `root`, recording every level.
