@@ -54,8 +54,8 @@ use kvm_bindings::{
     kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_GUESTDBG_USE_SW_BP,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use log::info;
+use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
+use log::{debug, info};
 
 pub use connection::Stream;
 pub use event_loop::GdbListener;
@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     /// Wakes the attached session's gdb thread.
     session: Mutex<Option<wait::Waker>>,
     idle_sleep: Duration,
+    /// The host copies registers into `kvm_run` on exit (KVM_CAP_SYNC_REGS).
+    sync_regs: bool,
     exec_file: Option<String>,
     table_pool: Option<TablePool>,
     /// Address spaces known to `monitor vmem spaces`, with how they are known.
@@ -109,6 +111,8 @@ impl Debugger {
     /// (vCPU `i` is gdb thread `i + 1`).
     pub fn new(vm: VmFd, vcpus: Vec<VcpuFd>, memory: GuestMemory) -> io::Result<Debugger> {
         kick::install_handler();
+        let sync_regs = vm.check_extension(Cap::SyncRegs);
+        debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         let memslots = Memslots::new(&vm, &memory)?;
         let vcpus = vcpus
             .into_iter()
@@ -125,6 +129,7 @@ impl Debugger {
                 memslots: Mutex::new(memslots),
                 session: Mutex::new(None),
                 idle_sleep: Duration::from_millis(2),
+                sync_regs,
                 exec_file: None,
                 table_pool: None,
                 spaces: Mutex::default(),

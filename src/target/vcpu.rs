@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gdbstub::common::Signal;
 use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug, kvm_regs, kvm_sregs};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
 use super::breakpoints::INT3;
@@ -113,6 +113,9 @@ impl Vcpu {
     pub(crate) fn request(&self, command: Command) {
         let mut ctl = self.control();
         let previous = std::mem::replace(&mut ctl.command, command);
+        if command == Command::Pause && previous == Command::Pause {
+            return; // parked or parking already: nothing to tell it
+        }
         if command != Command::Pause {
             ctl.running = true;
             ctl.snapshot = None;
@@ -238,11 +241,26 @@ impl Vcpu {
                 }
                 applied = Some(wanted);
             }
+            // A step's registers come back in kvm_run (no ioctls) where
+            // the host offers KVM_CAP_SYNC_REGS.
+            let synced = stepping && inner.sync_regs;
+            if synced {
+                fd.set_sync_valid_reg(SyncReg::Register);
+                fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            }
             let outcome = self.run_once(&mut fd, inner, stepping, on_exit);
             let snapshot = match outcome {
+                Outcome::StepDone | Outcome::Stop(_) if synced => {
+                    let sync = fd.sync_regs();
+                    Some((sync.regs, sync.sregs))
+                }
                 Outcome::StepDone | Outcome::Stop(_) => fd.get_regs().ok().zip(fd.get_sregs().ok()),
                 _ => None,
             };
+            if synced {
+                fd.clear_sync_valid_reg(SyncReg::Register);
+                fd.clear_sync_valid_reg(SyncReg::SystemRegister);
+            }
             drop(fd);
             match outcome {
                 Outcome::Again => {}
