@@ -108,6 +108,17 @@ impl Stub {
     }
 }
 
+impl Stub {
+    /// Freeze (SIGSTOP) or thaw (SIGCONT) the stub's process, so a stub
+    /// that is not being measured takes no CPU from the one that is.
+    fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+}
+
 impl Drop for Stub {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -236,12 +247,21 @@ fn halting_kernel(dir: &Path, interrupts: bool) -> PathBuf {
     elf
 }
 
-/// What one stub was measured at.
+/// What one stub was measured at (medians over the rounds).
 struct Row {
     name: &'static str,
     dump: Duration,
     dump_x: Option<Duration>,
     steps_per_s: f64,
+}
+
+/// Rounds of measurements; the stubs take turns within each round, so a
+/// drift of the machine's speed touches them all alike.
+const ROUNDS: usize = 3;
+
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
 }
 
 /// Fill the dumped range with random bytes (through gdb), so that no stub
@@ -276,18 +296,51 @@ fn random_file(dir: &Path) -> PathBuf {
     file
 }
 
-fn measure(name: &'static str, port: u16, gdb_x: Option<&str>) -> Row {
+/// One round for one stub: dump with gdb 13 (and gdb 18), then steps.
+fn measure_once(port: u16, gdb_x: Option<&str>) -> (Duration, Option<Duration>, f64) {
     let dump = [format!(
         "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
         DUMP_BASE + DUMP_BYTES
     )];
+    let m = timed(GDB, port, &dump);
+    let x = gdb_x.map(|g| timed(g, port, &dump));
     let steps = timed(GDB, port, &["thread 1".into(), format!("stepi {STEPS}")]);
-    Row {
-        name,
-        dump: timed(GDB, port, &dump),
-        dump_x: gdb_x.map(|g| timed(g, port, &dump)),
-        steps_per_s: f64::from(STEPS) / steps.as_secs_f64(),
+    (m, x, f64::from(STEPS) / steps.as_secs_f64())
+}
+
+/// Every stub measured `ROUNDS` times, in turns, each alone on the machine.
+fn measure_all(stubs: &[(&'static str, &Stub)], gdb_x: Option<&str>) -> Vec<Row> {
+    stubs.iter().for_each(|(_, s)| s.freeze(true));
+    let mut samples: Vec<Vec<(Duration, Option<Duration>, f64)>> = vec![Vec::new(); stubs.len()];
+    for round in 0..ROUNDS {
+        for (i, (name, stub)) in stubs.iter().enumerate() {
+            stub.freeze(false);
+            let sample = measure_once(stub.port, gdb_x);
+            stub.freeze(true);
+            println!(
+                "  round {round} {name:<9} dump {:.2} s, x {}, {:.0} steps/s",
+                sample.0.as_secs_f64(),
+                sample
+                    .1
+                    .map_or("n/a".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                sample.2
+            );
+            samples[i].push(sample);
+        }
     }
+    stubs.iter().for_each(|(_, s)| s.freeze(false));
+    stubs
+        .iter()
+        .zip(samples)
+        .map(|((name, _), runs)| Row {
+            name,
+            dump: median(runs.iter().map(|r| r.0).collect()),
+            dump_x: runs[0]
+                .1
+                .map(|_| median(runs.iter().filter_map(|r| r.1).collect())),
+            steps_per_s: median(runs.iter().map(|r| r.2).collect()),
+        })
+        .collect()
 }
 
 fn print_table(rows: &[Row]) {
@@ -338,33 +391,48 @@ fn main() {
         gdb_x.as_deref().unwrap_or("not found"),
         DUMP_BYTES >> 20
     );
-    let mut rows = Vec::new();
     let ours = Stub::start(
         &dir.join("demo-vm"),
         &["--listen", "127.0.0.1:0", "--mem", "128"],
     );
     fill_random(ours.port, &random);
-    rows.push(measure("ours", ours.port, gdb_x.as_deref()));
+    ours.freeze(true);
+    let mut qemus = Vec::new();
+    for (name, accel) in [("QEMU TCG", "tcg"), ("QEMU KVM", "kvm")] {
+        match Stub::qemu(accel) {
+            Some(q) => {
+                fill_random(q.port, &random);
+                q.freeze(true);
+                qemus.push((name, q));
+            }
+            None => println!("{name}: not available (install qemu-system-x86)"),
+        }
+    }
+    let floor = Stub::start(&dir.join("null-stub"), &[]);
+    let mut stubs = vec![("ours", &ours)];
+    stubs.extend(qemus.iter().map(|(name, q)| (*name, q)));
+    stubs.push(("floor", &floor));
+    println!("{ROUNDS} rounds, medians:");
+    let rows = measure_all(&stubs, gdb_x.as_deref());
+    drop(floor);
+    // Latency and idle CPU, each stub alone.
+    let mut qemu_extra = Vec::new();
+    qemus.iter().for_each(|(_, q)| q.freeze(true));
+    ours.freeze(true);
+    for (name, q) in &qemus {
+        q.freeze(false);
+        qemu_extra.push((
+            *name,
+            ctrl_c_latency(q.port),
+            cpu_over_10s(q, "shell sleep 11"),
+        ));
+        q.freeze(true);
+    }
+    drop(qemus);
+    ours.freeze(false);
     let latency = ctrl_c_latency(ours.port);
     let stopped = cpu_over_10s(&ours, "shell sleep 11");
     drop(ours);
-    let mut qemu_extra = Vec::new();
-    for (name, accel) in [("QEMU TCG", "tcg"), ("QEMU KVM", "kvm")] {
-        let Some(q) = Stub::qemu(accel) else {
-            println!("{name}: not available (install qemu-system-x86)");
-            continue;
-        };
-        fill_random(q.port, &random);
-        rows.push(measure(name, q.port, gdb_x.as_deref()));
-        qemu_extra.push((
-            name,
-            ctrl_c_latency(q.port),
-            cpu_over_10s(&q, "shell sleep 11"),
-        ));
-    }
-    let floor = Stub::start(&dir.join("null-stub"), &[]);
-    rows.push(measure("floor", floor.port, gdb_x.as_deref()));
-    drop(floor);
     print_table(&rows);
     println!(
         "{:<34} {:>9.2} ms",
