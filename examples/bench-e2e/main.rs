@@ -247,6 +247,18 @@ fn halting_kernel(dir: &Path, interrupts: bool) -> PathBuf {
     elf
 }
 
+/// The address of `name` in the ELF at `path`.
+fn symbol(path: &str, name: &str) -> u64 {
+    let data = std::fs::read(path).expect("guest ELF");
+    let file = elf::ElfBytes::<elf::endian::AnyEndian>::minimal_parse(&data).expect("ELF");
+    let (symbols, strings) = file.symbol_table().expect("symbol table").expect("symbols");
+    symbols
+        .iter()
+        .find(|s| strings.get(s.st_name as usize).is_ok_and(|n| n == name))
+        .map(|s| s.st_value)
+        .expect("symbol")
+}
+
 /// What one stub was measured at (medians over the rounds).
 struct Row {
     name: &'static str,
@@ -408,7 +420,13 @@ fn main() {
             None => println!("{name}: not available (install qemu-system-x86)"),
         }
     }
-    let floor = Stub::start(&dir.join("null-stub"), &[]);
+    // The floor stops where ours does (in the guest's code, with a
+    // stack), so gdb unwinds the same way after each step.
+    let pc = format!("{:#x}", symbol(GUEST_ELF, "level2"));
+    let floor = Stub::start(
+        &dir.join("null-stub"),
+        &["--pc", &pc, "--sp", &format!("{DUMP_BASE:#x}")],
+    );
     let mut stubs = vec![("ours", &ours)];
     stubs.extend(qemus.iter().map(|(name, q)| (*name, q)));
     stubs.push(("floor", &floor));

@@ -1,15 +1,35 @@
-//! A gdb stub that does no work: zero registers, zero memory, steps that
+//! A gdb stub that does no work: canned registers and memory, steps that
 //! finish at once. It measures gdb's own floor for the end-to-end
-//! benchmark (`examples/bench-e2e`). Prints its port and serves one client.
+//! benchmark (`examples/bench-e2e`), which passes a `--pc` inside the
+//! guest's code so gdb unwinds as it does against the real stubs. Prints
+//! its port and serves one client at a time.
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 
 use vmem_gdbstub::target::X86_64Kvm;
 
+/// Where the canned registers point (hex, with or without `0x`).
+#[derive(clap::Parser)]
+struct Args {
+    /// rip in every stop reply.
+    #[arg(long, value_parser = parse_hex, default_value = "0")]
+    pc: u64,
+    /// rsp and rbp in every stop reply.
+    #[arg(long, value_parser = parse_hex, default_value = "0")]
+    sp: u64,
+}
+
+fn parse_hex(text: &str) -> Result<u64, std::num::ParseIntError> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+}
+
 /// A stop reply that carries rbp, rsp and rip, as ours does, so gdb need
 /// not ask for all registers after each step.
-const STOP: &str = "T05thread:01;06:0000000000000000;07:0000000000000000;10:0000000000000000;";
+fn stop_reply(pc: u64, sp: u64) -> String {
+    let le = |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
+    format!("T05thread:01;06:{};07:{};10:{};", le(sp), le(sp), le(pc))
+}
 
 fn checksum(payload: &[u8]) -> u8 {
     payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
@@ -18,13 +38,14 @@ fn checksum(payload: &[u8]) -> u8 {
 /// What memory reads return: the same pseudo-random bytes the benchmark
 /// dumps from the real stubs (so gdb decodes the same kind of data), made
 /// once, as hex for `m` and as unescaped-safe binary for `x`.
-struct Memory {
+struct Canned {
     hex: Vec<u8>,
     binary: Vec<u8>,
+    stop: String,
 }
 
-impl Memory {
-    fn new() -> Memory {
+impl Canned {
+    fn new(args: &Args) -> Canned {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let bytes: Vec<u8> = (0..1 << 17)
             .map(|_| {
@@ -34,7 +55,8 @@ impl Memory {
                 x as u8
             })
             .collect();
-        Memory {
+        Canned {
+            stop: stop_reply(args.pc, args.sp),
             hex: bytes
                 .iter()
                 .flat_map(|b| format!("{b:02x}").into_bytes())
@@ -63,7 +85,7 @@ fn read_len(request: &str) -> usize {
         .min(1 << 17)
 }
 
-fn reply(payload: &[u8], memory: &Memory) -> Vec<u8> {
+fn reply(payload: &[u8], memory: &Canned) -> Vec<u8> {
     let text = String::from_utf8_lossy(payload);
     let regs_bytes = vmem_gdbstub::target::X86_64Regs::default().to_bytes().len();
     let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
@@ -71,10 +93,10 @@ fn reply(payload: &[u8], memory: &Memory) -> Vec<u8> {
         t if t.starts_with("qSupported") => {
             "PacketSize=20000;QStartNoAckMode+;qXfer:features:read+;binary-upload+".into()
         }
-        "?" => STOP.into(),
+        "?" => memory.stop.clone(),
         "g" => "00".repeat(regs_bytes),
         "vCont?" => "vCont;c;C;s;S".into(),
-        t if t.starts_with("vCont;s") || t == "s" => STOP.into(),
+        t if t.starts_with("vCont;s") || t == "s" => memory.stop.clone(),
         t if t.starts_with('m') => {
             return frame(&memory.hex[..2 * read_len(t)]);
         }
@@ -116,7 +138,7 @@ fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("gdb stub listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let memory = Memory::new();
+    let memory = Canned::new(&<Args as clap::Parser>::parse());
     loop {
         let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
