@@ -3,8 +3,8 @@
 //! roots: walk each with its own [`Aarch64`] value ([`Half`]).
 //!
 //! Descriptor layout: Arm ARM (DDI 0487) D8.3 "Translation table descriptor
-//! formats": bits[1:0] = 0b11 table (levels 0-2) or page (level 3), 0b01
-//! block (levels 1-2); output address 47:12; AttrIndx 4:2, AP[2:1] 7:6,
+//! formats": bits\[1:0\] = 0b11 table (levels 0-2) or page (level 3), 0b01
+//! block (levels 1-2); output address 47:12; AttrIndx 4:2, AP\[2:1\] 7:6,
 //! SH 9:8, AF 10, nG 11, Contiguous 52, PXN 53, UXN 54, software 58:55
 //! (bit 55: our copy-on-write marker); table descriptors: PXNTable 59,
 //! UXNTable 60, APTable 62:61.

@@ -2,7 +2,7 @@
 //!
 //! Entry layout: Intel SDM vol. 3A §4.5 ("4-level paging and 5-level
 //! paging"), tables 4-15 to 4-20; shared with the other x86 modes in
-//! [`super::x86`]. EFER.NXE is assumed set (bit 63 decoded as XD).
+//! `arch::x86`. EFER.NXE is assumed set (bit 63 decoded as XD).
 
 use super::x86::{Codec, FLAGS};
 use super::{Descriptor, PageTableFormat};

@@ -132,7 +132,7 @@ impl X86_64Regs {
         out
     }
 
-    /// Parse gdb's bytes; `None` unless exactly [`REGS_BYTES`] long.
+    /// Parse gdb's bytes; `None` unless exactly as long as [`Self::to_bytes`] gives.
     pub fn from_bytes(bytes: &[u8]) -> Option<X86_64Regs> {
         if bytes.len() != REGS_BYTES {
             return None;
