@@ -29,7 +29,8 @@ fn hostile_payload(rng: &mut Rng) -> Vec<u8> {
     let len = *rng.pick(&LENS);
     let tid = *rng.pick(&["0", "-1", "99", "7fffffff", "p1.99", "p99.1", "zz", ""]);
     let text = match rng.below(16) {
-        0 => format!("m{addr:x},{len:x}"),
+        // Hex and binary reads (answered by our packet layer).
+        0 => format!("{}{addr:x},{len:x}", rng.pick(&["m", "x"])),
         1 => format!("M{addr:x},4:deadbeef"),
         2 => format!("M{addr:x},{len:x}:00"),
         3 => format!("X{addr:x},4:\u{1}\u{2}\u{3}\u{4}"),
