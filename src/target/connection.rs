@@ -228,40 +228,29 @@ impl GdbConnection {
         read: &ReadRequest,
         data: Result<&[u8], u8>,
     ) -> io::Result<()> {
-        self.flush()?;
-        if !self.no_ack {
-            self.output.push(b'+');
-        }
-        frame_read(&mut self.output, &mut self.hex, read, data);
-        trace!("-> memory reply, {} bytes", self.output.len());
-        self.stream.write_all(&self.output)?;
-        self.output.clear();
-        Ok(())
+        self.prepare_read(*read, data);
+        self.send_prepared(read).map(drop)
     }
 
     /// Encode the reply to a read gdb is expected to send next (read-ahead:
     /// done while gdb is still decoding the last reply). Any other input
     /// discards it.
     pub(crate) fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
-        let mut framed = Vec::new();
-        frame_read(&mut framed, &mut self.hex, &read, data);
-        self.prepared = Some((read, framed));
+        let mut acked = vec![b'+'];
+        frame_read(&mut acked, &mut self.hex, &read, data);
+        self.prepared = Some((read, acked));
     }
 
     /// Send the prepared reply if it answers `read`; false if there is none.
     pub(crate) fn send_prepared(&mut self, read: &ReadRequest) -> io::Result<bool> {
-        let Some((prepared, framed)) = self.prepared.take() else {
+        let Some((prepared, acked)) = self.prepared.take() else {
             return Ok(false);
         };
         if prepared != *read {
             return Ok(false);
         }
-        self.flush()?;
-        if !self.no_ack {
-            self.stream.write_all(b"+")?;
-        }
-        trace!("-> read-ahead memory reply, {} bytes", framed.len());
-        self.stream.write_all(&framed)?;
+        trace!("-> memory reply, {} bytes", acked.len());
+        self.send_own(&acked)?;
         Ok(true)
     }
 
@@ -300,13 +289,19 @@ impl GdbConnection {
         self.output = framed;
     }
 
-    /// Send one reply packet of our own (acknowledging the request first
-    /// unless gdb turned acknowledgements off).
+    /// Send one reply packet of our own, `reply` unframed.
     fn send_reply(&mut self, reply: &[u8]) -> io::Result<()> {
+        let mut acked = vec![b'+'];
+        acked.extend(qemu_packets::frame(reply));
+        self.send_own(&acked)
+    }
+
+    /// Send `acked` (`+` then a framed packet) after whatever gdbstub left
+    /// buffered, in one write; the `+` only while gdb wants
+    /// acknowledgements.
+    fn send_own(&mut self, acked: &[u8]) -> io::Result<()> {
         self.flush()?;
-        let mut framed = if self.no_ack { Vec::new() } else { vec![b'+'] };
-        framed.extend(qemu_packets::frame(reply));
-        self.stream.write_all(&framed)
+        self.stream.write_all(&acked[usize::from(self.no_ack)..])
     }
 
     /// gdbstub rejected the last packet (and stopped): answer it so gdb is
