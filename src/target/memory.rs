@@ -121,15 +121,6 @@ impl GuestMemory {
     /// Guest memory made of `regions` (which must not overlap; checked).
     pub fn new(mut regions: Vec<RamRegion>) -> Result<GuestMemory, MemoryError> {
         regions.sort_by_key(|r| r.gpa);
-        for pair in regions.windows(2) {
-            if pair[0]
-                .gpa
-                .checked_add(pair[0].size())
-                .is_none_or(|end| end > pair[1].gpa)
-            {
-                return Err(MemoryError { addr: pair[1].gpa });
-            }
-        }
         let mut spans = Vec::with_capacity(regions.len());
         for r in &regions {
             spans.push(Span {
@@ -139,6 +130,11 @@ impl GuestMemory {
                     .checked_add(r.size())
                     .ok_or(MemoryError { addr: r.gpa })?,
                 host: r.ram.ptr,
+            });
+        }
+        if let Some(pair) = spans.windows(2).find(|pair| pair[0].end > pair[1].start) {
+            return Err(MemoryError {
+                addr: pair[1].start,
             });
         }
         Ok(GuestMemory { regions, spans })
