@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gdbstub::conn::Connection;
@@ -107,7 +107,7 @@ pub(crate) struct GdbConnection {
     /// The last packet handed to gdbstub (answered here if it rejects it).
     last_packet: Vec<u8>,
     /// rip, rsp, rbp to add to the next stop reply.
-    expedite: Arc<Mutex<Option<[u64; 3]>>>,
+    expedite: Option<[u64; 3]>,
     phys_mode: Arc<AtomicBool>,
 }
 
@@ -131,7 +131,6 @@ impl GdbConnection {
         stream: Stream,
         wake: WakeReceiver,
         phys_mode: Arc<AtomicBool>,
-        expedite: Arc<Mutex<Option<[u64; 3]>>>,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
@@ -148,7 +147,7 @@ impl GdbConnection {
             no_ack: false,
             mem_thread: 1,
             last_packet: Vec::new(),
-            expedite,
+            expedite: None,
             phys_mode,
         })
     }
@@ -216,6 +215,11 @@ impl GdbConnection {
         self.input.extend(packet.iter().map(|&b| Input::Byte(b)));
     }
 
+    /// rip, rsp and rbp to put in the next stop reply.
+    pub(crate) fn expedite(&mut self, registers: Option<[u64; 3]>) {
+        self.expedite = registers;
+    }
+
     /// The thread gdb's memory accesses currently refer to (1-based).
     pub(crate) fn mem_thread(&self) -> usize {
         self.mem_thread
@@ -269,7 +273,7 @@ impl GdbConnection {
             if let Some(thread) = stop_reply_thread(payload) {
                 self.mem_thread = thread;
             }
-            let Some([rip, rsp, rbp]) = super::lock(&self.expedite).take() else {
+            let Some([rip, rsp, rbp]) = self.expedite.take() else {
                 return;
             };
             let hex =

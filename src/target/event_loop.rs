@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -141,9 +141,8 @@ impl From<GdbStubError<String, io::Error>> for Ended {
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     let phys_mode = Arc::new(AtomicBool::new(false));
-    let expedite = Arc::new(Mutex::new(None));
     let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&phys_mode), Arc::clone(&expedite))?;
+        let conn = GdbConnection::new(stream, wake, Arc::clone(&phys_mode))?;
         Ok((waker, conn))
     });
     let (waker, mut conn) = match started {
@@ -155,7 +154,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     };
     *lock(&dbg.session) = Some(waker);
     dbg.pause_all();
-    let mut target = KvmTarget::new(dbg, phys_mode, expedite);
+    let mut target = KvmTarget::new(dbg, phys_mode);
     target.collect_stops();
     for index in 0..dbg.vcpus.len() {
         target.remember_space(index);
@@ -225,6 +224,10 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
             },
             GdbStubStateMachine::Running(mut running) => {
                 if let Some(stop) = target.next_pending() {
+                    running
+                        .borrow_conn()
+                        .0
+                        .expedite(target.take_stop_registers());
                     running.report_stop(target, stop)
                 } else {
                     let deadline = target.start_deadline();
@@ -249,8 +252,12 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                     }
                 }
             }
-            GdbStubStateMachine::CtrlCInterrupt(interrupt) => {
+            GdbStubStateMachine::CtrlCInterrupt(mut interrupt) => {
                 let stop = target.interrupt();
+                interrupt
+                    .borrow_conn()
+                    .0
+                    .expedite(target.take_stop_registers());
                 interrupt.interrupt_handled(target, Some(stop))
             }
             GdbStubStateMachine::Disconnected(gone) => return Ended::Reason(gone.get_reason()),

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gdbstub::common::{Pid, Signal, Tid};
@@ -78,7 +78,7 @@ pub(crate) struct KvmTarget<'a> {
     cache: RefCell<Vec<Option<KvmState>>>,
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
-    expedite: Arc<Mutex<Option<[u64; 3]>>>,
+    expedite: Option<[u64; 3]>,
     /// Reused for memory reads answered in our packet layer.
     read_buffer: Vec<u8>,
     /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
@@ -108,15 +108,11 @@ fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
 }
 
 impl<'a> KvmTarget<'a> {
-    pub(crate) fn new(
-        dbg: &'a Inner,
-        phys_mode: Arc<AtomicBool>,
-        expedite: Arc<Mutex<Option<[u64; 3]>>>,
-    ) -> KvmTarget<'a> {
+    pub(crate) fn new(dbg: &'a Inner, phys_mode: Arc<AtomicBool>) -> KvmTarget<'a> {
         KvmTarget {
             core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
-            expedite,
+            expedite: None,
             read_buffer: Vec::new(),
             deferred: Vec::new(),
             held_since: None,
@@ -240,11 +236,17 @@ impl<'a> KvmTarget<'a> {
             self.current = index;
             self.remember_space(index);
             if let Ok((r, _)) = self.core(index) {
-                *lock(&self.expedite) = Some([r.rip, r.rsp, r.rbp]);
+                self.expedite = Some([r.rip, r.rsp, r.rbp]);
             }
             return Some(self.reason(index, kind));
         }
         None
+    }
+
+    /// rip, rsp and rbp for the stop reply about to be sent, if the stop
+    /// came from a vCPU (taken once).
+    pub(crate) fn take_stop_registers(&mut self) -> Option<[u64; 3]> {
+        self.expedite.take()
     }
 
     fn still_at_sw_breakpoint(&self, index: usize) -> bool {
