@@ -4,50 +4,7 @@
 
 mod demo;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use demo::{number_after, DemoVm};
-
-/// A kernel that counts and halts, with interrupts enabled or not.
-fn source(halt: &str) -> String {
-    format!(
-        r#"
-volatile unsigned long ticks;
-const char banner[] = "my own kernel";
-void _start(void) {{ for (;;) {{ ticks++; __asm__ volatile("{halt}"); }} }}
-"#
-    )
-}
-
-fn build(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    let elf = dir.join(format!("{name}.elf"));
-    std::fs::write(&c, source).unwrap();
-    let status = Command::new("gcc")
-        .args([
-            "-O1",
-            "-g",
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-fno-pic",
-        ])
-        .args([
-            "-mno-red-zone",
-            "-fno-asynchronous-unwind-tables",
-            "-Wl,-Ttext=0x600000",
-            "-Wl,--build-id=none",
-        ])
-        .arg(&c)
-        .arg("-o")
-        .arg(&elf)
-        .status()
-        .expect("gcc");
-    assert!(status.success());
-    elf
-}
 
 /// Build a kernel halting with `halt` and return `ticks` as seen by two
 /// gdb sessions 300 ms apart (the first also checks symbols and threads);
@@ -58,7 +15,7 @@ fn ticks_over_300ms(name: &str, halt: &str) -> Option<(u64, u64)> {
     }
     let dir = std::env::temp_dir().join(format!("vmem-gdbstub-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let elf = build(&dir, name, &source(halt));
+    let elf = demo::kernel::halting_kernel(&dir, name, halt);
     let vm = DemoVm::start_with(&["--kernel", elf.to_str().unwrap(), "--vcpus", "1"])?;
     assert_eq!(vm.elf, elf.to_str().unwrap());
     let first = vm.gdb(&["print ticks", "x/s banner", "info threads"]);

@@ -14,6 +14,9 @@
 //! on a running guest, and CPU used by the stub process over 10 s while
 //! stopped and while a halted guest waits in `continue`.
 
+#[path = "../../tests/demo/kernel.rs"]
+mod kernel;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -214,37 +217,6 @@ fn cpu_over_10s(stub: &Stub, command: &str) -> f64 {
     let _ = child.kill();
     let _ = child.wait();
     used / 10.0 * 100.0
-}
-
-/// A kernel that only halts: with interrupts disabled (nothing can wake
-/// it) or enabled (the VMM's 2 ms stand-in for a timer tick wakes it).
-fn halting_kernel(dir: &Path, interrupts: bool) -> PathBuf {
-    let name = if interrupts { "idle" } else { "halt" };
-    let src = dir.join(format!("{name}.c"));
-    let elf = dir.join(format!("{name}.elf"));
-    let halt = if interrupts { "sti; hlt; cli" } else { "hlt" };
-    std::fs::write(
-        &src,
-        format!("void _start(void) {{ for (;;) __asm__ volatile(\"{halt}\"); }}\n"),
-    )
-    .expect("write");
-    let status = Command::new("gcc")
-        .args([
-            "-O1",
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-fno-pic",
-            "-Wl,-Ttext=0x600000",
-        ])
-        .arg(&src)
-        .arg("-o")
-        .arg(&elf)
-        .status()
-        .expect("gcc");
-    assert!(status.success());
-    elf
 }
 
 /// The address of `name` in the ELF at `path`.
@@ -473,9 +445,11 @@ fn main() {
         "{:<34} {:>10.1} %",
         "CPU while stopped (10 s), ours", stopped
     );
-    for (label, interrupts) in [
-        ("CPU, guest halted with IF=0", false),
-        ("CPU, guest idle in sti;hlt", true),
+    // With interrupts disabled nothing can wake the guest; enabled, the
+    // VMM's 2 ms stand-in for a timer tick does.
+    for (label, name, halt) in [
+        ("CPU, guest halted with IF=0", "halt", "hlt"),
+        ("CPU, guest idle in sti;hlt", "idle", "sti; hlt; cli"),
     ] {
         let halted = Stub::start(
             &dir.join("demo-vm"),
@@ -485,7 +459,9 @@ fn main() {
                 "--vcpus",
                 "1",
                 "--kernel",
-                halting_kernel(&tmp, interrupts).to_str().unwrap_or(""),
+                kernel::halting_kernel(&tmp, name, halt)
+                    .to_str()
+                    .unwrap_or(""),
             ],
         );
         println!("{label:<34} {:>10.1} %", cpu_over_10s(&halted, "continue"));

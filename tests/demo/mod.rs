@@ -4,6 +4,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod kernel;
 pub mod rsp;
 pub mod rsp_decode;
 
