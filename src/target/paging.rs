@@ -90,6 +90,28 @@ impl Paging {
             }
         }
     }
+
+    /// `len` bytes from `va` cut at page ends: each piece as (its
+    /// guest-physical address, its offset in the range, its length). Ends
+    /// early at the first address that does not translate.
+    pub(crate) fn pieces<'m>(
+        self,
+        mem: &'m GuestMemory,
+        va: u64,
+        len: usize,
+    ) -> impl Iterator<Item = (PhysAddr, usize, usize)> + 'm {
+        let mut done = 0usize;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let (gpa, in_page) = self.translate(mem, va.wrapping_add(done as u64)).ok()?;
+            let n = (len - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
+            let piece = (gpa, done, n);
+            done += n;
+            Some(piece)
+        })
+    }
 }
 
 #[cfg(test)]

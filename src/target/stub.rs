@@ -561,13 +561,8 @@ impl MultiThreadBase for KvmTarget<'_> {
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
         let paging = self.paging_for_gdb(tid)?;
         let mut done = 0usize;
-        while done < data.len() {
-            let va = start.wrapping_add(done as u64);
-            let Ok((gpa, in_page)) = paging.translate(&self.dbg.memory, va) else {
-                break;
-            };
-            let n = (data.len() - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
-            let chunk = &mut data[done..done + n];
+        for (gpa, offset, n) in paging.pieces(&self.dbg.memory, start, data.len()) {
+            let chunk = &mut data[offset..offset + n];
             let read = self.dbg.memory.read_prefix(gpa, chunk);
             self.dbg.breakpoints().mask(gpa, &mut chunk[..read]);
             done += read;
@@ -585,16 +580,9 @@ impl MultiThreadBase for KvmTarget<'_> {
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
         let paging = self.paging_for_gdb(tid)?;
         // Translate every page first: nothing is written unless all is.
-        let mut pieces = Vec::new();
-        let mut done = 0usize;
-        while done < data.len() {
-            let va = start.wrapping_add(done as u64);
-            let (gpa, in_page) = paging
-                .translate(&self.dbg.memory, va)
-                .map_err(|_| TargetError::Errno(14))?;
-            let n = (data.len() - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
-            pieces.push((gpa, done, n));
-            done += n;
+        let pieces: Vec<_> = paging.pieces(&self.dbg.memory, start, data.len()).collect();
+        if pieces.iter().map(|&(_, _, n)| n).sum::<usize>() < data.len() {
+            return Err(TargetError::Errno(14));
         }
         for (gpa, offset, n) in pieces {
             let chunk = &data[offset..offset + n];
