@@ -37,6 +37,7 @@ use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
 use super::vcpu::{Command, StopKind};
 use super::watchpoints::Watch;
 use super::{lock, Inner};
+use crate::vmem::PhysAddr;
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
@@ -250,10 +251,14 @@ impl<'a> KvmTarget<'a> {
     }
 
     fn still_at_sw_breakpoint(&self, index: usize) -> bool {
-        let rip = self.core(index).map(|(r, _)| r.rip);
-        rip.ok()
-            .and_then(|rip| self.gpa_of(index, rip))
-            .is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa))
+        self.sw_breakpoint_at_rip(index).is_some()
+    }
+
+    /// Where our `int3` under vCPU `index`'s rip is, if one is.
+    fn sw_breakpoint_at_rip(&self, index: usize) -> Option<PhysAddr> {
+        let rip = self.core(index).ok()?.0.rip;
+        self.gpa_of(index, rip)
+            .filter(|&gpa| self.dbg.breakpoints().has_sw(gpa))
     }
 
     fn reason(&self, index: usize, kind: StopKind) -> MultiThreadStopReason<u64> {
@@ -293,14 +298,12 @@ impl<'a> KvmTarget<'a> {
     fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
         let vcpu = &self.dbg.vcpus[index];
         let rip = self.core(index).ok()?.0.rip;
-        let gpa = self.gpa_of(index, rip);
-        let on_sw = gpa.is_some_and(|gpa| self.dbg.breakpoints().has_sw(gpa));
+        let gpa = self.sw_breakpoint_at_rip(index);
         let on_hw = self.dbg.breakpoints().hw().contains(&Some(rip));
-        if !on_sw && !on_hw {
+        if gpa.is_none() && !on_hw {
             return None;
         }
         debug!("vcpu {index}: stepping over the breakpoint at {rip:#x}");
-        let gpa = gpa.filter(|_| on_sw);
         if let Some(gpa) = gpa {
             self.dbg.breakpoints().lift(&self.dbg.memory, gpa);
         }
