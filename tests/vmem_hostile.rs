@@ -6,7 +6,8 @@ mod support;
 use support::*;
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::vmem::{
-    self, EntryLocation, MapError, Mapping, TableOps, TableReadOps, TranslateFault, WalkError,
+    self, EntryLocation, Flags, MapError, Mapping, TableOps, TableReadOps, TranslateFault,
+    WalkError,
 };
 
 const M4: Amd64 = Amd64::FOUR_LEVEL;
@@ -50,7 +51,7 @@ fn entries_outside_memory_are_errors_and_the_walk_goes_on() {
 }
 
 #[test]
-fn a_table_pointing_to_itself_or_an_ancestor_is_a_loop() {
+fn tables_reused_on_their_own_path_translate_as_the_mmu_does() {
     let t = memory_of(1 << 20);
     let root = t.root_table();
     vmem::map(&M4, &t, &Mapping::new(0x1000, 0x1000, 0x1000, RW)).unwrap();
@@ -58,20 +59,33 @@ fn a_table_pointing_to_itself_or_an_ancestor_is_a_loop() {
     // Recursive self-map in the root, and a PDPT entry back to the root.
     poke(&t, root, 510, root | PRESENT_RW);
     poke(&t, pdpt, 7, root | PRESENT_RW);
-    let items: Vec<_> = vmem::virt_to_phys(&M4, &t, 0, u64::MAX).collect();
-    let loops: Vec<_> = items
+    let items: Vec<_> = vmem::virt_to_phys(&M4, &t, 0, u64::MAX)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // The ordinary page, unmarked; then pages that are tables, marked.
+    let plain: Vec<_> = items
         .iter()
-        .filter_map(|i| match i {
-            Err(WalkError::Loop { at, target }) => Some((at.level, at.index, *target)),
-            _ => None,
-        })
+        .filter(|m| !m.flags.contains(Flags::SELF_MAP))
         .collect();
-    assert_eq!(loops, vec![(1, 7, root), (0, 510, root)]);
-    assert_eq!(items.iter().filter(|i| i.is_ok()).count(), 1);
-    // Translation through a self-map is bounded by the number of levels.
-    let through_self = 0xffff_ff00_0000_0000u64; // root index 510
-    let tr = vmem::translate(&M4, &t, through_self);
-    assert_eq!(tr.steps().len(), 4);
+    assert_eq!(plain.len(), 1);
+    assert_eq!((plain[0].virt_base, plain[0].phys_base), (0x1000, 0x1000));
+    // Through root[510] four times: the root's own page.
+    let self_va = 0xffff_ff7f_bfdf_e000u64;
+    let tr = vmem::translate(&M4, &t, self_va).result.unwrap();
+    assert_eq!(tr.pa, root);
+    assert!(tr.flags.contains(Flags::SELF_MAP));
+    let seen = items
+        .iter()
+        .find(|m| m.virt_base <= self_va && self_va <= m.virt_last())
+        .expect("the walk shows the self-mapped root");
+    assert_eq!(seen.phys_base + (self_va - seen.virt_base), root);
+    // PDPT[7] -> root used as a PD: root[0] (the PDPT) read as a PT maps
+    // the PD's page at 7 GiB.
+    let pd = vmem::translate(&M4, &t, 0x1000).steps()[2].at.table;
+    assert_eq!(vmem::translate(&M4, &t, 7 << 30).result.unwrap().pa, pd);
+    assert!(items
+        .iter()
+        .all(|m| m.virt_base == 0x1000 || m.flags.contains(Flags::SELF_MAP)));
 }
 
 #[test]
@@ -115,12 +129,13 @@ fn reserved_bits_are_reported_with_their_entry() {
                 table: root,
                 index: 0
             },
-            raw: 0x1083
+            raw: 0x1083,
+            bits: 0x80
         })]
     );
     assert!(matches!(
         vmem::translate(&M4, &t, 0).result,
-        Err(TranslateFault::Reserved(at)) if at.level == 0
+        Err(TranslateFault::Reserved { at, bits: 0x80, .. }) if at.level == 0
     ));
     assert!(vmem::map(&M4, &t, &Mapping::new(0, 0, 0x1000, RW)).is_err());
 }

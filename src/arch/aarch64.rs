@@ -8,11 +8,24 @@
 //! SH 9:8, AF 10, nG 11, Contiguous 52, PXN 53, UXN 54, software 58:55
 //! (bit 55: our copy-on-write marker); table descriptors: PXNTable 59,
 //! UXNTable 60, APTable 62:61.
+//!
+//! Rights follow the Arm ARM's stage-1 permission model for the EL1&0
+//! regime (pseudocode `AArch64.S1DirectBasePermissions`): APTable limits
+//! the leaf's AP first; PXN and PXNTable remove execution at EL1 only,
+//! UXN and UXNTable at EL0 only; memory writable at EL0 is never
+//! executable at EL1; EL0 may execute a page it cannot read (AP\[1\] = 0,
+//! UXN = 0: execute-only). SCTLR_EL1.WXN and PSTATE.PAN are taken as 0.
+//! Output-address bits below a block's alignment are ignored (bit 16 of a
+//! block is nT under FEAT_BBM), bits 51:48 set make an address-size
+//! fault (48-bit output addresses), and a level-0 block is a
+//! translation fault.
 
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Flags, Perms, PhysAddr};
+use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
 
 const ADDR: u64 = 0x0000_ffff_ffff_f000;
+/// Output-address bits 51:48: beyond a 48-bit output address size.
+const ADDR_HIGH: u64 = 0x000f_0000_0000_0000;
 const VALID: u64 = 1 << 0;
 const TABLE_OR_PAGE: u64 = 1 << 1;
 const AP_EL0: u64 = 1 << 6;
@@ -30,6 +43,13 @@ const AP_TABLE_NO_EL0: u64 = 1 << 61;
 const AP_TABLE_RO: u64 = 1 << 62;
 const RIGHTS: u64 = AP_EL0 | AP_RO | PXN | UXN;
 const TABLE_LIMITS: u64 = PXN_TABLE | UXN_TABLE | AP_TABLE_NO_EL0 | AP_TABLE_RO;
+/// What each table-descriptor limit withholds.
+const TABLE_LIMIT_RIGHTS: [(u64, Perms); 4] = [
+    (AP_TABLE_RO, Perms::WRITE),
+    (AP_TABLE_NO_EL0, Perms::USER),
+    (PXN_TABLE, Perms::EXEC),
+    (UXN_TABLE, Perms::USER_EXEC),
+];
 
 /// Which translation table base register a walk starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,33 +88,30 @@ impl Aarch64 {
         level + 4 - self.levels
     }
 
+    /// AP and XN bits for `perms`. A user page is never executable at
+    /// EL1 (PXN), as Linux maps them.
     fn rights_bits(perms: Perms) -> u64 {
-        let user = perms.contains(Perms::USER);
-        let no_exec = !perms.contains(Perms::EXEC);
         let mut raw = 0;
         if !perms.contains(Perms::WRITE) {
             raw |= AP_RO;
         }
-        if user {
+        if perms.contains(Perms::USER) {
             raw |= AP_EL0 | PXN;
-            if no_exec {
-                raw |= UXN;
-            }
-        } else {
+        } else if !perms.contains(Perms::EXEC) {
+            raw |= PXN;
+        }
+        if !(perms.contains(Perms::USER) && perms.contains(Perms::USER_EXEC)) {
             raw |= UXN;
-            if no_exec {
-                raw |= PXN;
-            }
         }
         raw
     }
 
     fn leaf_perms(raw: u64) -> Perms {
-        let user = raw & AP_EL0 != 0;
         let mut perms = Perms::READ;
         perms.set(Perms::WRITE, raw & AP_RO == 0);
-        perms.set(Perms::USER, user);
-        perms.set(Perms::EXEC, raw & if user { UXN } else { PXN } == 0);
+        perms.set(Perms::USER, raw & AP_EL0 != 0);
+        perms.set(Perms::EXEC, raw & PXN == 0);
+        perms.set(Perms::USER_EXEC, raw & UXN == 0);
         perms
     }
 }
@@ -132,6 +149,26 @@ impl PageTableFormat for Aarch64 {
         Flags::GLOBAL | Flags::ACCESSED | Flags::CONTIGUOUS | Flags::COW
     }
 
+    fn representable(&self, perms: Perms) -> Perms {
+        if perms.contains(Perms::USER) {
+            (perms | Perms::READ) - Perms::EXEC
+        } else {
+            (perms | Perms::READ) - Perms::USER_EXEC
+        }
+    }
+
+    fn rights(&self, perms: Perms, _leaf: u64) -> Rights {
+        let user_writes = perms.contains(Perms::USER | Perms::WRITE);
+        let mut kernel = Access::READ;
+        kernel.set(Access::WRITE, perms.contains(Perms::WRITE));
+        kernel.set(Access::EXEC, perms.contains(Perms::EXEC) && !user_writes);
+        let mut user = Access::empty();
+        user.set(Access::READ, perms.contains(Perms::USER));
+        user.set(Access::WRITE, user_writes);
+        user.set(Access::EXEC, perms.contains(Perms::USER_EXEC));
+        Rights { kernel, user }
+    }
+
     fn canonical(&self, lin: u64) -> u64 {
         match self.half {
             Half::Lower => lin,
@@ -165,22 +202,28 @@ impl PageTableFormat for Aarch64 {
         let arm = self.arm_level(level);
         let span = self.entry_span(level);
         let table_or_page = raw & TABLE_OR_PAGE != 0;
+        if raw & ADDR_HIGH != 0 {
+            return Descriptor::Reserved {
+                bits: raw & ADDR_HIGH,
+            };
+        }
         if table_or_page && arm < 3 {
             let mut allowed = Perms::all();
-            allowed.set(Perms::WRITE, raw & AP_TABLE_RO == 0);
-            allowed.set(Perms::USER, raw & AP_TABLE_NO_EL0 == 0);
-            allowed.set(Perms::EXEC, raw & (PXN_TABLE | UXN_TABLE) == 0);
+            for (bit, right) in TABLE_LIMIT_RIGHTS {
+                if raw & bit != 0 {
+                    allowed.remove(right);
+                }
+            }
             return Descriptor::Table {
                 addr: raw & ADDR,
                 allowed,
             };
         }
-        // A block at level 0, or 0b01 at level 3, is reserved (a fault).
+        // A block at level 0, or 0b01 at level 3, is a translation fault.
         if !(table_or_page || arm == 1 || arm == 2) {
-            return Descriptor::Reserved;
-        }
-        if raw & ADDR & (span - 1) != 0 {
-            return Descriptor::Reserved;
+            return Descriptor::Reserved {
+                bits: raw & (VALID | TABLE_OR_PAGE),
+            };
         }
         let mut flags = Flags::empty();
         flags.set(Flags::ACCESSED, raw & AF != 0);
@@ -188,7 +231,7 @@ impl PageTableFormat for Aarch64 {
         flags.set(Flags::CONTIGUOUS, raw & CONTIGUOUS != 0);
         flags.set(Flags::COW, raw & COW != 0);
         Descriptor::Leaf {
-            addr: raw & ADDR,
+            addr: raw & ADDR & !(span - 1),
             perms: Self::leaf_perms(raw),
             flags,
         }
@@ -226,11 +269,7 @@ impl PageTableFormat for Aarch64 {
         match self.decode(level, raw) {
             Descriptor::Table { .. } => {
                 let mut raw = raw;
-                for (right, bit) in [
-                    (Perms::WRITE, AP_TABLE_RO),
-                    (Perms::USER, AP_TABLE_NO_EL0),
-                    (Perms::EXEC, PXN_TABLE | UXN_TABLE),
-                ] {
+                for (bit, right) in TABLE_LIMIT_RIGHTS {
                     if !allowed.contains(right) {
                         raw |= bit;
                     }
@@ -238,7 +277,7 @@ impl PageTableFormat for Aarch64 {
                 raw
             }
             Descriptor::Leaf { perms, .. } => (raw & !RIGHTS) | Self::rights_bits(perms & allowed),
-            Descriptor::Invalid | Descriptor::Reserved => raw,
+            Descriptor::Invalid | Descriptor::Reserved { .. } => raw,
         }
     }
 
@@ -267,7 +306,7 @@ mod tests {
         match m.decode(2, raw) {
             Descriptor::Leaf { addr, perms, flags } => {
                 assert_eq!(addr, 0x4020_0000);
-                assert_eq!(perms, Perms::all());
+                assert_eq!(perms, Perms::all() - Perms::EXEC);
                 assert_eq!(flags, Flags::ACCESSED | Flags::GLOBAL);
             }
             other => panic!("{other:?}"),
@@ -286,12 +325,33 @@ mod tests {
             m.decode(3, 0x5000 | 3 | AF),
             Descriptor::Leaf { addr: 0x5000, .. }
         ));
-        assert_eq!(m.decode(3, 0x5000 | 1), Descriptor::Reserved);
-        assert_eq!(m.decode(0, 0x4000_0000 | 1), Descriptor::Reserved);
-        // Table limits: APTable[1] forbids writes below, XNTable execution.
+        assert_eq!(m.decode(3, 0x5000 | 1), Descriptor::Reserved { bits: 1 });
+        assert_eq!(
+            m.decode(0, 0x40_0000_0000 | 1),
+            Descriptor::Reserved { bits: 1 }
+        );
+        // Output-address bits 51:48 make an address-size fault; bits below
+        // a block's alignment (bit 16: nT) are ignored.
+        assert_eq!(
+            m.decode(3, 1 << 48 | 0x5000 | 3),
+            Descriptor::Reserved { bits: 1 << 48 }
+        );
+        assert!(matches!(
+            m.decode(2, 0x4020_0000 | 1 << 16 | 1),
+            Descriptor::Leaf {
+                addr: 0x4020_0000,
+                ..
+            }
+        ));
+        // Table limits: APTable[1] forbids writes below, UXNTable
+        // execution at EL0 only, PXNTable at EL1 only.
         assert!(matches!(
             m.decode(1, 0x7000 | 3 | AP_TABLE_RO | UXN_TABLE),
-            Descriptor::Table { addr: 0x7000, allowed } if allowed == Perms::READ | Perms::USER
+            Descriptor::Table { addr: 0x7000, allowed } if allowed == Perms::READ | Perms::USER | Perms::EXEC
+        ));
+        assert!(matches!(
+            m.decode(1, 0x7000 | 3 | PXN_TABLE),
+            Descriptor::Table { allowed, .. } if allowed == Perms::all() - Perms::EXEC
         ));
         // Read-only kernel data: AP = 0b10, UXN and PXN.
         assert!(matches!(
@@ -301,6 +361,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Arm ARM `AArch64.S1DirectBasePermissions`: EL0-writable memory is
+    /// never EL1-executable, UXN = 0 without EL0 access is execute-only
+    /// at EL0, and APTable applies before that rule.
+    #[test]
+    fn rights_per_exception_level() {
+        let m = Aarch64::LOWER_48;
+        let rights = |perms: Perms| m.rights(perms, 0);
+        // AP = 0b01 (EL0 read/write), PXN = UXN = 0.
+        let r = rights(Aarch64::leaf_perms(AP_EL0));
+        assert_eq!(
+            (r.kernel, r.user),
+            (Access::READ | Access::WRITE, Access::all())
+        );
+        // The same under APTable[0] (no EL0): EL1 may now execute it; EL0
+        // still may execute (UXN = 0) but not read.
+        let r = rights(Aarch64::leaf_perms(AP_EL0) - Perms::USER);
+        assert_eq!((r.kernel, r.user), (Access::all(), Access::EXEC));
+        // Kernel page, UXN = 0: execute-only at EL0.
+        let r = rights(Aarch64::leaf_perms(AP_RO));
+        assert_eq!(
+            (r.kernel, r.user),
+            (Access::READ | Access::EXEC, Access::EXEC)
+        );
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //!
 //! Entry layout: Intel SDM vol. 3A §4.5 ("4-level paging and 5-level
 //! paging"), tables 4-15 to 4-20; shared with the other x86 modes in
-//! `arch::x86`. EFER.NXE is assumed set (bit 63 decoded as XD).
+//! `arch::x86`. What entries mean also depends on the CPU: see [`X86Cpu`].
 
-use super::x86::{Codec, FLAGS};
+use super::x86::{protection_key, Codec, LevelBits, X86Cpu, FLAGS};
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Flags, Perms, PhysAddr};
+use crate::vmem::{Flags, Perms, PhysAddr, Rights};
 
 pub use super::x86::{
     PAGE_ACCESSED, PAGE_COW, PAGE_DIRTY, PAGE_GLOBAL, PAGE_NX, PAGE_PAT_4K, PAGE_PAT_LARGE,
@@ -20,31 +20,70 @@ pub const PAGE_SIZE: usize = 4096;
 /// Bytes in one table.
 pub const PAGE_TABLE_SIZE: usize = 4096;
 
-const CODEC: Codec = Codec { nx: true };
 const NAMES_4: [&str; 4] = ["PML4", "PDPT", "PD", "PT"];
 const NAMES_5: [&str; 5] = ["PML5", "PML4", "PDPT", "PD", "PT"];
 
-/// The x86-64 paging mode, chosen at run time (a debugger reads the guest's
-/// CR4.LA57).
+/// The x86-64 paging mode (IA-32e paging), chosen at run time: CR4.LA57
+/// and the CPU it runs on ([`X86Cpu`]: MAXPHYADDR, 1 GiB pages, EFER.NXE,
+/// CR0.WP, SMEP, SMAP, protection keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Amd64 {
     la57: bool,
+    cpu: X86Cpu,
+    /// Root first; PML5 (LA57 only), PML4, PDPT, PD, PT.
+    bits: [LevelBits; 5],
 }
 
 impl Amd64 {
-    /// 4-level paging, 48-bit virtual addresses.
-    pub const FOUR_LEVEL: Amd64 = Amd64 { la57: false };
-    /// 5-level paging (CR4.LA57), 57-bit virtual addresses.
-    pub const FIVE_LEVEL: Amd64 = Amd64 { la57: true };
+    /// 4-level paging, 48-bit virtual addresses, on [`X86Cpu::ASSUMED`].
+    pub const FOUR_LEVEL: Amd64 = Amd64::with_cpu(false, X86Cpu::ASSUMED);
+    /// 5-level paging (CR4.LA57), 57-bit virtual addresses, on
+    /// [`X86Cpu::ASSUMED`].
+    pub const FIVE_LEVEL: Amd64 = Amd64::with_cpu(true, X86Cpu::ASSUMED);
 
-    /// The mode for a given CR4.LA57.
+    /// The mode for a given CR4.LA57 on [`X86Cpu::ASSUMED`].
     pub const fn new(la57: bool) -> Amd64 {
-        Amd64 { la57 }
+        Amd64::with_cpu(la57, X86Cpu::ASSUMED)
+    }
+
+    /// The mode for a given CR4.LA57 on `cpu`.
+    pub const fn with_cpu(la57: bool, cpu: X86Cpu) -> Amd64 {
+        const G1: u64 = 1 << 30;
+        // PML5 and PML4 entries: PS is reserved (no huge pages there).
+        let top = LevelBits::wide(&cpu, false, false, 0);
+        Amd64 {
+            la57,
+            cpu,
+            bits: [
+                top,
+                top,
+                LevelBits::wide(&cpu, false, cpu.page_1g, G1),
+                LevelBits::wide(&cpu, false, true, 2 << 20),
+                LevelBits::wide(&cpu, true, true, 4096),
+            ],
+        }
+    }
+
+    /// The CPU this mode decodes entries for.
+    pub const fn cpu(&self) -> &X86Cpu {
+        &self.cpu
+    }
+
+    /// Whether this is 5-level paging.
+    pub const fn la57(&self) -> bool {
+        self.la57
     }
 
     #[inline]
     fn last_level(&self) -> usize {
         self.levels() - 1
+    }
+
+    /// The precomputed bits of our `level` (PML5 only with LA57).
+    #[inline]
+    fn level_bits(&self, level: usize) -> &LevelBits {
+        let skip = usize::from(!self.la57);
+        &self.bits[(level + skip).min(4)]
     }
 }
 
@@ -83,12 +122,12 @@ impl PageTableFormat for Amd64 {
 
     #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
-        // PT (4 KiB), PD (2 MiB) and PDPT (1 GiB).
-        level + 3 > self.last_level()
+        let bits = self.level_bits(level);
+        bits.last || bits.huge
     }
 
     fn phys_limit(&self) -> u64 {
-        1 << 52
+        1 << self.cpu.phys_bits.min(52)
     }
 
     fn supported_flags(&self) -> Flags {
@@ -96,23 +135,24 @@ impl PageTableFormat for Amd64 {
     }
 
     fn representable(&self, perms: Perms) -> Perms {
-        CODEC.representable(perms)
+        Codec { nx: self.cpu.nxe }.representable(perms)
+    }
+
+    fn rights(&self, perms: Perms, leaf: u64) -> Rights {
+        self.cpu.rights(perms, self.protection_key(leaf))
+    }
+
+    fn protection_key(&self, leaf: u64) -> Option<u8> {
+        self.cpu.pke.then(|| protection_key(leaf))
     }
 
     #[inline]
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
-        let last = level == self.last_level();
-        CODEC.decode(
-            raw,
-            last,
-            self.leaf_allowed(level),
-            self.entry_span(level),
-            PTE_ADDR_MASK,
-        )
+        Codec { nx: self.cpu.nxe }.decode(raw, self.level_bits(level))
     }
 
     fn encode_leaf(&self, level: usize, addr: PhysAddr, perms: Perms, flags: Flags) -> u64 {
-        CODEC.encode(
+        Codec { nx: self.cpu.nxe }.encode(
             level == self.last_level(),
             addr,
             PTE_ADDR_MASK,
@@ -126,11 +166,11 @@ impl PageTableFormat for Amd64 {
     }
 
     fn relax_table(&self, _level: usize, raw: u64) -> u64 {
-        CODEC.relax(raw)
+        Codec { nx: self.cpu.nxe }.relax(raw)
     }
 
     fn restrict(&self, _level: usize, raw: u64, allowed: Perms) -> u64 {
-        CODEC.restrict(raw, allowed)
+        Codec { nx: self.cpu.nxe }.restrict(raw, allowed)
     }
 
     fn with_table_addr(&self, _level: usize, raw: u64, addr: PhysAddr) -> u64 {
@@ -204,9 +244,12 @@ mod tests {
         let rwu = Perms::READ | Perms::WRITE | Perms::USER;
         assert_eq!(m.encode_leaf(2, 0x4020_0000, rwu, Flags::PAT), raw);
         // Bit 13 set in a 2 MiB leaf is reserved.
-        assert_eq!(m.decode(2, raw | 1 << 13), Descriptor::Reserved);
+        assert_eq!(
+            m.decode(2, raw | 1 << 13),
+            Descriptor::Reserved { bits: 1 << 13 }
+        );
         // PS in a PML4E is reserved.
-        assert_eq!(m.decode(0, 0x1083), Descriptor::Reserved);
+        assert_eq!(m.decode(0, 0x1083), Descriptor::Reserved { bits: 0x80 });
         // In a PTE bit 7 is PAT, not PS (table 4-20).
         match m.decode(3, 0x5083) {
             Descriptor::Leaf { addr, flags, .. } => {
@@ -215,5 +258,94 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The vCPU's limits: without Page1GB a PDPTE with PS faults; address
+    /// bits from MAXPHYADDR to 51 are reserved; without EFER.NXE so is bit
+    /// 63 (SDM vol. 3A §4.5, tables 4-14 to 4-20).
+    #[test]
+    fn the_cpu_decides_what_is_reserved() {
+        let cpu = X86Cpu {
+            phys_bits: 48,
+            page_1g: false,
+            nxe: false,
+            ..X86Cpu::ASSUMED
+        };
+        let m = Amd64::with_cpu(false, cpu);
+        assert_eq!(
+            m.decode(1, 0x4000_0083),
+            Descriptor::Reserved { bits: 0x80 }
+        );
+        assert!(!m.leaf_allowed(1));
+        assert!(matches!(
+            Amd64::FOUR_LEVEL.decode(1, 0x4000_0083),
+            Descriptor::Leaf { .. }
+        ));
+        assert_eq!(
+            m.decode(3, 1 << 50 | 0x5003),
+            Descriptor::Reserved { bits: 1 << 50 }
+        );
+        assert_eq!(
+            m.decode(0, 1 << 63 | 0x5003),
+            Descriptor::Reserved { bits: 1 << 63 }
+        );
+        // Bits 62:52 are ignored in IA-32e paging.
+        assert!(matches!(
+            m.decode(3, 0x7ff0_0000_0000_5003),
+            Descriptor::Leaf { addr: 0x5000, .. }
+        ));
+        assert_eq!(m.phys_limit(), 1 << 48);
+    }
+
+    /// SDM vol. 3A §4.6: WP, SMEP, SMAP and protection keys.
+    #[test]
+    fn rights_at_each_privilege_level() {
+        use crate::vmem::Access;
+        let user_rw = Perms::READ | Perms::WRITE | Perms::USER | Perms::EXEC | Perms::USER_EXEC;
+        let kernel_ro = Perms::READ | Perms::EXEC | Perms::USER_EXEC;
+        let plain = Amd64::FOUR_LEVEL;
+        let r = plain.rights(user_rw, 0);
+        assert_eq!((r.kernel, r.user), (Access::all(), Access::all()));
+        assert_eq!(plain.rights(kernel_ro, 0).user, Access::empty());
+        let no_wp = Amd64::with_cpu(
+            false,
+            X86Cpu {
+                wp: false,
+                ..X86Cpu::ASSUMED
+            },
+        );
+        assert!(no_wp.rights(kernel_ro, 0).kernel.contains(Access::WRITE));
+        let strict = Amd64::with_cpu(
+            false,
+            X86Cpu {
+                smep: true,
+                smap: true,
+                ..X86Cpu::ASSUMED
+            },
+        );
+        let r = strict.rights(user_rw, 0);
+        assert_eq!((r.kernel, r.user), (Access::empty(), Access::all()));
+        // Key 3 with access disabled (PKRU bit 6), key 5 write-disabled.
+        let keys = Amd64::with_cpu(
+            false,
+            X86Cpu {
+                pke: true,
+                pkru: 1 << 6 | 1 << 11,
+                ..X86Cpu::ASSUMED
+            },
+        );
+        assert_eq!(keys.protection_key(3 << 59), Some(3));
+        let r = keys.rights(user_rw, 3 << 59);
+        assert_eq!((r.kernel, r.user), (Access::EXEC, Access::EXEC));
+        let r = keys.rights(user_rw, 5 << 59);
+        assert_eq!(
+            (r.kernel, r.user),
+            (Access::READ | Access::EXEC, Access::READ | Access::EXEC)
+        );
+        // Keys do not apply to supervisor pages.
+        assert!(keys
+            .rights(kernel_ro | Perms::WRITE, 3 << 59)
+            .kernel
+            .contains(Access::WRITE));
     }
 }

@@ -2,52 +2,112 @@
 //! pages) and PAE 3-level with 8-byte entries, XD and 2 MiB pages.
 //!
 //! Entry layouts: Intel SDM vol. 3A §4.3 ("32-bit paging", tables 4-4 to
-//! 4-6) and §4.4 ("PAE paging", tables 4-8 to 4-11). PSE-36 physical
-//! addresses above 4 GiB are not supported (bits 20:13 of a 4 MiB PDE are
-//! reported as reserved).
+//! 4-6) and §4.4 ("PAE paging", tables 4-8 to 4-11). With PSE-36, a 4 MiB
+//! page reaches physical addresses up to 2^40 through bits 20:13 of its PDE.
 
-use super::x86::{Codec, FLAGS, PAGE_PRESENT, PAGE_PS, PAGE_RW, PAGE_USER};
+use super::x86::{Codec, LevelBits, X86Cpu, FLAGS, PAGE_PRESENT, PAGE_PS, PAGE_RW, PAGE_USER};
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Flags, Perms, PhysAddr};
+use crate::vmem::{Flags, Perms, PhysAddr, Rights};
 
 /// Address bits of a 32-bit entry.
 const ADDR_32: u64 = 0xffff_f000;
 /// Address bits of a PAE entry (MAXPHYADDR = 52).
 const ADDR_PAE: u64 = 0x000f_ffff_ffff_f000;
-/// Bits of a PAE PDPTE that must be zero (SDM table 4-8): 1, 2, 5-8, 63.
-const PDPTE_RESERVED: u64 = 0x8000_0000_0000_01e6;
+/// Bits of a PAE PDPTE that must be zero besides its high bits (SDM
+/// table 4-8): 1, 2, 5-8.
+const PDPTE_RESERVED: u64 = 0x1e6;
+/// Bits 62:52 of a PAE PDE or PTE (reserved, unlike in IA-32e paging).
+const PAE_HIGH_RESERVED: u64 = 0x7ff0_0000_0000_0000;
 
-/// A 32-bit paging mode, chosen at run time from CR4.PAE and CR4.PSE.
+/// A 32-bit paging mode, chosen at run time from CR4.PAE and CR4.PSE, on
+/// a CPU ([`X86Cpu`]: MAXPHYADDR, PSE-36, EFER.NXE, CR0.WP, SMEP, SMAP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct I686 {
     pae: bool,
     pse: bool,
+    cpu: X86Cpu,
+    /// Root first: PD, PT (2-level) or PDPT (unused here), PD, PT (PAE).
+    bits: [LevelBits; 3],
 }
 
 impl I686 {
     /// 2-level paging, 4 KiB pages only (CR4.PSE = 0).
-    pub const LEGACY: I686 = I686 {
-        pae: false,
-        pse: false,
-    };
-    /// 2-level paging with 4 MiB pages (CR4.PSE = 1).
-    pub const PSE: I686 = I686 {
-        pae: false,
-        pse: true,
-    };
+    pub const LEGACY: I686 = I686::with_cpu(false, false, X86Cpu::ASSUMED);
+    /// 2-level paging with 4 MiB pages (CR4.PSE = 1), PSE-36.
+    pub const PSE: I686 = I686::with_cpu(false, true, X86Cpu::ASSUMED);
     /// PAE paging: 3 levels, XD, 2 MiB pages.
-    pub const PAE: I686 = I686 {
-        pae: true,
-        pse: true,
-    };
+    pub const PAE: I686 = I686::with_cpu(true, true, X86Cpu::ASSUMED);
 
-    /// The mode for CR4.PAE and CR4.PSE.
+    /// The mode for CR4.PAE and CR4.PSE on [`X86Cpu::ASSUMED`].
     pub const fn new(pae: bool, pse: bool) -> I686 {
-        I686 { pae, pse }
+        I686::with_cpu(pae, pse, X86Cpu::ASSUMED)
+    }
+
+    /// The mode for CR4.PAE and CR4.PSE on `cpu`.
+    pub const fn with_cpu(pae: bool, pse: bool, cpu: X86Cpu) -> I686 {
+        let bits = if pae {
+            let pd = LevelBits::wide(&cpu, false, true, 2 << 20);
+            let pt = LevelBits::wide(&cpu, true, true, 4096);
+            [
+                pd,
+                pd.with_reserved(PAE_HIGH_RESERVED),
+                pt.with_reserved(PAE_HIGH_RESERVED),
+            ]
+        } else {
+            // 4 MiB pages: PA bits 39:32 in bits 20:13 up to MAXPHYADDR
+            // (at most 40) with PSE-36; bits 21:(M - 19) are reserved.
+            let m = if cpu.pse36 && cpu.phys_bits > 32 {
+                if cpu.phys_bits < 40 {
+                    cpu.phys_bits as u32
+                } else {
+                    40
+                }
+            } else {
+                32
+            };
+            let reserved_4m = (1u64 << 22) - (1u64 << (m - 19));
+            let pd = LevelBits {
+                last: false,
+                huge: pse,
+                addr: ADDR_32,
+                huge_addr: 0xffc0_0000,
+                reserved_table: 0,
+                reserved_leaf: reserved_4m,
+                pse36: m > 32,
+            };
+            let pt = LevelBits {
+                last: true,
+                huge: true,
+                addr: ADDR_32,
+                huge_addr: ADDR_32,
+                reserved_table: 0,
+                reserved_leaf: 0,
+                pse36: false,
+            };
+            [pd, pt, pt]
+        };
+        I686 {
+            pae,
+            pse,
+            cpu,
+            bits,
+        }
+    }
+
+    /// The CPU this mode decodes entries for.
+    pub const fn cpu(&self) -> &X86Cpu {
+        &self.cpu
+    }
+
+    /// Whether this is PAE paging.
+    pub const fn pae(&self) -> bool {
+        self.pae
     }
 
     fn codec(&self) -> Codec {
-        Codec { nx: self.pae }
+        Codec {
+            nx: self.pae && self.cpu.nxe,
+        }
     }
 
     fn addr_mask(&self) -> u64 {
@@ -114,7 +174,7 @@ impl PageTableFormat for I686 {
 
     fn phys_limit(&self) -> u64 {
         if self.pae {
-            1 << 52
+            1 << self.cpu.phys_bits.min(52)
         } else {
             1 << 32
         }
@@ -128,13 +188,21 @@ impl PageTableFormat for I686 {
         self.codec().representable(perms)
     }
 
+    fn rights(&self, perms: Perms, _leaf: u64) -> Rights {
+        self.cpu.rights(perms, None)
+    }
+
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         if self.is_pdpte(level) {
+            // Bits 63:MAXPHYADDR and 1, 2, 5-8 are reserved (table 4-8).
+            let reserved = PDPTE_RESERVED | (!self.cpu.addr_mask() & !0xfff);
             return match raw {
                 _ if raw & PAGE_PRESENT == 0 => Descriptor::Invalid,
-                _ if raw & PDPTE_RESERVED != 0 => Descriptor::Reserved,
+                _ if raw & reserved != 0 => Descriptor::Reserved {
+                    bits: raw & reserved,
+                },
                 _ => Descriptor::Table {
-                    addr: raw & ADDR_PAE,
+                    addr: raw & self.cpu.addr_mask(),
                     allowed: Perms::all(),
                 },
             };
@@ -145,10 +213,8 @@ impl PageTableFormat for I686 {
         } else {
             raw
         };
-        let last = level + 1 == self.levels();
-        let span = self.entry_span(level);
-        self.codec()
-            .decode(raw, last, self.leaf_allowed(level), span, self.addr_mask())
+        let index = if self.pae { level } else { level.min(1) };
+        self.codec().decode(raw, &self.bits[index.min(2)])
     }
 
     fn encode_leaf(&self, level: usize, addr: PhysAddr, perms: Perms, flags: Flags) -> u64 {
@@ -230,8 +296,35 @@ mod tests {
                 ..
             }
         ));
-        // Bits 21:13 of a 4 MiB PDE (PSE-36 / reserved) are not an address here.
-        assert_eq!(I686::PSE.decode(0, raw | 1 << 13), Descriptor::Reserved);
+        // PSE-36: bits 20:13 of a 4 MiB PDE are PA bits 39:32 (up to
+        // MAXPHYADDR); bit 21 is reserved; without PSE-36 all of 21:13 are.
+        assert!(matches!(
+            I686::PSE.decode(0, raw | 0x3 << 13),
+            Descriptor::Leaf {
+                addr: 0x3_c040_0000,
+                ..
+            }
+        ));
+        assert_eq!(
+            I686::PSE.decode(0, raw | 1 << 21),
+            Descriptor::Reserved { bits: 1 << 21 }
+        );
+        let cpu36 = X86Cpu {
+            phys_bits: 36,
+            ..X86Cpu::ASSUMED
+        };
+        assert_eq!(
+            I686::with_cpu(false, true, cpu36).decode(0, raw | 1 << 17),
+            Descriptor::Reserved { bits: 1 << 17 }
+        );
+        let no36 = X86Cpu {
+            pse36: false,
+            ..X86Cpu::ASSUMED
+        };
+        assert_eq!(
+            I686::with_cpu(false, true, no36).decode(0, raw | 1 << 13),
+            Descriptor::Reserved { bits: 1 << 13 }
+        );
         assert_eq!(I686::PSE.entry_size(), 4);
         assert_eq!([I686::PSE.shift(0), I686::PSE.shift(1)], [22, 12]);
     }
@@ -246,8 +339,30 @@ mod tests {
         );
         assert_eq!(
             m.decode(0, 0x1003),
-            Descriptor::Reserved,
+            Descriptor::Reserved { bits: 2 },
             "R/W is reserved in a PDPTE"
+        );
+        // Bits 62:52 of PDEs and PTEs are reserved in PAE paging, and bit
+        // 63 without EFER.NXE (tables 4-9 to 4-11).
+        assert_eq!(
+            m.decode(2, 1 << 55 | 0x5003),
+            Descriptor::Reserved { bits: 1 << 55 }
+        );
+        let no_nx = I686::with_cpu(
+            true,
+            true,
+            X86Cpu {
+                nxe: false,
+                ..X86Cpu::ASSUMED
+            },
+        );
+        assert_eq!(
+            no_nx.decode(1, 1 << 63 | 0x20_0083),
+            Descriptor::Reserved { bits: 1 << 63 }
+        );
+        assert_eq!(
+            m.decode(0, 1 << 63 | 0x1001),
+            Descriptor::Reserved { bits: 1 << 63 }
         );
         assert_eq!(m.encode_table(0, 0x1000), 0x1001);
         let raw = 0x8000_0000_0020_0083u64; // P RW PS XD, PA 2 MiB

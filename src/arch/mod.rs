@@ -20,8 +20,9 @@ mod x86;
 pub use aarch64::{Aarch64, Half};
 pub use amd64::Amd64;
 pub use i686::I686;
+pub use x86::X86Cpu;
 
-use crate::vmem::{Flags, Perms, PhysAddr};
+use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
 
 /// Deepest supported table hierarchy (amd64 LA57).
 pub const MAX_LEVELS: usize = 5;
@@ -31,8 +32,12 @@ pub const MAX_LEVELS: usize = 5;
 pub enum Descriptor {
     /// Not present: accesses through it fault.
     Invalid,
-    /// Present, but with bits set that are reserved at this level.
-    Reserved,
+    /// Present, but with bits set that are reserved at this level: an
+    /// access through it faults (x86: #PF with the RSVD flag).
+    Reserved {
+        /// The offending bits.
+        bits: u64,
+    },
     /// Points to a next-level table.
     Table {
         /// Physical address of the table.
@@ -87,6 +92,32 @@ pub trait PageTableFormat {
     /// (x86 pages are always readable; without XD always executable).
     fn representable(&self, perms: Perms) -> Perms {
         perms | Perms::READ
+    }
+
+    /// What the privileged level (x86 CPL 0, Arm EL1) and the user level
+    /// (CPL 3, EL0) may do with a page whose entries grant `perms` (the
+    /// leaf's rights with every table's limits applied), mapped by the
+    /// leaf entry `leaf`. The default: the user level needs
+    /// [`Perms::USER`] and executes where [`Perms::USER_EXEC`] allows.
+    fn rights(&self, perms: Perms, leaf: u64) -> Rights {
+        let _ = leaf;
+        let mut kernel = Access::READ;
+        kernel.set(Access::WRITE, perms.contains(Perms::WRITE));
+        kernel.set(Access::EXEC, perms.contains(Perms::EXEC));
+        let mut user = Access::empty();
+        if perms.contains(Perms::USER) {
+            user = Access::READ;
+            user.set(Access::WRITE, perms.contains(Perms::WRITE));
+            user.set(Access::EXEC, perms.contains(Perms::USER_EXEC));
+        }
+        Rights { kernel, user }
+    }
+
+    /// The protection key of the leaf entry `leaf`, where the mode checks
+    /// one (x86 CR4.PKE).
+    fn protection_key(&self, leaf: u64) -> Option<u8> {
+        let _ = leaf;
+        None
     }
 
     /// Decode a raw entry found at `level`.

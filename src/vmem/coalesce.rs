@@ -19,6 +19,7 @@ impl From<Leaf> for Mapping {
             user_accessible: leaf.perms.contains(Perms::USER),
             flags: leaf.flags.difference(Flags::COW),
             page_size: PageSize(leaf.size),
+            rights: leaf.rights,
         }
     }
 }
@@ -48,7 +49,8 @@ pub(crate) struct Coalesce<I> {
 fn continues(last: &Leaf, next: &Leaf) -> bool {
     last.va.checked_add(last.size) == Some(next.va)
         && last.pa.checked_add(last.size) == Some(next.pa)
-        && (last.size, last.perms, last.flags) == (next.size, next.perms, next.flags)
+        && (last.size, last.perms, last.flags, last.rights)
+            == (next.size, next.perms, next.flags, next.rights)
 }
 
 impl<I> Coalesce<I> {

@@ -64,20 +64,15 @@ pub enum WalkError {
     /// The entry could not be read: its table is outside memory.
     Unreadable(EntryLocation),
     /// The entry sets bits that are reserved at this level (e.g. a huge
-    /// page where the architecture allows none).
+    /// page where the CPU offers none, an address beyond MAXPHYADDR, XD
+    /// without EFER.NXE): the MMU faults on it.
     Reserved {
         /// The entry.
         at: EntryLocation,
         /// Its raw value.
         raw: u64,
-    },
-    /// The entry points to a table already on the current path (itself or
-    /// an ancestor); it is not followed.
-    Loop {
-        /// The entry.
-        at: EntryLocation,
-        /// The table it points to.
-        target: PhysAddr,
+        /// The offending bits.
+        bits: u64,
     },
     /// The walk read as many entries as it was allowed to and stopped.
     BudgetExhausted {
@@ -90,11 +85,8 @@ impl fmt::Display for WalkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WalkError::Unreadable(at) => write!(f, "{at}: table is outside memory"),
-            WalkError::Reserved { at, raw } => {
-                write!(f, "{at}: reserved bits set in entry {raw:#018x}")
-            }
-            WalkError::Loop { at, target } => {
-                write!(f, "{at}: points back to table {target:#x} on its own path")
+            WalkError::Reserved { at, raw, bits } => {
+                write!(f, "{at}: reserved bits {bits:#x} set in entry {raw:#018x}")
             }
             WalkError::BudgetExhausted { visited } => {
                 write!(f, "walk stopped after reading {visited} entries")
@@ -209,6 +201,20 @@ impl fmt::Display for MapError {
             MapError::MissingTable { depth, va } => {
                 write!(f, "owner has no depth-{depth} table at {va:#x}")
             }
+        }
+    }
+}
+
+impl core::error::Error for MemoryError {}
+impl core::error::Error for AllocError {}
+impl core::error::Error for WalkError {}
+
+impl core::error::Error for MapError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            MapError::Walk(e) => Some(e),
+            MapError::Alloc { cause, .. } => Some(cause),
+            _ => None,
         }
     }
 }

@@ -3,20 +3,73 @@
 use core::fmt;
 
 bitflags::bitflags! {
-    /// Access rights of a page (or the rights a table entry lets through).
+    /// Access rights of a page (or the rights a table entry lets through),
+    /// as its entries grant them.
     ///
-    /// For a leaf these are the *effective* rights after combining every
-    /// level of the walk: x86 ANDs writable and user and ORs no-execute.
+    /// For a leaf these are the rights after combining every level of the
+    /// walk: x86 ANDs writable and user and ORs no-execute; Arm applies
+    /// APTable, PXNTable and UXNTable. What each privilege level may then
+    /// do, with the CPU's controls (x86 WP, SMEP, SMAP, keys; Arm's rule
+    /// that EL0-writable memory is never EL1-executable), is
+    /// [`crate::arch::PageTableFormat::rights`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct Perms: u8 {
         /// Data reads are allowed (always set for present x86 pages).
         const READ = 1 << 0;
         /// Data writes are allowed.
         const WRITE = 1 << 1;
-        /// Instruction fetches are allowed.
+        /// The privileged level (x86 CPL 0, Arm EL1) may fetch
+        /// instructions (x86: no XD; Arm: no PXN / PXNTable).
         const EXEC = 1 << 2;
         /// The less privileged level (x86 CPL 3, Arm EL0) may access the page.
         const USER = 1 << 3;
+        /// The less privileged level may fetch instructions (x86: no XD,
+        /// and the page is [`Perms::USER`]; Arm: no UXN / UXNTable).
+        const USER_EXEC = 1 << 4;
+    }
+}
+
+bitflags::bitflags! {
+    /// What one privilege level may do with a page.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Access: u8 {
+        /// Data reads.
+        const READ = 1 << 0;
+        /// Data writes.
+        const WRITE = 1 << 1;
+        /// Instruction fetches.
+        const EXEC = 1 << 2;
+    }
+}
+
+/// The effective rights of a page at both privilege levels, as the MMU
+/// checks them: entries, table limits and the CPU's controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rights {
+    /// x86 CPL 0 (supervisor), Arm EL1.
+    pub kernel: Access,
+    /// x86 CPL 3 (user), Arm EL0.
+    pub user: Access,
+}
+
+impl fmt::Display for Access {
+    /// `rwx`, with `-` for each missing right.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = |a: Access, c: char| if self.contains(a) { c } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            bit(Access::READ, 'r'),
+            bit(Access::WRITE, 'w'),
+            bit(Access::EXEC, 'x')
+        )
+    }
+}
+
+impl fmt::Display for Rights {
+    /// `kernel rwx user r-x`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel {} user {}", self.kernel, self.user)
     }
 }
 
@@ -41,6 +94,10 @@ bitflags::bitflags! {
         const COW = 1 << 6;
         /// Arm contiguous hint.
         const CONTIGUOUS = 1 << 7;
+        /// The leaf was reached through a table entry that points back to
+        /// a table on its own path (a recursive "self-map"): what it maps
+        /// are page tables.
+        const SELF_MAP = 1 << 8;
     }
 }
 
@@ -101,7 +158,8 @@ impl fmt::Display for HumanBytes {
 }
 
 impl fmt::Display for Perms {
-    /// `rwxu`, with `-` for each missing right.
+    /// `rwxu`, with `-` for each missing right (`x`: executable by the
+    /// level that owns the page, [`Perms::USER_EXEC`] for user pages).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bit = |p: Perms, c: char| if self.contains(p) { c } else { '-' };
         write!(
@@ -109,7 +167,11 @@ impl fmt::Display for Perms {
             "{}{}{}{}",
             bit(Perms::READ, 'r'),
             bit(Perms::WRITE, 'w'),
-            bit(Perms::EXEC, 'x'),
+            if self.contains(Perms::USER) {
+                bit(Perms::USER_EXEC, 'x')
+            } else {
+                bit(Perms::EXEC, 'x')
+            },
             bit(Perms::USER, 'u')
         )
     }

@@ -1,6 +1,6 @@
 //! `Mapping`: one contiguous run of virtual to physical addresses.
 
-use super::flags::{Flags, PageSize, Perms};
+use super::flags::{Access, Flags, PageSize, Perms, Rights};
 
 /// Rights of an ordinary mapping.
 #[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]
@@ -39,7 +39,12 @@ impl MappingKind {
     /// marker on a writable entry is ignored (the copy already happened).
     pub fn from_perms(perms: Perms, cow: bool) -> MappingKind {
         let readable = perms.contains(Perms::READ);
-        let executable = perms.contains(Perms::EXEC);
+        // The level that owns the page decides: user pages by USER_EXEC.
+        let executable = if perms.contains(Perms::USER) {
+            perms.contains(Perms::USER_EXEC)
+        } else {
+            perms.contains(Perms::EXEC)
+        };
         if cow && !perms.contains(Perms::WRITE) {
             MappingKind::Cow(CowMapping {
                 readable,
@@ -62,17 +67,33 @@ impl MappingKind {
             MappingKind::Basic(b) => (
                 Perms::READ.intersection(bit(b.readable))
                     | Perms::WRITE.intersection(bit(b.writable))
-                    | Perms::EXEC.intersection(bit(b.executable)),
+                    | EXEC.intersection(bit(b.executable)),
                 false,
             ),
             MappingKind::Cow(c) => (
-                Perms::READ.intersection(bit(c.readable))
-                    | Perms::EXEC.intersection(bit(c.executable)),
+                Perms::READ.intersection(bit(c.readable)) | EXEC.intersection(bit(c.executable)),
                 true,
             ),
         }
     }
 }
+
+/// The rights `kind` grants the privileged level, and the user level too
+/// when `user`.
+fn plain_rights(kind: MappingKind, user: bool) -> Rights {
+    let (perms, _) = kind.perms();
+    let mut access = Access::empty();
+    access.set(Access::READ, perms.contains(Perms::READ));
+    access.set(Access::WRITE, perms.contains(Perms::WRITE));
+    access.set(Access::EXEC, perms.contains(Perms::EXEC));
+    Rights {
+        kernel: access,
+        user: if user { access } else { Access::empty() },
+    }
+}
+
+/// "Executable", for whichever level ends up owning the page.
+const EXEC: Perms = Perms::EXEC.union(Perms::USER_EXEC);
 
 fn bit(on: bool) -> Perms {
     if on {
@@ -107,6 +128,10 @@ pub struct Mapping {
     pub flags: Flags,
     /// Leaf page size (output) or the largest leaf size allowed (input).
     pub page_size: PageSize,
+    /// What each privilege level may do, as the MMU decides with the
+    /// CPU's controls (output); [`Mapping::new`] and [`Mapping::user`]
+    /// fill in the plain reading of `kind` (ignored by `map`).
+    pub rights: Rights,
 }
 
 impl Mapping {
@@ -120,12 +145,14 @@ impl Mapping {
             user_accessible: false,
             flags: Flags::empty(),
             page_size: PageSize::LARGEST,
+            rights: plain_rights(kind, false),
         }
     }
 
     /// The same mapping, accessible from user mode.
     pub fn user(mut self) -> Mapping {
         self.user_accessible = true;
+        self.rights = plain_rights(self.kind, true);
         self
     }
 

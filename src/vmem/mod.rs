@@ -25,7 +25,7 @@ mod walk;
 pub use buffer::{BufferError, BufferTables};
 pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
 pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
-pub use flags::{Flags, HumanBytes, PageSize, Perms};
+pub use flags::{Access, Flags, HumanBytes, PageSize, Perms, Rights};
 pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};
 pub use modify::{map, protect, unmap};
 pub use ops::{

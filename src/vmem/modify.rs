@@ -20,7 +20,10 @@ use super::PhysAddr;
 const MIN_PAGE: u64 = 4096;
 
 /// Rights that a table entry can withhold from what lies below it.
-const TABLE_RIGHTS: Perms = Perms::WRITE.union(Perms::USER).union(Perms::EXEC);
+const TABLE_RIGHTS: Perms = Perms::WRITE
+    .union(Perms::USER)
+    .union(Perms::EXEC)
+    .union(Perms::USER_EXEC);
 
 /// What to do with the entries covering a range.
 #[derive(Clone, Copy)]
@@ -156,7 +159,7 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
         let child = level + 1;
         if child >= self.fmt.levels() {
             let at = self.at(level, index);
-            return Err(WalkError::Reserved { at, raw }.into());
+            return Err(WalkError::Reserved { at, raw, bits: raw }.into());
         }
         self.indices[level] = index;
         match descriptor {
@@ -166,9 +169,9 @@ impl<'a, F: PageTableFormat + ?Sized, O: TableOps> Editor<'a, F, O> {
                 let value = self.fmt.encode_table(level, O::to_phys(table));
                 self.write(level, index, value)?;
             }
-            Descriptor::Reserved => {
+            Descriptor::Reserved { bits } => {
                 let at = self.at(level, index);
-                return Err(WalkError::Reserved { at, raw }.into());
+                return Err(WalkError::Reserved { at, raw, bits }.into());
             }
             Descriptor::Leaf { addr, perms, flags } => {
                 let mut table = self.alloc(child)?;

@@ -5,7 +5,7 @@ use core::fmt;
 use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 
 use super::error::EntryLocation;
-use super::flags::{Flags, PageSize, Perms};
+use super::flags::{Flags, PageSize, Perms, Rights};
 use super::ops::TableReadOps;
 use super::walk::read_raw;
 use super::PhysAddr;
@@ -30,9 +30,15 @@ pub struct Translated {
     pub level: usize,
     /// Size of the page holding the address.
     pub page_size: PageSize,
-    /// Effective rights across all levels.
+    /// Rights across all levels, as the entries grant them.
     pub perms: Perms,
-    /// The leaf's other attributes.
+    /// What each privilege level may do, with the CPU's controls (x86
+    /// CR0.WP, SMEP, SMAP, protection keys; Arm's EL0-writable rule).
+    pub rights: Rights,
+    /// The leaf's protection key, where the mode checks one.
+    pub protection_key: Option<u8>,
+    /// The leaf's other attributes ([`Flags::SELF_MAP`] when a table
+    /// entry on the way pointed back to a table on the path).
     pub flags: Flags,
 }
 
@@ -46,8 +52,15 @@ pub enum TranslateFault {
     },
     /// This entry is not present.
     NotPresent(EntryLocation),
-    /// This entry has reserved bits set.
-    Reserved(EntryLocation),
+    /// This entry has reserved bits set (x86: #PF with RSVD).
+    Reserved {
+        /// The entry.
+        at: EntryLocation,
+        /// Its raw value.
+        raw: u64,
+        /// The offending bits.
+        bits: u64,
+    },
     /// This entry's table is outside memory.
     Unreadable(EntryLocation),
 }
@@ -57,11 +70,15 @@ impl fmt::Display for TranslateFault {
         match self {
             TranslateFault::NonCanonical { va } => write!(f, "{va:#x} is not canonical"),
             TranslateFault::NotPresent(at) => write!(f, "{at}: not present"),
-            TranslateFault::Reserved(at) => write!(f, "{at}: reserved bits set"),
+            TranslateFault::Reserved { at, raw, bits } => {
+                write!(f, "{at}: reserved bits {bits:#x} set in entry {raw:#018x}")
+            }
             TranslateFault::Unreadable(at) => write!(f, "{at}: table is outside memory"),
         }
     }
 }
+
+impl core::error::Error for TranslateFault {}
 
 /// A translation with every entry read on the way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +112,8 @@ where
     let lin = fmt.linear(va).ok_or(TranslateFault::NonCanonical { va })?;
     let mut table = root;
     let mut allowed = Perms::all();
+    let mut path = [0 as PhysAddr; MAX_LEVELS];
+    let mut self_map = false;
     let levels = fmt.levels().min(MAX_LEVELS);
     for level in 0..levels {
         let index = (lin >> fmt.shift(level)) & (fmt.entries(level) - 1);
@@ -103,6 +122,7 @@ where
             table: O::to_phys(table),
             index,
         };
+        path[level] = at.table;
         let raw = read_raw(fmt, op, table, index).map_err(|_| TranslateFault::Unreadable(at))?;
         let descriptor = fmt.decode(level, raw);
         on_step(TranslationStep {
@@ -114,20 +134,29 @@ where
             Descriptor::Invalid => return Err(TranslateFault::NotPresent(at)),
             Descriptor::Leaf { addr, perms, flags } => {
                 let span = fmt.entry_span(level);
+                let perms = perms & allowed;
+                let mut flags = flags;
+                flags.set(Flags::SELF_MAP, self_map);
                 return Ok(Translated {
                     pa: addr | (lin & (span - 1)),
                     level,
                     page_size: PageSize(span),
-                    perms: perms & allowed,
+                    perms,
+                    rights: fmt.rights(perms, raw),
+                    protection_key: fmt.protection_key(raw),
                     flags,
                 });
             }
             Descriptor::Table { addr, allowed: a } if level + 1 < levels => {
                 allowed &= a;
+                self_map |= path[..=level].contains(&addr);
                 table = O::from_phys(addr);
             }
-            Descriptor::Table { .. } | Descriptor::Reserved => {
-                return Err(TranslateFault::Reserved(at))
+            Descriptor::Reserved { bits } => {
+                return Err(TranslateFault::Reserved { at, raw, bits })
+            }
+            Descriptor::Table { .. } => {
+                return Err(TranslateFault::Reserved { at, raw, bits: raw })
             }
         }
     }

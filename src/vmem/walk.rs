@@ -4,13 +4,15 @@
 //! order, keeping an explicit stack of at most [`MAX_LEVELS`] frames. Work is
 //! bounded by the entries it reads (plus an optional budget); it never
 //! iterates over address-space sizes. An entry that points back to a table
-//! on its own path is reported as [`WalkError::Loop`] and not followed; a
-//! table outside memory is reported once and skipped.
+//! on its own path (a recursive self-map) is followed as the MMU follows
+//! it: depth is bounded by the levels, and what lies below is marked
+//! [`Flags::SELF_MAP`]. A table outside memory is reported once and
+//! skipped.
 
 use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
 
 use super::error::{EntryLocation, MemoryError, WalkError};
-use super::flags::{Flags, Perms};
+use super::flags::{Flags, Perms, Rights};
 use super::ops::TableReadOps;
 use super::PhysAddr;
 
@@ -69,6 +71,7 @@ pub(crate) struct Leaf {
     pub size: u64,
     pub perms: Perms,
     pub flags: Flags,
+    pub rights: Rights,
 }
 
 /// What the walker reports.
@@ -91,6 +94,8 @@ struct Frame<A> {
     next: u64,
     last: u64,
     allowed: Perms,
+    /// Reached through an entry pointing back to a table on its path.
+    self_map: bool,
 }
 
 /// The indices of a table at `level` whose entries (covering `base ..`)
@@ -149,6 +154,7 @@ where
             next: 1,
             last: 0,
             allowed: Perms::all(),
+            self_map: false,
         };
         let (lo, hi) = range.unwrap_or((1, 0));
         let mut walker = Walker {
@@ -163,7 +169,7 @@ where
             hook,
         };
         if range.is_some() && fmt.levels() <= MAX_LEVELS && fmt.levels() > 0 {
-            walker.push(0, root, 0, Perms::all());
+            walker.push(0, root, 0, Perms::all(), false);
         }
         walker
     }
@@ -178,7 +184,14 @@ where
         self.visited
     }
 
-    fn push(&mut self, level: usize, table: O::TableAddr, base: u64, allowed: Perms) {
+    fn push(
+        &mut self,
+        level: usize,
+        table: O::TableAddr,
+        base: u64,
+        allowed: Perms,
+        self_map: bool,
+    ) {
         let (first, last) = index_range(self.fmt, level, base, self.lo, self.hi);
         self.frames[level] = Frame {
             table,
@@ -186,6 +199,7 @@ where
             next: first,
             last,
             allowed,
+            self_map,
         };
         self.depth = level + 1;
     }
@@ -233,33 +247,45 @@ where
             match self.fmt.decode(level, raw) {
                 Descriptor::Invalid => {}
                 Descriptor::Leaf { addr, perms, flags } => {
+                    let perms = perms & frame.allowed;
+                    let mut flags = flags;
+                    flags.set(Flags::SELF_MAP, frame.self_map);
                     return Some(Ok(WalkEvent::Leaf(Leaf {
                         va: self.fmt.canonical(lin),
                         pa: addr,
                         size: self.fmt.entry_span(level),
-                        perms: perms & frame.allowed,
+                        perms,
                         flags,
+                        rights: self.fmt.rights(perms, raw),
                     })));
                 }
                 Descriptor::Table { addr, allowed } if level + 1 < self.fmt.levels() => {
-                    let on_path = self.frames[..self.depth]
-                        .iter()
-                        .any(|f| O::to_phys(f.table) == addr);
-                    if on_path {
-                        return Some(Err(WalkError::Loop { at, target: addr }));
-                    }
+                    let self_map = frame.self_map
+                        || self.frames[..self.depth]
+                            .iter()
+                            .any(|f| O::to_phys(f.table) == addr);
                     let va = self.fmt.canonical(lin);
-                    if (self.hook)(level + 1, addr, va) {
+                    if !self_map && (self.hook)(level + 1, addr, va) {
                         return Some(Ok(WalkEvent::Shared {
                             depth: level + 1,
                             table: addr,
                             va,
                         }));
                     }
-                    self.push(level + 1, O::from_phys(addr), lin, frame.allowed & allowed);
+                    self.push(
+                        level + 1,
+                        O::from_phys(addr),
+                        lin,
+                        frame.allowed & allowed,
+                        self_map,
+                    );
                 }
-                Descriptor::Table { .. } | Descriptor::Reserved => {
-                    return Some(Err(WalkError::Reserved { at, raw }));
+                Descriptor::Reserved { bits } => {
+                    return Some(Err(WalkError::Reserved { at, raw, bits }));
+                }
+                Descriptor::Table { .. } => {
+                    // A table where the mode has no next level.
+                    return Some(Err(WalkError::Reserved { at, raw, bits: raw }));
                 }
             }
         }

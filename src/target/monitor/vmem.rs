@@ -158,7 +158,7 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), Stri
 pub(crate) fn describe(fmt: &dyn PageTableFormat, level: usize, d: &Descriptor) -> String {
     match *d {
         Descriptor::Invalid => "not present".into(),
-        Descriptor::Reserved => "reserved bits set".into(),
+        Descriptor::Reserved { bits } => format!("reserved bits {bits:#x} set: the MMU faults"),
         Descriptor::Table { addr, allowed } => format!("table {addr:#x}, lets through {allowed}"),
         Descriptor::Leaf { addr, perms, flags } => format!(
             "{} page {addr:#x}, {}",
