@@ -30,8 +30,6 @@ const NAMES_5: [&str; 5] = ["PML5", "PML4", "PDPT", "PD", "PT"];
 pub struct Amd64 {
     la57: bool,
     cpu: X86Cpu,
-    /// Root first; PML5 (LA57 only), PML4, PDPT, PD, PT.
-    bits: [LevelBits; 5],
 }
 
 impl Amd64 {
@@ -48,20 +46,7 @@ impl Amd64 {
 
     /// The mode for a given CR4.LA57 on `cpu`.
     pub const fn with_cpu(la57: bool, cpu: X86Cpu) -> Amd64 {
-        const G1: u64 = 1 << 30;
-        // PML5 and PML4 entries: PS is reserved (no huge pages there).
-        let top = LevelBits::wide(&cpu, false, false, 0);
-        Amd64 {
-            la57,
-            cpu,
-            bits: [
-                top,
-                top,
-                LevelBits::wide(&cpu, false, cpu.page_1g, G1),
-                LevelBits::wide(&cpu, false, true, 2 << 20),
-                LevelBits::wide(&cpu, true, true, 4096),
-            ],
-        }
+        Amd64 { la57, cpu }
     }
 
     /// The CPU this mode decodes entries for.
@@ -79,11 +64,14 @@ impl Amd64 {
         self.levels() - 1
     }
 
-    /// The precomputed bits of our `level` (PML5 only with LA57).
+    /// The bits of our `level`: PT, PD and (with 1 GiB pages) PDPT
+    /// entries may map pages; PS is reserved in PML4 and PML5 entries.
     #[inline]
-    fn level_bits(&self, level: usize) -> &LevelBits {
-        let skip = usize::from(!self.la57);
-        &self.bits[(level + skip).min(4)]
+    fn level_bits(&self, level: usize) -> LevelBits {
+        let above_leaf = self.last_level().saturating_sub(level);
+        let huge = above_leaf < 2 || (above_leaf == 2 && self.cpu.page_1g);
+        let span = 1u64 << (12 + 9 * above_leaf.min(2));
+        LevelBits::wide(&self.cpu, above_leaf == 0, huge, span)
     }
 }
 
@@ -148,7 +136,7 @@ impl PageTableFormat for Amd64 {
 
     #[inline]
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
-        Codec { nx: self.cpu.nxe }.decode(raw, self.level_bits(level))
+        Codec { nx: self.cpu.nxe }.decode(raw, &self.level_bits(level))
     }
 
     fn encode_leaf(&self, level: usize, addr: PhysAddr, perms: Perms, flags: Flags) -> u64 {

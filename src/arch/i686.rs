@@ -26,8 +26,6 @@ pub struct I686 {
     pae: bool,
     pse: bool,
     cpu: X86Cpu,
-    /// Root first: PD, PT (2-level) or PDPT (unused here), PD, PT (PAE).
-    bits: [LevelBits; 3],
 }
 
 impl I686 {
@@ -45,38 +43,19 @@ impl I686 {
 
     /// The mode for CR4.PAE and CR4.PSE on `cpu`.
     pub const fn with_cpu(pae: bool, pse: bool, cpu: X86Cpu) -> I686 {
-        let bits = if pae {
-            let pd = LevelBits::wide(&cpu, false, true, 2 << 20);
-            let pt = LevelBits::wide(&cpu, true, true, 4096);
-            [
-                pd,
-                pd.with_reserved(PAE_HIGH_RESERVED),
-                pt.with_reserved(PAE_HIGH_RESERVED),
-            ]
-        } else {
-            // 4 MiB pages: PA bits 39:32 in bits 20:13 up to MAXPHYADDR
-            // (at most 40) with PSE-36; bits 21:(M - 19) are reserved.
-            let m = if cpu.pse36 && cpu.phys_bits > 32 {
-                if cpu.phys_bits < 40 {
-                    cpu.phys_bits as u32
-                } else {
-                    40
-                }
-            } else {
-                32
-            };
-            let reserved_4m = (1u64 << 22) - (1u64 << (m - 19));
-            let pd = LevelBits {
-                last: false,
-                huge: pse,
-                addr: ADDR_32,
-                huge_addr: 0xffc0_0000,
-                reserved_table: 0,
-                reserved_leaf: reserved_4m,
-                pse36: m > 32,
-            };
-            let pt = LevelBits {
-                last: true,
+        I686 { pae, pse, cpu }
+    }
+
+    /// The bits of a PDE or PTE (not a PAE PDPTE).
+    fn level_bits(&self, level: usize) -> LevelBits {
+        let last = level + 1 == self.levels();
+        if self.pae {
+            let span = if last { 4096 } else { 2 << 20 };
+            return LevelBits::wide(&self.cpu, last, true, span).with_reserved(PAE_HIGH_RESERVED);
+        }
+        if last {
+            return LevelBits {
+                last,
                 huge: true,
                 addr: ADDR_32,
                 huge_addr: ADDR_32,
@@ -84,13 +63,23 @@ impl I686 {
                 reserved_leaf: 0,
                 pse36: false,
             };
-            [pd, pt, pt]
+        }
+        // 4 MiB pages: PA bits 39:32 in bits 20:13, up to M = MAXPHYADDR
+        // (at most 40) with PSE-36, else M = 32; bits 21:(M - 19) are
+        // reserved.
+        let m = if self.cpu.pse36 {
+            u32::from(self.cpu.phys_bits).clamp(32, 40)
+        } else {
+            32
         };
-        I686 {
-            pae,
-            pse,
-            cpu,
-            bits,
+        LevelBits {
+            last,
+            huge: self.pse,
+            addr: ADDR_32,
+            huge_addr: 0xffc0_0000,
+            reserved_table: 0,
+            reserved_leaf: (1u64 << 22) - (1u64 << (m - 19)),
+            pse36: m > 32,
         }
     }
 
@@ -213,8 +202,7 @@ impl PageTableFormat for I686 {
         } else {
             raw
         };
-        let index = if self.pae { level } else { level.min(1) };
-        self.codec().decode(raw, &self.bits[index.min(2)])
+        self.codec().decode(raw, &self.level_bits(level))
     }
 
     fn encode_leaf(&self, level: usize, addr: PhysAddr, perms: Perms, flags: Flags) -> u64 {

@@ -136,9 +136,10 @@ impl X86Cpu {
         let mut kernel = Access::empty();
         let smap_blocks = user_page && self.smap;
         kernel.set(Access::READ, !smap_blocks && !no_access);
+        let wp_blocks = self.wp && (!writable || no_write);
         kernel.set(
             Access::WRITE,
-            !smap_blocks && (writable || !self.wp) && !no_access && !(no_write && self.wp),
+            !(smap_blocks || no_access || wp_blocks),
         );
         kernel.set(Access::EXEC, exec && !(user_page && self.smep));
         Rights { kernel, user }
@@ -314,8 +315,9 @@ pub(crate) struct LevelBits {
 }
 
 impl LevelBits {
-    /// The level of a PAE or IA-32e mode whose entries hold 52-bit
-    /// addresses; `span` is the size an entry here maps.
+    /// The level of a PAE or IA-32e mode on `cpu`; `span` is the size an
+    /// entry here maps.
+    #[inline]
     pub(crate) const fn wide(cpu: &X86Cpu, last: bool, huge: bool, span: u64) -> LevelBits {
         let common = cpu.above_phys() | cpu.xd_reserved();
         // Address bits below a huge page's alignment are reserved, but
