@@ -21,14 +21,13 @@ pub const SPARE_TABLES: std::ops::Range<u64> = 0x20_0000..0x30_0000;
 pub const USER_PA: [u64; 2] = [0x100_0000, 0x100_1000];
 /// The higher-half kernel window: VA KERNEL_BASE + x maps PA x.
 pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
-/// The direct map of RAM (1 GiB pages).
+/// The direct map of RAM (1 GiB pages where the vCPU has them, else 2 MiB).
 pub const DIRECT_MAP: u64 = 0xffff_8880_0000_0000;
 /// The user page.
 pub const USER_VA: u64 = 0x40_0000;
 /// The 32-bit guest's kernel window: VA KERNEL_BASE_32 + x maps PA x.
 pub const KERNEL_BASE_32: u64 = 0xc000_0000;
 
-const MODE: Amd64 = Amd64::FOUR_LEVEL;
 const G1: u64 = 1 << 30;
 
 fn kind(writable: bool, executable: bool) -> MappingKind {
@@ -95,8 +94,10 @@ fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Res
     )
 }
 
-/// Build both long-mode address spaces; returns their CR3 values.
+/// Build both long-mode address spaces in `mode` (which says whether the
+/// vCPU has 1 GiB pages); returns their CR3 values.
 pub fn build_spaces(
+    mode: &Amd64,
     mem: &GuestMemory,
     ram: u64,
     segments: &[Segment],
@@ -105,21 +106,22 @@ pub fn build_spaces(
     let first = new_space(mem, &pool)?;
     let a = GuestTables::new(mem, first, Some(&pool));
     let window = (ram.min(G1) & !((2 << 20) - 1)).max(2 << 20);
-    // Kernel window in 2 MiB pages, RAM's direct map in 1 GiB pages.
-    map_window(&MODE, &a, KERNEL_BASE, window, PageSize::SIZE_2M)?;
+    // Kernel window in 2 MiB pages, RAM's direct map in the largest pages
+    // the vCPU has (`map` uses only leaves the format allows).
+    map_window(mode, &a, KERNEL_BASE, window, PageSize::SIZE_2M)?;
     let direct = ram.div_ceil(G1) * G1;
     vmem::map(
-        &MODE,
+        mode,
         &a,
         &Mapping::new(DIRECT_MAP, 0, direct, kind(true, false)),
     )?;
-    map_segments(&MODE, &a, segments)?;
-    map_user_page(&MODE, &a, USER_PA[0])?;
+    map_segments(mode, &a, segments)?;
+    map_user_page(mode, &a, USER_PA[0])?;
 
     // The second space: its own user page, the kernel half shared.
     let second = new_space(mem, &pool)?;
     let b = GuestTables::new(mem, second, Some(&pool));
-    map_user_page(&MODE, &b, USER_PA[1])?;
+    map_user_page(mode, &b, USER_PA[1])?;
     let owners = BTreeMap::from([(first, first)]);
     for va in [KERNEL_BASE, DIRECT_MAP] {
         let shared = SpaceReferenceMapping {
@@ -128,7 +130,7 @@ pub fn build_spaces(
             our_va: va,
             their_va: va,
         };
-        vmem::space_aware_map(&MODE, &b, &shared, &owners)?;
+        vmem::space_aware_map(mode, &b, &shared, &owners)?;
     }
     Ok([first, second])
 }

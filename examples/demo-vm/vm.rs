@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
-use vmem_gdbstub::arch::I686;
-use vmem_gdbstub::target::{Debugger, GuestMemory, GuestRam, RamRegion};
+use log::info;
+use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
+use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestMemory, GuestRam, RamRegion};
 
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
@@ -68,8 +69,20 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
 
     let image = loader::load(elf, &memory)?;
     layout::write_gdt(&memory, mode != GuestMode::Long).map_err(|e| e.to_string())?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    // The tables use only page sizes the vCPU has (its CPUID decides).
+    let long = Amd64::with_cpu(false, vcpu_mmu(cpuid.as_slice(), CR0_WP, 0, EFER_NXE));
+    if long.leaf_allowed(1) {
+        info!("direct map in 1 GiB pages");
+    } else {
+        info!("direct map in 2 MiB pages: this vCPU has no 1 GiB pages (CPUID Page1GB clear)");
+    }
     let spaces = match mode {
-        GuestMode::Long => layout::build_spaces(&memory, ram_size, &image.segments).map(Vec::from),
+        GuestMode::Long => {
+            layout::build_spaces(&long, &memory, ram_size, &image.segments).map(Vec::from)
+        }
         GuestMode::Protected(paging) => {
             layout::build_space_32(&memory, ram_size, &image.segments, paging)
                 .map(|root| vec![root])
@@ -85,9 +98,6 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
             .map_err(|e| format!("space_roots: {e}"))?;
     }
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
     let mut fds = Vec::with_capacity(vcpus);
     for index in 0..vcpus {
         let fd = vm

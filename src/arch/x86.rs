@@ -137,10 +137,7 @@ impl X86Cpu {
         let smap_blocks = user_page && self.smap;
         kernel.set(Access::READ, !smap_blocks && !no_access);
         let wp_blocks = self.wp && (!writable || no_write);
-        kernel.set(
-            Access::WRITE,
-            !(smap_blocks || no_access || wp_blocks),
-        );
+        kernel.set(Access::WRITE, !(smap_blocks || no_access || wp_blocks));
         kernel.set(Access::EXEC, exec && !(user_page && self.smep));
         Rights { kernel, user }
     }

@@ -51,8 +51,8 @@ use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWrite
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_GUESTDBG_USE_SW_BP,
+    kvm_guest_debug, CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, info};
@@ -60,9 +60,11 @@ use log::{debug, info};
 pub use connection::Stream;
 pub use event_loop::GdbListener;
 pub use memory::{GuestMemory, GuestRam, GuestTables, RamRegion, TablePool};
+pub use paging::vcpu_mmu;
 pub use regs::{X86_64Kvm, X86_64RegId, X86_64Regs};
 
 use breakpoints::Breakpoints;
+use paging::CpuLimits;
 use vcpu::{Command, Vcpu};
 use watchpoints::{Memslots, Watchpoints};
 
@@ -99,6 +101,8 @@ pub(crate) struct Inner {
     table_pool: Option<TablePool>,
     /// Address spaces known to `monitor vmem spaces`, with how they are known.
     spaces: Mutex<std::collections::BTreeMap<u64, &'static str>>,
+    /// The MMU limits of the vCPUs' CPUID.
+    cpu_limits: CpuLimits,
 }
 
 /// Lock a mutex, ignoring poisoning (a panicked holder leaves plain data).
@@ -114,6 +118,14 @@ impl Debugger {
         let sync_regs = vm.check_extension(Cap::SyncRegs);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         let memslots = Memslots::new(&vm, &memory)?;
+        let cpuid = match vcpus.first() {
+            Some(fd) => fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(io::Error::from)?,
+            None => CpuId::new(0).map_err(|e| io::Error::other(format!("{e:?}")))?,
+        };
+        let cpu_limits = CpuLimits::from_cpuid(cpuid.as_slice());
+        debug!("vCPU MMU from KVM_GET_CPUID2: {cpu_limits}");
         let vcpus = vcpus
             .into_iter()
             .enumerate()
@@ -133,6 +145,7 @@ impl Debugger {
                 exec_file: None,
                 table_pool: None,
                 spaces: Mutex::default(),
+                cpu_limits,
             },
         })
     }

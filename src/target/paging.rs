@@ -1,19 +1,97 @@
-//! Guest-virtual to guest-physical translation for one vCPU, with the
-//! paging mode read from its control registers (not `KVM_TRANSLATE`):
-//! CR0.PG off means physical addresses; EFER.LMA selects IA-32e paging
-//! (CR4.LA57: 5 levels); otherwise 32-bit paging (CR4.PAE, CR4.PSE).
+//! Guest-virtual to guest-physical translation for one vCPU, as its own
+//! MMU does it (not `KVM_TRANSLATE`, which only knows the current CR3):
+//! the paging mode comes from its control registers (CR0.PG off means
+//! physical addresses; EFER.LMA selects IA-32e paging, CR4.LA57 5 levels;
+//! otherwise 32-bit paging, CR4.PAE, CR4.PSE), and what entries mean from
+//! the CPU the VMM gave it ([`CpuLimits`], from its CPUID) and CR0.WP,
+//! CR4.SMEP / SMAP / PKE and EFER.NXE.
 
-use kvm_bindings::kvm_sregs;
+use kvm_bindings::{kvm_cpuid_entry2, kvm_sregs};
 
 use super::memory::{GuestMemory, GuestTables};
-use crate::arch::{Amd64, PageTableFormat, I686};
+use crate::arch::{Amd64, PageTableFormat, X86Cpu, I686};
 use crate::vmem::{self, PhysAddr, TranslateFault};
 
+const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PSE: u64 = 1 << 4;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const CR4_PKE: u64 = 1 << 22;
 const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// What a vCPU's CPUID says about its MMU: MAXPHYADDR, 1 GiB pages and
+/// PSE-36. Read once from `KVM_GET_CPUID2`, as the VMM set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CpuLimits {
+    phys_bits: u8,
+    page_1g: bool,
+    pse36: bool,
+}
+
+impl CpuLimits {
+    /// The limits in CPUID `entries`. Missing leaves mean what they mean
+    /// to the CPU: MAXPHYADDR 36 without leaf 8000_0008h (SDM vol. 3A
+    /// §4.1.4), no 1 GiB pages, no PSE-36.
+    pub(crate) fn from_cpuid(entries: &[kvm_cpuid_entry2]) -> CpuLimits {
+        let leaf = |function: u32| {
+            entries
+                .iter()
+                .find(|e| e.function == function && e.index == 0)
+        };
+        CpuLimits {
+            phys_bits: leaf(0x8000_0008).map_or(36, |e| (e.eax & 0xff) as u8),
+            page_1g: leaf(0x8000_0001).is_some_and(|e| e.edx & (1 << 26) != 0),
+            pse36: leaf(1).is_some_and(|e| e.edx & (1 << 17) != 0),
+        }
+    }
+
+    /// The CPU model of a vCPU with these limits and special registers.
+    pub(crate) fn cpu(&self, sregs: &kvm_sregs) -> X86Cpu {
+        X86Cpu {
+            phys_bits: self.phys_bits,
+            page_1g: self.page_1g,
+            pse36: self.pse36,
+            nxe: sregs.efer & EFER_NXE != 0,
+            wp: sregs.cr0 & CR0_WP != 0,
+            smep: sregs.cr4 & CR4_SMEP != 0,
+            smap: sregs.cr4 & CR4_SMAP != 0,
+            pke: sregs.cr4 & CR4_PKE != 0,
+            // PKRU lives in XSAVE state; keys are reported, and checked as
+            // if PKRU were 0 (every key allows everything).
+            pkru: 0,
+        }
+    }
+}
+
+/// The x86 CPU model of a vCPU whose CPUID is `cpuid` (as the VMM sets it
+/// with `KVM_SET_CPUID2`) and whose CR0, CR4 and EFER hold `cr0`, `cr4`
+/// and `efer`: a VMM builds its guest's tables with the page sizes and
+/// address width the vCPU really has.
+pub fn vcpu_mmu(cpuid: &[kvm_cpuid_entry2], cr0: u64, cr4: u64, efer: u64) -> X86Cpu {
+    let sregs = kvm_sregs {
+        cr0,
+        cr4,
+        efer,
+        ..Default::default()
+    };
+    CpuLimits::from_cpuid(cpuid).cpu(&sregs)
+}
+
+impl core::fmt::Display for CpuLimits {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "MAXPHYADDR {}, 1 GiB pages {}, PSE-36 {}",
+            self.phys_bits,
+            if self.page_1g { "yes" } else { "no" },
+            if self.pse36 { "yes" } else { "no" }
+        )
+    }
+}
 /// Root-table bits of CR3 (PCID and PWT/PCD dropped).
 pub(crate) const CR3_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// A PAE CR3 points to a 32-byte aligned PDPT.
@@ -39,7 +117,7 @@ impl GuestFormat {
     /// The root table named by a CR3 value in this mode.
     pub(crate) fn root(&self, cr3: u64) -> PhysAddr {
         match self {
-            GuestFormat::Protected(m) if *m == I686::PAE => cr3 & CR3_PAE_MASK,
+            GuestFormat::Protected(m) if m.pae() => cr3 & CR3_PAE_MASK,
             GuestFormat::Protected(_) => cr3 & 0xffff_f000,
             GuestFormat::Long(_) => cr3 & CR3_ADDR_MASK,
         }
@@ -56,16 +134,17 @@ pub(crate) enum Paging {
 }
 
 impl Paging {
-    /// The mode of a vCPU with these special registers.
-    pub(crate) fn of(sregs: &kvm_sregs) -> Paging {
+    /// The mode of a vCPU with these special registers and limits.
+    pub(crate) fn of(sregs: &kvm_sregs, limits: &CpuLimits) -> Paging {
         let (cr0, cr4) = (sregs.cr0, sregs.cr4);
         if cr0 & CR0_PG == 0 {
             return Paging::Off;
         }
+        let cpu = limits.cpu(sregs);
         let format = if sregs.efer & EFER_LMA != 0 {
-            GuestFormat::Long(Amd64::new(cr4 & CR4_LA57 != 0))
+            GuestFormat::Long(Amd64::with_cpu(cr4 & CR4_LA57 != 0, cpu))
         } else {
-            GuestFormat::Protected(I686::new(cr4 & CR4_PAE != 0, cr4 & CR4_PSE != 0))
+            GuestFormat::Protected(I686::with_cpu(cr4 & CR4_PAE != 0, cr4 & CR4_PSE != 0, cpu))
         };
         Paging::Paged {
             format,
@@ -142,6 +221,12 @@ mod tests {
         root
     }
 
+    const ASSUMED: CpuLimits = CpuLimits {
+        phys_bits: 52,
+        page_1g: true,
+        pse36: true,
+    };
+
     fn sregs(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> kvm_sregs {
         kvm_sregs {
             cr0,
@@ -167,7 +252,7 @@ mod tests {
         for (fmt, cr4, efer) in cases {
             mem.write(0x10_0000, &[0u8; 0x10_0000]).unwrap();
             let root = tables(&mem, fmt);
-            let paging = Paging::of(&sregs(CR0_PG | 1, root | 0x18, cr4, efer));
+            let paging = Paging::of(&sregs(CR0_PG | 1, root | 0x18, cr4, efer), &ASSUMED);
             assert!(
                 matches!(paging, Paging::Paged { root: r, .. } if r == root),
                 "{paging:?}"
@@ -178,16 +263,55 @@ mod tests {
             assert!(paging.translate(&mem, 0x1000).is_err(), "{paging:?}");
         }
         // Paging off: physical addresses.
-        let off = Paging::of(&sregs(1, 0, CR4_PAE, 0));
+        let off = Paging::of(&sregs(1, 0, CR4_PAE, 0), &ASSUMED);
         assert_eq!(off, Paging::Off);
         assert_eq!(off.translate(&mem, 0x1234), Ok((0x1234, 0xdcc)));
         // 2-level without CR4.PSE.
         assert!(matches!(
-            Paging::of(&sregs(CR0_PG, 0x5000, 0, 0)),
+            Paging::of(&sregs(CR0_PG, 0x5000, 0, 0), &ASSUMED),
             Paging::Paged {
-                format: GuestFormat::Protected(I686::LEGACY),
+                format: GuestFormat::Protected(m),
                 root: 0x5000
-            }
+            } if m == I686::with_cpu(false, false, X86Cpu { nxe: false, wp: false, ..X86Cpu::ASSUMED })
         ));
+    }
+
+    /// The vCPU's CPUID and control registers make its format: without
+    /// Page1GB a PDPTE with PS faults, without EFER.NXE bit 63 is reserved.
+    #[test]
+    fn the_vcpu_model_comes_from_cpuid_and_control_registers() {
+        let entry = |function, eax, edx| kvm_cpuid_entry2 {
+            function,
+            eax,
+            edx,
+            ..Default::default()
+        };
+        let limits = CpuLimits::from_cpuid(&[entry(0x8000_0008, 0x3030, 0), entry(1, 0, 1 << 17)]);
+        assert_eq!(
+            (limits.phys_bits, limits.page_1g, limits.pse36),
+            (48, false, true)
+        );
+        let sregs = sregs(CR0_PG | CR0_WP, 0x5000, CR4_PAE | CR4_SMEP, EFER_LMA);
+        let Paging::Paged {
+            format: GuestFormat::Long(m),
+            ..
+        } = Paging::of(&sregs, &limits)
+        else {
+            panic!("long mode");
+        };
+        let cpu = m.cpu();
+        assert_eq!(
+            (
+                cpu.phys_bits,
+                cpu.page_1g,
+                cpu.nxe,
+                cpu.wp,
+                cpu.smep,
+                cpu.smap
+            ),
+            (48, false, false, true, true, false)
+        );
+        assert!(!m.leaf_allowed(1));
+        assert_eq!(CpuLimits::from_cpuid(&[]).phys_bits, 36);
     }
 }

@@ -175,7 +175,7 @@ impl<'a> KvmTarget<'a> {
     }
 
     fn paging(&self, index: usize) -> Result<Paging, TargetError<String>> {
-        Ok(Paging::of(&self.core(index)?.1))
+        Ok(Paging::of(&self.core(index)?.1, &self.dbg.cpu_limits))
     }
 
     /// The guest-physical address of `va` in vCPU `index`'s space.
@@ -407,7 +407,9 @@ impl<'a> KvmTarget<'a> {
             .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
             .unwrap_or_default();
         drop(fd);
-        let paging = state.as_ref().map(|s| Paging::of(&s.sregs));
+        let paging = state
+            .as_ref()
+            .map(|s| Paging::of(&s.sregs, &self.dbg.cpu_limits));
         let root = match paging {
             Some(Paging::Paged { format, root }) => {
                 *mode = Some(format);

@@ -413,7 +413,8 @@ impl Vcpu {
         let (Ok(mut regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {
             return Outcome::Stop(StopKind::Crashed(Signal::SIGILL));
         };
-        let Ok((gpa, _)) = Paging::of(&sregs).translate(&inner.memory, regs.rip) else {
+        let Ok((gpa, _)) = Paging::of(&sregs, &inner.cpu_limits).translate(&inner.memory, regs.rip)
+        else {
             return Outcome::Stop(StopKind::Crashed(Signal::SIGSEGV));
         };
         if inner.breakpoints().has_sw(gpa) {

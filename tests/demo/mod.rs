@@ -32,6 +32,32 @@ fn demo_binary() -> PathBuf {
 }
 
 /// Whether the machine can run these tests; prints why not.
+/// The CPUID leaf `function` KVM offers guests here (the demo gives its
+/// vCPUs exactly that), as (eax, edx).
+fn supported_cpuid(function: u32) -> Option<(u32, u32)> {
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()?;
+    let leaf = cpuid.as_slice().iter().find(|e| e.function == function)?;
+    Some((leaf.eax, leaf.edx))
+}
+
+/// The demo's direct-map page size: 1 GiB where KVM offers the guest
+/// 1 GiB pages (CPUID Page1GB), 2 MiB elsewhere (kvm_pvm has none).
+pub fn direct_map_page() -> &'static str {
+    match supported_cpuid(0x8000_0001) {
+        Some((_, edx)) if edx & (1 << 26) != 0 => "1G",
+        _ => "2M",
+    }
+}
+
+/// The highest page the demo's vCPUs can address (MAXPHYADDR).
+pub fn highest_page() -> u64 {
+    let bits = supported_cpuid(0x8000_0008).map_or(36, |(eax, _)| eax & 0xff);
+    (1u64 << bits) - 0x1000
+}
+
 pub fn available() -> bool {
     let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
     let missing = if !Path::new("/dev/kvm").exists() {

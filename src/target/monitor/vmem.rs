@@ -45,16 +45,26 @@ pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
     let bits = [
         (perms.contains(Perms::READ), 'r'),
         (perms.contains(Perms::WRITE), 'w'),
-        (perms.contains(Perms::EXEC), 'x'),
+        (perms.contains(owner_exec(perms)), 'x'),
         (perms.contains(Perms::USER), 'u'),
         (flags.contains(Flags::GLOBAL), 'g'),
         (flags.contains(Flags::ACCESSED), 'a'),
         (flags.contains(Flags::DIRTY), 'd'),
         (flags.contains(Flags::COW), 'c'),
+        (flags.contains(Flags::SELF_MAP), 's'),
     ];
     bits.iter()
         .map(|&(on, c)| if on { c } else { '-' })
         .collect()
+}
+
+/// The execute right of the level that owns a page.
+fn owner_exec(perms: Perms) -> Perms {
+    if perms.contains(Perms::USER) {
+        Perms::USER_EXEC
+    } else {
+        Perms::EXEC
+    }
 }
 
 fn mapping_flags(m: &Mapping) -> String {
@@ -79,7 +89,7 @@ pub(crate) fn row(m: &Mapping) -> String {
 }
 
 const HEADER: &str =
-    "virtual start    -end               physical start   -end                 size  page  rwxugadc";
+    "virtual start    -end               physical start   -end                 size  page  rwxugadcs";
 
 fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<PageSize, u64>) {
     let sizes: Vec<String> = per_size
@@ -199,6 +209,11 @@ fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(),
                 t.page_size,
                 flag_letters(t.perms, t.flags)
             );
+            let key = t
+                .protection_key
+                .map(|k| format!(", protection key {k}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "   may: {}{key}", t.rights);
         }
         Err(fault) => {
             let _ = writeln!(out, "=> no translation: {fault}");
