@@ -116,6 +116,7 @@ pub fn build_probe(dir: &Path) -> PathBuf {
             "-no-pie",
             "-Wl,-N",
             "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
         ])
         .arg(format!("-Wl,-Ttext={:#x}", HV + CODE))
         .arg(&src)
