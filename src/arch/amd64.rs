@@ -30,6 +30,10 @@ const NAMES_5: [&str; 5] = ["PML5", "PML4", "PDPT", "PD", "PT"];
 pub struct Amd64 {
     la57: bool,
     cpu: X86Cpu,
+    /// The address bits of an entry (below MAXPHYADDR).
+    addr: u64,
+    /// Bits reserved in every entry (51:MAXPHYADDR, and 63 without NXE).
+    reserved: u64,
 }
 
 impl Amd64 {
@@ -46,7 +50,12 @@ impl Amd64 {
 
     /// The mode for a given CR4.LA57 on `cpu`.
     pub const fn with_cpu(la57: bool, cpu: X86Cpu) -> Amd64 {
-        Amd64 { la57, cpu }
+        Amd64 {
+            la57,
+            cpu,
+            addr: cpu.addr_mask(),
+            reserved: cpu.above_phys() | cpu.xd_reserved(),
+        }
     }
 
     /// The CPU this mode decodes entries for.
@@ -71,7 +80,7 @@ impl Amd64 {
         let above_leaf = self.last_level().saturating_sub(level);
         let huge = above_leaf < 2 || (above_leaf == 2 && self.cpu.page_1g);
         let span = 1u64 << (12 + 9 * above_leaf.min(2));
-        LevelBits::wide(&self.cpu, above_leaf == 0, huge, span)
+        LevelBits::wide(self.addr, self.reserved, above_leaf == 0, huge, span)
     }
 }
 

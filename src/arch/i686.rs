@@ -51,7 +51,9 @@ impl I686 {
         let last = level + 1 == self.levels();
         if self.pae {
             let span = if last { 4096 } else { 2 << 20 };
-            return LevelBits::wide(&self.cpu, last, true, span).with_reserved(PAE_HIGH_RESERVED);
+            let cpu = &self.cpu;
+            let reserved = cpu.above_phys() | cpu.xd_reserved() | PAE_HIGH_RESERVED;
+            return LevelBits::wide(cpu.addr_mask(), reserved, last, true, span);
         }
         if last {
             return LevelBits {

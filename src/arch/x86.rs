@@ -230,7 +230,7 @@ impl Codec {
     }
 
     /// Decode a present or absent entry at one level of a mode.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode(self, raw: u64, level: &LevelBits) -> Descriptor {
         if raw & PAGE_PRESENT == 0 {
             return Descriptor::Invalid;
@@ -312,30 +312,29 @@ pub(crate) struct LevelBits {
 }
 
 impl LevelBits {
-    /// The level of a PAE or IA-32e mode on `cpu`; `span` is the size an
-    /// entry here maps.
-    #[inline]
-    pub(crate) const fn wide(cpu: &X86Cpu, last: bool, huge: bool, span: u64) -> LevelBits {
-        let common = cpu.above_phys() | cpu.xd_reserved();
+    /// The level of a PAE or IA-32e mode whose entries hold `addr` and
+    /// reserve `reserved` (see [`X86Cpu::addr_mask`] and
+    /// [`X86Cpu::above_phys`]); `span` is the size an entry here maps.
+    #[inline(always)]
+    pub(crate) const fn wide(
+        addr: u64,
+        reserved: u64,
+        last: bool,
+        huge: bool,
+        span: u64,
+    ) -> LevelBits {
         // Address bits below a huge page's alignment are reserved, but
         // bit 12 of a huge page is PAT.
         let below = if last { 0 } else { (span - 1) & !0x1fff };
         LevelBits {
             last,
             huge,
-            addr: cpu.addr_mask(),
-            huge_addr: cpu.addr_mask() & !(span - 1),
-            reserved_table: common,
-            reserved_leaf: common | below,
+            addr,
+            huge_addr: addr & !(span - 1),
+            reserved_table: reserved,
+            reserved_leaf: reserved | below,
             pse36: false,
         }
-    }
-
-    /// The same level with more reserved bits (in tables and leaves).
-    pub(crate) const fn with_reserved(mut self, bits: u64) -> LevelBits {
-        self.reserved_table |= bits;
-        self.reserved_leaf |= bits;
-        self
     }
 
     /// The physical address of a leaf here.

@@ -6,6 +6,7 @@ use super::error::WalkError;
 use super::flags::{Flags, PageSize, Perms};
 use super::mapping::{Mapping, MappingKind};
 use super::ops::TableReadOps;
+use super::translate::{walk_one, TranslateFault};
 use super::walk::{Leaf, WalkEvent, Walker};
 use super::PhysAddr;
 
@@ -108,20 +109,43 @@ fn no_aliases(_depth: usize, _table: PhysAddr, _va: u64) -> bool {
 
 /// The iterator returned by [`virt_to_phys`].
 pub struct VirtToPhys<'a, F: ?Sized, O: TableReadOps> {
-    inner: Coalesce<Walker<'a, F, O, NoAliases>>,
+    source: Source<'a, F, O>,
+}
+
+enum Source<'a, F: ?Sized, O: TableReadOps> {
+    /// The walker, for ranges of more than one page.
+    Walk(Coalesce<Walker<'a, F, O, NoAliases>>),
+    /// A range inside one smallest page: it meets at most one leaf, found
+    /// by translating its address (what the walker would read, without
+    /// its set-up).
+    Page {
+        fmt: &'a F,
+        op: &'a O,
+        root: O::TableAddr,
+        va: u64,
+        budget: u64,
+        visited: u64,
+        done: bool,
+    },
 }
 
 impl<F: PageTableFormat + ?Sized, O: TableReadOps> VirtToPhys<'_, F, O> {
     /// Stop with [`WalkError::BudgetExhausted`] after reading `entries`
     /// table entries.
     pub fn with_budget(mut self, entries: u64) -> Self {
-        self.inner.inner.set_budget(entries);
+        match &mut self.source {
+            Source::Walk(walk) => walk.inner.set_budget(entries),
+            Source::Page { budget, .. } => *budget = entries,
+        }
         self
     }
 
     /// Table entries read so far.
     pub fn entries_visited(&self) -> u64 {
-        self.inner.inner.visited()
+        match &self.source {
+            Source::Walk(walk) => walk.inner.visited(),
+            Source::Page { visited, .. } => *visited,
+        }
     }
 }
 
@@ -129,13 +153,52 @@ impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for VirtToPhys<'_, F
     type Item = Result<Mapping, WalkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            return match self.inner.next()? {
-                Ok(Coalesced::Mapping(m)) => Some(Ok(m)),
-                // The hook never claims a table, so nothing is shared.
-                Ok(Coalesced::Shared { .. }) => continue,
-                Err(e) => Some(Err(e)),
-            };
+        let (fmt, op, root, va, budget, visited, done) = match &mut self.source {
+            Source::Walk(walk) => loop {
+                return match walk.next()? {
+                    Ok(Coalesced::Mapping(m)) => Some(Ok(m)),
+                    // The hook never claims a table, so nothing is shared.
+                    Ok(Coalesced::Shared { .. }) => continue,
+                    Err(e) => Some(Err(e)),
+                };
+            },
+            Source::Page {
+                fmt,
+                op,
+                root,
+                va,
+                budget,
+                visited,
+                done,
+            } => (*fmt, *op, *root, *va, *budget, visited, done),
+        };
+        if core::mem::replace(done, true) {
+            return None;
+        }
+        let mut steps = 0;
+        let result = walk_one(fmt, op, root, va, |_| steps += 1);
+        *visited = steps.min(budget);
+        if steps > budget {
+            return Some(Err(WalkError::BudgetExhausted { visited: budget }));
+        }
+        match result {
+            Ok(t) => {
+                let size = t.page_size.bytes();
+                let offset = va & (size - 1);
+                Some(Ok(Mapping::from(Leaf {
+                    va: va - offset,
+                    pa: t.pa - offset,
+                    size,
+                    perms: t.perms,
+                    flags: t.flags,
+                    rights: t.rights,
+                })))
+            }
+            Err(TranslateFault::Reserved { at, raw, bits }) => {
+                Some(Err(WalkError::Reserved { at, raw, bits }))
+            }
+            Err(TranslateFault::Unreadable(at)) => Some(Err(WalkError::Unreadable(at))),
+            Err(TranslateFault::NotPresent(_) | TranslateFault::NonCanonical { .. }) => None,
         }
     }
 }
@@ -165,11 +228,30 @@ pub fn virt_to_phys_in<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
     va: u64,
     len: u64,
 ) -> VirtToPhys<'a, F, O> {
-    let range = match len {
-        0 => None,
-        _ => fmt.linear_range(va, va.saturating_add(len - 1)),
+    let last = va.checked_add(len.wrapping_sub(1));
+    let source = match last {
+        Some(last) if len > 0 && va >> 12 == last >> 12 => Source::Page {
+            fmt,
+            op,
+            root,
+            va,
+            budget: u64::MAX,
+            visited: 0,
+            done: false,
+        },
+        _ => {
+            let range = match len {
+                0 => None,
+                _ => fmt.linear_range(va, va.saturating_add(len - 1)),
+            };
+            Source::Walk(Coalesce::new(Walker::new(
+                fmt,
+                op,
+                root,
+                range,
+                no_aliases as NoAliases,
+            )))
+        }
     };
-    VirtToPhys {
-        inner: Coalesce::new(Walker::new(fmt, op, root, range, no_aliases as NoAliases)),
-    }
+    VirtToPhys { source }
 }

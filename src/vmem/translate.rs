@@ -98,7 +98,7 @@ impl Translation {
 
 /// Walks one address, handing every entry read to `on_step`.
 #[inline(always)]
-fn walk_one<F, O>(
+pub(crate) fn walk_one<F, O>(
     fmt: &F,
     op: &O,
     root: O::TableAddr,
@@ -113,6 +113,9 @@ where
     let mut table = root;
     let mut allowed = Perms::all();
     let mut path = [0 as PhysAddr; MAX_LEVELS];
+    // A one-word filter of the tables on the path (by bits 17:12), so that
+    // the path is searched only when a table may repeat.
+    let mut seen = 0u64;
     let mut self_map = false;
     let levels = fmt.levels().min(MAX_LEVELS);
     for level in 0..levels {
@@ -123,6 +126,7 @@ where
             index,
         };
         path[level] = at.table;
+        seen |= 1 << ((at.table >> 12) & 63);
         let raw = read_raw(fmt, op, table, index).map_err(|_| TranslateFault::Unreadable(at))?;
         let descriptor = fmt.decode(level, raw);
         on_step(TranslationStep {
@@ -149,7 +153,9 @@ where
             }
             Descriptor::Table { addr, allowed: a } if level + 1 < levels => {
                 allowed &= a;
-                self_map |= path[..=level].contains(&addr);
+                if seen & (1 << ((addr >> 12) & 63)) != 0 {
+                    self_map |= path[..=level].contains(&addr);
+                }
                 table = O::from_phys(addr);
             }
             Descriptor::Reserved { bits } => {
