@@ -2,6 +2,7 @@
 //! RAM, and the probe of `probe64.S` making real loads, stores and
 //! instruction fetches at CPL 0 and CPL 3 through them.
 
+pub mod rng;
 pub mod tables;
 
 use std::path::{Path, PathBuf};

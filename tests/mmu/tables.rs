@@ -5,6 +5,7 @@
 
 use vmem_gdbstub::target::GuestMemory;
 
+pub use super::rng::Rng;
 use super::{read_u64, HV, RAM};
 
 /// Tables come from here (PA 1 MiB up).
@@ -13,25 +14,6 @@ const POOL: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const PRESENT: u64 = 1;
 const PS: u64 = 1 << 7;
-
-/// A small deterministic generator (xorshift64*).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// True with probability `percent` / 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The tables of one run.
 pub struct RandomTables {
