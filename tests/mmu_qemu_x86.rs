@@ -420,8 +420,7 @@ fn sample(ram: &Ram, rng: &mut Rng, mode: Mode, root: u64, count: usize) -> Vec<
                 let pick = [(POOL, END), (HIGH, HIGH + HIGH_LEN)]
                     .iter()
                     .map(|&(lo, hi)| (lo.max(base), hi.min(base + span)))
-                    .filter(|(lo, hi)| lo < hi)
-                    .next();
+                    .find(|(lo, hi)| lo < hi);
                 match pick {
                     Some((lo, hi)) => va |= lo - base + (rng.below((hi - lo) >> 12) << 12),
                     None => va = u64::MAX,
