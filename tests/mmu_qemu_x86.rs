@@ -7,13 +7,15 @@
 //! access. Skips (or fails under VMEM_GDBSTUB_REQUIRE_KVM=1) without
 //! qemu-system-x86_64.
 
+#[path = "mmu/qemu.rs"]
+mod qemu;
 #[path = "mmu/rng.rs"]
 mod rng;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use qemu::Image;
 use rng::Rng;
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, X86Cpu, I686};
 use vmem_gdbstub::vmem::{self, Access, BufferTables, TranslateFault, Translated};
@@ -88,8 +90,8 @@ impl Mode {
 
 /// The physical memory QEMU gets: the image and the high blob.
 struct Ram {
-    image: Vec<u8>,
-    high: Vec<u8>,
+    image: Image,
+    high: Image,
 }
 
 fn pattern(pa: u64) -> u64 {
@@ -98,50 +100,19 @@ fn pattern(pa: u64) -> u64 {
 
 impl Ram {
     fn new() -> Ram {
-        let fill = |base: u64, len: u64| -> Vec<u8> {
-            (0..len / 8)
-                .flat_map(|i| pattern(base + i * 8).to_le_bytes())
-                .collect()
-        };
         Ram {
-            image: fill(IMG, IMG_LEN),
-            high: fill(HIGH, HIGH_LEN),
+            image: Image::filled(IMG, IMG_LEN, pattern),
+            high: Image::filled(HIGH, HIGH_LEN, pattern),
         }
     }
-    fn bytes(&self, pa: u64, len: u64) -> Option<&[u8]> {
-        let (mem, base) = if pa >= HIGH {
-            (&self.high, HIGH)
-        } else {
-            (&self.image, IMG)
-        };
-        let off = usize::try_from(pa.checked_sub(base)?).ok()?;
-        mem.get(off..off + len as usize)
-    }
     fn read(&self, pa: u64, size: u64) -> Option<u64> {
-        let b = self.bytes(pa, size)?;
-        let mut word = [0u8; 8];
-        word[..size as usize].copy_from_slice(b);
-        Some(u64::from_le_bytes(word))
+        self.image
+            .read(pa, size)
+            .or_else(|| self.high.read(pa, size))
     }
     fn write(&mut self, pa: u64, value: u64, size: u64) {
-        let off = (pa - IMG) as usize;
-        self.image[off..off + size as usize].copy_from_slice(&value.to_le_bytes()[..size as usize]);
+        self.image.write(pa, value, size);
     }
-}
-
-fn qemu_available() -> bool {
-    let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found && required {
-        panic!("qemu-system-x86_64 is not installed, and VMEM_GDBSTUB_REQUIRE_KVM=1");
-    }
-    if !found {
-        eprintln!("SKIPPED: qemu-system-x86_64 is not installed");
-    }
-    found
 }
 
 fn build_probe(dir: &Path) -> PathBuf {
@@ -460,51 +431,43 @@ fn run_qemu(dir: &Path, elf: &Path, ram: &Ram) -> (Vec<u32>, Vec<Outcome>) {
     let img = dir.join("ram.img");
     let high = dir.join("high.img");
     let out = dir.join("out.bin");
-    std::fs::write(&img, &ram.image).unwrap();
-    std::fs::write(&high, &ram.high).unwrap();
-    let _ = std::fs::remove_file(&out);
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "6G", "-machine", "pc"])
-        .args([
-            "-display",
-            "none",
-            "-serial",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(elf)
-        .arg("-device")
-        .arg(format!(
-            "loader,file={},addr={IMG:#x},force-raw=on",
-            img.display()
-        ))
-        .arg("-device")
-        .arg(format!(
-            "loader,file={},addr={HIGH:#x},force-raw=on",
-            high.display()
-        ))
-        .arg("-chardev")
-        .arg(format!("file,id=out,path={}", out.display()))
-        .args(["-device", "isa-debugcon,iobase=0xe9,chardev=out"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!("QEMU did not finish the probe in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let bytes = std::fs::read(&out).unwrap_or_default();
+    std::fs::write(&img, &ram.image.bytes).unwrap();
+    std::fs::write(&high, &ram.high.bytes).unwrap();
+    let args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "6G",
+        "-machine",
+        "pc",
+        "-display",
+        "none",
+        "-serial",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-kernel".into(),
+        elf.display().to_string(),
+        "-device".into(),
+        format!("loader,file={},addr={IMG:#x},force-raw=on", img.display()),
+        "-device".into(),
+        format!("loader,file={},addr={HIGH:#x},force-raw=on", high.display()),
+        "-chardev".into(),
+        format!("file,id=out,path={}", out.display()),
+        "-device".into(),
+        "isa-debugcon,iobase=0xe9,chardev=out".into(),
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=4".into(),
+    ])
+    .collect();
+    let bytes = qemu::run("qemu-system-x86_64", &args, &out);
     assert!(bytes.len() >= 20, "the probe reported nothing");
     let words = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
     let cpuid = bytes[..20]
@@ -558,7 +521,7 @@ fn observed(o: &Outcome, k: usize, va: u64) -> Option<Seen> {
 }
 
 fn check(mode: Mode, seed: u64, nxe: bool) {
-    if !qemu_available() {
+    if !qemu::available("qemu-system-x86_64") {
         return;
     }
     let dir = std::env::temp_dir().join(format!(
@@ -605,7 +568,7 @@ fn check(mode: Mode, seed: u64, nxe: bool) {
     if mode == Mode::La57 {
         assert!(cpuid[4] & (1 << 16) != 0, "QEMU's max CPU has LA57");
     }
-    let t = BufferTables::with_root(ram.image.clone(), IMG, END..END, root).unwrap();
+    let t = BufferTables::with_root(ram.image.bytes.clone(), IMG, END..END, root).unwrap();
     let mut disagreements = Vec::new();
     let mut cases = std::collections::BTreeMap::new();
     let mut above_4g = 0;

@@ -16,16 +16,16 @@
 //! executable at EL1; EL0 may execute a page it cannot read (AP\[1\] = 0,
 //! UXN = 0: execute-only). SCTLR_EL1.WXN and PSTATE.PAN are taken as 0.
 //! Output-address bits below a block's alignment are ignored (bit 16 of a
-//! block is nT under FEAT_BBM), bits 51:48 set make an address-size
-//! fault (48-bit output addresses), and a level-0 block is a
-//! translation fault.
+//! block is nT under FEAT_BBM), and so are bits 51:48 (RES0 with a 4 KiB
+//! granule without FEAT_LPA2: DBM, GP and RES0 bits; QEMU masks them
+//! too); a level-0 block is a translation fault. The access flag is
+//! reported ([`Flags::ACCESSED`]), not enforced: with TCR_EL1.HA = 0 the
+//! CPU takes an Access flag fault on a leaf without it.
 
 use super::{Descriptor, PageTableFormat};
 use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
 
 const ADDR: u64 = 0x0000_ffff_ffff_f000;
-/// Output-address bits 51:48: beyond a 48-bit output address size.
-const ADDR_HIGH: u64 = 0x000f_0000_0000_0000;
 const VALID: u64 = 1 << 0;
 const TABLE_OR_PAGE: u64 = 1 << 1;
 const AP_EL0: u64 = 1 << 6;
@@ -202,11 +202,6 @@ impl PageTableFormat for Aarch64 {
         let arm = self.arm_level(level);
         let span = self.entry_span(level);
         let table_or_page = raw & TABLE_OR_PAGE != 0;
-        if raw & ADDR_HIGH != 0 {
-            return Descriptor::Reserved {
-                bits: raw & ADDR_HIGH,
-            };
-        }
         if table_or_page && arm < 3 {
             let mut allowed = Perms::all();
             for (bit, right) in TABLE_LIMIT_RIGHTS {
@@ -330,12 +325,12 @@ mod tests {
             m.decode(0, 0x40_0000_0000 | 1),
             Descriptor::Reserved { bits: 1 }
         );
-        // Output-address bits 51:48 make an address-size fault; bits below
-        // a block's alignment (bit 16: nT) are ignored.
-        assert_eq!(
-            m.decode(3, 1 << 48 | 0x5000 | 3),
-            Descriptor::Reserved { bits: 1 << 48 }
-        );
+        // Bits 51:48 (DBM, GP, RES0) and bits below a block's alignment
+        // (bit 16: nT) are not part of the output address.
+        assert!(matches!(
+            m.decode(3, 0xf << 48 | 0x5000 | 3),
+            Descriptor::Leaf { addr: 0x5000, .. }
+        ));
         assert!(matches!(
             m.decode(2, 0x4020_0000 | 1 << 16 | 1),
             Descriptor::Leaf {
