@@ -135,10 +135,12 @@ impl PageTableFormat for Amd64 {
         Codec { nx: self.cpu.nxe }.representable(perms)
     }
 
+    #[inline]
     fn rights(&self, perms: Perms, leaf: u64) -> Rights {
         self.cpu.rights(perms, self.protection_key(leaf))
     }
 
+    #[inline]
     fn protection_key(&self, leaf: u64) -> Option<u8> {
         self.cpu.pke.then(|| protection_key(leaf))
     }

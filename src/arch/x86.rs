@@ -116,6 +116,7 @@ impl X86Cpu {
     /// The effective rights at CPL 0 and CPL 3 of a page whose entries
     /// grant `perms` and whose protection key (if checked) is `key`
     /// (SDM vol. 3A §4.6).
+    #[inline]
     pub(crate) fn rights(&self, perms: Perms, key: Option<u8>) -> Rights {
         let user_page = perms.contains(Perms::USER);
         let writable = perms.contains(Perms::WRITE);
@@ -153,34 +154,31 @@ pub(crate) struct Codec {
 
 impl Codec {
     /// The rights one entry grants (READ always; EXEC unless XD).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn perms(self, raw: u64) -> Perms {
-        let mut perms = Perms::READ;
-        perms.set(Perms::WRITE, raw & PAGE_RW != 0);
-        perms.set(Perms::USER, raw & PAGE_USER != 0);
-        perms.set(
-            Perms::EXEC | Perms::USER_EXEC,
-            !self.nx || raw & PAGE_NX == 0,
-        );
-        perms
+        // R/W is bit 1 in both; U/S (bit 2) is USER (bit 3).
+        let mut bits = Perms::READ.bits() | (raw & PAGE_RW) as u8 | ((raw & PAGE_USER) << 1) as u8;
+        if !self.nx || raw & PAGE_NX == 0 {
+            bits |= (Perms::EXEC | Perms::USER_EXEC).bits();
+        }
+        Perms::from_bits_truncate(bits)
     }
 
     /// The attributes of a leaf whose PAT bit is `pat`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn flags(self, raw: u64, pat: u64) -> Flags {
-        let mut flags = Flags::empty();
+        // PWT, PCD (bits 3, 4) are WRITE_THROUGH, CACHE_DISABLE (3, 4).
+        let mut bits = (raw & (PAGE_PWT | PAGE_PCD)) as u16;
         for (bit, flag) in [
             (PAGE_GLOBAL, Flags::GLOBAL),
             (PAGE_ACCESSED, Flags::ACCESSED),
             (PAGE_DIRTY, Flags::DIRTY),
-            (PAGE_PWT, Flags::WRITE_THROUGH),
-            (PAGE_PCD, Flags::CACHE_DISABLE),
             (pat, Flags::PAT),
             (PAGE_COW, Flags::COW),
         ] {
-            flags.set(flag, raw & bit != 0);
+            bits |= flag.bits() * u16::from(raw & bit != 0);
         }
-        flags
+        Flags::from_bits_truncate(bits)
     }
 
     /// Present bit, rights and attributes of a leaf (no address, no PS).

@@ -1,5 +1,7 @@
 //! Coalescing walker output into [`Mapping`]s, and `virt_to_phys`.
 
+use alloc::boxed::Box;
+
 use crate::arch::PageTableFormat;
 
 use super::error::WalkError;
@@ -11,6 +13,7 @@ use super::walk::{Leaf, WalkEvent, Walker};
 use super::PhysAddr;
 
 impl From<Leaf> for Mapping {
+    #[inline]
     fn from(leaf: Leaf) -> Mapping {
         Mapping {
             phys_base: leaf.pa,
@@ -113,8 +116,9 @@ pub struct VirtToPhys<'a, F: ?Sized, O: TableReadOps> {
 }
 
 enum Source<'a, F: ?Sized, O: TableReadOps> {
-    /// The walker, for ranges of more than one page.
-    Walk(Coalesce<Walker<'a, F, O, NoAliases>>),
+    /// The walker, for ranges of more than one page (boxed: it is large,
+    /// and a one-page query should not carry it around).
+    Walk(Box<Coalesce<Walker<'a, F, O, NoAliases>>>),
     /// A range inside one smallest page: it meets at most one leaf, found
     /// by translating its address (what the walker would read, without
     /// its set-up).
@@ -175,8 +179,17 @@ impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for VirtToPhys<'_, F
         if core::mem::replace(done, true) {
             return None;
         }
-        let mut steps = 0;
-        let result = walk_one(fmt, op, root, va, |_| steps += 1);
+        let result = walk_one(fmt, op, root, va, |_| {});
+        // Entries read: down to the leaf or the entry at fault.
+        let steps = match &result {
+            Ok(t) => t.level as u64 + 1,
+            Err(
+                TranslateFault::NotPresent(at)
+                | TranslateFault::Reserved { at, .. }
+                | TranslateFault::Unreadable(at),
+            ) => at.level as u64 + 1,
+            Err(TranslateFault::NonCanonical { .. }) => 0,
+        };
         *visited = steps.min(budget);
         if steps > budget {
             return Some(Err(WalkError::BudgetExhausted { visited: budget }));
@@ -244,13 +257,13 @@ pub fn virt_to_phys_in<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
                 0 => None,
                 _ => fmt.linear_range(va, va.saturating_add(len - 1)),
             };
-            Source::Walk(Coalesce::new(Walker::new(
+            Source::Walk(Box::new(Coalesce::new(Walker::new(
                 fmt,
                 op,
                 root,
                 range,
                 no_aliases as NoAliases,
-            )))
+            ))))
         }
     };
     VirtToPhys { source }

@@ -37,6 +37,7 @@ pub enum MappingKind {
 impl MappingKind {
     /// The kind described by effective rights and the CoW marker. A CoW
     /// marker on a writable entry is ignored (the copy already happened).
+    #[inline]
     pub fn from_perms(perms: Perms, cow: bool) -> MappingKind {
         let readable = perms.contains(Perms::READ);
         // The level that owns the page decides: user pages by USER_EXEC.

@@ -103,6 +103,27 @@ pub(crate) fn walk_one<F, O>(
     op: &O,
     root: O::TableAddr,
     va: u64,
+    on_step: impl FnMut(TranslationStep),
+) -> Result<Translated, TranslateFault>
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    // The common depth as a constant, so that the compiler unrolls the
+    // walk and folds each level's shifts and masks.
+    match fmt.levels() {
+        4 => walk_levels(fmt, op, root, va, 4, on_step),
+        levels => walk_levels(fmt, op, root, va, levels.min(MAX_LEVELS), on_step),
+    }
+}
+
+#[inline(always)]
+fn walk_levels<F, O>(
+    fmt: &F,
+    op: &O,
+    root: O::TableAddr,
+    va: u64,
+    levels: usize,
     mut on_step: impl FnMut(TranslationStep),
 ) -> Result<Translated, TranslateFault>
 where
@@ -117,7 +138,6 @@ where
     // the path is searched only when a table may repeat.
     let mut seen = 0u64;
     let mut self_map = false;
-    let levels = fmt.levels().min(MAX_LEVELS);
     for level in 0..levels {
         let index = (lin >> fmt.shift(level)) & (fmt.entries(level) - 1);
         let at = EntryLocation {
