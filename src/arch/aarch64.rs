@@ -195,6 +195,10 @@ impl PageTableFormat for Aarch64 {
         }
     }
 
+    fn leaf_address_mask(&self, level: usize) -> u64 {
+        ADDR & !(self.entry_span(level) - 1)
+    }
+
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         if raw & VALID == 0 {
             return Descriptor::Invalid;

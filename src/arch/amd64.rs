@@ -146,6 +146,11 @@ impl PageTableFormat for Amd64 {
     }
 
     #[inline]
+    fn leaf_address_mask(&self, level: usize) -> u64 {
+        self.level_bits(level).leaf_address_mask()
+    }
+
+    #[inline]
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         Codec { nx: self.cpu.nxe }.decode(raw, &self.level_bits(level))
     }

@@ -183,6 +183,14 @@ impl PageTableFormat for I686 {
         self.cpu.rights(perms, None)
     }
 
+    fn leaf_address_mask(&self, level: usize) -> u64 {
+        if self.is_pdpte(level) {
+            0
+        } else {
+            self.level_bits(level).leaf_address_mask()
+        }
+    }
+
     fn decode(&self, level: usize, raw: u64) -> Descriptor {
         if self.is_pdpte(level) {
             // Bits 63:MAXPHYADDR and 1, 2, 5-8 are reserved (table 4-8).

@@ -120,6 +120,15 @@ pub trait PageTableFormat {
         None
     }
 
+    /// The bits of a leaf at `level` that hold its output address, such
+    /// that two leaves differing only there decode alike (the walker then
+    /// reads a run of leaves without decoding each one); 0 where the mode
+    /// cannot say, and every entry is decoded.
+    fn leaf_address_mask(&self, level: usize) -> u64 {
+        let _ = level;
+        0
+    }
+
     /// Decode a raw entry found at `level`.
     fn decode(&self, level: usize, raw: u64) -> Descriptor;
 

@@ -335,6 +335,17 @@ impl LevelBits {
         }
     }
 
+    /// The bits of a leaf here that hold its address (attributes are all
+    /// the others), or 0 where they are not one field (PSE-36).
+    #[inline]
+    pub(crate) fn leaf_address_mask(&self) -> u64 {
+        match (self.last, self.pse36) {
+            (true, _) => self.addr,
+            (false, false) => self.huge_addr,
+            (false, true) => 0,
+        }
+    }
+
     /// The physical address of a leaf here.
     #[inline]
     pub(crate) fn leaf_addr(&self, raw: u64) -> PhysAddr {

@@ -22,7 +22,7 @@ impl From<Leaf> for Mapping {
             kind: MappingKind::from_perms(leaf.perms, leaf.flags.contains(Flags::COW)),
             user_accessible: leaf.perms.contains(Perms::USER),
             flags: leaf.flags.difference(Flags::COW),
-            page_size: PageSize(leaf.size),
+            page_size: PageSize(1 << leaf.page_shift),
             rights: leaf.rights,
         }
     }
@@ -53,8 +53,8 @@ pub(crate) struct Coalesce<I> {
 fn continues(last: &Leaf, next: &Leaf) -> bool {
     last.va.checked_add(last.size) == Some(next.va)
         && last.pa.checked_add(last.size) == Some(next.pa)
-        && (last.size, last.perms, last.flags, last.rights)
-            == (next.size, next.perms, next.flags, next.rights)
+        && (last.page_shift, last.perms, last.flags, last.rights)
+            == (next.page_shift, next.perms, next.flags, next.rights)
 }
 
 impl<I> Coalesce<I> {
@@ -202,6 +202,7 @@ impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for VirtToPhys<'_, F
                     va: va - offset,
                     pa: t.pa - offset,
                     size,
+                    page_shift: size.trailing_zeros() as u8,
                     perms: t.perms,
                     flags: t.flags,
                     rights: t.rights,

@@ -63,12 +63,17 @@ where
     ))
 }
 
-/// One leaf the walker found, with rights made effective across levels.
+/// A run of leaves the walker found (neighbours in one table, alike but
+/// for their addresses, which continue each other), with rights made
+/// effective across levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Leaf {
     pub va: u64,
     pub pa: PhysAddr,
+    /// Bytes in the run.
     pub size: u64,
+    /// Bytes one leaf maps, as a power of two.
+    pub page_shift: u8,
     pub perms: Perms,
     pub flags: Flags,
     pub rights: Rights,
@@ -132,6 +137,9 @@ pub(crate) struct Walker<'a, F: ?Sized, O: TableReadOps, H> {
     visited: u64,
     budget: u64,
     hook: H,
+    /// An entry `run` read but did not take: (table, index, raw), read
+    /// again from here instead of from memory.
+    peeked: Option<(PhysAddr, u64, u64)>,
 }
 
 impl<'a, F, O, H> Walker<'a, F, O, H>
@@ -167,6 +175,7 @@ where
             visited: 0,
             budget: u64::MAX,
             hook,
+            peeked: None,
         };
         if range.is_some() && fmt.levels() <= MAX_LEVELS && fmt.levels() > 0 {
             walker.push(0, root, 0, Perms::all(), false);
@@ -182,6 +191,35 @@ where
     /// Entries read so far.
     pub(crate) fn visited(&self) -> u64 {
         self.visited
+    }
+
+    /// The bytes of the run of leaves starting with `first` (just read
+    /// at `level`): the entries after it in its table that differ from it
+    /// only in an address continuing it are consumed without decoding.
+    #[inline]
+    fn run(&mut self, level: usize, first: u64, page: u64) -> u64 {
+        let mask = self.fmt.leaf_address_mask(level);
+        let mut size = page;
+        if mask == 0 {
+            return size;
+        }
+        let frame = self.frames[level];
+        let mut index = frame.next;
+        while index <= frame.last && self.visited < self.budget {
+            let Ok(raw) = read_raw(self.fmt, self.op, frame.table, index) else {
+                break;
+            };
+            let continues = (first & mask).checked_add(size) == Some(raw & mask);
+            if (raw ^ first) & !mask != 0 || !continues {
+                self.peeked = Some((O::to_phys(frame.table), index, raw));
+                break;
+            }
+            self.visited += 1;
+            size += page;
+            index += 1;
+        }
+        self.frames[level].next = index;
+        size
     }
 
     fn push(
@@ -235,7 +273,11 @@ where
                 table: O::to_phys(frame.table),
                 index,
             };
-            let raw = match read_raw(self.fmt, self.op, frame.table, index) {
+            let read = match self.peeked.take() {
+                Some((t, i, raw)) if (t, i) == (O::to_phys(frame.table), index) => Ok(raw),
+                _ => read_raw(self.fmt, self.op, frame.table, index),
+            };
+            let raw = match read {
                 Ok(raw) => raw,
                 Err(_) => {
                     // The whole table is unreachable: one error, not 512.
@@ -250,10 +292,12 @@ where
                     let perms = perms & frame.allowed;
                     let mut flags = flags;
                     flags.set(Flags::SELF_MAP, frame.self_map);
+                    let page = self.fmt.entry_span(level);
                     return Some(Ok(WalkEvent::Leaf(Leaf {
                         va: self.fmt.canonical(lin),
                         pa: addr,
-                        size: self.fmt.entry_span(level),
+                        size: self.run(level, raw, page),
+                        page_shift: page.trailing_zeros() as u8,
                         perms,
                         flags,
                         rights: self.fmt.rights(perms, raw),
