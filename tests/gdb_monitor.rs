@@ -63,12 +63,30 @@ fn translate_prints_every_level() {
     let out = vm.gdb(&[
         "monitor vmem translate 0xffffffff80400123",
         "monitor vmem translate 0x7000",
+        "monitor vmem translate 0x400000",
+        "monitor vmem translate 0xffff888000001000",
     ]);
     let chain = lines_matching(
         &out,
         r"^  (PML4|PDPT|PD|PT)\[\d+\] +at 0x[0-9a-f]+: 0x[0-9a-f]{16}  ",
     );
-    assert_eq!(chain.len(), 3 + 3, "{out}");
+    // Kernel text, a hole, the user page (4 levels), the direct map (3
+    // levels in 1 GiB pages, 4 in 2 MiB pages: the vCPU decides).
+    let direct = if demo::direct_map_page() == "1G" { 2 } else { 3 };
+    assert_eq!(chain.len(), 3 + 3 + 4 + direct, "{out}");
+    // What each privilege level may do, as the vCPU (CR0.WP = 1, no SMEP
+    // or SMAP in the demo) decides: kernel text, the user page (NX), the
+    // direct map (NX, supervisor).
+    let rights: Vec<&str> = out.lines().filter(|l| l.starts_with("   may: ")).collect();
+    assert_eq!(
+        rights,
+        [
+            "   may: kernel rwx user ---",
+            "   may: kernel rw- user rw-",
+            "   may: kernel rw- user ---"
+        ],
+        "{out}"
+    );
     assert!(
         chain[0].starts_with("  PML4[511]") && chain[0].contains("table 0x"),
         "{out}"
