@@ -72,7 +72,11 @@ fn translate_prints_every_level() {
     );
     // Kernel text, a hole, the user page (4 levels), the direct map (3
     // levels in 1 GiB pages, 4 in 2 MiB pages: the vCPU decides).
-    let direct = if demo::direct_map_page() == "1G" { 2 } else { 3 };
+    let direct = if demo::direct_map_page() == "1G" {
+        2
+    } else {
+        3
+    };
     assert_eq!(chain.len(), 3 + 3 + 4 + direct, "{out}");
     // What each privilege level may do, as the vCPU (CR0.WP = 1, no SMEP
     // or SMAP in the demo) decides: kernel text, the user page (NX), the

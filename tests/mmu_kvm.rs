@@ -4,6 +4,7 @@
 //! and the stub's `monitor gva2gpa` (through the real gdb) must agree with
 //! the vCPU on every VA: present or not, where, and what each level may do.
 
+mod demo;
 mod mmu;
 
 use mmu::tables::Rng;
@@ -179,7 +180,7 @@ fn check(controls: Controls, seed: u64, vas_per_run: usize) -> (usize, usize) {
 
 #[test]
 fn walker_agrees_with_the_vcpu_with_wp_and_nx() {
-    if !mmu::available() {
+    if !demo::available() {
         return;
     }
     let controls = Controls {
@@ -193,7 +194,7 @@ fn walker_agrees_with_the_vcpu_with_wp_and_nx() {
 
 #[test]
 fn walker_agrees_with_the_vcpu_with_smep_smap_and_no_wp() {
-    if !mmu::available() {
+    if !demo::available() {
         return;
     }
     let controls = Controls {
@@ -207,7 +208,7 @@ fn walker_agrees_with_the_vcpu_with_smep_smap_and_no_wp() {
 
 #[test]
 fn walker_agrees_with_the_vcpu_without_nxe() {
-    if !mmu::available() {
+    if !demo::available() {
         return;
     }
     let controls = Controls {

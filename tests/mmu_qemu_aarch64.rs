@@ -118,7 +118,7 @@ fn entry(rng: &mut Rng, pool: &[u64], levels: usize, level: usize, index: u64) -
             | match rng.below(20) {
                 0 => pool[0],
                 1 => DATA + (rng.below((END - DATA) >> 12) << 12),
-                _ => pool[rng.below(pool.len() as u64) as usize],
+                _ => *rng.pick(pool),
             };
         // APTable, UXNTable, PXNTable, NSTable, ignored bits.
         raw |= rng.next() & (0xf8 << 56 | 0x0ff0);
@@ -130,7 +130,7 @@ fn entry(rng: &mut Rng, pool: &[u64], levels: usize, level: usize, index: u64) -
         raw |= rng.next() & 0xbfc;
         raw |= rng.next() & (0x3 << 53 | 0xf << 55 | 0x1f << 59);
         raw |= match arm_level {
-            3 if rng.chance(20) => pool[rng.below(pool.len() as u64) as usize],
+            3 if rng.chance(20) => *rng.pick(pool),
             3 => DATA + (rng.below((END - DATA) >> 12) << 12),
             2 => DATA + (rng.below((END - DATA) >> 21) << 21),
             _ => 0x4000_0000,
@@ -163,7 +163,7 @@ fn sample(img: &Image, rng: &mut Rng, space: &Space, count: usize, out: &mut Vec
             let read = |i: u64| img.read(table + i * 8, 8).unwrap_or(0);
             let present: Vec<u64> = (0..512).filter(|&i| read(i) & 1 != 0).collect();
             let index = if !present.is_empty() && rng.chance(92) {
-                present[rng.below(present.len() as u64) as usize]
+                *rng.pick(&present)
             } else {
                 rng.below(512)
             };

@@ -7,6 +7,8 @@
 //! access. Skips (or fails under VMEM_GDBSTUB_REQUIRE_KVM=1) without
 //! qemu-system-x86_64.
 
+#[path = "mmu/assemble.rs"]
+mod assemble;
 #[path = "mmu/qemu.rs"]
 mod qemu;
 #[path = "mmu/rng.rs"]
@@ -116,25 +118,9 @@ impl Ram {
 }
 
 fn build_probe(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mmu/qemu_x86.S");
-    let elf64 = dir.join("qemu_x86.elf");
-    let elf32 = dir.join("qemu_x86_32.elf");
-    let status = Command::new("gcc")
-        .args([
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-Wl,-N",
-            "-Wl,--build-id=none",
-        ])
-        .args(["-Wl,--no-warn-rwx-segments", "-Wl,-Ttext=0x100000"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&elf64)
-        .status()
-        .expect("gcc");
-    assert!(status.success());
+    let elf64 = assemble::x86_probe(dir, "qemu_x86", 0x10_0000);
     // QEMU's multiboot loader takes 32-bit ELF files only.
+    let elf32 = dir.join("qemu_x86_32.elf");
     let status = Command::new("objcopy")
         .args(["-O", "elf32-i386"])
         .arg(&elf64)
@@ -295,7 +281,7 @@ fn entry(
         raw |= match rng.below(20) {
             0 => tables[0],
             1 => DATA + (rng.below((END - DATA) >> 12) << 12),
-            _ => tables[rng.below(tables.len() as u64) as usize],
+            _ => *rng.pick(tables),
         };
         if mode == Mode::Legacy {
             raw |= rng.next() & 0x80; // PS, ignored without CR4.PSE
@@ -305,7 +291,7 @@ fn entry(
         if last {
             raw |= rng.next() & 0x80; // PAT
             raw |= if rng.chance(20) {
-                tables[rng.below(tables.len() as u64) as usize]
+                *rng.pick(tables)
             } else {
                 DATA + (rng.below((END - DATA) >> 12) << 12)
             };
@@ -353,7 +339,7 @@ fn sample(ram: &Ram, rng: &mut Rng, mode: Mode, root: u64, count: usize) -> Vec<
             let read = |i: u64| ram.read(table + i * es, es).unwrap_or(0);
             let present: Vec<u64> = (0..n).filter(|&i| read(i) & 1 != 0).collect();
             let index = if !present.is_empty() && rng.chance(92) {
-                present[rng.below(present.len() as u64) as usize]
+                *rng.pick(&present)
             } else {
                 rng.below(n)
             };

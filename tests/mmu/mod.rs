@@ -2,6 +2,7 @@
 //! RAM, and the probe of `probe64.S` making real loads, stores and
 //! instruction fetches at CPL 0 and CPL 3 through them.
 
+pub mod assemble;
 pub mod rng;
 pub mod tables;
 
@@ -85,48 +86,9 @@ impl Controls {
     }
 }
 
-/// Whether this machine can run the probe; panics under
-/// VMEM_GDBSTUB_REQUIRE_KVM=1 when it cannot.
-pub fn available() -> bool {
-    let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    let missing = if !Path::new("/dev/kvm").exists() {
-        Some("/dev/kvm is missing")
-    } else if Command::new("gdb").arg("--version").output().is_err() {
-        Some("gdb is not installed")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if required => panic!("{why}, and VMEM_GDBSTUB_REQUIRE_KVM=1"),
-        Some(why) => {
-            eprintln!("SKIPPED: {why} (set VMEM_GDBSTUB_REQUIRE_KVM=1 to make this a failure)");
-            false
-        }
-    }
-}
-
-/// Assemble the probe (once per test binary) into `dir`.
+/// Assemble the probe into `dir`.
 pub fn build_probe(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mmu/probe64.S");
-    let elf = dir.join("probe64.elf");
-    let status = Command::new("gcc")
-        .args([
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-Wl,-N",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
-        .arg(format!("-Wl,-Ttext={:#x}", HV + CODE))
-        .arg(&src)
-        .arg("-o")
-        .arg(&elf)
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "gcc failed on {}", src.display());
-    elf
+    assemble::x86_probe(dir, "probe64", HV + CODE)
 }
 
 /// The vCPU model KVM offers guests here, with `controls`.

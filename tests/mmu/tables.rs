@@ -82,14 +82,14 @@ impl RandomTables {
             let target = match rng.below(20) {
                 0 => root,                                             // self-map
                 1 => DATA + rng.below((RAM - DATA) / 0x1000) * 0x1000, // a data page as table
-                _ => tables[rng.below(tables.len() as u64) as usize],
+                _ => *rng.pick(tables),
             };
             raw |= target;
         } else {
             raw |= if level < 3 { PS } else { rng.next() & 0x80 }; // PAT in a PTE
             raw |= rng.next() & 0x100; // G
             raw |= match level {
-                3 if rng.chance(20) => tables[rng.below(tables.len() as u64) as usize],
+                3 if rng.chance(20) => *rng.pick(tables),
                 3 => DATA + rng.below((RAM - DATA) / 0x1000) * 0x1000,
                 2 => (DATA + rng.below((RAM - DATA) >> 21) * (2 << 20)) | (rng.next() & 0x1000),
                 _ => rng.next() & 0x1000, // 1 GiB at PA 0 (PAT bit random)
@@ -126,7 +126,7 @@ pub fn sample_vas(mem: &GuestMemory, rng: &mut Rng, root: u64, count: usize) -> 
                 })
                 .collect();
             let index = if !present.is_empty() && rng.chance(92) {
-                present[rng.below(present.len() as u64) as usize]
+                *rng.pick(&present)
             } else {
                 let i = rng.below(510);
                 if level == 0 && i == 256 {
