@@ -156,6 +156,7 @@ impl<F: PageTableFormat + ?Sized, O: TableReadOps> VirtToPhys<'_, F, O> {
 impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for VirtToPhys<'_, F, O> {
     type Item = Result<Mapping, WalkError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let (fmt, op, root, va, budget, visited, done) = match &mut self.source {
             Source::Walk(walk) => loop {
@@ -235,6 +236,7 @@ pub fn virt_to_phys<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
 
 /// [`virt_to_phys`] in the space rooted at `root` (any CR3, not just the
 /// accessor's own).
+#[inline]
 pub fn virt_to_phys_in<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
     fmt: &'a F,
     op: &'a O,

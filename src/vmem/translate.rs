@@ -134,9 +134,6 @@ where
     let mut table = root;
     let mut allowed = Perms::all();
     let mut path = [0 as PhysAddr; MAX_LEVELS];
-    // A one-word filter of the tables on the path (by bits 17:12), so that
-    // the path is searched only when a table may repeat.
-    let mut seen = 0u64;
     let mut self_map = false;
     for level in 0..levels {
         let index = (lin >> fmt.shift(level)) & (fmt.entries(level) - 1);
@@ -146,7 +143,6 @@ where
             index,
         };
         path[level] = at.table;
-        seen |= 1 << ((at.table >> 12) & 63);
         let raw = read_raw(fmt, op, table, index).map_err(|_| TranslateFault::Unreadable(at))?;
         let descriptor = fmt.decode(level, raw);
         on_step(TranslationStep {
@@ -173,9 +169,7 @@ where
             }
             Descriptor::Table { addr, allowed: a } if level + 1 < levels => {
                 allowed &= a;
-                if seen & (1 << ((addr >> 12) & 63)) != 0 {
-                    self_map |= path[..=level].contains(&addr);
-                }
+                self_map |= path[..=level].contains(&addr);
                 table = O::from_phys(addr);
             }
             Descriptor::Reserved { bits } => {
