@@ -44,16 +44,18 @@ pub(crate) enum Coalesced {
 /// through in address order.
 pub(crate) struct Coalesce<I> {
     inner: I,
-    /// The run being built and the leaf that ends it.
-    pending: Option<(Mapping, Leaf)>,
+    /// The run being built: its first leaf, grown to the run's length
+    /// (every leaf of a run has the first one's attributes).
+    pending: Option<Leaf>,
     stashed: Option<Result<WalkEvent, WalkError>>,
 }
 
-/// Whether `next` continues the run whose last leaf is `last`.
-fn continues(last: &Leaf, next: &Leaf) -> bool {
-    last.va.checked_add(last.size) == Some(next.va)
-        && last.pa.checked_add(last.size) == Some(next.pa)
-        && (last.page_shift, last.perms, last.flags, last.rights)
+/// Whether `next` continues `run`.
+#[inline]
+fn continues(run: &Leaf, next: &Leaf) -> bool {
+    run.va.checked_add(run.size) == Some(next.va)
+        && run.pa.checked_add(run.size) == Some(next.pa)
+        && (run.page_shift, run.perms, run.flags, run.rights)
             == (next.page_shift, next.perms, next.flags, next.rights)
 }
 
@@ -73,24 +75,24 @@ impl<I: Iterator<Item = Result<WalkEvent, WalkError>>> Iterator for Coalesce<I> 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let Some(event) = self.stashed.take().or_else(|| self.inner.next()) else {
-                return self.pending.take().map(|(m, _)| Ok(Coalesced::Mapping(m)));
+                return self
+                    .pending
+                    .take()
+                    .map(|run| Ok(Coalesced::Mapping(run.into())));
             };
             match event {
                 Ok(WalkEvent::Leaf(leaf)) => match &mut self.pending {
-                    Some((run, last)) if continues(last, &leaf) => {
-                        run.len += leaf.size;
-                        *last = leaf;
+                    Some(run) if continues(run, &leaf) => run.size += leaf.size,
+                    Some(run) => {
+                        let done = core::mem::replace(run, leaf);
+                        return Some(Ok(Coalesced::Mapping(done.into())));
                     }
-                    Some(pending) => {
-                        let (done, _) = core::mem::replace(pending, (leaf.into(), leaf));
-                        return Some(Ok(Coalesced::Mapping(done)));
-                    }
-                    None => self.pending = Some((leaf.into(), leaf)),
+                    None => self.pending = Some(leaf),
                 },
                 other => {
-                    if let Some((run, _)) = self.pending.take() {
+                    if let Some(run) = self.pending.take() {
                         self.stashed = Some(other);
-                        return Some(Ok(Coalesced::Mapping(run)));
+                        return Some(Ok(Coalesced::Mapping(run.into())));
                     }
                     return Some(other.map(|event| match event {
                         WalkEvent::Leaf(leaf) => Coalesced::Mapping(leaf.into()),
