@@ -6,7 +6,7 @@
 //! the CPU the VMM gave it ([`CpuLimits`], from its CPUID) and CR0.WP,
 //! CR4.SMEP / SMAP / PKE and EFER.NXE.
 
-use kvm_bindings::{kvm_cpuid_entry2, kvm_sregs};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_sregs, kvm_xsave};
 
 use super::memory::{GuestMemory, GuestTables};
 use crate::arch::{Amd64, PageTableFormat, X86Cpu, I686};
@@ -19,7 +19,7 @@ const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
-const CR4_PKE: u64 = 1 << 22;
+pub(crate) const CR4_PKE: u64 = 1 << 22;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
 
@@ -30,6 +30,9 @@ pub(crate) struct CpuLimits {
     phys_bits: u8,
     page_1g: bool,
     pse36: bool,
+    /// Where PKRU sits in the standard XSAVE layout (CPUID 0Dh.9 EBX), if
+    /// the vCPU has it.
+    pkru_offset: Option<usize>,
 }
 
 impl CpuLimits {
@@ -42,10 +45,14 @@ impl CpuLimits {
                 .iter()
                 .find(|e| e.function == function && e.index == 0)
         };
+        let pkru = entries
+            .iter()
+            .find(|e| e.function == 0xd && e.index == 9 && e.eax >= 4);
         CpuLimits {
             phys_bits: leaf(0x8000_0008).map_or(36, |e| (e.eax & 0xff) as u8),
             page_1g: leaf(0x8000_0001).is_some_and(|e| e.edx & (1 << 26) != 0),
             pse36: leaf(1).is_some_and(|e| e.edx & (1 << 17) != 0),
+            pkru_offset: pkru.map(|e| e.ebx as usize),
         }
     }
 
@@ -60,10 +67,16 @@ impl CpuLimits {
             smep: sregs.cr4 & CR4_SMEP != 0,
             smap: sregs.cr4 & CR4_SMAP != 0,
             pke: sregs.cr4 & CR4_PKE != 0,
-            // PKRU lives in XSAVE state; keys are reported, and checked as
-            // if PKRU were 0 (every key allows everything).
+            // Keys do not change where an address goes, only the rights
+            // `monitor vmem translate` reports: see `Paging::with_pkru`.
             pkru: 0,
         }
+    }
+
+    /// PKRU in a vCPU's XSAVE area (standard layout, as KVM_GET_XSAVE
+    /// returns it), when the vCPU has protection keys.
+    pub(crate) fn pkru(&self, xsave: &kvm_xsave) -> Option<u32> {
+        xsave.region.get(self.pkru_offset? / 4).copied()
     }
 }
 
@@ -152,6 +165,21 @@ impl Paging {
         }
     }
 
+    /// The same mode with the vCPU's PKRU, for the rights of user pages
+    /// under CR4.PKE.
+    pub(crate) fn with_pkru(self, pkru: u32) -> Paging {
+        match self {
+            Paging::Paged {
+                format: GuestFormat::Long(m),
+                root,
+            } => Paging::Paged {
+                format: GuestFormat::Long(Amd64::with_cpu(m.la57(), X86Cpu { pkru, ..*m.cpu() })),
+                root,
+            },
+            other => other,
+        }
+    }
+
     /// The physical address of `va` and how many bytes from it stay in the
     /// same page.
     pub(crate) fn translate(
@@ -225,6 +253,7 @@ mod tests {
         phys_bits: 52,
         page_1g: true,
         pse36: true,
+        pkru_offset: None,
     };
 
     fn sregs(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> kvm_sregs {
@@ -313,5 +342,26 @@ mod tests {
         );
         assert!(!m.leaf_allowed(1));
         assert_eq!(CpuLimits::from_cpuid(&[]).phys_bits, 36);
+        // PKRU from the XSAVE area, where CPUID 0Dh.9 puts it.
+        let keys = CpuLimits::from_cpuid(&[kvm_cpuid_entry2 {
+            function: 0xd,
+            index: 9,
+            eax: 8,
+            ebx: 2688,
+            ..Default::default()
+        }]);
+        let mut xsave = kvm_xsave::default();
+        xsave.region[2688 / 4] = 0x55;
+        assert_eq!(keys.pkru(&xsave), Some(0x55));
+        assert_eq!(limits.pkru(&xsave), None);
+        let sregs = super::tests::sregs(CR0_PG, 0x5000, CR4_PAE | CR4_PKE, EFER_LMA | EFER_NXE);
+        let Paging::Paged {
+            format: GuestFormat::Long(m),
+            ..
+        } = Paging::of(&sregs, &keys).with_pkru(0x55)
+        else {
+            panic!("long mode");
+        };
+        assert_eq!((m.cpu().pke, m.cpu().pkru), (true, 0x55));
     }
 }

@@ -32,7 +32,7 @@ use log::{debug, warn};
 use super::connection::GdbConnection;
 use super::memory_packets::ReadRequest;
 use super::monitor::{self, Effect, View};
-use super::paging::{GuestFormat, Paging};
+use super::paging::{GuestFormat, Paging, CR4_PKE};
 use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
 use super::vcpu::{Command, StopKind};
 use super::watchpoints::Watch;
@@ -407,9 +407,18 @@ impl<'a> KvmTarget<'a> {
             .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
             .unwrap_or_default();
         drop(fd);
-        let paging = state
-            .as_ref()
-            .map(|s| Paging::of(&s.sregs, &self.dbg.cpu_limits));
+        let paging = state.as_ref().map(|s| {
+            let paging = Paging::of(&s.sregs, &self.dbg.cpu_limits);
+            if s.sregs.cr4 & CR4_PKE == 0 {
+                return paging;
+            }
+            // Protection keys: the rights of user pages depend on PKRU.
+            let xsave = lock(&self.dbg.vcpus[self.current].fd).get_xsave();
+            match xsave.ok().and_then(|x| self.dbg.cpu_limits.pkru(&x)) {
+                Some(pkru) => paging.with_pkru(pkru),
+                None => paging,
+            }
+        });
         let root = match paging {
             Some(Paging::Paged { format, root }) => {
                 *mode = Some(format);
