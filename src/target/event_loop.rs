@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -43,19 +43,30 @@ impl GdbListener {
         Ok(GdbListener::Tcp(listener))
     }
 
-    /// Listen on a unix socket at `path`, readable by the owner only.
+    /// Listen on a unix socket at `path`, usable by the owner only (mode
+    /// 0600). A stale socket there (nobody listening) is replaced;
+    /// anything else at `path` is left alone and is an error.
     pub fn unix(path: impl AsRef<Path>) -> io::Result<GdbListener> {
         let path = path.as_ref().to_path_buf();
-        let _ = std::fs::remove_file(&path);
-        // SAFETY: umask only changes this process's file-creation mask; it
-        // is restored right after bind so the socket is created 0600.
-        let old = unsafe { libc::umask(0o077) };
-        let bound = UnixListener::bind(&path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(GdbListener::Unix(listener, path))
+        remove_stale_socket(&path)?;
+        // Bound inside a fresh directory only we can enter, made 0600, then
+        // moved into place: never reachable with other modes, and no
+        // process-wide umask change.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let private = parent.join(format!(".vmem-gdbstub-{}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let staged = private.join("gdb.sock");
+        let bound = UnixListener::bind(&staged).and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, &path)?;
+            Ok(listener)
+        });
+        let _ = std::fs::remove_file(&staged);
+        let _ = std::fs::remove_dir(&private);
+        Ok(GdbListener::Unix(bound?, path))
     }
 
     /// The TCP address actually bound (port 0 picks a free one).
@@ -272,5 +283,64 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
 impl Drop for GdbConnection {
     fn drop(&mut self) {
         let _ = self.flush();
+    }
+}
+
+/// Remove a socket left at `path` by a process that is gone; refuse to
+/// touch anything else (a file, a directory, a socket in use).
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket: not replacing it",
+                path.display()
+            ),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{}: another process is listening there", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unix listener is 0600, replaces only a stale socket, and
+    /// leaves a file or a live socket at its path alone.
+    #[test]
+    fn unix_listener_respects_what_is_at_its_path() {
+        let dir = std::env::temp_dir().join(format!("vmem-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gdb.sock");
+
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(GdbListener::unix(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+
+        let live = GdbListener::unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = GdbListener::unix(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(live);
+
+        // A socket nobody listens on any more is replaced.
+        let stale = UnixListener::bind(dir.join("stale.sock")).unwrap();
+        drop(stale);
+        assert!(GdbListener::unix(dir.join("stale.sock")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

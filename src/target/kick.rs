@@ -61,8 +61,8 @@ pub(crate) fn current_thread() -> libc::pthread_t {
 
 /// Interrupt `thread`'s `KVM_RUN`, if any.
 pub(crate) fn kick(thread: libc::pthread_t) {
-    // SAFETY: `thread` is a vCPU thread that registered itself and stays
-    // alive while the debugger exists; the handler is installed.
+    // SAFETY: `thread` is a vCPU thread inside `Vcpu::run` (the caller
+    // holds the lock that thread takes to leave); the handler is installed.
     unsafe {
         libc::pthread_kill(thread, kick_signal());
     }

@@ -188,10 +188,25 @@ impl Debugger {
     }
 
     /// Run `f` on vCPU `index` (set up registers before it starts; while
-    /// it runs this waits for it to leave `KVM_RUN`).
-    pub fn with_vcpu<R>(&self, index: usize, f: impl FnOnce(&mut VcpuFd) -> R) -> Option<R> {
+    /// it runs this waits for it to leave `KVM_RUN`). The fd is lent, not
+    /// given: the debugger keeps a pointer into its `kvm_run` page, so it
+    /// cannot be replaced.
+    ///
+    /// ```no_run
+    /// # fn regs(dbg: &vmem_gdbstub::target::Debugger) {
+    /// let rip = dbg.with_vcpu(0, |fd| fd.get_regs().map(|r| r.rip));
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # fn swap(dbg: &vmem_gdbstub::target::Debugger, other: kvm_ioctls::VcpuFd) {
+    /// // Replacing the fd would unmap the `kvm_run` page under the debugger.
+    /// dbg.with_vcpu(0, |fd| *fd = other);
+    /// # }
+    /// ```
+    pub fn with_vcpu<R>(&self, index: usize, f: impl FnOnce(&VcpuFd) -> R) -> Option<R> {
         let vcpu = self.inner.vcpus.get(index)?;
-        Some(f(&mut lock(&vcpu.fd)))
+        Some(f(&lock(&vcpu.fd)))
     }
 
     /// Run vCPU `index` until the VM shuts down. Call it from that vCPU's

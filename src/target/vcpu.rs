@@ -6,7 +6,7 @@
 //! with [`Vcpu::wait_parked`]; a vCPU that stops by itself (breakpoint,
 //! step, watchpoint) records why and wakes the gdb thread.
 
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gdbstub::common::Signal;
@@ -70,7 +70,26 @@ pub(crate) struct Vcpu {
     ctl: Mutex<Control>,
     cv: Condvar,
     immediate_exit: ImmediateExit,
-    thread: OnceLock<libc::pthread_t>,
+    /// The thread inside `run`, while it is there: a kick never reaches a
+    /// thread whose loop ended (and which the VMM may have joined).
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+/// Registers the calling thread as a vCPU's for as long as it lives, and
+/// takes it back on every way out of `Vcpu::run`.
+struct RunningThread<'a>(&'a Mutex<Option<libc::pthread_t>>);
+
+impl<'a> RunningThread<'a> {
+    fn register(slot: &'a Mutex<Option<libc::pthread_t>>) -> Self {
+        *lock(slot) = Some(kick::current_thread());
+        RunningThread(slot)
+    }
+}
+
+impl Drop for RunningThread<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
+    }
 }
 
 /// What one `KVM_RUN` came to.
@@ -100,7 +119,7 @@ impl Vcpu {
             }),
             cv: Condvar::new(),
             immediate_exit,
-            thread: OnceLock::new(),
+            thread: Mutex::new(None),
         }
     }
 
@@ -124,7 +143,9 @@ impl Vcpu {
         self.cv.notify_all();
         if matches!(command, Command::Pause | Command::Quit) && previous != Command::Pause {
             self.immediate_exit.set(true);
-            if let Some(&thread) = self.thread.get() {
+            // Kicked under the lock: the thread cannot leave `run` (and
+            // be joined) in between.
+            if let Some(thread) = *lock(&self.thread) {
                 kick::kick(thread);
             }
         }
@@ -221,7 +242,7 @@ impl Vcpu {
         inner: &Inner,
         on_exit: &mut dyn FnMut(usize, VcpuExit<'_>) -> ExitAction,
     ) {
-        let _ = self.thread.set(kick::current_thread());
+        let _running = RunningThread::register(&self.thread);
         let mut applied: Option<kvm_guest_debug> = None;
         loop {
             let command = self.next_command();
