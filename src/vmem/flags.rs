@@ -157,9 +157,23 @@ impl fmt::Display for HumanBytes {
     }
 }
 
+impl Perms {
+    /// Whether the level that owns the page may execute it: the user level
+    /// ([`Perms::USER_EXEC`]) for user pages, else the privileged level
+    /// ([`Perms::EXEC`]).
+    #[inline]
+    pub fn owner_executable(self) -> bool {
+        if self.contains(Perms::USER) {
+            self.contains(Perms::USER_EXEC)
+        } else {
+            self.contains(Perms::EXEC)
+        }
+    }
+}
+
 impl fmt::Display for Perms {
     /// `rwxu`, with `-` for each missing right (`x`: executable by the
-    /// level that owns the page, [`Perms::USER_EXEC`] for user pages).
+    /// level that owns the page, see [`Perms::owner_executable`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bit = |p: Perms, c: char| if self.contains(p) { c } else { '-' };
         write!(
@@ -167,11 +181,7 @@ impl fmt::Display for Perms {
             "{}{}{}{}",
             bit(Perms::READ, 'r'),
             bit(Perms::WRITE, 'w'),
-            if self.contains(Perms::USER) {
-                bit(Perms::USER_EXEC, 'x')
-            } else {
-                bit(Perms::EXEC, 'x')
-            },
+            if self.owner_executable() { 'x' } else { '-' },
             bit(Perms::USER, 'u')
         )
     }

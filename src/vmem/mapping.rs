@@ -40,12 +40,7 @@ impl MappingKind {
     #[inline]
     pub fn from_perms(perms: Perms, cow: bool) -> MappingKind {
         let readable = perms.contains(Perms::READ);
-        // The level that owns the page decides: user pages by USER_EXEC.
-        let executable = if perms.contains(Perms::USER) {
-            perms.contains(Perms::USER_EXEC)
-        } else {
-            perms.contains(Perms::EXEC)
-        };
+        let executable = perms.owner_executable();
         if cow && !perms.contains(Perms::WRITE) {
             MappingKind::Cow(CowMapping {
                 readable,

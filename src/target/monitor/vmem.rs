@@ -45,7 +45,7 @@ pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
     let bits = [
         (perms.contains(Perms::READ), 'r'),
         (perms.contains(Perms::WRITE), 'w'),
-        (perms.contains(owner_exec(perms)), 'x'),
+        (perms.owner_executable(), 'x'),
         (perms.contains(Perms::USER), 'u'),
         (flags.contains(Flags::GLOBAL), 'g'),
         (flags.contains(Flags::ACCESSED), 'a'),
@@ -56,15 +56,6 @@ pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
     bits.iter()
         .map(|&(on, c)| if on { c } else { '-' })
         .collect()
-}
-
-/// The execute right of the level that owns a page.
-fn owner_exec(perms: Perms) -> Perms {
-    if perms.contains(Perms::USER) {
-        Perms::USER_EXEC
-    } else {
-        Perms::EXEC
-    }
 }
 
 fn mapping_flags(m: &Mapping) -> String {
