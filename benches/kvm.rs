@@ -3,13 +3,13 @@
 //! ratio is printed at the end. Skips without /dev/kvm.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::Amd64;
-use vmem_gdbstub::target::{Debugger, GuestMemory, GuestRam, GuestTables, RamRegion, TablePool};
+use vmem_gdbstub::target::{GuestRam, GuestTables, TablePool};
 use vmem_gdbstub::vmem::{self, BasicMapping, Mapping, MappingKind, PageSize, TableOps};
 
 const RW: MappingKind = MappingKind::Basic(BasicMapping {
@@ -22,15 +22,15 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME_LMA_NXE: u64 = 1 << 8 | 1 << 10 | 1 << 11;
 
 /// A VM with one vCPU in long mode over tables with 4K, 2M and 1G leaves.
-fn setup() -> Option<(Debugger, u64, [u64; 3])> {
+fn setup() -> Option<(GuestRam, VcpuFd, u64, [u64; 3])> {
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("SKIPPED: /dev/kvm is missing");
         return None;
     }
     let kvm = Kvm::new().ok()?;
     let vm = kvm.create_vm().ok()?;
-    let ram = Arc::new(GuestRam::new(64 << 20).ok()?);
-    let memory = GuestMemory::new(vec![RamRegion::new(0, ram)]).ok()?;
+    let ranges = [(GuestAddress(0), 64 << 20)];
+    let memory = GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&ranges).ok()?);
     let pool = TablePool::new(0x10_0000..0x20_0000);
     let root = GuestTables::new(&memory, 0, Some(&pool))
         .alloc_table()
@@ -68,38 +68,45 @@ fn setup() -> Option<(Debugger, u64, [u64; 3])> {
     sregs.efer = EFER_LME_LMA_NXE;
     sregs.cs.l = 1;
     vcpu.set_sregs(&sregs).ok()?;
-    let debugger = Debugger::new(vm, vec![vcpu], memory).ok()?;
-    Some((debugger, root, probes))
+    // The memslot KVM_TRANSLATE reads the tables through.
+    let host = memory.ranges()[0].host;
+    let slot = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: 64 << 20,
+        userspace_addr: host,
+    };
+    // SAFETY: `host` is the start of the 64 MiB mapping `memory` keeps
+    // alive for as long as the VM is used here.
+    unsafe { vm.set_user_memory_region(slot) }.ok()?;
+    Some((memory, vcpu, root, probes))
 }
 
-fn ours(debugger: &Debugger, root: u64, va: u64) -> u64 {
-    let tables = GuestTables::new(debugger.memory(), root, None);
+fn ours(memory: &GuestRam, root: u64, va: u64) -> u64 {
+    let tables = GuestTables::new(memory, root, None);
     vmem::translate_pa(&Amd64::FOUR_LEVEL, &tables, root, va)
         .map(|(pa, _)| pa)
         .unwrap_or(0)
 }
 
-fn kvm_translate(debugger: &Debugger, va: u64) -> u64 {
-    debugger
-        .with_vcpu(0, |fd| {
-            fd.translate_gva(va)
-                .map(|t| t.physical_address)
-                .unwrap_or(0)
-        })
+fn kvm_translate(vcpu: &VcpuFd, va: u64) -> u64 {
+    vcpu.translate_gva(va)
+        .map(|t| t.physical_address)
         .unwrap_or(0)
 }
 
 fn translate(c: &mut Criterion) {
-    let Some((debugger, root, probes)) = setup() else {
+    let Some((memory, vcpu, root, probes)) = setup() else {
         return;
     };
     let mut group = c.benchmark_group("translate one guest VA");
     let mut comparable = Vec::new();
     for (va, name) in probes.iter().zip(["4K", "2M", "1G"]) {
-        let (pa, by_kvm) = (ours(&debugger, root, *va), kvm_translate(&debugger, *va));
+        let (pa, by_kvm) = (ours(&memory, root, *va), kvm_translate(&vcpu, *va));
         assert_eq!(pa & 0xfff, 0x123, "{name}: {pa:#x}");
         group.bench_function(format!("vmem {name}"), |b| {
-            b.iter(|| ours(&debugger, root, black_box(*va)))
+            b.iter(|| ours(&memory, root, black_box(*va)))
         });
         if by_kvm != pa {
             // Seen on kvm_pvm for 1 GiB pages, even with pdpe1gb in CPUID.
@@ -108,7 +115,7 @@ fn translate(c: &mut Criterion) {
         }
         comparable.push((*va, name));
         group.bench_function(format!("KVM_TRANSLATE {name}"), |b| {
-            b.iter(|| kvm_translate(&debugger, black_box(*va)))
+            b.iter(|| kvm_translate(&vcpu, black_box(*va)))
         });
     }
     group.finish();
@@ -118,12 +125,12 @@ fn translate(c: &mut Criterion) {
         let va = &va;
         let start = Instant::now();
         for _ in 0..N {
-            black_box(ours(&debugger, root, black_box(*va)));
+            black_box(ours(&memory, root, black_box(*va)));
         }
         let vmem_ns = start.elapsed().as_nanos() as f64 / f64::from(N);
         let start = Instant::now();
         for _ in 0..N {
-            black_box(kvm_translate(&debugger, black_box(*va)));
+            black_box(kvm_translate(&vcpu, black_box(*va)));
         }
         let kvm_ns = start.elapsed().as_nanos() as f64 / f64::from(N);
         println!(

@@ -20,6 +20,27 @@ bp_stub:
     lock incq bp_hits(%rip)
     iretq
 
+    /* The LAPIC timer: count the tick, end the interrupt (x2APIC EOI). */
+    .globl timer_stub
+timer_stub:
+    lock incq timer_ticks(%rip)
+    push %rax
+    push %rcx
+    push %rdx
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+
+    /* A spurious interrupt needs no EOI. */
+    .globl spurious_stub
+spurious_stub:
+    iretq
+
     /* #PF: remember the address and vector, then halt this vCPU. */
     .globl pf_stub
 pf_stub:

@@ -13,6 +13,18 @@ typedef unsigned char u8;
 
 /* Filled in by the VMM before start: the two spaces' CR3 values. */
 volatile u64 space_roots[2] = { 0, 0 };
+/* Filled in by the VMM: LAPIC timer interrupts per second and vCPU (0: no
+ * interrupt controller; then the VMM wakes a halted vCPU itself). */
+volatile u64 timer_hz = 0;
+/* Timer interrupts taken, by all vCPUs (timer_stub counts them). */
+volatile u64 timer_ticks;
+/* Set by a debugger: both vCPUs only wait for interrupts. */
+volatile u64 guest_idle;
+/* What the VMM's demo device answered last (port read, MMIO read). */
+volatile u64 device_port_value;
+volatile u64 device_mmio_value;
+#define DEVICE_PORT 0x511
+#define DEVICE_MMIO ((volatile u32 *)0xffffffffc0000000UL)
 
 volatile u64 counter;
 volatile u64 last_result;
@@ -48,11 +60,16 @@ struct idt_pointer {
     u64 base;
 } __attribute__((packed));
 
-static struct idt_entry idt[32] __attribute__((aligned(16)));
+#define TIMER_VECTOR 0x20
+#define SPURIOUS_VECTOR 0x3f
+
+static struct idt_entry idt[SPURIOUS_VECTOR + 1] __attribute__((aligned(16)));
 
 extern void bp_stub(void);
 extern void pf_stub(void);
 extern void fault_stub(void);
+extern void timer_stub(void);
+extern void spurious_stub(void);
 
 static void set_gate(int vector, void (*handler)(void))
 {
@@ -72,15 +89,49 @@ static void setup_idt(void)
         set_gate(v, fault_stub);
     set_gate(3, bp_stub);
     set_gate(14, pf_stub);
+    set_gate(TIMER_VECTOR, timer_stub);
+    set_gate(SPURIOUS_VECTOR, spurious_stub);
     struct idt_pointer ptr = { sizeof(idt) - 1, (u64)idt };
     __asm__ volatile("lidt %0" : : "m"(ptr));
 }
 
+static inline void wrmsr(u32 msr, u64 value)
+{
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((u32)value), "d"((u32)(value >> 32)));
+}
+
+static inline u64 rdmsr(u32 msr)
+{
+    u32 low, high;
+    __asm__ volatile("rdmsr" : "=a"(low), "=d"(high) : "c"(msr));
+    return ((u64)high << 32) | low;
+}
+
+#define MSR_APIC_BASE 0x1b
+#define X2APIC_SVR 0x80f
+#define X2APIC_LVT_TIMER 0x832
+#define X2APIC_TIMER_INITIAL 0x838
+#define X2APIC_TIMER_DIVIDE 0x83e
+
+/* This vCPU's LAPIC timer, periodic at timer_hz (x2APIC: no MMIO page to
+ * map). KVM's APIC bus runs at 1 GHz; divided by 16. */
+static void start_timer(void)
+{
+    if (!timer_hz)
+        return;
+    wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1 << 11) | (1 << 10));
+    wrmsr(X2APIC_SVR, 0x100 | SPURIOUS_VECTOR);
+    wrmsr(X2APIC_TIMER_DIVIDE, 0x3);
+    wrmsr(X2APIC_LVT_TIMER, (1 << 17) | TIMER_VECTOR);
+    wrmsr(X2APIC_TIMER_INITIAL, 1000000000UL / 16 / timer_hz);
+}
+
 static inline void halt(void)
 {
-    /* Our VMM resumes a vCPU halted with interrupts enabled after a short
-     * sleep (its stand-in for a timer tick); elsewhere (QEMU, no interrupt
-     * source set up) nothing would wake it, so pause for a while instead. */
+    /* Our VMM wakes a vCPU halted with interrupts enabled: its timer
+     * interrupt, or without an irqchip a short sleep standing in for one;
+     * elsewhere (QEMU, no interrupt source set up) nothing would wake it,
+     * so pause for a while instead. */
     if (space_roots[0]) {
         __asm__ volatile("sti; hlt; cli");
         return;
@@ -122,14 +173,28 @@ __attribute__((noinline)) void switch_space(u64 iteration)
     }
 }
 
+/* Read the VMM's demo device: a port and an MMIO register, each answered
+ * by the VMM itself (exits the debugger hands back untouched). */
+__attribute__((noinline)) void poll_device(void)
+{
+    u32 value;
+    __asm__ volatile("inl %1, %0" : "=a"(value) : "d"((u16)DEVICE_PORT));
+    device_port_value = value;
+    device_mmio_value = *DEVICE_MMIO;
+}
+
 static void vcpu0_main(void)
 {
     for (u64 iteration = 0;; iteration++) {
+        while (guest_idle)
+            halt();
         last_result = level1((int)iteration);
         if (iteration % 8 == 0)
             switch_space(iteration);
-        if (space_roots[0]) /* only our VMM maps the user page */
+        if (space_roots[0]) { /* only our VMM maps the user page and device */
             USER_PAGE[0] = 'A' + (iteration % 26);
+            poll_device();
+        }
         if (probe_va) {
             probe_value = *(volatile u64 *)probe_va;
             probe_va = 0;
@@ -147,6 +212,8 @@ __attribute__((noinline)) void write_watched(u64 value)
 static void vcpu1_main(void)
 {
     for (u64 iteration = 1;; iteration++) {
+        while (guest_idle)
+            halt();
         write_watched(watched_value + 1);
         vcpu1_iterations = iteration;
         if (iteration % 16 == 0)
@@ -158,6 +225,7 @@ static void vcpu1_main(void)
 void kmain(u64 vcpu)
 {
     setup_idt();
+    start_timer();
     if (vcpu == 0)
         vcpu0_main();
     else

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
-use vmem_gdbstub::target::{GuestMemory, GuestTables, TablePool};
+use vmem_gdbstub::target::{GuestRam, GuestTables, TablePool};
 use vmem_gdbstub::vmem::{
     self, BasicMapping, MapError, Mapping, MappingKind, PageSize, SpaceReferenceMapping, TableOps,
 };
@@ -25,6 +25,10 @@ pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 pub const DIRECT_MAP: u64 = 0xffff_8880_0000_0000;
 /// The user page.
 pub const USER_VA: u64 = 0x40_0000;
+/// The VMM's device page (MMIO, no RAM behind it; above the largest RAM).
+pub const DEVICE_PA: u64 = 0x10_0000_0000;
+/// Where the guest sees the device page.
+pub const DEVICE_VA: u64 = 0xffff_ffff_c000_0000;
 /// The 32-bit guest's kernel window: VA KERNEL_BASE_32 + x maps PA x.
 pub const KERNEL_BASE_32: u64 = 0xc000_0000;
 
@@ -39,7 +43,7 @@ fn kind(writable: bool, executable: bool) -> MappingKind {
 }
 
 /// A new empty address space (its root table) from `pool`.
-fn new_space(mem: &GuestMemory, pool: &TablePool) -> Result<u64, MapError> {
+fn new_space(mem: &GuestRam, pool: &TablePool) -> Result<u64, MapError> {
     GuestTables::new(mem, 0, Some(pool))
         .alloc_table()
         .map_err(|cause| MapError::Alloc { level: 0, cause })
@@ -98,7 +102,7 @@ fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Res
 /// vCPU has 1 GiB pages); returns their CR3 values.
 pub fn build_spaces(
     mode: &Amd64,
-    mem: &GuestMemory,
+    mem: &GuestRam,
     ram: u64,
     segments: &[Segment],
 ) -> Result<[u64; 2], MapError> {
@@ -117,6 +121,8 @@ pub fn build_spaces(
     )?;
     map_segments(mode, &a, segments)?;
     map_user_page(mode, &a, USER_PA[0])?;
+    let device = Mapping::new(DEVICE_VA, DEVICE_PA, 4096, kind(true, false));
+    vmem::map(mode, &a, &device.max_page_size(PageSize::SIZE_4K))?;
 
     // The second space: its own user page, the kernel half shared.
     let second = new_space(mem, &pool)?;
@@ -138,7 +144,7 @@ pub fn build_spaces(
 /// Build the 32-bit guest's space (kernel window in the largest pages the
 /// mode has, a user page); returns its CR3.
 pub fn build_space_32(
-    mem: &GuestMemory,
+    mem: &GuestRam,
     ram: u64,
     segments: &[Segment],
     mode: I686,
@@ -154,7 +160,7 @@ pub fn build_space_32(
 }
 
 /// Write a flat GDT: null, code (0x08; 64-bit unless `code32`), data (0x10).
-pub fn write_gdt(mem: &GuestMemory, code32: bool) -> Result<(), vmem::MemoryError> {
+pub fn write_gdt(mem: &GuestRam, code32: bool) -> Result<(), vmem::MemoryError> {
     let code = if code32 {
         0x00cf_9b00_0000_ffff
     } else {

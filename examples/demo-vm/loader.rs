@@ -3,7 +3,7 @@
 use elf::abi::PT_LOAD;
 use elf::endian::LittleEndian;
 use elf::ElfBytes;
-use vmem_gdbstub::target::GuestMemory;
+use vmem_gdbstub::target::GuestRam;
 
 /// One loaded segment: where it lives and is mapped.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +24,7 @@ pub struct Image {
 
 /// Copy every PT_LOAD segment of `bytes` to its physical address (zeroing
 /// the part past the file data).
-pub fn load(bytes: &[u8], mem: &GuestMemory) -> Result<Image, String> {
+pub fn load(bytes: &[u8], mem: &GuestRam) -> Result<Image, String> {
     let file = ElfBytes::<LittleEndian>::minimal_parse(bytes)
         .map_err(|e| format!("not an ELF64 file: {e}"))?;
     let segments = file.segments().ok_or("the ELF has no program headers")?;

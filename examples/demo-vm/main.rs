@@ -12,14 +12,15 @@ mod vm;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use clap::Parser;
-use kvm_ioctls::VcpuExit;
+use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
-use vmem_gdbstub::target::{Debugger, ExitAction, GdbListener};
+use vmem_gdbstub::target::{Debugger, Entry, ExitAction, GdbListener};
 
 /// The guest built from guest/ by build.rs.
 const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
@@ -53,6 +54,14 @@ struct Args {
     /// vmem map` can only fill existing tables).
     #[arg(long)]
     no_table_pool: bool,
+    /// No in-kernel interrupt controller (then `hlt` exits, and the
+    /// debugger's 2 ms tick stands in for a timer interrupt).
+    #[arg(long)]
+    no_irqchip: bool,
+    /// Run the vCPUs through the debugger's turnkey loop instead of this
+    /// VMM's own loop with the hooks.
+    #[arg(long)]
+    turnkey: bool,
 }
 
 fn main() {
@@ -92,6 +101,7 @@ fn run(args: Args) -> Result<(), String> {
         mem_mib: args.mem,
         table_pool: !args.no_table_pool,
         mode,
+        irqchip: !args.no_irqchip,
     })?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),
@@ -111,11 +121,22 @@ fn run(args: Args) -> Result<(), String> {
 
     let debugger = vm.debugger;
     let mut vcpu_threads = Vec::new();
-    for index in 0..debugger.vcpu_count() {
+    for (index, fd) in vm.vcpus.into_iter().enumerate() {
         let dbg = Arc::clone(&debugger);
+        let turnkey = args.turnkey;
         let handle = thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || dbg.run_vcpu(index, handle_exit))
+            .spawn(move || {
+                let ended = if turnkey {
+                    let mut fd = fd;
+                    dbg.run_vcpu(index, &mut fd, handle_exit)
+                } else {
+                    vcpu_loop(&dbg, index, fd)
+                };
+                if let Err(e) = ended {
+                    error!("vcpu {index}: {e}");
+                }
+            })
             .map_err(|e| e.to_string())?;
         vcpu_threads.push(handle);
     }
@@ -139,7 +160,46 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Port I/O and MMIO the guest does outside the debugger's traps.
+/// This VMM's vCPU loop: its own `KVM_RUN` loop with the debugger's hooks
+/// around each run, as any VMM would embed the stub.
+fn vcpu_loop(
+    debugger: &Debugger,
+    index: usize,
+    mut fd: VcpuFd,
+) -> Result<(), vmem_gdbstub::target::StubError> {
+    let mut hooks = debugger.vcpu(index)?;
+    while hooks.before_run(&mut fd) == Entry::Run {
+        let exit = hooks.run(&mut fd);
+        let action = match hooks.after_exit(exit) {
+            None => ExitAction::Continue,
+            Some(Ok(exit)) => handle_exit(index, exit),
+            Some(Err(e)) if e.errno() == libc::EINTR => ExitAction::Continue,
+            Some(Err(e)) => {
+                error!("vcpu {index}: KVM_RUN failed: {e}");
+                ExitAction::Shutdown
+            }
+        };
+        if action == ExitAction::Shutdown {
+            debugger.shut_down();
+        }
+    }
+    Ok(())
+}
+
+/// The demo device's port: each 4-byte read gives 0xfeed_0000 + the
+/// number of reads before it.
+const DEVICE_PORT: u16 = 0x511;
+/// Reads of the device's MMIO page give 0xcafe_0000 + the number of reads
+/// before it.
+const DEVICE_MMIO: u64 = layout::DEVICE_PA;
+
+static DEVICE_PORT_READS: AtomicU32 = AtomicU32::new(0);
+static DEVICE_MMIO_READS: AtomicU32 = AtomicU32::new(0);
+
+/// Port I/O and MMIO the guest does outside the debugger's traps: a serial
+/// port for output, and the demo device whose reads count themselves (the
+/// tests check that every such exit reaches this VMM exactly once, also
+/// while gdb steps over it).
 fn handle_exit(vcpu: usize, exit: VcpuExit<'_>) -> ExitAction {
     match exit {
         VcpuExit::IoOut(port, data) => {
@@ -148,8 +208,18 @@ fn handle_exit(vcpu: usize, exit: VcpuExit<'_>) -> ExitAction {
             }
             ExitAction::Continue
         }
+        VcpuExit::IoIn(DEVICE_PORT, data) if data.len() == 4 => {
+            let n = DEVICE_PORT_READS.fetch_add(1, Ordering::Relaxed);
+            data.copy_from_slice(&(0xfeed_0000 | (n & 0xffff)).to_le_bytes());
+            ExitAction::Continue
+        }
         VcpuExit::IoIn(_, data) => {
             data.fill(0xff);
+            ExitAction::Continue
+        }
+        VcpuExit::MmioRead(DEVICE_MMIO, data) if data.len() == 4 => {
+            let n = DEVICE_MMIO_READS.fetch_add(1, Ordering::Relaxed);
+            data.copy_from_slice(&(0xcafe_0000 | (n & 0xffff)).to_le_bytes());
             ExitAction::Continue
         }
         VcpuExit::MmioRead(_, data) => {

@@ -1,12 +1,14 @@
-//! Creating the VM: RAM, guest image, page tables, vCPUs in long mode.
+//! Creating the VM: RAM, guest image, page tables, interrupt controller,
+//! vCPUs in long mode, and the debugger over them.
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_bindings::{kvm_mp_state, kvm_segment, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use log::info;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
-use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestMemory, GuestRam, RamRegion};
+use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestRam, KvmMemslots};
 
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
@@ -34,10 +36,17 @@ pub enum GuestMode {
     Protected(I686),
 }
 
-/// What the VMM needs after setup.
+/// LAPIC timer interrupts per second and vCPU, with an irqchip.
+pub const TIMER_HZ: u64 = 100;
+
+/// What the VMM needs after setup. It keeps its VM and vCPU fds; the
+/// debugger only borrows them.
 pub struct Vm {
     pub debugger: Arc<Debugger>,
     pub spaces: Vec<u64>,
+    pub vcpus: Vec<VcpuFd>,
+    /// Kept alive as long as the vCPUs run.
+    pub _vm: Arc<VmFd>,
 }
 
 /// What to boot and how.
@@ -48,6 +57,9 @@ pub struct Config<'a> {
     pub mem_mib: u64,
     pub table_pool: bool,
     pub mode: GuestMode,
+    /// KVM's in-kernel interrupt controller and a LAPIC timer (else `hlt`
+    /// exits and the debugger's 2 ms tick stands in for a timer).
+    pub irqchip: bool,
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
@@ -59,13 +71,20 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         mem_mib,
         table_pool,
         mode,
+        irqchip,
     } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
     let _ = vm.set_tss_address(0xfffb_d000);
+    if irqchip {
+        vm.create_irq_chip()
+            .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+        info!("in-kernel irqchip; LAPIC timer at {TIMER_HZ} Hz per vCPU");
+    }
     let ram_size = mem_mib << 20;
-    let ram = Arc::new(GuestRam::new(ram_size as usize).map_err(|e| format!("guest RAM: {e}"))?);
-    let memory = GuestMemory::new(vec![RamRegion::new(0, ram)]).map_err(|e| e.to_string())?;
+    let guest_memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram_size as usize)])
+        .map_err(|e| format!("guest RAM: {e}"))?;
+    let memory = GuestRam::new(guest_memory);
 
     let image = loader::load(elf, &memory)?;
     layout::write_gdt(&memory, mode != GuestMode::Long).map_err(|e| e.to_string())?;
@@ -97,6 +116,13 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
             .write(paddr, &bytes)
             .map_err(|e| format!("space_roots: {e}"))?;
     }
+    if let Some(hz) = loader::symbol(elf, "timer_hz") {
+        // The guest starts its LAPIC timer only if there is an irqchip.
+        let rate = if irqchip { TIMER_HZ } else { 0 };
+        memory
+            .write(hz.wrapping_sub(layout::KERNEL_BASE), &rate.to_le_bytes())
+            .map_err(|e| format!("timer_hz: {e}"))?;
+    }
 
     let mut fds = Vec::with_capacity(vcpus);
     for index in 0..vcpus {
@@ -106,22 +132,36 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         fd.set_cpuid2(&cpuid)
             .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
         setup_vcpu(&fd, mode, spaces[0], image.entry, index as u64)?;
+        if irqchip {
+            // With an in-kernel LAPIC, application processors start
+            // waiting for a SIPI: start them at the entry point instead.
+            fd.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(|e| format!("KVM_SET_MP_STATE: {e}"))?;
+        }
         fds.push(fd);
     }
-    let mut debugger = Debugger::new(vm, fds, memory).map_err(|e| format!("memslots: {e}"))?;
+    // RAM memslots are laid out by the debugger's ready PageTraps (this
+    // VMM has no other slots), so watched pages can trap.
+    let memslots =
+        KvmMemslots::new(Arc::clone(&vm), &memory, 0).map_err(|e| format!("memslots: {e}"))?;
+    let mut builder = Debugger::builder(&vm, vcpus, memory).page_traps(memslots);
     if mode == GuestMode::Long {
         // gdb would take a 32-bit ELF's architecture over our x86-64 one.
-        debugger.set_exec_file(elf_path);
+        builder = builder.exec_file(elf_path);
     }
     if table_pool {
-        debugger.set_table_pool(layout::SPARE_TABLES);
+        builder = builder.table_pool(layout::SPARE_TABLES);
     }
     for &space in &spaces {
-        debugger.add_space(space);
+        builder = builder.space(space);
     }
     Ok(Vm {
-        debugger: Arc::new(debugger),
+        debugger: Arc::new(builder.build()),
         spaces,
+        vcpus: fds,
+        _vm: vm,
     })
 }
 

@@ -1,15 +1,13 @@
-//! Software breakpoints (per guest-physical byte) and hardware execution
-//! breakpoints (DR0-DR3), shared by every vCPU.
+//! Software breakpoints: an `int3` per guest-physical byte, shared by
+//! every vCPU.
 
 use std::collections::BTreeMap;
 
 use log::debug;
 
-use super::memory::GuestMemory;
+use super::memory::GuestRam;
+use super::x86::INT3;
 use crate::vmem::PhysAddr;
-
-/// The x86 `int3` opcode.
-pub(crate) const INT3: u8 = 0xcc;
 
 /// One planted `int3`.
 #[derive(Debug, Clone, Copy)]
@@ -21,13 +19,12 @@ struct SwBreakpoint {
 #[derive(Debug, Default)]
 pub(crate) struct Breakpoints {
     sw: BTreeMap<PhysAddr, SwBreakpoint>,
-    hw: [Option<u64>; 4],
 }
 
 impl Breakpoints {
     /// Plant `int3` at `gpa`; false if one is already there or the byte
     /// is not RAM.
-    pub(crate) fn insert_sw(&mut self, mem: &GuestMemory, gpa: PhysAddr) -> bool {
+    pub(crate) fn insert_sw(&mut self, mem: &GuestRam, gpa: PhysAddr) -> bool {
         if self.sw.contains_key(&gpa) {
             return true;
         }
@@ -46,7 +43,7 @@ impl Breakpoints {
     }
 
     /// Restore the byte under the breakpoint at `gpa`.
-    pub(crate) fn remove_sw(&mut self, mem: &GuestMemory, gpa: PhysAddr) -> bool {
+    pub(crate) fn remove_sw(&mut self, mem: &GuestRam, gpa: PhysAddr) -> bool {
         match self.sw.remove(&gpa) {
             Some(bp) => {
                 restore(mem, gpa, bp.original);
@@ -62,14 +59,14 @@ impl Breakpoints {
     }
 
     /// Temporarily put the original byte back at `gpa` (to step over it).
-    pub(crate) fn lift(&self, mem: &GuestMemory, gpa: PhysAddr) {
+    pub(crate) fn lift(&self, mem: &GuestRam, gpa: PhysAddr) {
         if let Some(bp) = self.sw.get(&gpa) {
             restore(mem, gpa, bp.original);
         }
     }
 
     /// Plant the `int3` at `gpa` again after [`Self::lift`].
-    pub(crate) fn replant(&self, mem: &GuestMemory, gpa: PhysAddr) {
+    pub(crate) fn replant(&self, mem: &GuestRam, gpa: PhysAddr) {
         if self.sw.contains_key(&gpa) {
             let _ = mem.write(gpa, &[INT3]);
         }
@@ -86,7 +83,7 @@ impl Breakpoints {
 
     /// gdb wrote `data` at `gpa`: keep our `int3`s planted and remember
     /// the newly written bytes as their originals.
-    pub(crate) fn after_write(&mut self, mem: &GuestMemory, gpa: PhysAddr, data: &[u8]) {
+    pub(crate) fn after_write(&mut self, mem: &GuestRam, gpa: PhysAddr, data: &[u8]) {
         let end = gpa.saturating_add(data.len() as u64);
         for (&at, bp) in self.sw.range_mut(gpa..end) {
             bp.original = data[(at - gpa) as usize];
@@ -94,47 +91,16 @@ impl Breakpoints {
         }
     }
 
-    /// Use a free debug-register slot for an execution breakpoint.
-    pub(crate) fn insert_hw(&mut self, addr: u64) -> bool {
-        if self.hw.contains(&Some(addr)) {
-            return true;
-        }
-        match self.hw.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => {
-                *slot = Some(addr);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Free the slot holding `addr`.
-    pub(crate) fn remove_hw(&mut self, addr: u64) -> bool {
-        match self.hw.iter_mut().find(|slot| **slot == Some(addr)) {
-            Some(slot) => {
-                *slot = None;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The hardware breakpoint slots.
-    pub(crate) fn hw(&self) -> [Option<u64>; 4] {
-        self.hw
-    }
-
     /// Remove everything, restoring every byte we changed.
-    pub(crate) fn clear(&mut self, mem: &GuestMemory) {
+    pub(crate) fn clear(&mut self, mem: &GuestRam) {
         for (gpa, bp) in std::mem::take(&mut self.sw) {
             restore(mem, gpa, bp.original);
         }
-        self.hw = [None; 4];
     }
 }
 
 /// Put `original` back at `gpa` unless the guest replaced our `int3`.
-fn restore(mem: &GuestMemory, gpa: PhysAddr, original: u8) {
+fn restore(mem: &GuestRam, gpa: PhysAddr, original: u8) {
     let mut now = [0u8];
     if mem.read(gpa, &mut now).is_ok() && now[0] == INT3 {
         let _ = mem.write(gpa, &[original]);

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicBool;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use gdbstub::conn::Connection;
 use log::{debug, trace};
 
 use super::memory_packets::{self, ReadRequest};
-use super::qemu_packets;
+use super::qemu_packets::{self, QemuFlags};
 use super::wait::{self, Ready, WakeReceiver};
 
 /// A stream gdb talks over.
@@ -108,7 +108,7 @@ pub(crate) struct GdbConnection {
     last_packet: Vec<u8>,
     /// rip, rsp, rbp to add to the next stop reply.
     expedite: Option<[u64; 3]>,
-    phys_mode: Arc<AtomicBool>,
+    qemu: Arc<QemuFlags>,
 }
 
 /// The next thing the gdb thread has to handle.
@@ -130,7 +130,7 @@ impl GdbConnection {
     pub(crate) fn new(
         stream: Stream,
         wake: WakeReceiver,
-        phys_mode: Arc<AtomicBool>,
+        qemu: Arc<QemuFlags>,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
@@ -148,7 +148,7 @@ impl GdbConnection {
             mem_thread: 1,
             last_packet: Vec::new(),
             expedite: None,
-            phys_mode,
+            qemu,
         })
     }
 
@@ -185,7 +185,7 @@ impl GdbConnection {
                 self.forward(&packet);
                 continue;
             }
-            if let Some(reply) = qemu_packets::reply(payload, &self.phys_mode) {
+            if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
                 debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
                 self.send_reply(reply.as_bytes())?;
                 continue;

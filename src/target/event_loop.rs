@@ -2,11 +2,13 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -14,9 +16,10 @@ use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubBuilder, GdbStubError};
 use log::{info, warn};
 
 use super::connection::{ConnRef, GdbConnection, Input, Stream};
+use super::error::StubError;
 use super::stub::KvmTarget;
 use super::vcpu::Command;
-use super::wait;
+use super::wait::{self, Ready};
 use super::{lock, Inner};
 
 /// Largest packet we accept and advertise (gdb reads memory in chunks of
@@ -88,7 +91,14 @@ impl GdbListener {
         }
     }
 
-    pub(crate) fn accept(&self) -> io::Result<Stream> {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            GdbListener::Tcp(l) => l.as_raw_fd(),
+            GdbListener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
         match self {
             GdbListener::Tcp(l) => {
                 let (stream, peer) = l.accept()?;
@@ -110,6 +120,48 @@ impl Drop for GdbListener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Accept gdb connections until `Debugger::stop_serving`: one session at
+/// a time; while one is attached, another client is told so and
+/// disconnected.
+pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
+    info!("waiting for gdb on {}", listener.describe());
+    let (waker, wake) = wait::wake_pair()?;
+    *lock(&dbg.serving) = Some(waker);
+    // Whether a session is attached; a session that is just ending (gdb
+    // detached, cleanup running) is waited for, not refused.
+    let busy = (Mutex::new(false), Condvar::new());
+    let served = std::thread::scope(|scope| loop {
+        if dbg.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if wait::wait(listener.raw_fd(), &wake, None)? != Ready::Gdb {
+            continue;
+        }
+        let stream = listener.accept()?;
+        let (flag, ended) = &busy;
+        let mut attached = ended
+            .wait_timeout_while(lock(flag), Duration::from_secs(1), |b| *b)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|e| e.into_inner().0);
+        if *attached {
+            scope.spawn(move || refuse(stream));
+            continue;
+        }
+        *attached = true;
+        drop(attached);
+        let busy = &busy;
+        scope.spawn(move || {
+            session(dbg, stream);
+            *lock(&busy.0) = false;
+            busy.1.notify_all();
+        });
+    });
+    *lock(&dbg.serving) = None;
+    dbg.stopping.store(false, Ordering::Release);
+    info!("stopped serving gdb on {}", listener.describe());
+    served
 }
 
 /// Tell a second client that a session is already attached, then close.
@@ -138,22 +190,24 @@ enum Ended {
     Reason(DisconnectReason),
     /// gdbstub failed: a packet it could not handle, the target, or the
     /// connection.
-    Stub(GdbStubError<String, io::Error>),
+    Stub(GdbStubError<StubError, io::Error>),
     /// The connection failed while we were waiting or answering.
     Connection(io::Error),
+    /// The VMM stopped serving gdb.
+    Stopped,
 }
 
-impl From<GdbStubError<String, io::Error>> for Ended {
-    fn from(e: GdbStubError<String, io::Error>) -> Ended {
+impl From<GdbStubError<StubError, io::Error>> for Ended {
+    fn from(e: GdbStubError<StubError, io::Error>) -> Ended {
         Ended::Stub(e)
     }
 }
 
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
-    let phys_mode = Arc::new(AtomicBool::new(false));
+    dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
     let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&phys_mode))?;
+        let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu))?;
         Ok((waker, conn))
     });
     let (waker, mut conn) = match started {
@@ -165,7 +219,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     };
     *lock(&dbg.session) = Some(waker);
     dbg.pause_all();
-    let mut target = KvmTarget::new(dbg, phys_mode);
+    let mut target = KvmTarget::new(dbg);
     target.collect_stops();
     for index in 0..dbg.vcpus.len() {
         target.remember_space(index);
@@ -196,6 +250,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
             }
             Ended::Stub(e) => info!("gdb session ended: {e}"),
             Ended::Connection(e) => info!("gdb session ended: {e}"),
+            Ended::Stopped => info!("gdb session ended: the VMM stopped serving gdb"),
         }
         break;
     }
@@ -206,7 +261,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
     }
     for v in &dbg.vcpus {
         v.take_stop();
-        v.request(Command::Run);
+        v.request(Command::Run, dbg);
     }
 }
 
@@ -228,6 +283,7 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                     Ok(()) => Ok(idle.into()),
                     Err(e) => return Ended::Connection(e),
                 },
+                Ok(Input::Wake) if target.stopping() => return Ended::Stopped,
                 // vCPUs are parked between packets; a late wake-up's stop
                 // is collected at the next resume.
                 Ok(Input::Wake | Input::Timeout) => Ok(idle.into()),
@@ -251,6 +307,7 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                             }
                             Ok(running.into())
                         }
+                        Ok(Input::Wake) if target.stopping() => return Ended::Stopped,
                         Ok(Input::Wake) => {
                             target.collect_stops();
                             Ok(running.into())

@@ -1,13 +1,20 @@
 //! Interrupting a vCPU thread that is inside `KVM_RUN`.
 //!
-//! The kicker sets `kvm_run.immediate_exit` (so a `KVM_RUN` that has not
-//! started yet returns at once) and sends a signal whose handler does
-//! nothing, installed without `SA_RESTART`, so a running `KVM_RUN` returns
-//! `EINTR`. No polling anywhere.
+//! A thread is kickable only while it is inside [`KickSlot::run`]: it
+//! registers itself and its `kvm_run.immediate_exit` byte there, runs
+//! `KVM_RUN`, and unregisters before the exit is handed on. The kicker sets
+//! `immediate_exit` (so a `KVM_RUN` that has not started yet returns at
+//! once) and sends a signal whose handler does nothing, installed without
+//! `SA_RESTART`, so a running `KVM_RUN` returns `EINTR`. Both happen under
+//! the slot's lock, so neither can reach a thread that has left (and that
+//! the VMM may have joined) or a `kvm_run` page that may be gone. No
+//! polling anywhere.
 
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
-use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::lock;
 
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3
@@ -30,40 +37,59 @@ pub(crate) fn install_handler() {
     });
 }
 
-/// The `immediate_exit` byte of one vCPU's `kvm_run` page.
+/// The thread inside `KVM_RUN` and its `immediate_exit` byte.
 #[derive(Debug)]
-pub(crate) struct ImmediateExit(*mut u8);
-
-// SAFETY: the pointer targets the vCPU's kvm_run mapping, shared with the
-// kernel and written only with volatile single-byte stores.
-unsafe impl Send for ImmediateExit {}
-// SAFETY: as above.
-unsafe impl Sync for ImmediateExit {}
-
-impl ImmediateExit {
-    /// The flag of `run`, which must stay mapped as long as this value is
-    /// used (it lives in the same `Vcpu` as the `VcpuFd` owning it).
-    pub(crate) fn new(run: &mut kvm_run) -> ImmediateExit {
-        ImmediateExit(&mut run.immediate_exit)
-    }
-
-    pub(crate) fn set(&self, on: bool) {
-        // SAFETY: see `new`: the byte is mapped while the vCPU exists.
-        unsafe { std::ptr::write_volatile(self.0, u8::from(on)) }
-    }
+struct Registered {
+    thread: libc::pthread_t,
+    immediate_exit: *mut u8,
 }
 
-/// The id of the calling thread, to be kicked later.
-pub(crate) fn current_thread() -> libc::pthread_t {
-    // SAFETY: pthread_self has no preconditions.
-    unsafe { libc::pthread_self() }
-}
+// SAFETY: the pointer targets a vCPU's kvm_run mapping, which stays mapped
+// while it is registered (the registering thread holds `&mut VcpuFd` until
+// it unregisters); it is written only with volatile single-byte stores.
+unsafe impl Send for Registered {}
 
-/// Interrupt `thread`'s `KVM_RUN`, if any.
-pub(crate) fn kick(thread: libc::pthread_t) {
-    // SAFETY: `thread` is a vCPU thread inside `Vcpu::run` (the caller
-    // holds the lock that thread takes to leave); the handler is installed.
-    unsafe {
-        libc::pthread_kill(thread, kick_signal());
+/// Where a vCPU thread is registered while it may be kicked.
+#[derive(Debug, Default)]
+pub(crate) struct KickSlot(Mutex<Option<Registered>>);
+
+impl KickSlot {
+    /// `KVM_RUN` on `fd`, kickable throughout. `stop_wanted` is asked once
+    /// registered: a request that came too late to kick is seen here, and
+    /// the run returns at once.
+    pub(crate) fn run<'f>(
+        &self,
+        fd: &'f mut VcpuFd,
+        stop_wanted: impl FnOnce() -> bool,
+    ) -> Result<VcpuExit<'f>, kvm_ioctls::Error> {
+        let immediate_exit: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        *lock(&self.0) = Some(Registered {
+            thread,
+            immediate_exit,
+        });
+        if stop_wanted() {
+            // SAFETY: `immediate_exit` points into fd's kvm_run page, mapped
+            // while `fd` is borrowed here.
+            unsafe { std::ptr::write_volatile(immediate_exit, 1) };
+        }
+        let result = fd.run();
+        *lock(&self.0) = None;
+        result
+    }
+
+    /// Interrupt the registered thread's `KVM_RUN`, if a thread is there.
+    pub(crate) fn kick(&self) {
+        let slot = lock(&self.0);
+        if let Some(reg) = slot.as_ref() {
+            // SAFETY: registered pointers are valid until unregistered,
+            // which needs this lock (see `Registered`); the thread is alive
+            // for the same reason, and the handler is installed.
+            unsafe {
+                std::ptr::write_volatile(reg.immediate_exit, 1);
+                libc::pthread_kill(reg.thread, kick_signal());
+            }
+        }
     }
 }

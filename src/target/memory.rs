@@ -1,205 +1,141 @@
-//! Guest RAM: owned host mappings, and a bounds-checked view of all
-//! regions that implements the vmem table traits.
+//! Guest RAM as the stub sees it: the VMM's own `vm-memory` guest memory
+//! (e.g. its `GuestMemoryMmap`), shared, behind one handle that also
+//! implements the vmem table traits.
 //!
 //! Every guest-physical access the stub makes (memory reads for gdb, page
-//! table entries, breakpoint bytes) goes through [`GuestMemory`], so a
+//! table entries, breakpoint bytes) goes through [`GuestRam`], and from
+//! there through `vm-memory`'s bounds-checked, volatile accessors, so a
 //! hostile address can only produce a [`MemoryError`], never a host access
 //! outside guest RAM.
 
-use std::io;
-use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::vmem::{AllocError, PAGE_TABLE_SIZE};
 use crate::vmem::{MayNotMoveTable, MemoryError, MoveInfo, PhysAddr, TableOps, TableReadOps};
 
-/// Anonymous host memory that backs guest RAM; unmapped on drop.
-#[derive(Debug)]
-pub struct GuestRam {
-    ptr: NonNull<u8>,
-    size: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; all access goes through raw
-// pointer copies in `GuestMemory`, which tolerate concurrent guest writes.
-unsafe impl Send for GuestRam {}
-// SAFETY: as above; `GuestRam` hands out no references into the mapping.
-unsafe impl Sync for GuestRam {}
-
-impl GuestRam {
-    /// Map `size` bytes of zeroed anonymous memory.
-    pub fn new(size: usize) -> io::Result<GuestRam> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is
-        // affected, and the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(GuestRam { ptr, size })
-    }
-
-    /// Host address of the first byte (for `KVM_SET_USER_MEMORY_REGION`).
-    pub fn host_addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`size` describe the mapping made in `new`, which
-        // nothing uses after drop (regions hold an `Arc` to this owner).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.size);
-        }
-    }
-}
-
-/// One region of guest-physical address space backed by host memory.
-#[derive(Debug, Clone)]
-pub struct RamRegion {
+/// One contiguous range of guest RAM and where the host has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
     /// First guest-physical address.
     pub gpa: PhysAddr,
-    ram: Arc<GuestRam>,
-}
-
-impl RamRegion {
-    /// `ram` appears at guest-physical `gpa`.
-    pub fn new(gpa: PhysAddr, ram: Arc<GuestRam>) -> RamRegion {
-        RamRegion { gpa, ram }
-    }
-
     /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.ram.size as u64
+    pub size: u64,
+    /// Host address of the first byte (for `KVM_SET_USER_MEMORY_REGION`).
+    pub host: u64,
+}
+
+/// What the stub needs of a guest memory: `vm-memory`'s trait, made
+/// object-safe so the debugger does not take a type parameter.
+trait RamAccess: Send + Sync {
+    fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize;
+    fn covers(&self, gpa: PhysAddr, len: usize) -> bool;
+    fn write(&self, gpa: PhysAddr, data: &[u8]) -> usize;
+    fn load_u64(&self, gpa: PhysAddr) -> Option<u64>;
+    fn ranges(&self) -> Vec<RamRange>;
+}
+
+impl<M: GuestMemory + Send + Sync> RamAccess for M {
+    fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize {
+        Bytes::read(self, buf, GuestAddress(gpa)).unwrap_or(0)
     }
 
-    /// Host address of the region's first byte.
-    pub fn host_addr(&self) -> u64 {
-        self.ram.host_addr()
+    fn covers(&self, gpa: PhysAddr, len: usize) -> bool {
+        self.check_range(GuestAddress(gpa), len)
+    }
+
+    fn write(&self, gpa: PhysAddr, data: &[u8]) -> usize {
+        Bytes::write(self, data, GuestAddress(gpa)).unwrap_or(0)
+    }
+
+    fn load_u64(&self, gpa: PhysAddr) -> Option<u64> {
+        // An aligned entry is one atomic load, as the MMU reads it.
+        self.load::<u64>(GuestAddress(gpa), Ordering::Relaxed)
+            .ok()
+            .map(u64::from_le)
+    }
+
+    fn ranges(&self) -> Vec<RamRange> {
+        self.iter()
+            .map(|r| RamRange {
+                gpa: r.start_addr().0,
+                size: r.len(),
+                host: r
+                    .get_host_address(MemoryRegionAddress(0))
+                    .map_or(0, |p| p as u64),
+            })
+            .collect()
     }
 }
 
-/// Where one region's bytes are on the host, flattened for lookups (no
-/// pointer chase through the `Arc` per access).
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: PhysAddr,
-    end: PhysAddr,
-    host: NonNull<u8>,
+/// All guest RAM, bounds-checked: a cheap, shared handle on the VMM's
+/// `vm-memory` guest memory.
+#[derive(Clone)]
+pub struct GuestRam {
+    mem: Arc<dyn RamAccess>,
+    ranges: Arc<[RamRange]>,
 }
 
-// SAFETY: `host` points into a `GuestRam` that the same `GuestMemory` keeps
-// alive (its `regions`); it is only used for raw copies, like `GuestRam`.
-unsafe impl Send for Span {}
-// SAFETY: as above.
-unsafe impl Sync for Span {}
-
-/// All guest RAM, bounds-checked.
-#[derive(Debug, Clone, Default)]
-pub struct GuestMemory {
-    regions: Vec<RamRegion>,
-    /// `regions` as address ranges and host pointers, in the same order.
-    spans: Vec<Span>,
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("ranges", &self.ranges)
+            .finish()
+    }
 }
 
-impl GuestMemory {
-    /// Guest memory made of `regions` (which must not overlap; checked).
-    pub fn new(mut regions: Vec<RamRegion>) -> Result<GuestMemory, MemoryError> {
-        regions.sort_by_key(|r| r.gpa);
-        let mut spans = Vec::with_capacity(regions.len());
-        for r in &regions {
-            spans.push(Span {
-                start: r.gpa,
-                end: r
-                    .gpa
-                    .checked_add(r.size())
-                    .ok_or(MemoryError { addr: r.gpa })?,
-                host: r.ram.ptr,
-            });
+impl GuestRam {
+    /// The stub's view of `memory` (e.g. a clone of the VMM's
+    /// `GuestMemoryMmap`, which shares the mappings). Its regions are
+    /// fixed from here on: a VMM that hot-plugs memory makes a new one.
+    pub fn new<M: GuestMemory + Send + Sync + 'static>(memory: M) -> GuestRam {
+        let ranges = memory.ranges().into();
+        GuestRam {
+            mem: Arc::new(memory),
+            ranges,
         }
-        if let Some(pair) = spans.windows(2).find(|pair| pair[0].end > pair[1].start) {
-            return Err(MemoryError {
-                addr: pair[1].start,
-            });
-        }
-        Ok(GuestMemory { regions, spans })
     }
 
-    /// The regions, by address.
-    pub fn regions(&self) -> &[RamRegion] {
-        &self.regions
+    /// The RAM ranges, by address.
+    pub fn ranges(&self) -> &[RamRange] {
+        &self.ranges
     }
 
     /// Total bytes of RAM.
     pub fn total_size(&self) -> u64 {
-        self.regions.iter().map(RamRegion::size).sum()
+        self.ranges.iter().map(|r| r.size).sum()
     }
 
-    /// The host pointer and the bytes available from `gpa` to the end of
-    /// its region.
-    #[inline]
-    fn locate(&self, gpa: PhysAddr) -> Result<(*mut u8, u64), MemoryError> {
-        // A few regions (the usual case): a scan whose branches the CPU
-        // predicts, so the page-table walk's chain of loads does not also
-        // wait on a binary search's data dependency.
-        let span = if self.spans.len() <= 4 {
-            self.spans.iter().find(|r| gpa < r.end)
-        } else {
-            self.spans.get(self.spans.partition_point(|r| r.end <= gpa))
-        };
-        match span {
-            Some(r) if r.start <= gpa => {
-                let offset = gpa - r.start;
-                // In bounds: offset < size of this mapping.
-                let ptr = r.host.as_ptr().wrapping_add(offset as usize);
-                Ok((ptr, r.end - gpa))
-            }
-            _ => Err(MemoryError { addr: gpa }),
-        }
-    }
-
-    /// Copy guest memory at `gpa` into `buf`; fails, copying nothing past
-    /// the gap, if any byte is not RAM.
+    /// Copy guest memory at `gpa` into `buf`; fails if any byte is not RAM.
     pub fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let len = buf.len();
-        Self::whole(gpa, len, self.read_prefix(gpa, buf))
+        let done = self.read_prefix(gpa, buf);
+        Self::whole(gpa, buf.len(), done)
     }
 
     /// Copy guest memory at `gpa` into `buf` up to the first byte that is
     /// not RAM; returns how many bytes were copied.
     pub fn read_prefix(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize {
-        self.access(gpa, buf.len(), |host, done, n| {
-            // SAFETY: `locate` checked that `host .. host + n` lies inside a
-            // live mapping; `buf[done..done + n]` is in bounds. Guest vCPUs
-            // may write concurrently; a byte copy only sees torn values.
-            unsafe { std::ptr::copy_nonoverlapping(host, buf[done..].as_mut_ptr(), n) }
-        })
+        if buf.is_empty() {
+            return 0;
+        }
+        self.mem.read(gpa, buf)
     }
 
     /// Copy `data` into guest memory at `gpa` (checked first: nothing is
     /// written unless all of it is RAM).
     pub fn write(&self, gpa: PhysAddr, data: &[u8]) -> Result<(), MemoryError> {
-        Self::whole(gpa, data.len(), self.access(gpa, data.len(), |_, _, _| {}))?;
-        self.access(gpa, data.len(), |host, done, n| {
-            // SAFETY: as in `read_prefix`, with the roles of the buffers swapped.
-            unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), host, n) }
-        });
-        Ok(())
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.mem.covers(gpa, data.len()) {
+            let ok = self.mem.read(gpa, &mut vec![0; data.len()]);
+            return Err(MemoryError {
+                addr: gpa.wrapping_add(ok as u64),
+            });
+        }
+        Self::whole(gpa, data.len(), self.mem.write(gpa, data))
     }
 
     /// `Ok` if an access of `len` bytes at `gpa` covered `done` = all of them.
@@ -216,42 +152,12 @@ impl GuestMemory {
     /// Read a little-endian `u64` (the page-table walker's hot path).
     #[inline]
     pub fn read_u64(&self, gpa: PhysAddr) -> Result<u64, MemoryError> {
-        let (host, avail) = self.locate(gpa)?;
-        if avail >= 8 && host.cast::<u64>().is_aligned() {
-            // SAFETY: `locate` checked that the 8 bytes from `host` lie in a
-            // live mapping, and `host` is 8-byte aligned (page-table entries
-            // always are): one volatile load of plain memory the guest may
-            // be writing sees an old or new value, never UB in Rust.
-            let raw = unsafe { std::ptr::read_volatile(host.cast::<u64>()) };
-            return Ok(u64::from_le(raw));
+        if gpa.is_multiple_of(8) {
+            return self.mem.load_u64(gpa).ok_or(MemoryError { addr: gpa });
         }
         let mut bytes = [0u8; 8];
         self.read(gpa, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
-    }
-
-    /// Walk `gpa .. gpa + len` region by region, calling `copy(host,
-    /// offset, n)` for each piece, up to the first byte that is not RAM;
-    /// returns the bytes covered.
-    fn access(
-        &self,
-        gpa: PhysAddr,
-        len: usize,
-        mut copy: impl FnMut(*mut u8, usize, usize),
-    ) -> usize {
-        let mut done = 0usize;
-        while done < len {
-            let Some(at) = gpa.checked_add(done as u64) else {
-                break;
-            };
-            let Ok((host, avail)) = self.locate(at) else {
-                break;
-            };
-            let n = (len - done).min(usize::try_from(avail).unwrap_or(usize::MAX));
-            copy(host, done, n);
-            done += n;
-        }
-        done
     }
 }
 
@@ -290,7 +196,7 @@ impl TablePool {
 /// The page tables of one address space in guest memory.
 #[derive(Debug, Clone, Copy)]
 pub struct GuestTables<'a> {
-    mem: &'a GuestMemory,
+    mem: &'a GuestRam,
     root: PhysAddr,
     pool: Option<&'a TablePool>,
 }
@@ -298,7 +204,7 @@ pub struct GuestTables<'a> {
 impl<'a> GuestTables<'a> {
     /// The space rooted at `root` (a CR3 value without flag bits), with new
     /// tables from `pool` when writing.
-    pub fn new(mem: &'a GuestMemory, root: PhysAddr, pool: Option<&'a TablePool>) -> Self {
+    pub fn new(mem: &'a GuestRam, root: PhysAddr, pool: Option<&'a TablePool>) -> Self {
         GuestTables { mem, root, pool }
     }
 }
@@ -357,11 +263,11 @@ impl TableOps for GuestTables<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestMemoryMmap;
 
-    fn two_regions() -> GuestMemory {
-        let a = Arc::new(GuestRam::new(8192).unwrap());
-        let b = Arc::new(GuestRam::new(4096).unwrap());
-        GuestMemory::new(vec![RamRegion::new(0x1000, a), RamRegion::new(0x3000, b)]).unwrap()
+    fn two_regions() -> GuestRam {
+        let ranges = [(GuestAddress(0x1000), 8192), (GuestAddress(0x3000), 4096)];
+        GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap())
     }
 
     #[test]
@@ -371,17 +277,19 @@ mod tests {
         let mut buf = [0u8; 8];
         mem.read(0x2ffc, &mut buf).unwrap();
         assert_eq!(buf, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(mem.read_u64(0x2ffc).unwrap(), 0x0807_0605_0403_0201);
         for bad in [0, 0xfff, 0x4000, 0x3ffd, u64::MAX - 3, u64::MAX] {
             assert!(mem.read(bad, &mut buf).is_err(), "{bad:#x}");
+            assert!(mem.read_u64(bad).is_err(), "{bad:#x}");
         }
         // A write that would run off the end writes nothing.
-        assert!(mem.write(0x3ffc, &[9; 8]).is_err());
+        assert_eq!(
+            mem.write(0x3ffc, &[9; 8]),
+            Err(MemoryError { addr: 0x4000 })
+        );
         mem.read(0x3ff8, &mut buf).unwrap();
         assert_eq!(buf, [0; 8]);
-        assert!(GuestMemory::new(vec![
-            RamRegion::new(0, Arc::new(GuestRam::new(8192).unwrap())),
-            RamRegion::new(4096, Arc::new(GuestRam::new(4096).unwrap())),
-        ])
-        .is_err());
+        assert_eq!(mem.read_prefix(0x3ffc, &mut buf), 4);
+        assert_eq!(mem.total_size(), 12288);
     }
 }

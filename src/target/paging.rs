@@ -8,7 +8,7 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_sregs, kvm_xsave};
 
-use super::memory::{GuestMemory, GuestTables};
+use super::memory::{GuestRam, GuestTables};
 use crate::arch::{Amd64, PageTableFormat, X86Cpu, I686};
 use crate::vmem::{self, PhysAddr, TranslateFault};
 
@@ -33,6 +33,18 @@ pub(crate) struct CpuLimits {
     /// Where PKRU sits in the standard XSAVE layout (CPUID 0Dh.9 EBX), if
     /// the vCPU has it.
     pkru_offset: Option<usize>,
+}
+
+impl Default for CpuLimits {
+    /// Before any vCPU's CPUID is known: `X86Cpu::ASSUMED`'s limits.
+    fn default() -> Self {
+        CpuLimits {
+            phys_bits: X86Cpu::ASSUMED.phys_bits,
+            page_1g: X86Cpu::ASSUMED.page_1g,
+            pse36: X86Cpu::ASSUMED.pse36,
+            pkru_offset: None,
+        }
+    }
 }
 
 impl CpuLimits {
@@ -184,7 +196,7 @@ impl Paging {
     /// same page.
     pub(crate) fn translate(
         &self,
-        mem: &GuestMemory,
+        mem: &GuestRam,
         va: u64,
     ) -> Result<(PhysAddr, u64), TranslateFault> {
         match *self {
@@ -203,7 +215,7 @@ impl Paging {
     /// early at the first address that does not translate.
     pub(crate) fn pieces<'m>(
         self,
-        mem: &'m GuestMemory,
+        mem: &'m GuestRam,
         va: u64,
         len: usize,
     ) -> impl Iterator<Item = (PhysAddr, usize, usize)> + 'm {
@@ -223,10 +235,10 @@ impl Paging {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::target::memory::{GuestRam, RamRegion, TablePool};
+    use crate::target::memory::{GuestRam, TablePool};
     use crate::vmem::{BasicMapping, Mapping, MappingKind, TableOps};
 
     const RW: MappingKind = MappingKind::Basic(BasicMapping {
@@ -236,7 +248,7 @@ mod tests {
     });
 
     /// Tables for `fmt` in guest RAM mapping VA 0xc0500000 to PA 0x500000.
-    fn tables(mem: &GuestMemory, fmt: &dyn PageTableFormat) -> u64 {
+    fn tables(mem: &GuestRam, fmt: &dyn PageTableFormat) -> u64 {
         let pool = TablePool::new(0x10_0000..0x20_0000);
         let root = GuestTables::new(mem, 0, Some(&pool)).alloc_table().unwrap();
         let t = GuestTables::new(mem, root, Some(&pool));
@@ -248,13 +260,6 @@ mod tests {
         .unwrap();
         root
     }
-
-    const ASSUMED: CpuLimits = CpuLimits {
-        phys_bits: 52,
-        page_1g: true,
-        pse36: true,
-        pkru_offset: None,
-    };
 
     fn sregs(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> kvm_sregs {
         kvm_sregs {
@@ -270,8 +275,8 @@ mod tests {
     /// mode reads the guest's tables in its own format.
     #[test]
     fn every_paging_mode_translates_through_its_own_tables() {
-        let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
-        let mem = GuestMemory::new(vec![RamRegion::new(0, ram)]).unwrap();
+        let ranges = [(GuestAddress(0), 16 << 20)];
+        let mem = GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap());
         let cases: [(&dyn PageTableFormat, u64, u64); 4] = [
             (&I686::PSE, CR4_PSE, 0),
             (&I686::PAE, CR4_PAE, 0),
@@ -281,7 +286,10 @@ mod tests {
         for (fmt, cr4, efer) in cases {
             mem.write(0x10_0000, &[0u8; 0x10_0000]).unwrap();
             let root = tables(&mem, fmt);
-            let paging = Paging::of(&sregs(CR0_PG | 1, root | 0x18, cr4, efer), &ASSUMED);
+            let paging = Paging::of(
+                &sregs(CR0_PG | 1, root | 0x18, cr4, efer),
+                &CpuLimits::default(),
+            );
             assert!(
                 matches!(paging, Paging::Paged { root: r, .. } if r == root),
                 "{paging:?}"
@@ -292,12 +300,12 @@ mod tests {
             assert!(paging.translate(&mem, 0x1000).is_err(), "{paging:?}");
         }
         // Paging off: physical addresses.
-        let off = Paging::of(&sregs(1, 0, CR4_PAE, 0), &ASSUMED);
+        let off = Paging::of(&sregs(1, 0, CR4_PAE, 0), &CpuLimits::default());
         assert_eq!(off, Paging::Off);
         assert_eq!(off.translate(&mem, 0x1234), Ok((0x1234, 0xdcc)));
         // 2-level without CR4.PSE.
         assert!(matches!(
-            Paging::of(&sregs(CR0_PG, 0x5000, 0, 0), &ASSUMED),
+            Paging::of(&sregs(CR0_PG, 0x5000, 0, 0), &CpuLimits::default()),
             Paging::Paged {
                 format: GuestFormat::Protected(m),
                 root: 0x5000

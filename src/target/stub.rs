@@ -4,8 +4,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gdbstub::common::{Pid, Signal, Tid};
@@ -30,16 +29,16 @@ use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
 use super::connection::GdbConnection;
+use super::error::StubError;
 use super::memory_packets::ReadRequest;
 use super::monitor::{self, Effect, View};
 use super::paging::{GuestFormat, Paging, CR4_PKE};
 use super::regs::{KvmState, X86_64Kvm, X86_64RegId, X86_64Regs};
 use super::vcpu::{Command, StopKind};
 use super::watchpoints::Watch;
+use super::x86::MSR_KERNEL_GS_BASE;
 use super::{lock, Inner};
 use crate::vmem::PhysAddr;
-
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 /// How long a single step may run before the vCPUs gdb lets continue
 /// alongside it are started (a step normally ends in microseconds; one
@@ -71,8 +70,6 @@ pub(crate) struct KvmTarget<'a> {
     current: usize,
     /// What gdb's memory accesses go through (`monitor vmem use`).
     view: View,
-    /// QEMU's physical-memory mode (`Qqemu.PhyMemMode`), set by the packet layer.
-    phys_mode: Arc<AtomicBool>,
     /// Each parked vCPU's general and special registers, read once per stop.
     core: RefCell<Vec<Option<(kvm_regs, kvm_sregs)>>>,
     /// The rest (x87/SSE, KERNEL_GS_BASE), read only when gdb wants them.
@@ -92,24 +89,32 @@ fn tid(index: usize) -> Tid {
     NonZeroUsize::new(index + 1).unwrap_or(NonZeroUsize::MIN)
 }
 
-fn fatal(e: impl std::fmt::Display) -> TargetError<String> {
-    TargetError::Fatal(e.to_string())
+impl From<StubError> for TargetError<StubError> {
+    fn from(e: StubError) -> Self {
+        TargetError::Fatal(e)
+    }
 }
 
 /// The registers beyond the general and special ones: x87/SSE and
 /// IA32_KERNEL_GS_BASE.
 fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
-    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-        index: MSR_KERNEL_GS_BASE,
-        ..Default::default()
-    }])
-    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))?;
+    let mut msrs = kernel_gs_base_msr(0)?;
     fd.get_msrs(&mut msrs)?;
     Ok((fd.get_fpu()?, msrs.as_slice()[0].data))
 }
 
+/// IA32_KERNEL_GS_BASE as an MSR list for KVM_GET/SET_MSRS.
+fn kernel_gs_base_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
+    Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_KERNEL_GS_BASE,
+        data,
+        ..Default::default()
+    }])
+    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
+}
+
 impl<'a> KvmTarget<'a> {
-    pub(crate) fn new(dbg: &'a Inner, phys_mode: Arc<AtomicBool>) -> KvmTarget<'a> {
+    pub(crate) fn new(dbg: &'a Inner) -> KvmTarget<'a> {
         KvmTarget {
             core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
@@ -123,11 +128,10 @@ impl<'a> KvmTarget<'a> {
             pending: VecDeque::new(),
             current: 0,
             view: View::Current,
-            phys_mode,
         }
     }
 
-    fn index(&self, tid: Tid) -> Result<usize, TargetError<String>> {
+    fn index(&self, tid: Tid) -> Result<usize, TargetError<StubError>> {
         let index = tid.get() - 1;
         if index < self.dbg.vcpus.len() {
             Ok(index)
@@ -138,26 +142,24 @@ impl<'a> KvmTarget<'a> {
 
     /// vCPU `index`'s general and special registers (it is parked), read
     /// once per stop: the stop path needs only these.
-    fn core(&self, index: usize) -> Result<(kvm_regs, kvm_sregs), TargetError<String>> {
+    fn core(&self, index: usize) -> Result<(kvm_regs, kvm_sregs), TargetError<StubError>> {
         if let Some(core) = self.core.borrow()[index] {
             return Ok(core);
         }
-        let fd = lock(&self.dbg.vcpus[index].fd);
-        let core = (
-            fd.get_regs().map_err(fatal)?,
-            fd.get_sregs().map_err(fatal)?,
-        );
+        let core = self.on_vcpu(index, "KVM_GET_REGS/SREGS", |fd| {
+            Ok((fd.get_regs()?, fd.get_sregs()?))
+        })?;
         self.core.borrow_mut()[index] = Some(core);
         Ok(core)
     }
 
     /// All of vCPU `index`'s registers, read once per stop.
-    fn state(&self, index: usize) -> Result<KvmState, TargetError<String>> {
+    fn state(&self, index: usize) -> Result<KvmState, TargetError<StubError>> {
         if let Some(state) = self.cache.borrow()[index].clone() {
             return Ok(state);
         }
         let (regs, sregs) = self.core(index)?;
-        let (fpu, k_gs_base) = read_extra(&lock(&self.dbg.vcpus[index].fd)).map_err(fatal)?;
+        let (fpu, k_gs_base) = self.on_vcpu(index, "KVM_GET_FPU/MSRS", read_extra)?;
         let state = KvmState {
             regs,
             sregs,
@@ -168,14 +170,27 @@ impl<'a> KvmTarget<'a> {
         Ok(state)
     }
 
+    /// `f` on parked vCPU `index`'s fd, in the vCPU's own thread; `op`
+    /// names the ioctls for errors.
+    fn on_vcpu<R: Send + 'static>(
+        &self,
+        index: usize,
+        op: &'static str,
+        f: impl FnOnce(&VcpuFd) -> Result<R, kvm_ioctls::Error> + Send + 'static,
+    ) -> Result<R, StubError> {
+        self.dbg.vcpus[index]
+            .call(f)?
+            .map_err(StubError::vcpu(index, op))
+    }
+
     /// Registers may change (the vCPU ran, or was written).
     fn forget(&self, index: usize) {
         self.core.borrow_mut()[index] = None;
         self.cache.borrow_mut()[index] = None;
     }
 
-    fn paging(&self, index: usize) -> Result<Paging, TargetError<String>> {
-        Ok(Paging::of(&self.core(index)?.1, &self.dbg.cpu_limits))
+    fn paging(&self, index: usize) -> Result<Paging, TargetError<StubError>> {
+        Ok(Paging::of(&self.core(index)?.1, &self.dbg.cpu_limits()))
     }
 
     /// The guest-physical address of `va` in vCPU `index`'s space.
@@ -200,7 +215,7 @@ impl<'a> KvmTarget<'a> {
         for index in std::mem::take(&mut self.deferred) {
             match self.step_over(index) {
                 Some(Some(kind)) => self.pending.push_back((index, kind)),
-                _ => self.dbg.vcpus[index].request(Command::Run),
+                _ => self.dbg.vcpus[index].request(Command::Run, self.dbg),
             }
         }
         if !self.pending.is_empty() {
@@ -299,7 +314,7 @@ impl<'a> KvmTarget<'a> {
         let vcpu = &self.dbg.vcpus[index];
         let rip = self.core(index).ok()?.0.rip;
         let gpa = self.sw_breakpoint_at_rip(index);
-        let on_hw = self.dbg.breakpoints().hw().contains(&Some(rip));
+        let on_hw = self.dbg.debug_regs().exec_at(rip);
         if gpa.is_none() && !on_hw {
             return None;
         }
@@ -307,7 +322,7 @@ impl<'a> KvmTarget<'a> {
         if let Some(gpa) = gpa {
             self.dbg.breakpoints().lift(&self.dbg.memory, gpa);
         }
-        vcpu.request(Command::StepOver);
+        vcpu.request(Command::StepOver, self.dbg);
         vcpu.wait_parked();
         self.forget(index);
         self.core.borrow_mut()[index] = vcpu.take_snapshot();
@@ -321,16 +336,17 @@ impl<'a> KvmTarget<'a> {
     pub(crate) fn clear_debug_state(&mut self) {
         self.dbg.breakpoints_mut().clear(&self.dbg.memory);
         self.dbg.watchpoints_mut().clear();
-        if let Err(e) = self.dbg.apply_memslots() {
-            warn!("cannot restore memslots: {e}");
+        self.dbg.debug_regs_mut().clear();
+        if let Err(e) = self.dbg.apply_traps() {
+            warn!("{e}");
         }
     }
 
     /// How gdb's addresses are translated for thread `tid`: its own space,
     /// the space chosen with `monitor vmem use`, or physical.
-    fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<String>> {
+    fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<StubError>> {
         let index = self.index(tid)?;
-        if self.phys_mode.load(Ordering::Relaxed) || self.view == View::Physical {
+        if self.dbg.qemu.phys_mode.load(Ordering::Relaxed) || self.view == View::Physical {
             return Ok(Paging::Off);
         }
         match (self.paging(index)?, self.view) {
@@ -389,6 +405,11 @@ impl<'a> KvmTarget<'a> {
         }
     }
 
+    /// Whether the VMM asked to stop serving gdb.
+    pub(crate) fn stopping(&self) -> bool {
+        self.dbg.stopping.load(Ordering::Acquire)
+    }
+
     /// Record vCPU `index`'s current CR3 as a known address space.
     pub(crate) fn remember_space(&self, index: usize) {
         if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
@@ -401,20 +422,19 @@ impl<'a> KvmTarget<'a> {
     /// Everything a monitor command may need about the current vCPU.
     fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
         let state = self.state(self.current).ok();
-        let fd = lock(&self.dbg.vcpus[self.current].fd);
-        let debug_regs = fd
-            .get_debug_regs()
+        let debug_regs = self
+            .on_vcpu(self.current, "KVM_GET_DEBUGREGS", |fd| fd.get_debug_regs())
             .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
             .unwrap_or_default();
-        drop(fd);
+        let limits = self.dbg.cpu_limits();
         let paging = state.as_ref().map(|s| {
-            let paging = Paging::of(&s.sregs, &self.dbg.cpu_limits);
+            let paging = Paging::of(&s.sregs, &limits);
             if s.sregs.cr4 & CR4_PKE == 0 {
                 return paging;
             }
             // Protection keys: the rights of user pages depend on PKRU.
-            let xsave = lock(&self.dbg.vcpus[self.current].fd).get_xsave();
-            match xsave.ok().and_then(|x| self.dbg.cpu_limits.pkru(&x)) {
+            let xsave = self.on_vcpu(self.current, "KVM_GET_XSAVE", |fd| fd.get_xsave());
+            match xsave.ok().and_then(|x| limits.pkru(&x)) {
                 Some(pkru) => paging.with_pkru(pkru),
                 None => paging,
             }
@@ -462,10 +482,12 @@ impl<'a> KvmTarget<'a> {
     /// Make every vCPU drop cached translations: reloading CR3 through
     /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
     fn reload_cr3(&self) {
-        for (i, v) in self.dbg.vcpus.iter().enumerate() {
-            let fd = lock(&v.fd);
-            if let Err(e) = fd.get_sregs().and_then(|s| fd.set_sregs(&s)) {
-                warn!("vcpu {i}: cannot reload CR3: {e}");
+        for i in 0..self.dbg.vcpus.len() {
+            let reloaded = self.on_vcpu(i, "KVM_GET/SET_SREGS", |fd| {
+                fd.get_sregs().and_then(|s| fd.set_sregs(&s))
+            });
+            if let Err(e) = reloaded {
+                warn!("cannot reload CR3: {e}");
             }
         }
     }
@@ -473,9 +495,9 @@ impl<'a> KvmTarget<'a> {
 
 impl Target for KvmTarget<'_> {
     type Arch = X86_64Kvm;
-    type Error = String;
+    type Error = StubError;
 
-    fn base_ops(&mut self) -> BaseOps<'_, X86_64Kvm, String> {
+    fn base_ops(&mut self) -> BaseOps<'_, X86_64Kvm, StubError> {
         BaseOps::MultiThread(self)
     }
 
@@ -497,7 +519,11 @@ impl Target for KvmTarget<'_> {
 }
 
 impl MonitorCmd for KvmTarget<'_> {
-    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), StubError> {
         let line = String::from_utf8_lossy(cmd).into_owned();
         debug!("monitor: {line}");
         let mut mode = None;
@@ -543,28 +569,26 @@ impl MultiThreadBase for KvmTarget<'_> {
         let index = self.index(tid)?;
         let mut state = self.state(index)?;
         self.forget(index);
-        let fd = lock(&self.dbg.vcpus[index].fd);
         let changed = state.apply(regs);
         debug!("vcpu {index}: writing registers {changed:?}");
-        if changed.regs {
-            fd.set_regs(&state.regs).map_err(fatal)?;
-        }
         if changed.sregs {
-            fd.set_sregs(&state.sregs)
+            // KVM refuses some special-register values: gdb gets an error.
+            let sregs = state.sregs;
+            self.on_vcpu(index, "KVM_SET_SREGS", move |fd| fd.set_sregs(&sregs))
                 .map_err(|_| TargetError::NonFatal)?;
         }
-        if changed.fpu {
-            fd.set_fpu(&state.fpu).map_err(fatal)?;
-        }
-        if changed.k_gs_base {
-            let msrs = Msrs::from_entries(&[kvm_msr_entry {
-                index: MSR_KERNEL_GS_BASE,
-                data: state.k_gs_base,
-                ..Default::default()
-            }])
-            .map_err(fatal)?;
-            fd.set_msrs(&msrs).map_err(fatal)?;
-        }
+        self.on_vcpu(index, "KVM_SET_REGS/FPU/MSRS", move |fd| {
+            if changed.regs {
+                fd.set_regs(&state.regs)?;
+            }
+            if changed.fpu {
+                fd.set_fpu(&state.fpu)?;
+            }
+            if changed.k_gs_base {
+                fd.set_msrs(&kernel_gs_base_msr(state.k_gs_base)?)?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -611,7 +635,7 @@ impl MultiThreadBase for KvmTarget<'_> {
         Ok(())
     }
 
-    fn list_active_threads(&mut self, register: &mut dyn FnMut(Tid)) -> Result<(), String> {
+    fn list_active_threads(&mut self, register: &mut dyn FnMut(Tid)) -> Result<(), StubError> {
         for i in 0..self.dbg.vcpus.len() {
             register(tid(i));
         }
@@ -659,7 +683,7 @@ impl SingleRegisterAccess<Tid> for KvmTarget<'_> {
 }
 
 impl MultiThreadResume for KvmTarget<'_> {
-    fn resume(&mut self) -> Result<(), String> {
+    fn resume(&mut self) -> Result<(), StubError> {
         // Stops recorded after the last report are reported first.
         self.collect_stops();
         let actions: Vec<Action> = self
@@ -707,14 +731,14 @@ impl MultiThreadResume for KvmTarget<'_> {
             match action {
                 Action::Stay => {}
                 Action::Continue if hold => self.deferred.push(index),
-                Action::Continue => vcpu.request(Command::Run),
-                Action::Step => vcpu.request(Command::Step),
+                Action::Continue => vcpu.request(Command::Run, self.dbg),
+                Action::Step => vcpu.request(Command::Step, self.dbg),
             }
         }
         Ok(())
     }
 
-    fn clear_resume_actions(&mut self) -> Result<(), String> {
+    fn clear_resume_actions(&mut self) -> Result<(), StubError> {
         self.actions.iter_mut().for_each(|a| *a = None);
         self.default_action = Action::Continue;
         Ok(())
@@ -724,7 +748,7 @@ impl MultiThreadResume for KvmTarget<'_> {
         &mut self,
         tid: Tid,
         _signal: Option<Signal>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StubError> {
         if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
             *slot = Some(Action::Continue);
         }
@@ -741,7 +765,11 @@ impl MultiThreadResume for KvmTarget<'_> {
 }
 
 impl MultiThreadSingleStep for KvmTarget<'_> {
-    fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<(), String> {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), StubError> {
         if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
             *slot = Some(Action::Step);
         }
@@ -750,7 +778,7 @@ impl MultiThreadSingleStep for KvmTarget<'_> {
 }
 
 impl MultiThreadSchedulerLocking for KvmTarget<'_> {
-    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), String> {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), StubError> {
         self.default_action = Action::Stay;
         Ok(())
     }
@@ -788,11 +816,11 @@ impl SwBreakpoint for KvmTarget<'_> {
 
 impl HwBreakpoint for KvmTarget<'_> {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.dbg.breakpoints_mut().insert_hw(addr))
+        Ok(self.dbg.debug_regs_mut().insert_exec(addr))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.dbg.breakpoints_mut().remove_hw(addr))
+        Ok(self.dbg.debug_regs_mut().remove_exec(addr))
     }
 }
 
@@ -810,13 +838,26 @@ impl HwWatchpoint for KvmTarget<'_> {
             return Ok(false);
         }
         debug!("watch {kind:?} {len} bytes at {addr:#x} (gpa {gpa:#x})");
-        self.dbg.watchpoints_mut().insert(Watch {
+        let watch = Watch {
             va: addr,
             gpa,
             len,
             kind,
-        });
-        self.dbg.apply_memslots().map_err(fatal)?;
+        };
+        if !self.dbg.has_page_traps() {
+            // No memslot traps from the VMM: a debug register, if free.
+            let set = self.dbg.debug_regs_mut().insert_watch(watch);
+            if !set {
+                warn!("watchpoint at {addr:#x} ({len} bytes) refused: the VMM offers no page traps and no debug register fits (4 at most, 1/2/4/8 aligned bytes)");
+            }
+            return Ok(set);
+        }
+        self.dbg.watchpoints_mut().insert(watch);
+        if let Err(e) = self.dbg.apply_traps() {
+            warn!("{e}");
+            self.dbg.watchpoints_mut().remove(addr, len, kind);
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -826,8 +867,11 @@ impl HwWatchpoint for KvmTarget<'_> {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
+        if !self.dbg.has_page_traps() {
+            return Ok(self.dbg.debug_regs_mut().remove_watch(addr, len, kind));
+        }
         let removed = self.dbg.watchpoints_mut().remove(addr, len, kind);
-        self.dbg.apply_memslots().map_err(fatal)?;
+        self.dbg.apply_traps()?;
         Ok(removed)
     }
 }

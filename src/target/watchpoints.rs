@@ -9,17 +9,13 @@
 //! watched bytes. This works the same on ordinary KVM.
 
 use std::collections::BTreeMap;
-use std::io;
 
 use gdbstub::target::ext::breakpoints::WatchKind;
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
-use kvm_ioctls::VmFd;
 use log::debug;
 
-use super::memory::{GuestMemory, RamRegion};
+use super::memory::GuestRam;
+use super::traps::{Trap, PAGE};
 use crate::vmem::PhysAddr;
-
-const PAGE: u64 = 4096;
 
 /// One watchpoint: gdb's address and the guest-physical bytes it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,15 +24,6 @@ pub(crate) struct Watch {
     pub gpa: PhysAddr,
     pub len: u64,
     pub kind: WatchKind,
-}
-
-/// How a page is trapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Trap {
-    /// Read-only slot: writes exit.
-    Writes,
-    /// No slot: reads and writes exit.
-    All,
 }
 
 fn traps_reads(kind: WatchKind) -> bool {
@@ -73,7 +60,8 @@ impl Watchpoints {
         self.list.is_empty()
     }
 
-    fn pages(&self) -> BTreeMap<PhysAddr, Trap> {
+    /// The pages to trap, and how.
+    pub(crate) fn pages(&self) -> BTreeMap<PhysAddr, Trap> {
         let mut pages = BTreeMap::new();
         for w in &self.list {
             let trap = if traps_reads(w.kind) {
@@ -121,7 +109,7 @@ impl Watchpoints {
 /// Serve one trapped access from host memory. Returns the watchpoint it
 /// triggers, if any.
 pub(crate) fn serve_access(
-    mem: &GuestMemory,
+    mem: &GuestRam,
     watches: &Watchpoints,
     gpa: PhysAddr,
     data: &mut [u8],
@@ -136,83 +124,6 @@ pub(crate) fn serve_access(
         debug!("trapped access at {gpa:#x} outside RAM");
     }
     watches.hit(gpa, data.len() as u64, write)
-}
-
-/// The memslots of guest RAM, re-laid out around trapped pages.
-#[derive(Debug)]
-pub(crate) struct Memslots {
-    registered: u32,
-}
-
-impl Memslots {
-    /// Register every RAM region as one writable slot.
-    pub(crate) fn new(vm: &VmFd, mem: &GuestMemory) -> io::Result<Memslots> {
-        let mut slots = Memslots { registered: 0 };
-        slots.apply(vm, mem, &Watchpoints::default())?;
-        Ok(slots)
-    }
-
-    /// Replace all slots by the layout `watches` needs. Call only with
-    /// every vCPU parked.
-    pub(crate) fn apply(
-        &mut self,
-        vm: &VmFd,
-        mem: &GuestMemory,
-        watches: &Watchpoints,
-    ) -> io::Result<()> {
-        for slot in 0..self.registered {
-            set_slot(vm, slot, 0, 0, 0, 0)?;
-        }
-        self.registered = 0;
-        let pages = watches.pages();
-        for region in mem.regions() {
-            for (gpa, size, flags) in pieces(region, &pages) {
-                let host = region.host_addr() + (gpa - region.gpa);
-                set_slot(vm, self.registered, gpa, size, host, flags)?;
-                self.registered += 1;
-            }
-        }
-        debug!(
-            "memslots: {} slots, {} trapped pages",
-            self.registered,
-            pages.len()
-        );
-        Ok(())
-    }
-}
-
-/// The slots covering `region`: (gpa, size, flags), holes left out.
-fn pieces(region: &RamRegion, pages: &BTreeMap<PhysAddr, Trap>) -> Vec<(PhysAddr, u64, u32)> {
-    let end = region.gpa + region.size();
-    let mut out = Vec::new();
-    let mut at = region.gpa;
-    for (&page, &trap) in pages.range(region.gpa..end) {
-        if page > at {
-            out.push((at, page - at, 0));
-        }
-        if trap == Trap::Writes {
-            out.push((page, PAGE.min(end - page), KVM_MEM_READONLY));
-        }
-        at = page + PAGE;
-    }
-    if at < end {
-        out.push((at, end - at, 0));
-    }
-    out
-}
-
-fn set_slot(vm: &VmFd, slot: u32, gpa: u64, size: u64, host: u64, flags: u32) -> io::Result<()> {
-    let region = kvm_userspace_memory_region {
-        slot,
-        flags,
-        guest_phys_addr: gpa,
-        memory_size: size,
-        userspace_addr: host,
-    };
-    // SAFETY: `host .. host + size` lies inside a `GuestRam` mapping owned
-    // by the `GuestMemory` that outlives the VM's use of it (size 0
-    // deletes the slot and maps nothing).
-    unsafe { vm.set_user_memory_region(region) }.map_err(io::Error::from)
 }
 
 #[cfg(test)]

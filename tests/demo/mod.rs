@@ -93,8 +93,13 @@ impl DemoVm {
 
     /// Boot, or say why the demo VM exited instead (its error message).
     pub fn try_start_with(args: &[&str]) -> Result<DemoVm, String> {
+        // VMEM_GDBSTUB_DEMO_ARGS: e.g. "--turnkey" or "--no-irqchip", to
+        // run every gdb test through the other vCPU loop or without an
+        // interrupt controller.
+        let extra = std::env::var("VMEM_GDBSTUB_DEMO_ARGS").unwrap_or_default();
         let mut child = Command::new(demo_binary())
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra.split_whitespace())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -158,6 +163,28 @@ impl DemoVm {
         gdb.stdin(Stdio::null());
         let output = run_with_timeout(gdb, Duration::from_secs(60));
         eprintln!("---- gdb {commands:?}\n{output}");
+        output
+    }
+
+    /// CPU time (user + system, in clock ticks of 10 ms) the VM process
+    /// has used so far.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("/proc/PID/stat");
+        // Fields after the command name, which ends with ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Run a gdb script (`while` loops and all) after connecting.
+    pub fn gdb_script(&self, name: &str, script: &str, limit: Duration) -> String {
+        let path =
+            std::env::temp_dir().join(format!("{name}-{}-{}.gdb", std::process::id(), self.port));
+        std::fs::write(&path, script).unwrap();
+        let mut gdb = self.gdb_command(&[&format!("source {}", path.display())]);
+        gdb.stdin(Stdio::null());
+        let output = run_with_timeout(gdb, limit);
+        let _ = std::fs::remove_file(&path);
         output
     }
 

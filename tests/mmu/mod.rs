@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, X86Cpu};
-use vmem_gdbstub::target::{
-    vcpu_mmu, Debugger, ExitAction, GdbListener, GuestMemory, GuestRam, RamRegion,
-};
+use vmem_gdbstub::target::{vcpu_mmu, Debugger, ExitAction, GdbListener, GuestRam, KvmMemslots};
 
 /// Where the harness is seen: HV + its physical address (PML4 slot 510).
 pub const HV: u64 = 0xffff_ff00_0000_0000;
@@ -107,9 +106,9 @@ pub fn vcpu_model(controls: &Controls) -> X86Cpu {
 
 /// Guest RAM: every 8-byte word holds `(its address << 8) | 0xcc`, so a
 /// load tells where it read and a fetch meets `int3`.
-pub fn fresh_ram() -> GuestMemory {
-    let ram = Arc::new(GuestRam::new(RAM as usize).expect("guest RAM"));
-    let mem = GuestMemory::new(vec![RamRegion::new(0, ram)]).expect("memory");
+pub fn fresh_ram() -> GuestRam {
+    let ranges = [(GuestAddress(0), RAM as usize)];
+    let mem = GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&ranges).expect("guest RAM"));
     let words: Vec<u8> = (0..RAM / 8)
         .flat_map(|i| ((i * 8) << 8 | 0xcc).to_le_bytes())
         .collect();
@@ -117,13 +116,13 @@ pub fn fresh_ram() -> GuestMemory {
     mem
 }
 
-fn write_u64(mem: &GuestMemory, pa: u64, value: u64) {
+fn write_u64(mem: &GuestRam, pa: u64, value: u64) {
     mem.write(pa, &value.to_le_bytes()).unwrap();
 }
 
 /// The harness: its own tables (root slot 510), GDT, IDT, TSS, user
 /// stubs, code, the probe list. Returns the entry point.
-fn install_harness(mem: &GuestMemory, elf_path: &Path, root: u64, probes: &[u64]) -> u64 {
+fn install_harness(mem: &GuestRam, elf_path: &Path, root: u64, probes: &[u64]) -> u64 {
     use elf::endian::AnyEndian;
     let bytes = std::fs::read(elf_path).unwrap();
     let file = elf::ElfBytes::<AnyEndian>::minimal_parse(&bytes).unwrap();
@@ -221,7 +220,7 @@ fn install_harness(mem: &GuestMemory, elf_path: &Path, root: u64, probes: &[u64]
     symbol("_start")
 }
 
-pub fn read_u64(mem: &GuestMemory, pa: u64) -> u64 {
+pub fn read_u64(mem: &GuestRam, pa: u64) -> u64 {
     mem.read_u64(pa).unwrap()
 }
 
@@ -250,7 +249,7 @@ pub struct Run {
 /// Run the probe over `probes` through the tables rooted at `root` in
 /// `mem` (which must come from [`fresh_ram`] with the tables written),
 /// then ask the stub, through gdb, `monitor gva2gpa` for each VA.
-pub fn run(elf: &Path, mem: GuestMemory, root: u64, probes: &[u64], controls: &Controls) -> Run {
+pub fn run(elf: &Path, mem: GuestRam, root: u64, probes: &[u64], controls: &Controls) -> Run {
     assert!(probes.len() <= MAX_PROBES);
     let entry = install_harness(&mem, elf, root, probes);
     let kvm = Kvm::new().unwrap();
@@ -287,12 +286,15 @@ pub fn run(elf: &Path, mem: GuestMemory, root: u64, probes: &[u64], controls: &C
     (regs.rip, regs.rsp, regs.rflags) = (entry, HV + STACK, 2);
     fd.set_regs(&regs).unwrap();
 
-    let dbg = Arc::new(Debugger::new(vm, vec![fd], mem).unwrap());
+    let vm = Arc::new(vm);
+    let memslots = KvmMemslots::new(Arc::clone(&vm), &mem, 0).expect("memslots");
+    let dbg = Arc::new(Debugger::builder(&vm, 1, mem).page_traps(memslots).build());
     let (done_tx, done_rx) = mpsc::channel();
     let vcpu = {
         let dbg = Arc::clone(&dbg);
+        let mut fd = fd;
         thread::spawn(move || {
-            dbg.run_vcpu(0, |_, exit| match exit {
+            dbg.run_vcpu(0, &mut fd, |_, exit| match exit {
                 VcpuExit::IoOut(0xf4, _) => {
                     let _ = done_tx.send(Ok(()));
                     ExitAction::Continue
@@ -373,7 +375,8 @@ fn ask_gdb(dbg: &Arc<Debugger>, probes: &[u64]) -> Vec<String> {
         .output()
         .expect("gdb");
     let _ = std::fs::remove_file(&script);
-    drop(server);
+    dbg.stop_serving();
+    server.join().expect("serve returns once stopped");
     // gdb prints monitor output on stderr in batch mode.
     let text = String::from_utf8_lossy(&out.stderr);
     text.lines()

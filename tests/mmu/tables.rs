@@ -3,7 +3,7 @@
 //! level, tables shared at the same and at different levels, self-maps,
 //! reserved and ignored bits; and VAs sampled along their present paths.
 
-use vmem_gdbstub::target::GuestMemory;
+use vmem_gdbstub::target::GuestRam;
 
 pub use super::rng::Rng;
 use super::{read_u64, HV, RAM};
@@ -24,7 +24,7 @@ impl RandomTables {
     /// Write `count` random tables into `mem`; `phys_bits` is the vCPU's
     /// MAXPHYADDR (address bits above it are reserved, and some entries
     /// set them).
-    pub fn generate(mem: &GuestMemory, rng: &mut Rng, count: u64, phys_bits: u32) -> Self {
+    pub fn generate(mem: &GuestRam, rng: &mut Rng, count: u64, phys_bits: u32) -> Self {
         let tables: Vec<u64> = (0..count).map(|i| POOL + i * 0x1000).collect();
         let root = tables[0];
         // Which level each table is first meant for (sharing across
@@ -112,7 +112,7 @@ impl RandomTables {
 
 /// `count` VAs along present paths of the tables (now and then a random
 /// index), each at offset 0xff8 of a random 4 KiB page of its leaf.
-pub fn sample_vas(mem: &GuestMemory, rng: &mut Rng, root: u64, count: usize) -> Vec<u64> {
+pub fn sample_vas(mem: &GuestRam, rng: &mut Rng, root: u64, count: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let mut table = root;

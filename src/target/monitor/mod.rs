@@ -11,7 +11,7 @@ mod vmem;
 
 use std::fmt;
 
-use super::memory::{GuestMemory, TablePool};
+use super::memory::{GuestRam, TablePool};
 use super::regs::KvmState;
 use crate::arch::PageTableFormat;
 
@@ -50,7 +50,7 @@ pub(crate) enum Effect {
 
 /// What a command may look at.
 pub(crate) struct Context<'a> {
-    pub memory: &'a GuestMemory,
+    pub memory: &'a GuestRam,
     pub pool: Option<&'a TablePool>,
     /// Paging format of the current vCPU (`None`: paging off).
     pub format: Option<&'a dyn PageTableFormat>,

@@ -1,0 +1,356 @@
+//! The hooks a VMM calls around each `KVM_RUN` of one vCPU, in the vCPU's
+//! own thread and loop.
+//!
+//! [`VcpuHooks::before_run`] parks the vCPU while gdb holds the VM (making
+//! the register ioctls gdb needs meanwhile), finishes what the last exit
+//! left to do, and applies the debug settings of the next run.
+//! [`VcpuHooks::after_exit`] takes the exits that are the debugger's
+//! (debug exits, accesses to trapped pages, kvm_pvm's emulation failures
+//! at an `int3`, `hlt` without an interrupt controller) and hands every
+//! other exit back untouched. [`VcpuHooks::run`] is `KVM_RUN` made
+//! kickable; a VMM that runs `KVM_RUN` itself gives the debugger its own
+//! kick instead ([`super::DebuggerBuilder::kick`]).
+
+use std::sync::atomic::Ordering;
+
+use gdbstub::common::Signal;
+use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use log::{debug, trace, warn};
+
+use super::paging::Paging;
+use super::vcpu::{Command, Core, StopKind, Vcpu};
+use super::watchpoints::{self, Watch};
+use super::x86::{BP_VECTOR, DB_VECTOR, INT3, RFLAGS_IF};
+use super::Inner;
+
+/// `kvm_run.internal.suberror` for an emulation failure.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// What the vCPU loop does next, as [`VcpuHooks::before_run`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Run the vCPU (`KVM_RUN`).
+    Run,
+    /// The VM is shutting down: leave the loop.
+    Quit,
+}
+
+/// What an exit left for the next [`VcpuHooks::before_run`], which has
+/// the fd (the exit itself borrows it).
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    /// `hlt` outside a step: idle until a tick, the debugger or shutdown.
+    Halted,
+    /// A single step finished.
+    StepDone,
+    /// The vCPU stopped for the debugger.
+    Stopped(StopKind),
+    /// rip is on an `int3` (a #BP exit).
+    Int3,
+    /// KVM could not go on; on kvm_pvm this is how an `int3` arrives.
+    InternalError,
+    /// A trapped access hit a watchpoint: complete the instruction, stop.
+    FinishTrap(Watch),
+}
+
+/// One vCPU's side of the debugger, used from the vCPU's thread.
+///
+/// ```no_run
+/// # use vmem_gdbstub::target::{Debugger, Entry};
+/// # fn vcpu_thread(debugger: &Debugger, mut fd: kvm_ioctls::VcpuFd) -> Result<(), vmem_gdbstub::target::StubError> {
+/// let mut hooks = debugger.vcpu(0)?;
+/// while hooks.before_run(&mut fd) == Entry::Run {
+///     let exit = hooks.run(&mut fd);
+///     match hooks.after_exit(exit) {
+///         None => {} // the debugger's exit, handled
+///         Some(Ok(exit)) => { /* the VMM's own: port I/O, MMIO… */ }
+///         Some(Err(e)) => { /* KVM_RUN failed */ break; }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// The exit borrows the fd, so the fd cannot be replaced or dropped while
+/// the debugger may still kick its `KVM_RUN`:
+///
+/// ```compile_fail
+/// # use vmem_gdbstub::target::VcpuHooks;
+/// # fn f(hooks: &mut VcpuHooks<'_>, mut fd: kvm_ioctls::VcpuFd, other: kvm_ioctls::VcpuFd) {
+/// let exit = hooks.run(&mut fd);
+/// fd = other;
+/// hooks.after_exit(exit);
+/// # }
+/// ```
+pub struct VcpuHooks<'d> {
+    inner: &'d Inner,
+    vcpu: &'d Vcpu,
+    /// The guest-debug settings KVM has for this vCPU.
+    applied: Option<kvm_guest_debug>,
+    /// What the last `KVM_RUN` ran under.
+    command: Command,
+    /// The last run asked for registers in `kvm_run` (KVM_CAP_SYNC_REGS).
+    synced: bool,
+    pending: Option<Pending>,
+}
+
+impl std::fmt::Debug for VcpuHooks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuHooks")
+            .field("vcpu", &self.vcpu.index)
+            .field("command", &self.command)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl<'d> VcpuHooks<'d> {
+    pub(crate) fn new(inner: &'d Inner, vcpu: &'d Vcpu) -> Self {
+        VcpuHooks {
+            inner,
+            vcpu,
+            applied: None,
+            command: Command::Run,
+            synced: false,
+            pending: None,
+        }
+    }
+
+    /// Call before every `KVM_RUN` of this vCPU. Parks while gdb holds
+    /// the VM (serving gdb's register accesses on `fd` meanwhile), finishes
+    /// the debugger's part of the last exit, and applies breakpoints and
+    /// stepping for the next run. [`Entry::Quit`]: the VM is shutting down.
+    pub fn before_run(&mut self, fd: &mut VcpuFd) -> Entry {
+        fd.set_kvm_immediate_exit(0);
+        self.inner.learn_cpuid(fd);
+        if let Some(pending) = self.pending.take() {
+            self.finish(fd, pending);
+        }
+        if self.synced {
+            fd.clear_sync_valid_reg(SyncReg::Register);
+            fd.clear_sync_valid_reg(SyncReg::SystemRegister);
+            self.synced = false;
+        }
+        let command = self.vcpu.next_command(fd);
+        if command == Command::Quit {
+            return Entry::Quit;
+        }
+        self.command = command;
+        let wanted = self.inner.guest_debug(command);
+        if self
+            .applied
+            .as_ref()
+            .is_none_or(|a| !same_debug(a, &wanted))
+        {
+            if let Err(e) = fd.set_guest_debug(&wanted) {
+                warn!("vcpu {}: KVM_SET_GUEST_DEBUG failed: {e}", self.vcpu.index);
+            }
+            self.applied = Some(wanted);
+        }
+        // A step's registers come back in kvm_run (no ioctls) where the
+        // host offers KVM_CAP_SYNC_REGS.
+        if command.steps() && self.inner.sync_regs {
+            fd.set_sync_valid_reg(SyncReg::Register);
+            fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.synced = true;
+        }
+        Entry::Run
+    }
+
+    /// `KVM_RUN`, interruptible by the debugger (a signal, and
+    /// `immediate_exit` for a run about to start). Use it in place of
+    /// `fd.run()` unless the VMM gave the debugger a kick of its own.
+    pub fn run<'f>(&self, fd: &'f mut VcpuFd) -> Result<VcpuExit<'f>, kvm_ioctls::Error> {
+        self.vcpu.kick.run(fd, || self.vcpu.stop_wanted())
+    }
+
+    /// Call with the result of every `KVM_RUN`. `None`: the exit was the
+    /// debugger's (handled, or finished in the next `before_run`);
+    /// otherwise the exit, untouched, for the VMM to handle as without a
+    /// debugger.
+    pub fn after_exit<'a>(
+        &mut self,
+        exit: Result<VcpuExit<'a>, kvm_ioctls::Error>,
+    ) -> Option<Result<VcpuExit<'a>, kvm_ioctls::Error>> {
+        let stepping = self.command.steps();
+        let pending = match exit {
+            Err(e) if e.errno() == libc::EINTR && self.vcpu.stop_wanted() => return None,
+            Err(e) if e.errno() != libc::EINTR && self.inner.attached() => {
+                warn!("vcpu {}: KVM_RUN failed: {e}", self.vcpu.index);
+                Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
+            }
+            Ok(VcpuExit::Hlt) if stepping => Pending::StepDone,
+            Ok(VcpuExit::Hlt) => Pending::Halted,
+            Ok(VcpuExit::Debug(arch)) => self.on_debug_exit(arch, stepping)?,
+            Ok(VcpuExit::InternalError) => Pending::InternalError,
+            Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.traps(gpa) => {
+                let hit = self.serve_trapped(gpa, data, false);
+                Pending::FinishTrap(hit?)
+            }
+            Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.traps(gpa) => {
+                let hit = self.serve_trapped(gpa, &mut data.to_vec(), true);
+                Pending::FinishTrap(hit?)
+            }
+            Ok(VcpuExit::Shutdown | VcpuExit::FailEntry(..)) if self.inner.attached() => {
+                warn!(
+                    "vcpu {}: guest shut down (triple fault or bad state)",
+                    self.vcpu.index
+                );
+                Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
+            }
+            other => return Some(other),
+        };
+        self.pending = Some(pending);
+        None
+    }
+
+    /// A trapped access, served from guest RAM; the watchpoint it hit.
+    fn serve_trapped(&self, gpa: u64, data: &mut [u8], write: bool) -> Option<Watch> {
+        let watches = self.inner.watchpoints();
+        watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
+    }
+
+    fn on_debug_exit(&self, arch: kvm_debug_exit_arch, stepping: bool) -> Option<Pending> {
+        trace!("vcpu {}: debug exit {arch:x?}", self.vcpu.index);
+        match arch.exception {
+            DB_VECTOR => match self.inner.debug_regs().hit(arch.dr6) {
+                Some(kind) => Some(Pending::Stopped(kind)),
+                None if stepping => Some(Pending::StepDone),
+                None => None,
+            },
+            BP_VECTOR => Some(Pending::Int3),
+            _ => None,
+        }
+    }
+
+    /// The debugger's part of the last exit, now that the fd is free.
+    fn finish(&mut self, fd: &mut VcpuFd, pending: Pending) {
+        let stop = match pending {
+            Pending::Halted => {
+                let interruptible = fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF != 0);
+                let tick = self.inner.halt_tick;
+                self.vcpu.idle(interruptible.then_some(tick));
+                return;
+            }
+            Pending::StepDone if self.command == Command::StepOver => None,
+            Pending::StepDone => Some(StopKind::Step),
+            Pending::Stopped(kind) => Some(kind),
+            Pending::Int3 => match self.on_int3(fd) {
+                Some(kind) => Some(kind),
+                None => return,
+            },
+            Pending::InternalError => match self.on_internal_error(fd) {
+                Some(kind) => Some(kind),
+                None => return,
+            },
+            Pending::FinishTrap(watch) => {
+                self.complete_trapped_instruction(fd);
+                Some(StopKind::Watch(watch))
+            }
+        };
+        let snapshot = self.snapshot(fd);
+        self.vcpu.stop_self(stop, snapshot, self.inner);
+    }
+
+    /// The registers at a stop: from `kvm_run` after a synced step, else
+    /// read (gdb's stop reply needs them; this thread is the cheapest
+    /// place to read them).
+    fn snapshot(&self, fd: &VcpuFd) -> Option<Core> {
+        if self.synced {
+            let sync = fd.sync_regs();
+            return Some((sync.regs, sync.sregs));
+        }
+        fd.get_regs().ok().zip(fd.get_sregs().ok())
+    }
+
+    /// Run the trapped instruction to its end (so rip is past it, as
+    /// after a hardware watchpoint), serving its further trapped accesses.
+    fn complete_trapped_instruction(&self, fd: &mut VcpuFd) {
+        fd.set_kvm_immediate_exit(1);
+        loop {
+            match fd.run() {
+                Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.traps(gpa) => {
+                    self.serve_trapped(gpa, data, false);
+                }
+                Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.traps(gpa) => {
+                    self.serve_trapped(gpa, &mut data.to_vec(), true);
+                }
+                _ => break,
+            }
+        }
+        fd.set_kvm_immediate_exit(0);
+    }
+
+    fn on_internal_error(&self, fd: &mut VcpuFd) -> Option<StopKind> {
+        // SAFETY: after an internal-error exit the kernel filled the
+        // `internal` member of the kvm_run union (nothing ran since).
+        let suberror = unsafe { fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        if suberror == KVM_INTERNAL_ERROR_EMULATION {
+            // On kvm_pvm an int3 (ours or the guest's) ends up here.
+            return self.on_int3(fd);
+        }
+        warn!(
+            "vcpu {}: KVM internal error, suberror {suberror}",
+            self.vcpu.index
+        );
+        Some(StopKind::Crashed(Signal::SIGILL))
+    }
+
+    /// rip is on an `int3`: ours is a breakpoint; the guest's own is
+    /// delivered to the guest as #BP (`None`: it runs on); anything else
+    /// is a crash.
+    fn on_int3(&self, fd: &VcpuFd) -> Option<StopKind> {
+        let index = self.vcpu.index;
+        let (Ok(mut regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {
+            return Some(StopKind::Crashed(Signal::SIGILL));
+        };
+        let limits = self.inner.cpu_limits();
+        let Ok((gpa, _)) = Paging::of(&sregs, &limits).translate(&self.inner.memory, regs.rip)
+        else {
+            return Some(StopKind::Crashed(Signal::SIGSEGV));
+        };
+        if self.inner.breakpoints().has_sw(gpa) {
+            return Some(StopKind::SwBreak);
+        }
+        let mut byte = [0u8];
+        if self.inner.memory.read(gpa, &mut byte).is_err() || byte[0] != INT3 {
+            warn!(
+                "vcpu {index}: cannot emulate the instruction at {:#x}",
+                regs.rip
+            );
+            return Some(StopKind::Crashed(Signal::SIGILL));
+        }
+        debug!(
+            "vcpu {index}: guest int3 at {:#x}, delivering #BP",
+            regs.rip
+        );
+        regs.rip += 1;
+        let delivered = fd.set_regs(&regs).and_then(|()| {
+            let mut events = fd.get_vcpu_events()?;
+            events.exception.injected = 1;
+            events.exception.nr = BP_VECTOR as u8;
+            events.exception.has_error_code = 0;
+            events.exception.error_code = 0;
+            fd.set_vcpu_events(&events)
+        });
+        match delivered {
+            Ok(()) => None,
+            Err(e) => {
+                warn!("vcpu {index}: cannot inject #BP: {e}");
+                Some(StopKind::Crashed(Signal::SIGTRAP))
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHooks<'_> {
+    fn drop(&mut self) {
+        // The VMM's loop ended: nobody may wait for this vCPU any more.
+        self.vcpu.mark_finished();
+        self.vcpu.claimed.store(false, Ordering::Release);
+    }
+}
+
+fn same_debug(a: &kvm_guest_debug, b: &kvm_guest_debug) -> bool {
+    a.control == b.control && a.arch.debugreg == b.arch.debugreg
+}

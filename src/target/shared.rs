@@ -1,0 +1,202 @@
+//! State shared by the vCPU threads and the gdb thread.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_guest_debug, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::VcpuFd;
+use log::{debug, warn};
+
+use super::breakpoints::Breakpoints;
+use super::debugregs::DebugRegs;
+use super::error::StubError;
+use super::memory::{GuestRam, TablePool};
+use super::paging::CpuLimits;
+use super::qemu_packets::QemuFlags;
+use super::traps::PageTraps;
+use super::vcpu::{Command, Vcpu};
+use super::wait;
+use super::watchpoints::Watchpoints;
+
+/// How the VMM's own kick reaches vCPU `index`.
+pub(crate) type VmmKick = Box<dyn Fn(usize) + Send + Sync>;
+
+/// State shared by the vCPU threads and the gdb thread.
+pub(crate) struct Inner {
+    pub(crate) memory: GuestRam,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) breakpoints: RwLock<Breakpoints>,
+    pub(crate) watchpoints: RwLock<Watchpoints>,
+    pub(crate) debug_regs: RwLock<DebugRegs>,
+    pub(crate) page_traps: Option<Box<dyn PageTraps>>,
+    pub(crate) vmm_kick: Option<VmmKick>,
+    /// Wakes the thread accepting gdb connections.
+    pub(crate) serving: Mutex<Option<wait::Waker>>,
+    /// The VMM asked to stop serving gdb.
+    pub(crate) stopping: AtomicBool,
+    /// Wakes the attached session's gdb thread.
+    pub(crate) session: Mutex<Option<wait::Waker>>,
+    pub(crate) halt_tick: Duration,
+    /// The host copies registers into `kvm_run` on exit (KVM_CAP_SYNC_REGS).
+    pub(crate) sync_regs: bool,
+    /// The host can block interrupts during a step (KVM_GUESTDBG_BLOCKIRQ).
+    pub(crate) block_irq: bool,
+    /// What QEMU's packets set (`Qqemu.sstep`, `Qqemu.PhyMemMode`).
+    pub(crate) qemu: Arc<QemuFlags>,
+    pub(crate) exec_file: Option<String>,
+    pub(crate) table_pool: Option<TablePool>,
+    /// Address spaces known to `monitor vmem spaces`, with how they are known.
+    pub(crate) spaces: Mutex<BTreeMap<u64, &'static str>>,
+    /// The MMU limits of the vCPUs' CPUID (read by the first vCPU to run).
+    pub(crate) cpu_limits: OnceLock<CpuLimits>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("memory", &self.memory)
+            .field("vcpus", &self.vcpus.len())
+            .field("page_traps", &self.page_traps.is_some())
+            .field("sync_regs", &self.sync_regs)
+            .field("block_irq", &self.block_irq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lock a mutex, ignoring poisoning (a panicked holder leaves plain data).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn breakpoints(&self) -> RwLockReadGuard<'_, Breakpoints> {
+        self.breakpoints.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn breakpoints_mut(&self) -> RwLockWriteGuard<'_, Breakpoints> {
+        self.breakpoints.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn watchpoints(&self) -> RwLockReadGuard<'_, Watchpoints> {
+        self.watchpoints.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn watchpoints_mut(&self) -> RwLockWriteGuard<'_, Watchpoints> {
+        self.watchpoints.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn debug_regs(&self) -> RwLockReadGuard<'_, DebugRegs> {
+        self.debug_regs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn debug_regs_mut(&self) -> RwLockWriteGuard<'_, DebugRegs> {
+        self.debug_regs.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The vCPUs' MMU limits (from the first vCPU to run; until then the
+    /// documented assumption).
+    pub(crate) fn cpu_limits(&self) -> CpuLimits {
+        self.cpu_limits.get().copied().unwrap_or_default()
+    }
+
+    /// Learn the MMU limits from a vCPU's CPUID, once.
+    pub(crate) fn learn_cpuid(&self, fd: &VcpuFd) {
+        self.cpu_limits.get_or_init(|| {
+            let limits = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
+                Ok(cpuid) => CpuLimits::from_cpuid(cpuid.as_slice()),
+                Err(e) => {
+                    warn!("KVM_GET_CPUID2 failed ({e}): assuming the default MMU");
+                    CpuLimits::default()
+                }
+            };
+            debug!("vCPU MMU from KVM_GET_CPUID2: {limits}");
+            limits
+        });
+    }
+
+    /// Whether `gpa` is on a page trapped for a watchpoint.
+    pub(crate) fn traps(&self, gpa: u64) -> bool {
+        let watches = self.watchpoints();
+        !watches.is_empty() && watches.traps(gpa)
+    }
+
+    /// Whether watchpoints trap pages (else they use debug registers).
+    pub(crate) fn has_page_traps(&self) -> bool {
+        self.page_traps.is_some()
+    }
+
+    /// Ask the VMM to trap the pages of the current watchpoints (vCPUs
+    /// parked).
+    pub(crate) fn apply_traps(&self) -> Result<(), StubError> {
+        match &self.page_traps {
+            Some(traps) => traps
+                .set_traps(&self.watchpoints().pages())
+                .map_err(StubError::PageTraps),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn attached(&self) -> bool {
+        lock(&self.session).is_some()
+    }
+
+    /// Tell the gdb thread a vCPU stopped by itself.
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = lock(&self.session).as_ref() {
+            waker.wake();
+        }
+    }
+
+    /// The guest-debug settings for the next `KVM_RUN` under `command`.
+    pub(crate) fn guest_debug(&self, command: Command) -> kvm_guest_debug {
+        let mut dbg = kvm_guest_debug::default();
+        let stepping = command.steps();
+        if !self.attached() && !stepping {
+            return dbg;
+        }
+        dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+        if stepping {
+            dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+            // QEMU's default: a step does not enter an interrupt handler.
+            if self.block_irq && (command == Command::StepOver || self.qemu.step_blocks_irqs()) {
+                dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
+            }
+        }
+        if let Some((addrs, dr7)) = self.debug_regs().encode(command == Command::StepOver) {
+            dbg.control |= KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[..4].copy_from_slice(&addrs);
+            dbg.arch.debugreg[7] = dr7;
+        }
+        dbg
+    }
+
+    /// End the session and stop accepting gdb connections.
+    pub(crate) fn stop_serving(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for waker in [&self.serving, &self.session] {
+            if let Some(waker) = lock(waker).as_ref() {
+                waker.wake();
+            }
+        }
+    }
+
+    pub(crate) fn pause_all(&self) {
+        for v in &self.vcpus {
+            v.request(Command::Pause, self);
+        }
+        for v in &self.vcpus {
+            v.wait_parked();
+        }
+    }
+
+    pub(crate) fn shut_down(&self) {
+        for v in &self.vcpus {
+            v.request(Command::Quit, self);
+        }
+    }
+}

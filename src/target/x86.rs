@@ -1,0 +1,29 @@
+//! x86 constants the target shares: exception vectors, RFLAGS and DR7
+//! bits, MSRs.
+
+/// #DB, the debug exception.
+pub(crate) const DB_VECTOR: u32 = 1;
+/// #BP, the breakpoint exception (`int3`).
+pub(crate) const BP_VECTOR: u32 = 3;
+/// The `int3` opcode.
+pub(crate) const INT3: u8 = 0xcc;
+/// RFLAGS.IF: maskable interrupts enabled.
+pub(crate) const RFLAGS_IF: u64 = 1 << 9;
+/// IA32_KERNEL_GS_BASE (the `swapgs` partner of GS.base).
+pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// DR6 bits 0-3: which debug-register slot matched.
+pub(crate) const DR6_HIT_MASK: u64 = 0xf;
+/// DR7 bit 10 reads as one.
+pub(crate) const DR7_FIXED_1: u64 = 1 << 10;
+
+/// DR7's local-enable bit of `slot`.
+pub(crate) fn dr7_enable(slot: usize) -> u64 {
+    1 << (slot * 2)
+}
+
+/// DR7's R/W and LEN fields of `slot`: `rw` 0 = execute, 1 = write,
+/// 3 = read or write; `len` the encoded length (0 = 1, 1 = 2, 3 = 4,
+/// 2 = 8 bytes).
+pub(crate) fn dr7_condition(slot: usize, rw: u64, len: u64) -> u64 {
+    (rw | len << 2) << (16 + slot * 4)
+}

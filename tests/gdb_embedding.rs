@@ -1,0 +1,73 @@
+//! The VMM keeps its own exits: port I/O and MMIO to the demo VMM's device
+//! reach the VMM exactly once and untouched while gdb is attached, also
+//! while gdb single-steps over the accessing instructions, through the
+//! hooks (the demo's own loop) and through the turnkey loop.
+
+mod demo;
+
+use std::time::Duration;
+
+use demo::{hex_after, number_after, DemoVm};
+
+/// Step vCPU 0 instruction by instruction through `poll_device` (which
+/// reads the device's port, then its MMIO register) and check what the
+/// guest got: the VMM's next answers, each exactly one read later.
+fn device_reads_survive_single_steps(extra: &[&str]) {
+    let Some(vm) = DemoVm::start_with(extra) else {
+        return;
+    };
+    let script = "\
+break *poll_device
+continue
+delete
+printf \"port before: %#lx\\n\", device_port_value
+printf \"mmio before: %#lx\\n\", device_mmio_value
+set $ret = *(unsigned long *)$rsp
+set $steps = 0
+while $pc != $ret && $steps < 200
+  stepi
+  set $steps = $steps + 1
+end
+printf \"steps: %d\\n\", $steps
+printf \"port after: %#lx\\n\", device_port_value
+printf \"mmio after: %#lx\\n\", device_mmio_value
+";
+    let out = vm.gdb_script("device-steps", script, Duration::from_secs(60));
+    eprintln!("{out}");
+    let steps = number_after(&out, "steps: ").unwrap_or(0);
+    assert!(
+        steps > 3 && steps < 200,
+        "stepped through poll_device: {out}"
+    );
+    let value = |label: &str| hex_after(&out, label).unwrap_or_else(|| panic!("{label} {out}"));
+    let (port0, port1) = (value("port before: "), value("port after: "));
+    let (mmio0, mmio1) = (value("mmio before: "), value("mmio after: "));
+    // The VMM answers 0xfeed_NNNN / 0xcafe_NNNN, NNNN counting its reads.
+    assert_eq!(port0 >> 16, 0xfeed, "{out}");
+    assert_eq!(mmio0 >> 16, 0xcafe, "{out}");
+    assert_eq!(
+        port1,
+        port0 + 1,
+        "one port read, answered by the VMM: {out}"
+    );
+    assert_eq!(
+        mmio1,
+        mmio0 + 1,
+        "one MMIO read, answered by the VMM: {out}"
+    );
+}
+
+#[test]
+fn vmm_exits_are_the_vmms_during_steps_through_the_hooks() {
+    device_reads_survive_single_steps(&[]);
+}
+
+#[test]
+fn vmm_exits_are_the_vmms_during_steps_through_the_turnkey_loop() {
+    device_reads_survive_single_steps(&["--turnkey"]);
+}
+
+#[test]
+fn vmm_exits_are_the_vmms_without_an_irqchip() {
+    device_reads_survive_single_steps(&["--no-irqchip"]);
+}

@@ -1,0 +1,105 @@
+//! The demo VM as real VMMs build theirs: KVM's in-kernel irqchip and a
+//! LAPIC timer per vCPU (100 Hz). The guest takes real timer interrupts;
+//! the stub stays correct around them.
+
+mod demo;
+
+use std::time::Duration;
+
+use demo::{number_after, DemoVm};
+
+#[test]
+fn timer_interrupts_arrive_while_running_and_not_while_stopped() {
+    let Some(vm) = DemoVm::start() else { return };
+    // One session, stopped for a second.
+    let stopped = vm.gdb(&["print timer_ticks", "shell sleep 1", "print timer_ticks"]);
+    let (a, b) = (
+        number_after(&stopped, "$1 = ").unwrap(),
+        number_after(&stopped, "$2 = ").unwrap(),
+    );
+    assert_eq!(a, b, "no interrupt is taken while the VM is stopped");
+    // Detached, the guest runs a second: two vCPUs at 100 Hz.
+    std::thread::sleep(Duration::from_secs(1));
+    let running = vm.gdb(&["print timer_ticks"]);
+    let c = number_after(&running, "$1 = ").unwrap();
+    assert!(c >= b + 100, "timer interrupts while running: {b} -> {c}");
+}
+
+/// Single-step vCPU 0 up to `limit` times (stopping at the first step
+/// inside the timer handler if `stop_in_handler`); returns (steps taken,
+/// steps inside the handler, timer ticks gained meanwhile).
+fn step_around_the_timer(
+    vm: &DemoVm,
+    setup: &str,
+    limit: u32,
+    stop_in_handler: bool,
+) -> (u64, u64, u64) {
+    let stop = if stop_in_handler {
+        "&& $inside == 0"
+    } else {
+        ""
+    };
+    let script = format!(
+        "\
+{setup}
+set $start = timer_ticks
+set $inside = 0
+set $steps = 0
+while $steps < {limit} {stop}
+  stepi
+  set $steps = $steps + 1
+  if $pc >= (unsigned long)&timer_stub && $pc < (unsigned long)&spurious_stub
+    set $inside = $inside + 1
+  end
+end
+printf \"steps: %d\\n\", $steps
+printf \"inside: %d\\n\", $inside
+printf \"ticks: %d\\n\", timer_ticks - $start
+"
+    );
+    let out = vm.gdb_script("timer-steps", &script, Duration::from_secs(240));
+    let tail: String = out.lines().rev().take(8).collect::<Vec<_>>().join("\n");
+    eprintln!("{tail}");
+    let value = |label| number_after(&out, label).unwrap_or_else(|| panic!("{label}: {tail}"));
+    (value("steps: "), value("inside: "), value("ticks: "))
+}
+
+#[test]
+fn ten_thousand_steps_never_enter_the_timer_handler_by_default() {
+    let Some(vm) = DemoVm::start() else { return };
+    let (steps, inside, ticks) = step_around_the_timer(&vm, "", 10_000, false);
+    assert_eq!(steps, 10_000);
+    assert_eq!(inside, 0, "QEMU's default NOIRQ: steps skip interrupts");
+    // Interrupts did arrive meanwhile (the other vCPU runs between steps).
+    assert!(ticks > 0, "timer ticks during the steps: {ticks}");
+}
+
+#[test]
+fn with_noirq_cleared_steps_do_enter_the_timer_handler() {
+    let Some(vm) = DemoVm::start() else { return };
+    let setup = "maint packet Qqemu.sstep=0x1\nmaint packet qqemu.sstep";
+    let (steps, inside, _) = step_around_the_timer(&vm, setup, 10_000, true);
+    assert_eq!(
+        inside, 1,
+        "a step landed in the timer handler within {steps} steps"
+    );
+}
+
+#[test]
+fn an_idle_guest_costs_almost_no_cpu() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&["set var guest_idle = 1", "print timer_ticks"]);
+    let before = number_after(&out, "$1 = ").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = vm.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = vm.cpu_ticks() - cpu;
+    let after = number_after(&vm.gdb(&["print timer_ticks"]), "$1 = ").unwrap();
+    eprintln!(
+        "idle: {used} CPU ticks of 10 ms in 3 s, {} timer interrupts",
+        after - before
+    );
+    assert!(after > before + 300, "the guest still takes its interrupts");
+    // Two vCPUs in hlt between timer interrupts: ~0 % (3 % allowed).
+    assert!(used <= 9, "{used} ticks of 10 ms in 3 s");
+}
