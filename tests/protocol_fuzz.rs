@@ -159,6 +159,25 @@ fn hostile_packets_never_hurt_the_guest_or_the_next_session() {
 }
 
 #[test]
+fn a_packet_that_never_ends_is_dropped_not_buffered() {
+    let Some(vm) = DemoVm::start() else { return };
+    let mut rsp = Rsp::connect(vm.port);
+    assert!(matches!(rsp.request(b"qqemu.sstepbits"), Reply::Packet(_)));
+    let before = vm.rss_kib();
+    // 64 MiB after a `$` and no `#`: far beyond the advertised size.
+    let chunk = vec![b'A'; 1 << 20];
+    assert!(rsp.raw(b"$m"));
+    for _ in 0..64 {
+        assert!(rsp.raw(&chunk), "the stub reads on");
+    }
+    assert!(rsp.resync(), "the session goes on after the packet ends");
+    let grown = vm.rss_kib().saturating_sub(before);
+    eprintln!("resident memory grew by {grown} KiB for a 64 MiB packet");
+    assert!(grown < 8 << 10, "{grown} KiB kept for a dropped packet");
+    assert!(matches!(rsp.request(b"mffffffff80400000,4"), Reply::Packet(p) if p.len() == 8));
+}
+
+#[test]
 fn a_second_client_is_refused_while_one_is_attached() {
     let Some(vm) = DemoVm::start() else { return };
     let mut first = Rsp::connect(vm.port);

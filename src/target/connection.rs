@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gdbstub::conn::Connection;
-use log::{debug, trace};
+use log::{debug, trace, warn};
 
 use super::memory_packets::{self, ReadRequest};
 use super::qemu_packets::{self, QemuFlags};
@@ -99,6 +99,8 @@ pub(crate) struct GdbConnection {
     prepared: Option<(ReadRequest, Vec<u8>)>,
     /// An incoming packet not complete yet (`$` … `#xx`).
     packet: Vec<u8>,
+    /// Inside a packet longer than [`PACKET_SIZE`], being dropped.
+    oversized: Option<Oversized>,
     /// gdb switched acknowledgements off (`QStartNoAckMode`).
     no_ack: bool,
     /// The thread (1-based) gdb's memory accesses refer to, mirrored from
@@ -109,6 +111,31 @@ pub(crate) struct GdbConnection {
     /// rip, rsp, rbp to add to the next stop reply.
     expedite: Option<[u64; 3]>,
     qemu: Arc<QemuFlags>,
+}
+
+/// Largest packet payload we accept and advertise (gdb reads memory in
+/// chunks of about half this).
+pub(crate) const PACKET_SIZE: usize = 1 << 17;
+
+/// Where we are in a packet too long to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oversized {
+    /// Before its `#`.
+    Body,
+    /// This many checksum digits still to come.
+    Checksum(u8),
+}
+
+impl Oversized {
+    /// The state after byte `b`; `None` once the packet has ended.
+    fn next(self, b: u8) -> Option<Oversized> {
+        match (self, b) {
+            (Oversized::Body, b'#') => Some(Oversized::Checksum(2)),
+            (Oversized::Body, _) => Some(Oversized::Body),
+            (Oversized::Checksum(1), _) => None,
+            (Oversized::Checksum(n), _) => Some(Oversized::Checksum(n - 1)),
+        }
+    }
 }
 
 /// The next thing the gdb thread has to handle.
@@ -144,6 +171,7 @@ impl GdbConnection {
             hex: Vec::new(),
             prepared: None,
             packet: Vec::new(),
+            oversized: None,
             no_ack: false,
             mem_thread: 1,
             last_packet: Vec::new(),
@@ -157,6 +185,14 @@ impl GdbConnection {
     /// gdbstub unchanged.
     fn absorb(&mut self, data: &[u8]) -> io::Result<()> {
         for &b in data {
+            if let Some(state) = self.oversized {
+                self.oversized = state.next(b);
+                if self.oversized.is_none() {
+                    warn!("dropped a packet longer than {PACKET_SIZE} bytes");
+                    self.send_reply(b"E01")?;
+                }
+                continue;
+            }
             if self.packet.is_empty() && b != b'$' {
                 if b != b'+' {
                     self.prepared = None;
@@ -165,6 +201,14 @@ impl GdbConnection {
                 continue;
             }
             self.packet.push(b);
+            if self.packet.len() > PACKET_SIZE + 4 {
+                // More than gdb may send (we advertise PACKET_SIZE): drop
+                // it up to its checksum instead of buffering without end.
+                self.packet = Vec::new();
+                self.prepared = None;
+                self.oversized = Some(Oversized::Body);
+                continue;
+            }
             let n = self.packet.len();
             if n < 4 || self.packet[n - 3] != b'#' {
                 continue;

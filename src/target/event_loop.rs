@@ -15,16 +15,12 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubBuilder, GdbStubError};
 use log::{info, warn};
 
-use super::connection::{ConnRef, GdbConnection, Input, Stream};
+use super::connection::{ConnRef, GdbConnection, Input, Stream, PACKET_SIZE};
 use super::error::StubError;
 use super::stub::KvmTarget;
 use super::vcpu::Command;
 use super::wait::{self, Ready};
 use super::{lock, Inner};
-
-/// Largest packet we accept and advertise (gdb reads memory in chunks of
-/// about half this).
-const PACKET_SIZE: usize = 1 << 17;
 
 /// Where gdb connects.
 #[derive(Debug)]
