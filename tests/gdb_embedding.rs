@@ -71,3 +71,39 @@ fn vmm_exits_are_the_vmms_during_steps_through_the_turnkey_loop() {
 fn vmm_exits_are_the_vmms_without_an_irqchip() {
     device_reads_survive_single_steps(&["--no-irqchip"]);
 }
+
+/// A VMM that keeps its memslots to itself: watchpoints fall back to the
+/// four debug registers (which kvm_pvm never fires, so this only checks
+/// what gdb is told when it inserts them).
+#[test]
+fn without_page_traps_watchpoints_take_the_debug_registers() {
+    let Some(vm) = DemoVm::start_with(&["--no-page-traps"]) else {
+        return;
+    };
+    let fits = vm.gdb(&[
+        "watch watched_value",
+        "watch counter",
+        "stepi",
+        "info watchpoints",
+    ]);
+    assert!(!fits.contains("Could not insert"), "{fits}");
+    assert!(fits.contains("hw watchpoint"), "{fits}");
+    let five = [
+        "watch watched_value",
+        "watch counter",
+        "watch last_result",
+        "watch bp_hits",
+        "watch cr3_switches",
+        "stepi",
+    ];
+    let too_many = vm.gdb(&five);
+    assert!(
+        too_many.contains("Could not insert hardware watchpoint 5"),
+        "{too_many}"
+    );
+    let odd = vm.gdb(&["watch *(char(*)[3])&watched_value", "stepi"]);
+    assert!(
+        odd.contains("Could not insert hardware watchpoint"),
+        "{odd}"
+    );
+}

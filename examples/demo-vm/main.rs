@@ -62,6 +62,10 @@ struct Args {
     /// VMM's own loop with the hooks.
     #[arg(long)]
     turnkey: bool,
+    /// Do not let the debugger trap watched pages through memslots (then
+    /// watchpoints use debug registers, as in a VMM that keeps its slots).
+    #[arg(long)]
+    no_page_traps: bool,
 }
 
 fn main() {
@@ -102,6 +106,7 @@ fn run(args: Args) -> Result<(), String> {
         table_pool: !args.no_table_pool,
         mode,
         irqchip: !args.no_irqchip,
+        page_traps: !args.no_page_traps,
     })?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),

@@ -60,6 +60,9 @@ pub struct Config<'a> {
     /// KVM's in-kernel interrupt controller and a LAPIC timer (else `hlt`
     /// exits and the debugger's 2 ms tick stands in for a timer).
     pub irqchip: bool,
+    /// Let the debugger lay out RAM memslots to trap watched pages (else
+    /// this VMM registers RAM itself and watchpoints use debug registers).
+    pub page_traps: bool,
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
@@ -72,6 +75,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         table_pool,
         mode,
         irqchip,
+        page_traps,
     } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
@@ -146,7 +150,10 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     // VMM has no other slots), so watched pages can trap.
     let memslots =
         KvmMemslots::new(Arc::clone(&vm), &memory, 0).map_err(|e| format!("memslots: {e}"))?;
-    let mut builder = Debugger::builder(&vm, vcpus, memory).page_traps(memslots);
+    let mut builder = Debugger::builder(&vm, vcpus, memory);
+    if page_traps {
+        builder = builder.page_traps(memslots);
+    }
     if mode == GuestMode::Long {
         // gdb would take a 32-bit ELF's architecture over our x86-64 one.
         builder = builder.exec_file(elf_path);
