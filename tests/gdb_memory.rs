@@ -6,7 +6,11 @@
 mod demo;
 
 use demo::rsp::{Reply, Rsp};
-use demo::rsp_decode::{expand_runs, unescape, unhex};
+use demo::rsp_decode::{expand_runs, unhex};
+
+fn unescape(data: &[u8]) -> Vec<u8> {
+    vmem_gdbstub::target::rsp::unescape(data).expect("escaped byte")
+}
 use demo::DemoVm;
 
 /// 32 MiB into the demo's direct map: RAM the guest does not use.

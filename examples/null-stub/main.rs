@@ -7,7 +7,7 @@
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 
-use vmem_gdbstub::target::X86_64Kvm;
+use vmem_gdbstub::target::{rsp, X86_64Kvm};
 
 /// Where the canned registers point (hex, with or without `0x`).
 #[derive(clap::Parser)]
@@ -29,10 +29,6 @@ fn parse_hex(text: &str) -> Result<u64, std::num::ParseIntError> {
 fn stop_reply(pc: u64, sp: u64) -> String {
     let le = |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
     format!("T05thread:01;06:{};07:{};10:{};", le(sp), le(sp), le(pc))
-}
-
-fn checksum(payload: &[u8]) -> u8 {
-    payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
 
 /// What memory reads return: the same pseudo-random bytes the benchmark
@@ -64,13 +60,7 @@ impl Canned {
             // No byte that would need escaping in a binary reply.
             binary: bytes
                 .iter()
-                .map(|&b| {
-                    if matches!(b, b'#' | b'$' | b'}' | b'*') {
-                        b'a'
-                    } else {
-                        b
-                    }
-                })
+                .map(|&b| if rsp::needs_escape(b) { b'a' } else { b })
                 .collect(),
         }
     }
@@ -98,10 +88,10 @@ fn reply(payload: &[u8], memory: &Canned) -> Vec<u8> {
         "vCont?" => "vCont;c;C;s;S".into(),
         t if t.starts_with("vCont;s") || t == "s" => memory.stop.clone(),
         t if t.starts_with('m') => {
-            return frame(&memory.hex[..2 * read_len(t)]);
+            return rsp::frame(&memory.hex[..2 * read_len(t)]);
         }
         t if t.starts_with('x') => {
-            return frame(&[b"b", &memory.binary[..read_len(t)]].concat());
+            return rsp::frame(&[b"b", &memory.binary[..read_len(t)]].concat());
         }
         t if t.starts_with("qXfer:features:read:target.xml:") => {
             let range = &t["qXfer:features:read:target.xml:".len()..];
@@ -124,14 +114,7 @@ fn reply(payload: &[u8], memory: &Canned) -> Vec<u8> {
         t if t.starts_with('T') => "OK".into(),
         _ => String::new(),
     };
-    frame(out.as_bytes())
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut framed = vec![b'$'];
-    framed.extend_from_slice(payload);
-    framed.extend(format!("#{:02x}", checksum(payload)).bytes());
-    framed
+    rsp::frame(out.as_bytes())
 }
 
 fn main() -> std::io::Result<()> {

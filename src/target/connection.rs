@@ -17,6 +17,7 @@ use log::{debug, trace, warn};
 
 use super::memory_packets::{self, ReadRequest};
 use super::qemu_packets::{self, QemuFlags};
+use super::rsp;
 use super::wait::{self, Ready, WakeReceiver};
 
 /// A stream gdb talks over.
@@ -97,6 +98,8 @@ pub(crate) struct GdbConnection {
     hex: Vec<u8>,
     /// A read-ahead reply: the read it answers and its framed bytes.
     prepared: Option<(ReadRequest, Vec<u8>)>,
+    /// Reused for the memory reads answered here.
+    read_buffer: Vec<u8>,
     /// An incoming packet not complete yet (`$` … `#xx`).
     packet: Vec<u8>,
     /// Inside a packet longer than [`PACKET_SIZE`], being dropped.
@@ -112,6 +115,9 @@ pub(crate) struct GdbConnection {
     expedite: Option<[u64; 3]>,
     qemu: Arc<QemuFlags>,
 }
+
+/// Reads at least this long are followed by a read-ahead of the next.
+const READ_AHEAD_MIN: usize = 4096;
 
 /// Largest packet payload we accept and advertise (gdb reads memory in
 /// chunks of about half this).
@@ -170,6 +176,7 @@ impl GdbConnection {
             output: Vec::with_capacity(1 << 17),
             hex: Vec::new(),
             prepared: None,
+            read_buffer: Vec::new(),
             packet: Vec::new(),
             oversized: None,
             no_ack: false,
@@ -220,10 +227,7 @@ impl GdbConnection {
                 // Anything but a read may change what a read returns.
                 self.prepared = None;
             }
-            let sum_ok = std::str::from_utf8(&packet[n - 2..])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                == Some(qemu_packets::checksum(payload));
+            let sum_ok = rsp::parse_checksum(&packet[n - 2..]) == Some(rsp::checksum(payload));
             if !sum_ok {
                 // gdbstub asks for it again.
                 self.forward(&packet);
@@ -264,9 +268,36 @@ impl GdbConnection {
         self.expedite = registers;
     }
 
-    /// The thread gdb's memory accesses currently refer to (1-based).
-    pub(crate) fn mem_thread(&self) -> usize {
-        self.mem_thread
+    /// Answer a memory read gdb sent, reading guest memory with
+    /// `read_memory(buffer, request, thread)` for the thread gdb's memory
+    /// accesses refer to (what gdbstub would have used). A large read is
+    /// followed by the next one in line, encoded while gdb decodes this
+    /// reply (gdb reads big ranges in order).
+    pub(crate) fn serve_read(
+        &mut self,
+        read: &ReadRequest,
+        mut read_memory: impl FnMut(&mut Vec<u8>, &ReadRequest, usize) -> Result<usize, u8>,
+    ) -> io::Result<()> {
+        let mut data = std::mem::take(&mut self.read_buffer);
+        let thread = self.mem_thread;
+        let whole = if self.send_prepared(read)? {
+            true
+        } else {
+            let result = read_memory(&mut data, read, thread);
+            let whole = result == Ok(read.len);
+            self.answer_read(read, result.map(|n| &data[..n]))?;
+            whole
+        };
+        if whole && read.len >= READ_AHEAD_MIN {
+            let next = ReadRequest {
+                addr: read.addr.wrapping_add(read.len as u64),
+                ..*read
+            };
+            let result = read_memory(&mut data, &next, thread);
+            self.prepare_read(next, result.map(|n| &data[..n]));
+        }
+        self.read_buffer = data;
+        Ok(())
     }
 
     /// Answer a memory read with `data` (possibly shorter than asked), or
@@ -283,14 +314,14 @@ impl GdbConnection {
     /// Encode the reply to a read gdb is expected to send next (read-ahead:
     /// done while gdb is still decoding the last reply). Any other input
     /// discards it.
-    pub(crate) fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
+    fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
         let mut acked = vec![b'+'];
         frame_read(&mut acked, &mut self.hex, &read, data);
         self.prepared = Some((read, acked));
     }
 
     /// Send the prepared reply if it answers `read`; false if there is none.
-    pub(crate) fn send_prepared(&mut self, read: &ReadRequest) -> io::Result<bool> {
+    fn send_prepared(&mut self, read: &ReadRequest) -> io::Result<bool> {
         let Some((prepared, acked)) = self.prepared.take() else {
             return Ok(false);
         };
@@ -332,7 +363,7 @@ impl GdbConnection {
             return;
         };
         let mut framed = self.output[..start].to_vec();
-        framed.extend(qemu_packets::frame(&amended));
+        framed.extend(rsp::frame(&amended));
         framed.extend_from_slice(&self.output[start + hash + 3..]);
         self.output = framed;
     }
@@ -340,7 +371,7 @@ impl GdbConnection {
     /// Send one reply packet of our own, `reply` unframed.
     fn send_reply(&mut self, reply: &[u8]) -> io::Result<()> {
         let mut acked = vec![b'+'];
-        acked.extend(qemu_packets::frame(reply));
+        acked.extend(rsp::frame(reply));
         self.send_own(&acked)
     }
 
@@ -414,8 +445,8 @@ fn frame_read(out: &mut Vec<u8>, hex: &mut Vec<u8>, read: &ReadRequest, data: Re
         Ok(data) => memory_packets::push_hex(out, hex, data),
         Err(errno) => out.extend(format!("E{errno:02x}").bytes()),
     }
-    let sum = qemu_packets::checksum(&out[start..]);
-    out.extend(format!("#{sum:02x}").bytes());
+    let sum = rsp::checksum(&out[start..]);
+    rsp::close_frame(out, sum);
 }
 
 /// The thread an `Hg` packet selects, as gdbstub reads it: `0` (any) is

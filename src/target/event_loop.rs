@@ -175,7 +175,7 @@ pub(crate) fn refuse(mut stream: Stream) {
     }
     let reply = b"E.another gdb session is already attached to this VM";
     let mut framed = vec![b'+'];
-    framed.extend(super::qemu_packets::frame(reply));
+    framed.extend(super::rsp::frame(reply));
     let _ = io::Write::write_all(&mut stream, &framed);
     stream.shutdown();
 }
@@ -275,7 +275,12 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
         let next = match gdb {
             GdbStubStateMachine::Idle(mut idle) => match idle.borrow_conn().0.next_input(None) {
                 Ok(Input::Byte(b)) => idle.incoming_data(target, b),
-                Ok(Input::Read(read)) => match target.answer_read(idle.borrow_conn().0, &read) {
+                Ok(Input::Read(read)) => match idle
+                    .borrow_conn()
+                    .0
+                    .serve_read(&read, |data, read, thread| {
+                        target.read_for_gdb(data, read, thread)
+                    }) {
                     Ok(()) => Ok(idle.into()),
                     Err(e) => return Ended::Connection(e),
                 },

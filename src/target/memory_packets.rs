@@ -4,6 +4,7 @@
 //! whole buffers, and `x` (gdb ≥ 16, `binary-upload+`) halves the bytes
 //! on the wire.
 
+use super::rsp;
 /// Largest read answered in one reply (gdb asks for less than this).
 pub(crate) const MAX_READ: usize = 1 << 17;
 
@@ -233,7 +234,7 @@ pub(crate) fn push_binary(out: &mut Vec<u8>, data: &[u8]) {
             }
         }
         let byte = data[i];
-        if matches!(byte, b'#' | b'$' | b'}' | b'*') {
+        if rsp::needs_escape(byte) {
             dst[o..o + 2].copy_from_slice(&[b'}', byte ^ 0x20]);
             i += 1;
             o += 2;
@@ -257,7 +258,11 @@ mod tests {
     mod rsp_decode {
         include!("../../tests/demo/rsp_decode.rs");
     }
-    use rsp_decode::{expand_runs as expand, unescape, unhex};
+    use rsp_decode::{expand_runs as expand, unhex};
+
+    fn unescape(data: &[u8]) -> Vec<u8> {
+        rsp::unescape(data).expect("escaped byte")
+    }
 
     fn samples() -> Vec<Vec<u8>> {
         let mut x = 0x1234_5678_9abc_def0u64;

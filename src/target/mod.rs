@@ -63,6 +63,7 @@ mod monitor;
 mod paging;
 mod qemu_packets;
 mod regs;
+pub mod rsp;
 mod shared;
 mod stub;
 mod traps;
@@ -242,6 +243,24 @@ impl Debugger {
     /// The turnkey vCPU loop: run vCPU `index` on `fd` until the VM shuts
     /// down, in that vCPU's own thread. Exits the debugger does not take
     /// (port I/O, MMIO outside trapped pages…) go to `on_exit`.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use kvm_ioctls::VcpuExit;
+    /// # use vmem_gdbstub::target::{Debugger, ExitAction};
+    /// # fn spawn(debugger: Arc<Debugger>, mut fd: kvm_ioctls::VcpuFd) {
+    /// std::thread::spawn(move || {
+    ///     debugger.run_vcpu(0, &mut fd, |_index, exit| match exit {
+    ///         VcpuExit::IoOut(0x3f8, data) => {
+    ///             print!("{}", String::from_utf8_lossy(data));
+    ///             ExitAction::Continue
+    ///         }
+    ///         VcpuExit::Shutdown => ExitAction::Shutdown,
+    ///         _ => ExitAction::Continue,
+    ///     })
+    /// });
+    /// # }
+    /// ```
     pub fn run_vcpu(
         &self,
         index: usize,

@@ -78,20 +78,6 @@ pub(crate) fn reply(payload: &[u8], flags: &QemuFlags) -> Option<Cow<'static, st
     Some(Cow::Borrowed(text))
 }
 
-/// The RSP checksum of `payload`.
-pub(crate) fn checksum(payload: &[u8]) -> u8 {
-    payload.iter().fold(0u8, |sum, b| sum.wrapping_add(*b))
-}
-
-/// `payload` as an RSP packet: `$payload#xx`.
-pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(payload.len() + 4);
-    framed.push(b'$');
-    framed.extend_from_slice(payload);
-    framed.extend(format!("#{:02x}", checksum(payload)).bytes());
-    framed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +104,5 @@ mod tests {
         assert_eq!(reply(b"qqemu.sstep").as_deref(), Some("0x5"));
         assert_eq!(reply(b"qOffsets"), None);
         assert_eq!(reply(b"m1000,4"), None);
-        assert_eq!(checksum(b"OK"), 0x9a);
-        assert_eq!(frame(b"OK"), b"$OK#9a");
     }
 }

@@ -4,6 +4,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use vmem_gdbstub::target::rsp;
+
 /// One connection to the stub, in no-ack mode.
 pub struct Rsp {
     stream: TcpStream,
@@ -16,10 +18,6 @@ pub enum Reply {
     Packet(Vec<u8>),
     Timeout,
     Closed,
-}
-
-pub fn checksum(payload: &[u8]) -> u8 {
-    payload.iter().fold(0u8, |s, b| s.wrapping_add(*b))
 }
 
 impl Rsp {
@@ -45,11 +43,7 @@ impl Rsp {
 
     /// Frame and send `payload`.
     pub fn send(&mut self, payload: &[u8]) -> bool {
-        let mut framed = Vec::with_capacity(payload.len() + 4);
-        framed.push(b'$');
-        framed.extend_from_slice(payload);
-        framed.extend_from_slice(format!("#{:02x}", checksum(payload)).as_bytes());
-        self.raw(&framed)
+        self.raw(&rsp::frame(payload))
     }
 
     /// The next reply packet (acks and junk before `$` are skipped).

@@ -1,5 +1,5 @@
 // gdb's side of RSP reply decoding, to check our encoders: run-length
-// expansion, binary unescaping, hex. Shared by the packet layer's unit
+// expansion and hex (binary unescaping is `rsp::unescape`). Shared by the packet layer's unit
 // tests (through `include!`, hence no inner doc comment) and
 // tests/gdb_memory.rs.
 
@@ -16,20 +16,6 @@ pub fn expand_runs(wire: &[u8]) -> Vec<u8> {
             out.push(wire[i]);
             i += 1;
         }
-    }
-    out
-}
-
-/// Undo `}` escapes of binary data.
-pub fn unescape(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut it = data.iter();
-    while let Some(&b) = it.next() {
-        out.push(if b == b'}' {
-            it.next().expect("escaped byte") ^ 0x20
-        } else {
-            b
-        });
     }
     out
 }

@@ -60,10 +60,17 @@ pub(crate) struct Context<'a> {
     pub root_mask: u64,
     /// Known spaces with how they are known, in walk order.
     pub spaces: Vec<(u64, String)>,
-    /// The current vCPU's registers.
-    pub state: Option<KvmState>,
-    /// DR0-DR3, DR6, DR7 of the current vCPU.
-    pub debug_regs: [u64; 6],
+    /// The current vCPU's registers, read only by the commands that show
+    /// them (a `help` costs no ioctl).
+    pub registers: &'a dyn Registers,
+}
+
+/// The current vCPU's registers, read when a command asks.
+pub(crate) trait Registers {
+    /// All of them (`None`: they cannot be read).
+    fn all_registers(&self) -> Option<KvmState>;
+    /// DR0-DR3, DR6, DR7.
+    fn debug_registers(&self) -> [u64; 6];
 }
 
 const HELP: &str = "\

@@ -271,8 +271,8 @@ fn seg_line(out: &mut String, name: &str, s: &kvm_segment) {
 /// `info registers`.
 pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
     let state = ctx
-        .state
-        .as_ref()
+        .registers
+        .all_registers()
         .ok_or("cannot read the vCPU's registers")?;
     let r = &state.regs;
     let s = &state.sregs;
@@ -336,7 +336,7 @@ pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), 
         "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}",
         s.cr0, s.cr2, s.cr3, s.cr4
     );
-    let dr = &ctx.debug_regs;
+    let dr = ctx.registers.debug_registers();
     let _ = writeln!(
         out,
         "DR0={:016x} DR1={:016x} DR2={:016x} DR3={:016x}",

@@ -1,0 +1,219 @@
+//! Registers and memory: gdbstub's base operations, and the memory reads
+//! our packet layer answers itself.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
+
+use gdbstub::common::{Pid, Tid};
+use gdbstub::target::ext::base::multithread::{MultiThreadBase, MultiThreadResumeOps};
+use gdbstub::target::ext::base::single_register_access::{
+    SingleRegisterAccess, SingleRegisterAccessOps,
+};
+use gdbstub::target::ext::exec_file::ExecFile;
+use gdbstub::target::{TargetError, TargetResult};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs};
+use kvm_ioctls::VcpuFd;
+use log::debug;
+
+use super::{tid, KvmTarget};
+use crate::target::error::StubError;
+use crate::target::memory_packets::ReadRequest;
+use crate::target::monitor::View;
+use crate::target::paging::Paging;
+use crate::target::regs::{X86_64RegId, X86_64Regs};
+use crate::target::x86::MSR_KERNEL_GS_BASE;
+
+/// The registers beyond the general and special ones: x87/SSE and
+/// IA32_KERNEL_GS_BASE.
+pub(super) fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
+    let mut msrs = kernel_gs_base_msr(0)?;
+    fd.get_msrs(&mut msrs)?;
+    Ok((fd.get_fpu()?, msrs.as_slice()[0].data))
+}
+
+/// IA32_KERNEL_GS_BASE as an MSR list for KVM_GET/SET_MSRS.
+fn kernel_gs_base_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
+    Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_KERNEL_GS_BASE,
+        data,
+        ..Default::default()
+    }])
+    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
+}
+
+impl KvmTarget<'_> {
+    /// How gdb's addresses are translated for thread `tid`: its own space,
+    /// the space chosen with `monitor vmem use`, or physical.
+    fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<StubError>> {
+        let index = self.index(tid)?;
+        if self.dbg.qemu.phys_mode.load(Ordering::Relaxed) || self.view == View::Physical {
+            return Ok(Paging::Off);
+        }
+        match (self.paging(index)?, self.view) {
+            (Paging::Paged { format, .. }, View::Space(cr3)) => Ok(Paging::Paged {
+                format,
+                root: format.root(cr3),
+            }),
+            (paging, _) => Ok(paging),
+        }
+    }
+
+    /// Read `read` into `data` as gdb would see it, for gdb thread
+    /// `thread`: how many bytes were read, or the errno of nothing
+    /// readable.
+    pub(crate) fn read_for_gdb(
+        &mut self,
+        data: &mut Vec<u8>,
+        read: &ReadRequest,
+        thread: usize,
+    ) -> Result<usize, u8> {
+        data.resize(read.len, 0);
+        let thread = NonZeroUsize::new(thread).unwrap_or(NonZeroUsize::MIN);
+        match self.read_addrs(read.addr, data, thread) {
+            Ok(n) => Ok(n),
+            Err(TargetError::Errno(errno)) => Err(errno),
+            Err(_) => Err(1),
+        }
+    }
+}
+
+impl ExecFile for KvmTarget<'_> {
+    fn get_exec_file(
+        &self,
+        _pid: Option<Pid>,
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let path = self.dbg.exec_file.as_deref().unwrap_or_default().as_bytes();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(path.len());
+        let n = length.min(buf.len()).min(path.len() - start);
+        buf[..n].copy_from_slice(&path[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl MultiThreadBase for KvmTarget<'_> {
+    fn read_registers(&mut self, regs: &mut X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
+        *regs = self.state(self.index(tid)?)?.to_gdb();
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
+        let index = self.index(tid)?;
+        let mut state = self.state(index)?;
+        self.forget(index);
+        let changed = state.apply(regs);
+        debug!("vcpu {index}: writing registers {changed:?}");
+        if changed.sregs {
+            // KVM refuses some special-register values: gdb gets an error.
+            let sregs = state.sregs;
+            self.on_vcpu(index, "KVM_SET_SREGS", move |fd| fd.set_sregs(&sregs))
+                .map_err(|_| TargetError::NonFatal)?;
+        }
+        self.on_vcpu(index, "KVM_SET_REGS/FPU/MSRS", move |fd| {
+            if changed.regs {
+                fd.set_regs(&state.regs)?;
+            }
+            if changed.fpu {
+                fd.set_fpu(&state.fpu)?;
+            }
+            if changed.k_gs_base {
+                fd.set_msrs(&kernel_gs_base_msr(state.k_gs_base)?)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let paging = self.paging_for_gdb(tid)?;
+        let mut done = 0usize;
+        for (gpa, offset, n) in paging.pieces(&self.dbg.memory, start, data.len()) {
+            let chunk = &mut data[offset..offset + n];
+            let read = self.dbg.memory.read_prefix(gpa, chunk);
+            self.dbg.breakpoints().mask(gpa, &mut chunk[..read]);
+            done += read;
+            if read < n {
+                break;
+            }
+        }
+        if done == 0 && !data.is_empty() {
+            debug!("read at {start:#x}: not mapped or not RAM");
+            return Err(TargetError::Errno(14));
+        }
+        Ok(done)
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let paging = self.paging_for_gdb(tid)?;
+        // Translate every page first: nothing is written unless all is.
+        let pieces: Vec<_> = paging.pieces(&self.dbg.memory, start, data.len()).collect();
+        if pieces.iter().map(|&(_, _, n)| n).sum::<usize>() < data.len() {
+            return Err(TargetError::Errno(14));
+        }
+        for (gpa, offset, n) in pieces {
+            let chunk = &data[offset..offset + n];
+            self.dbg
+                .memory
+                .write(gpa, chunk)
+                .map_err(|_| TargetError::Errno(14))?;
+            self.dbg
+                .breakpoints_mut()
+                .after_write(&self.dbg.memory, gpa, chunk);
+        }
+        Ok(())
+    }
+
+    fn list_active_threads(&mut self, register: &mut dyn FnMut(Tid)) -> Result<(), StubError> {
+        for i in 0..self.dbg.vcpus.len() {
+            register(tid(i));
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for KvmTarget<'_> {
+    fn read_register(
+        &mut self,
+        tid: Tid,
+        reg_id: X86_64RegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let mut regs = X86_64Regs::default();
+        self.read_registers(&mut regs, tid)?;
+        let bytes = regs.to_bytes();
+        let range = reg_id.byte_range();
+        let n = range.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[range.start..range.start + n]);
+        Ok(n)
+    }
+
+    fn write_register(
+        &mut self,
+        tid: Tid,
+        reg_id: X86_64RegId,
+        val: &[u8],
+    ) -> TargetResult<(), Self> {
+        let mut regs = X86_64Regs::default();
+        self.read_registers(&mut regs, tid)?;
+        let mut bytes = regs.to_bytes();
+        let range = reg_id.byte_range();
+        if val.len() != range.len() {
+            return Err(TargetError::NonFatal);
+        }
+        bytes[range].copy_from_slice(val);
+        let regs = X86_64Regs::from_bytes(&bytes).ok_or(TargetError::NonFatal)?;
+        self.write_registers(&regs, tid)
+    }
+}

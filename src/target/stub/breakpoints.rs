@@ -1,0 +1,116 @@
+//! Software and hardware breakpoints, and watchpoints (trapped pages, or
+//! debug registers where the VMM offers no page traps).
+
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
+    SwBreakpointOps, WatchKind,
+};
+use gdbstub::target::TargetResult;
+use log::{debug, warn};
+
+use super::KvmTarget;
+use crate::target::watchpoints::Watch;
+
+impl KvmTarget<'_> {
+    /// Remove every breakpoint and watchpoint (detach, kill, disconnect).
+    pub(crate) fn clear_debug_state(&mut self) {
+        self.dbg.breakpoints_mut().clear(&self.dbg.memory);
+        self.dbg.watchpoints_mut().clear();
+        self.dbg.debug_regs_mut().clear();
+        if let Err(e) = self.dbg.apply_traps() {
+            warn!("{e}");
+        }
+    }
+}
+
+impl Breakpoints for KvmTarget<'_> {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for KvmTarget<'_> {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(gpa) = self.gpa_of(self.current, addr) else {
+            return Ok(false);
+        };
+        Ok(self.dbg.breakpoints_mut().insert_sw(&self.dbg.memory, gpa))
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(gpa) = self.gpa_of(self.current, addr) else {
+            return Ok(false);
+        };
+        Ok(self.dbg.breakpoints_mut().remove_sw(&self.dbg.memory, gpa))
+    }
+}
+
+impl HwBreakpoint for KvmTarget<'_> {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.dbg.debug_regs_mut().insert_exec(addr))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.dbg.debug_regs_mut().remove_exec(addr))
+    }
+}
+
+impl HwWatchpoint for KvmTarget<'_> {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let Some(gpa) = self.gpa_of(self.current, addr) else {
+            return Ok(false);
+        };
+        if len == 0 || len > 4096 {
+            return Ok(false);
+        }
+        debug!("watch {kind:?} {len} bytes at {addr:#x} (gpa {gpa:#x})");
+        let watch = Watch {
+            va: addr,
+            gpa,
+            len,
+            kind,
+        };
+        if !self.dbg.has_page_traps() {
+            // No memslot traps from the VMM: a debug register, if free.
+            let set = self.dbg.debug_regs_mut().insert_watch(watch);
+            if !set {
+                warn!("watchpoint at {addr:#x} ({len} bytes) refused: the VMM offers no page traps and no debug register fits (4 at most, 1/2/4/8 aligned bytes)");
+            }
+            return Ok(set);
+        }
+        self.dbg.watchpoints_mut().insert(watch);
+        if let Err(e) = self.dbg.apply_traps() {
+            warn!("{e}");
+            self.dbg.watchpoints_mut().remove(addr, len, kind);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        if !self.dbg.has_page_traps() {
+            return Ok(self.dbg.debug_regs_mut().remove_watch(addr, len, kind));
+        }
+        let removed = self.dbg.watchpoints_mut().remove(addr, len, kind);
+        self.dbg.apply_traps()?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,203 @@
+//! The gdbstub `Target` over the debugger's vCPUs, one file per gdbstub
+//! extension (as gdbstub's own examples lay it out): registers and memory
+//! (`base.rs`), resuming and stepping (`resume.rs`), the stops reported to
+//! gdb (`stops.rs`), breakpoints and watchpoints (`breakpoints.rs`), and
+//! `monitor` commands (`monitor.rs`). This file has the session's state
+//! and the register cache all of them use.
+
+mod base;
+mod breakpoints;
+mod monitor;
+mod resume;
+mod stops;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use gdbstub::common::Tid;
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::BreakpointsOps;
+use gdbstub::target::ext::exec_file::ExecFileOps;
+use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
+use gdbstub::target::{Target, TargetError};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+
+use super::error::StubError;
+use super::monitor::View;
+use super::paging::Paging;
+use super::regs::{KvmState, X86_64Kvm};
+use super::vcpu::StopKind;
+use super::{lock, Inner};
+
+use base::read_extra;
+use resume::Action;
+
+/// One gdb session's view of the VM.
+#[derive(Debug)]
+pub(crate) struct KvmTarget<'a> {
+    dbg: &'a Inner,
+    actions: Vec<Option<Action>>,
+    default_action: Action,
+    pending: VecDeque<(usize, StopKind)>,
+    /// The vCPU of the last stop (whose tables breakpoints are set in).
+    current: usize,
+    /// What gdb's memory accesses go through (`monitor vmem use`).
+    view: View,
+    /// Each parked vCPU's general and special registers, read once per stop.
+    core: RefCell<Vec<Option<(kvm_regs, kvm_sregs)>>>,
+    /// The rest (x87/SSE, KERNEL_GS_BASE), read only when gdb wants them.
+    cache: RefCell<Vec<Option<KvmState>>>,
+    /// rip, rsp and rbp of the vCPU in the next stop reply (the
+    /// connection layer puts them in, so gdb need not send `g`).
+    expedite: Option<[u64; 3]>,
+    /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
+    deferred: Vec<usize>,
+    /// Since when steps have held other vCPUs back without a break.
+    held_since: Option<Instant>,
+}
+
+/// gdb's thread id of vCPU `index`.
+pub(super) fn tid(index: usize) -> Tid {
+    NonZeroUsize::new(index + 1).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl From<StubError> for TargetError<StubError> {
+    fn from(e: StubError) -> Self {
+        TargetError::Fatal(e)
+    }
+}
+
+impl<'a> KvmTarget<'a> {
+    pub(crate) fn new(dbg: &'a Inner) -> KvmTarget<'a> {
+        KvmTarget {
+            core: RefCell::new(vec![None; dbg.vcpus.len()]),
+            cache: RefCell::new(vec![None; dbg.vcpus.len()]),
+            expedite: None,
+            deferred: Vec::new(),
+            held_since: None,
+            dbg,
+            actions: vec![None; dbg.vcpus.len()],
+            default_action: Action::Continue,
+            pending: VecDeque::new(),
+            current: 0,
+            view: View::Current,
+        }
+    }
+
+    pub(super) fn index(&self, tid: Tid) -> Result<usize, TargetError<StubError>> {
+        let index = tid.get() - 1;
+        if index < self.dbg.vcpus.len() {
+            Ok(index)
+        } else {
+            Err(TargetError::NonFatal)
+        }
+    }
+
+    /// vCPU `index`'s general and special registers (it is parked), read
+    /// once per stop: the stop path needs only these.
+    pub(super) fn core(
+        &self,
+        index: usize,
+    ) -> Result<(kvm_regs, kvm_sregs), TargetError<StubError>> {
+        if let Some(core) = self.core.borrow()[index] {
+            return Ok(core);
+        }
+        let core = self.on_vcpu(index, "KVM_GET_REGS/SREGS", |fd| {
+            Ok((fd.get_regs()?, fd.get_sregs()?))
+        })?;
+        self.core.borrow_mut()[index] = Some(core);
+        Ok(core)
+    }
+
+    /// All of vCPU `index`'s registers, read once per stop.
+    pub(super) fn state(&self, index: usize) -> Result<KvmState, TargetError<StubError>> {
+        if let Some(state) = self.cache.borrow()[index].clone() {
+            return Ok(state);
+        }
+        let (regs, sregs) = self.core(index)?;
+        let (fpu, k_gs_base) = self.on_vcpu(index, "KVM_GET_FPU/MSRS", read_extra)?;
+        let state = KvmState {
+            regs,
+            sregs,
+            fpu,
+            k_gs_base,
+        };
+        self.cache.borrow_mut()[index] = Some(state.clone());
+        Ok(state)
+    }
+
+    /// `f` on parked vCPU `index`'s fd, in the vCPU's own thread; `op`
+    /// names the ioctls for errors.
+    pub(super) fn on_vcpu<R: Send + 'static>(
+        &self,
+        index: usize,
+        op: &'static str,
+        f: impl FnOnce(&VcpuFd) -> Result<R, kvm_ioctls::Error> + Send + 'static,
+    ) -> Result<R, StubError> {
+        self.dbg.vcpus[index]
+            .call(f)?
+            .map_err(StubError::vcpu(index, op))
+    }
+
+    /// Registers may change (the vCPU ran, or was written).
+    pub(super) fn forget(&self, index: usize) {
+        self.core.borrow_mut()[index] = None;
+        self.cache.borrow_mut()[index] = None;
+    }
+
+    pub(super) fn paging(&self, index: usize) -> Result<Paging, TargetError<StubError>> {
+        Ok(Paging::of(&self.core(index)?.1, &self.dbg.cpu_limits()))
+    }
+
+    /// The guest-physical address of `va` in vCPU `index`'s space.
+    pub(super) fn gpa_of(&self, index: usize, va: u64) -> Option<u64> {
+        let paging = self.paging(index).ok()?;
+        paging
+            .translate(&self.dbg.memory, va)
+            .ok()
+            .map(|(gpa, _)| gpa)
+    }
+
+    /// Whether the VMM asked to stop serving gdb.
+    pub(crate) fn stopping(&self) -> bool {
+        self.dbg.stopping.load(Ordering::Acquire)
+    }
+
+    /// Record vCPU `index`'s current CR3 as a known address space.
+    pub(crate) fn remember_space(&self, index: usize) {
+        if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
+            lock(&self.dbg.spaces)
+                .entry(root)
+                .or_insert("seen at a stop");
+        }
+    }
+}
+
+impl Target for KvmTarget<'_> {
+    type Arch = X86_64Kvm;
+    type Error = StubError;
+
+    fn base_ops(&mut self) -> BaseOps<'_, X86_64Kvm, StubError> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+
+    fn support_exec_file(&mut self) -> Option<ExecFileOps<'_, Self>> {
+        self.dbg.exec_file.is_some().then_some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+}

@@ -1,0 +1,116 @@
+//! `monitor` commands: the context they see (built when a command runs)
+//! and the effects they ask for.
+
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
+use log::{debug, warn};
+
+use super::KvmTarget;
+use crate::target::error::StubError;
+use crate::target::lock;
+use crate::target::monitor::{self, Effect};
+use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
+use crate::target::regs::KvmState;
+
+impl monitor::Registers for KvmTarget<'_> {
+    fn all_registers(&self) -> Option<KvmState> {
+        self.state(self.current).ok()
+    }
+
+    fn debug_registers(&self) -> [u64; 6] {
+        self.on_vcpu(self.current, "KVM_GET_DEBUGREGS", |fd| fd.get_debug_regs())
+            .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
+            .unwrap_or_default()
+    }
+}
+
+impl KvmTarget<'_> {
+    /// Everything a monitor command may need about the current vCPU.
+    fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
+        let limits = self.dbg.cpu_limits();
+        let paging = self.core(self.current).ok().map(|(_, sregs)| {
+            let paging = Paging::of(&sregs, &limits);
+            if sregs.cr4 & CR4_PKE == 0 {
+                return paging;
+            }
+            // Protection keys: the rights of user pages depend on PKRU.
+            let xsave = self.on_vcpu(self.current, "KVM_GET_XSAVE", |fd| fd.get_xsave());
+            match xsave.ok().and_then(|x| limits.pkru(&x)) {
+                Some(pkru) => paging.with_pkru(pkru),
+                None => paging,
+            }
+        });
+        let root = match paging {
+            Some(Paging::Paged { format, root }) => {
+                *mode = Some(format);
+                Some(root)
+            }
+            _ => None,
+        };
+        // Known spaces in walk order, each labelled with every way it is
+        // known: `first` starts a label, `more` extends one.
+        let mut spaces: Vec<(u64, String)> = Vec::new();
+        let mut know = |root: u64, first: String, more: String| match spaces
+            .iter_mut()
+            .find(|(r, _)| *r == root)
+        {
+            Some((_, label)) => {
+                label.push_str(", ");
+                label.push_str(&more);
+            }
+            None => spaces.push((root, first)),
+        };
+        for i in 0..self.dbg.vcpus.len() {
+            if let Ok(Paging::Paged { root, .. }) = self.paging(i) {
+                know(root, format!("current on vcpu {i}"), format!("vcpu {i}"));
+            }
+        }
+        for (&root, &how) in lock(&self.dbg.spaces).iter() {
+            know(root, how.to_string(), how.to_string());
+        }
+        monitor::Context {
+            memory: &self.dbg.memory,
+            pool: self.dbg.table_pool.as_ref(),
+            format: mode.as_ref().map(GuestFormat::as_dyn),
+            root,
+            root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
+            spaces,
+            registers: self,
+        }
+    }
+
+    /// Make every vCPU drop cached translations: reloading CR3 through
+    /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
+    fn reload_cr3(&self) {
+        for i in 0..self.dbg.vcpus.len() {
+            let reloaded = self.on_vcpu(i, "KVM_GET/SET_SREGS", |fd| {
+                fd.get_sregs().and_then(|s| fd.set_sregs(&s))
+            });
+            if let Err(e) = reloaded {
+                warn!("cannot reload CR3: {e}");
+            }
+        }
+    }
+}
+
+impl MonitorCmd for KvmTarget<'_> {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), StubError> {
+        let line = String::from_utf8_lossy(cmd).into_owned();
+        debug!("monitor: {line}");
+        let mut mode = None;
+        let (text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
+        out.write_raw(text.as_bytes());
+        match effect {
+            Effect::None => {}
+            Effect::TablesChanged => self.reload_cr3(),
+            Effect::Use(view) => self.view = view,
+            Effect::AddSpace(root) => {
+                lock(&self.dbg.spaces).insert(root, "added");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! Resuming: continue, step and scheduler locking, with all-stop and the
+//! vCPUs gdb lets continue held back while a step runs.
+
+use std::time::{Duration, Instant};
+
+use gdbstub::common::{Signal, Tid};
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadResume, MultiThreadSchedulerLocking, MultiThreadSchedulerLockingOps,
+    MultiThreadSingleStep, MultiThreadSingleStepOps,
+};
+use log::debug;
+
+use super::KvmTarget;
+use crate::target::error::StubError;
+use crate::target::vcpu::{Command, StopKind};
+
+/// How long a single step may run before the vCPUs gdb lets continue
+/// alongside it are started (a step normally ends in microseconds; one
+/// that waits for another vCPU gets it running after this).
+const STEP_GRACE: Duration = Duration::from_millis(1);
+
+/// The longest run of back-to-back steps that holds the other vCPUs back.
+const MAX_HOLD: Duration = Duration::from_millis(20);
+
+/// What gdb asked one vCPU to do at the next resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Stay,
+    Continue,
+    Step,
+}
+
+impl KvmTarget<'_> {
+    /// How long the event loop may wait before the held-back vCPUs must
+    /// start (`None`: nothing is held back).
+    pub(crate) fn start_deadline(&self) -> Option<Duration> {
+        (!self.deferred.is_empty()).then_some(STEP_GRACE)
+    }
+
+    /// The step outlasted its grace period: start the vCPUs held back.
+    pub(crate) fn start_deferred(&mut self) {
+        debug!("step still running: starting vcpus {:?}", self.deferred);
+        self.held_since = None;
+        for index in std::mem::take(&mut self.deferred) {
+            match self.step_over(index) {
+                Some(Some(kind)) => self.pending.push_back((index, kind)),
+                _ => self.dbg.vcpus[index].request(Command::Run, self.dbg),
+            }
+        }
+        if !self.pending.is_empty() {
+            // Stepping over a breakpoint stopped one: stop everyone.
+            self.dbg.pause_all();
+            self.collect_stops();
+        }
+    }
+
+    /// If vCPU `index` sits on one of our breakpoints, execute that one
+    /// instruction with the breakpoint lifted (RF is not honoured on every
+    /// host). Returns the stop the step itself produced, if any.
+    pub(super) fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
+        let vcpu = &self.dbg.vcpus[index];
+        let rip = self.core(index).ok()?.0.rip;
+        let gpa = self.sw_breakpoint_at_rip(index);
+        let on_hw = self.dbg.debug_regs().exec_at(rip);
+        if gpa.is_none() && !on_hw {
+            return None;
+        }
+        debug!("vcpu {index}: stepping over the breakpoint at {rip:#x}");
+        if let Some(gpa) = gpa {
+            self.dbg.breakpoints().lift(&self.dbg.memory, gpa);
+        }
+        vcpu.request(Command::StepOver, self.dbg);
+        vcpu.wait_parked();
+        self.forget(index);
+        self.core.borrow_mut()[index] = vcpu.take_snapshot();
+        if let Some(gpa) = gpa {
+            self.dbg.breakpoints().replant(&self.dbg.memory, gpa);
+        }
+        Some(vcpu.take_stop())
+    }
+}
+
+impl MultiThreadResume for KvmTarget<'_> {
+    fn resume(&mut self) -> Result<(), StubError> {
+        // Stops recorded after the last report are reported first.
+        self.collect_stops();
+        let actions: Vec<Action> = self
+            .actions
+            .iter()
+            .map(|a| a.unwrap_or(self.default_action))
+            .collect();
+        // While a step runs (a few microseconds), the vCPUs gdb lets
+        // continue are held back: they start (stepping over a breakpoint
+        // of theirs then) only if the step has not ended within
+        // STEP_GRACE, so a step costs no kick of the others. After
+        // MAX_HOLD of back-to-back steps they run along with one step, so
+        // a guest stepped through a wait for another vCPU still advances.
+        let stepping = actions.contains(&Action::Step);
+        let hold = stepping && self.held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
+        self.held_since = if hold {
+            Some(self.held_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        for (index, &action) in actions.iter().enumerate() {
+            if action == Action::Stay || (hold && action == Action::Continue) {
+                continue;
+            }
+            match self.step_over(index) {
+                Some(Some(kind)) => self.pending.push_back((index, kind)),
+                Some(None) if action == Action::Step => {
+                    self.pending.push_back((index, StopKind::Step))
+                }
+                _ => {}
+            }
+        }
+        if actions.iter().all(|a| *a == Action::Stay) && self.pending.is_empty() {
+            // Nothing would run (e.g. only unknown threads named): report
+            // a stop at once instead of waiting forever.
+            debug!("resume: no vCPU to run");
+            self.pending.push_back((self.current, StopKind::Step));
+        }
+        if !self.pending.is_empty() {
+            return Ok(());
+        }
+        debug!("resume: {actions:?}");
+        (0..self.dbg.vcpus.len()).for_each(|i| self.forget(i));
+        for (index, (vcpu, action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
+            match action {
+                Action::Stay => {}
+                Action::Continue if hold => self.deferred.push(index),
+                Action::Continue => vcpu.request(Command::Run, self.dbg),
+                Action::Step => vcpu.request(Command::Step, self.dbg),
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), StubError> {
+        self.actions.iter_mut().for_each(|a| *a = None);
+        self.default_action = Action::Continue;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), StubError> {
+        if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
+            *slot = Some(Action::Continue);
+        }
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for KvmTarget<'_> {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), StubError> {
+        if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
+            *slot = Some(Action::Step);
+        }
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for KvmTarget<'_> {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), StubError> {
+        self.default_action = Action::Stay;
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! The stops reported to gdb: collected from the vCPUs, one at a time,
+//! with the registers gdb needs expedited.
+
+use gdbstub::common::Signal;
+use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
+use log::debug;
+
+use super::{tid, KvmTarget};
+use crate::target::vcpu::StopKind;
+use crate::vmem::PhysAddr;
+
+impl KvmTarget<'_> {
+    /// Take the stops vCPUs recorded; if any, stop everyone.
+    pub(crate) fn collect_stops(&mut self) {
+        if !self.dbg.vcpus.iter().any(|v| v.has_stop()) {
+            return;
+        }
+        self.deferred.clear();
+        self.dbg.pause_all();
+        for (i, v) in self.dbg.vcpus.iter().enumerate() {
+            if let Some(kind) = v.take_stop() {
+                self.pending.push_back((i, kind));
+            }
+            if let Some(core) = v.take_snapshot() {
+                self.core.borrow_mut()[i] = Some(core);
+            }
+        }
+    }
+
+    /// The next stop to report; breakpoint stops whose breakpoint gdb has
+    /// removed since are dropped (the vCPU simply resumes on that byte).
+    pub(crate) fn next_pending(&mut self) -> Option<MultiThreadStopReason<u64>> {
+        while let Some((index, kind)) = self.pending.pop_front() {
+            if kind == StopKind::SwBreak && !self.still_at_sw_breakpoint(index) {
+                continue;
+            }
+            self.current = index;
+            self.remember_space(index);
+            if let Ok((r, _)) = self.core(index) {
+                self.expedite = Some([r.rip, r.rsp, r.rbp]);
+            }
+            return Some(self.reason(index, kind));
+        }
+        None
+    }
+
+    /// rip, rsp and rbp for the stop reply about to be sent, if the stop
+    /// came from a vCPU (taken once).
+    pub(crate) fn take_stop_registers(&mut self) -> Option<[u64; 3]> {
+        self.expedite.take()
+    }
+
+    pub(super) fn still_at_sw_breakpoint(&self, index: usize) -> bool {
+        self.sw_breakpoint_at_rip(index).is_some()
+    }
+
+    /// Where our `int3` under vCPU `index`'s rip is, if one is.
+    pub(super) fn sw_breakpoint_at_rip(&self, index: usize) -> Option<PhysAddr> {
+        let rip = self.core(index).ok()?.0.rip;
+        self.gpa_of(index, rip)
+            .filter(|&gpa| self.dbg.breakpoints().has_sw(gpa))
+    }
+
+    pub(super) fn reason(&self, index: usize, kind: StopKind) -> MultiThreadStopReason<u64> {
+        let tid = tid(index);
+        match kind {
+            StopKind::Step => BaseStopReason::SignalWithThread {
+                tid,
+                signal: Signal::SIGTRAP,
+            },
+            StopKind::SwBreak => BaseStopReason::SwBreak(tid),
+            StopKind::HwBreak => BaseStopReason::HwBreak(tid),
+            StopKind::Watch(w) => BaseStopReason::Watch {
+                tid,
+                kind: w.kind,
+                addr: w.va,
+            },
+            StopKind::Crashed(signal) => BaseStopReason::SignalWithThread { tid, signal },
+        }
+    }
+
+    /// Ctrl-C: stop everything, preferring a real stop if one raced in.
+    pub(crate) fn interrupt(&mut self) -> MultiThreadStopReason<u64> {
+        debug!("interrupt: stopping all vCPUs");
+        self.deferred.clear();
+        self.dbg.pause_all();
+        self.collect_stops();
+        self.next_pending()
+            .unwrap_or(BaseStopReason::SignalWithThread {
+                tid: tid(self.current),
+                signal: Signal::SIGINT,
+            })
+    }
+}
