@@ -42,9 +42,9 @@ fn walk_shows_the_demo_layout() {
         "{out}"
     );
     let summary = if page == "1G" {
-        "1G in 1G pages, 64M in 2M pages, 4K in 4K pages"
+        "1G in 1G pages, 64M in 2M pages, 8K in 4K pages"
     } else {
-        "1088M in 2M pages, 4K in 4K pages"
+        "1088M in 2M pages, 8K in 4K pages"
     };
     assert!(out.contains(summary), "{out}");
     // A range walk and a limited walk.
@@ -291,6 +291,7 @@ fn qemu_formats_match_qemus_format_strings() {
             "0000000000400000-0000000000401000 0000000000001000 urw",
             "ffff888000000000-ffff888040000000 0000000040000000 -rw",
             "ffffffff80000000-ffffffff84000000 0000000004000000 -rw",
+            "ffffffffc0000000-ffffffffc0001000 0000000000001000 -rw",
         ],
         "{out}"
     );
@@ -300,13 +301,19 @@ fn qemu_formats_match_qemus_format_strings() {
         r"^[0-9a-f]{16}: [0-9a-f]{16} [X-][G-][P-][D-][A-][C-][T-][U-][W-]$",
     );
     // The user page, the direct map's leaves (one 1 GiB page, or 512 of
-    // 2 MiB on a vCPU without 1 GiB pages), the kernel window's 32.
+    // 2 MiB on a vCPU without 1 GiB pages), the kernel window's 32, the
+    // device page.
     let direct_leaves = if demo::direct_map_page() == "1G" {
         1
     } else {
         512
     };
-    assert_eq!(tlb.len(), 1 + direct_leaves + 32, "{out}");
+    assert_eq!(tlb.len(), 1 + direct_leaves + 32 + 1, "{out}");
+    assert!(
+        tlb.iter()
+            .any(|l| l.starts_with("ffffffffc0000000: 0000001000000000 X-") && l.ends_with("W")),
+        "{out}"
+    );
     assert!(
         tlb.contains(&"ffff888000000000: 0000000000000000 X-P-----W"),
         "{out}"

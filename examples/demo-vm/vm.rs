@@ -13,19 +13,10 @@ use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestRam, KvmMemslots};
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
 
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
-const CR4_PSE: u64 = 1 << 4;
+use vmem_gdbstub::arch::controls::{
+    CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CR4_PSE,
+    EFER_LMA, EFER_LME, EFER_NXE,
+};
 
 /// The CPU mode the guest starts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

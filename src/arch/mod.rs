@@ -14,6 +14,7 @@
 
 pub mod aarch64;
 pub mod amd64;
+pub mod controls;
 pub mod i686;
 mod x86;
 

@@ -12,16 +12,10 @@ use super::memory::{GuestRam, GuestTables};
 use crate::arch::{Amd64, PageTableFormat, X86Cpu, I686};
 use crate::vmem::{self, PhysAddr, TranslateFault};
 
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-pub(crate) const CR4_PKE: u64 = 1 << 22;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+pub(crate) use crate::arch::controls::CR4_PKE;
+use crate::arch::controls::{
+    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
+};
 
 /// What a vCPU's CPUID says about its MMU: MAXPHYADDR, 1 GiB pages and
 /// PSE-36. Read once from `KVM_GET_CPUID2`, as the VMM set it.

@@ -37,19 +37,10 @@ const RESULTS: u64 = 0x30000;
 /// At most this many probes fit below the table pool.
 pub const MAX_PROBES: usize = (0x10_0000 - RESULTS as usize) / 96;
 
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use vmem_gdbstub::arch::controls::{
+    CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_PAE, CR4_SMAP, CR4_SMEP,
+    EFER_LMA, EFER_LME, EFER_NXE,
+};
 
 /// One access's outcome as the guest saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

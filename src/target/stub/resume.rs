@@ -31,6 +31,14 @@ pub(super) enum Action {
 }
 
 impl KvmTarget<'_> {
+    /// What gdb wants of thread `tid` at the next resume (unknown threads
+    /// are ignored).
+    fn set_action(&mut self, tid: Tid, action: Action) {
+        if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
+            *slot = Some(action);
+        }
+    }
+
     /// How long the event loop may wait before the held-back vCPUs must
     /// start (`None`: nothing is held back).
     pub(crate) fn start_deadline(&self) -> Option<Duration> {
@@ -147,9 +155,7 @@ impl MultiThreadResume for KvmTarget<'_> {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), StubError> {
-        if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
-            *slot = Some(Action::Continue);
-        }
+        self.set_action(tid, Action::Continue);
         Ok(())
     }
 
@@ -168,9 +174,7 @@ impl MultiThreadSingleStep for KvmTarget<'_> {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), StubError> {
-        if let Some(slot) = self.actions.get_mut(tid.get() - 1) {
-            *slot = Some(Action::Step);
-        }
+        self.set_action(tid, Action::Step);
         Ok(())
     }
 }
