@@ -103,3 +103,19 @@ fn an_idle_guest_costs_almost_no_cpu() {
     // Two vCPUs in hlt between timer interrupts: ~0 % (3 % allowed).
     assert!(used <= 9, "{used} ticks of 10 ms in 3 s");
 }
+
+/// A vCPU halted in KVM with its timer interrupt already pending (here:
+/// the VMM process frozen for a while, as bench-e2e and a loaded host do)
+/// must still step: the step executes the next instruction and leaves the
+/// interrupt for later, instead of waiting in `hlt` for an interrupt it
+/// may not take.
+#[test]
+fn a_vcpu_halted_with_an_interrupt_pending_still_steps() {
+    let Some(vm) = DemoVm::start() else { return };
+    let warm = vm.gdb(&["stepi 500", "print $pc"]);
+    assert!(warm.contains("$1 = "), "{warm}");
+    vm.freeze_for(Duration::from_secs(5));
+    let script = "stepi 500\nprintf \"stepped: %d\\n\", 500\n";
+    let out = vm.gdb_script("halted-steps", script, Duration::from_secs(30));
+    assert!(out.contains("stepped: 500"), "the steps finished: {out}");
+}

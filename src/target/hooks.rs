@@ -14,7 +14,9 @@
 use std::sync::atomic::Ordering;
 
 use gdbstub::common::Signal;
-use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
+use kvm_bindings::{
+    kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
@@ -147,6 +149,9 @@ impl<'d> VcpuHooks<'d> {
             }
             self.applied = Some(wanted);
         }
+        if command.steps() {
+            self.wake_for_step(fd);
+        }
         // A step's registers come back in kvm_run (no ioctls) where the
         // host offers KVM_CAP_SYNC_REGS.
         if command.steps() && self.inner.sync_regs {
@@ -155,6 +160,27 @@ impl<'d> VcpuHooks<'d> {
             self.synced = true;
         }
         Entry::Run
+    }
+
+    /// A vCPU halted in KVM (in-kernel irqchip) would wait in its `hlt`
+    /// for an interrupt the step may not take (interrupts held back), so
+    /// possibly forever: make it runnable, so the step executes the next
+    /// instruction, as gdb expects; the interrupt stays pending for after
+    /// the step.
+    fn wake_for_step(&self, fd: &VcpuFd) {
+        let Ok(state) = fd.get_mp_state() else {
+            return;
+        };
+        if state.mp_state != KVM_MP_STATE_HALTED {
+            return;
+        }
+        debug!("vcpu {}: halted; runnable for the step", self.vcpu.index);
+        let runnable = kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        };
+        if let Err(e) = fd.set_mp_state(runnable) {
+            warn!("vcpu {}: KVM_SET_MP_STATE failed: {e}", self.vcpu.index);
+        }
     }
 
     /// `KVM_RUN`, interruptible by the debugger (a signal, and

@@ -176,6 +176,16 @@ impl DemoVm {
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
+    /// Freeze the VM process (SIGSTOP) for `pause`, then let it go on.
+    pub fn freeze_for(&self, pause: Duration) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(pause);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
     /// The VM process's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
