@@ -74,6 +74,24 @@ fn ten_thousand_steps_never_enter_the_timer_handler_by_default() {
     assert!(ticks > 0, "timer ticks during the steps: {ticks}");
 }
 
+/// Where KVM cannot hold interrupts back (no KVM_GUESTDBG_BLOCKIRQ; here
+/// chosen with `--skip-irq-handlers`), steps take them, and the handlers
+/// they enter run to their return without a stop.
+#[test]
+fn steps_skip_the_handlers_of_interrupts_they_take() {
+    let Some(vm) = DemoVm::start_with(&["--skip-irq-handlers", "--vcpus", "1"]) else {
+        return;
+    };
+    let (steps, inside, ticks) = step_around_the_timer(&vm, "", 10_000, false);
+    assert_eq!(steps, 10_000);
+    assert_eq!(inside, 0, "no step stopped in the timer handler");
+    // One vCPU: only the stepped one counts ticks, so its handler ran.
+    assert!(
+        ticks > 0,
+        "timer interrupts taken during the steps: {ticks}"
+    );
+}
+
 #[test]
 fn with_noirq_cleared_steps_do_enter_the_timer_handler() {
     let Some(vm) = DemoVm::start() else { return };

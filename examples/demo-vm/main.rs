@@ -66,6 +66,10 @@ struct Args {
     /// watchpoints use debug registers, as in a VMM that keeps its slots).
     #[arg(long)]
     no_page_traps: bool,
+    /// Let steps take interrupts and run the handlers they enter without
+    /// stopping, as on hosts without KVM_GUESTDBG_BLOCKIRQ.
+    #[arg(long)]
+    skip_irq_handlers: bool,
 }
 
 fn main() {
@@ -107,6 +111,7 @@ fn run(args: Args) -> Result<(), String> {
         mode,
         irqchip: !args.no_irqchip,
         page_traps: !args.no_page_traps,
+        skip_irq_handlers: args.skip_irq_handlers,
     })?;
     let listener = match &args.unix {
         Some(path) => GdbListener::unix(path),

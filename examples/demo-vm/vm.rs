@@ -8,7 +8,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
-use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestRam, KvmMemslots};
+use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestRam, KvmMemslots, StepIrqs};
 
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
@@ -54,6 +54,9 @@ pub struct Config<'a> {
     /// Let the debugger lay out RAM memslots to trap watched pages (else
     /// this VMM registers RAM itself and watchpoints use debug registers).
     pub page_traps: bool,
+    /// Steps run interrupt handlers they enter instead of holding
+    /// interrupts back.
+    pub skip_irq_handlers: bool,
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
@@ -67,6 +70,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         mode,
         irqchip,
         page_traps,
+        skip_irq_handlers,
     } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
@@ -144,6 +148,9 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     let mut builder = Debugger::builder(&vm, vcpus, memory);
     if page_traps {
         builder = builder.page_traps(memslots);
+    }
+    if skip_irq_handlers {
+        builder = builder.step_irqs(StepIrqs::SkipHandlers);
     }
     if mode == GuestMode::Long {
         // gdb would take a 32-bit ELF's architecture over our x86-64 one.

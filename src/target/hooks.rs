@@ -20,6 +20,7 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
+use super::irq_step::{Origin, MAX_HANDLER_STEPS};
 use super::paging::Paging;
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints::{self, Watch};
@@ -96,6 +97,11 @@ pub struct VcpuHooks<'d> {
     /// The last run was interrupted (`EINTR`): the vCPU may be halted in
     /// KVM, which the next step must know.
     interrupted: bool,
+    /// Where gdb's step began, while interrupt handlers it enters are
+    /// skipped (`StepIrqs::SkipHandlers`).
+    origin: Option<Origin>,
+    /// Silent steps taken in handlers for this step of gdb's (0: not in one).
+    handler_steps: u32,
     pending: Option<Pending>,
 }
 
@@ -118,6 +124,8 @@ impl<'d> VcpuHooks<'d> {
             command: Command::Run,
             synced: false,
             interrupted: false,
+            origin: None,
+            handler_steps: 0,
             pending: None,
         }
     }
@@ -137,9 +145,13 @@ impl<'d> VcpuHooks<'d> {
             fd.clear_sync_valid_reg(SyncReg::SystemRegister);
             self.synced = false;
         }
-        let command = self.vcpu.next_command(fd);
+        let (command, parked) = self.vcpu.next_command(fd);
         if command == Command::Quit {
             return Entry::Quit;
+        }
+        if parked || !command.steps() {
+            self.origin = None;
+            self.handler_steps = 0;
         }
         self.command = command;
         let wanted = self.inner.guest_debug(command);
@@ -155,6 +167,13 @@ impl<'d> VcpuHooks<'d> {
         }
         if command.steps() && std::mem::take(&mut self.interrupted) {
             self.wake_for_step(fd);
+        }
+        if command.steps() && self.origin.is_none() && self.inner.skips_handlers(command) {
+            self.origin = fd
+                .get_regs()
+                .ok()
+                .zip(fd.get_sregs().ok())
+                .and_then(|(regs, sregs)| Origin::of(&regs, &sregs));
         }
         // A step's registers come back in kvm_run (no ioctls) where the
         // host offers KVM_CAP_SYNC_REGS.
@@ -264,6 +283,7 @@ impl<'d> VcpuHooks<'d> {
                 self.vcpu.idle(interruptible.then_some(tick));
                 return;
             }
+            Pending::StepDone if self.in_interrupt_handler(fd) => return,
             Pending::StepDone if self.command == Command::StepOver => None,
             Pending::StepDone => Some(StopKind::Step),
             Pending::Stopped(kind) => Some(kind),
@@ -281,7 +301,46 @@ impl<'d> VcpuHooks<'d> {
             }
         };
         let snapshot = self.snapshot(fd);
+        self.origin = None;
+        self.handler_steps = 0;
         self.vcpu.stop_self(stop, snapshot, self.inner);
+    }
+
+    /// After a step, with interrupt handlers skipped: whether the vCPU is
+    /// (still) in a handler the step entered, so the step goes on silently.
+    /// Back at the step's origin, the instruction itself is stepped next.
+    fn in_interrupt_handler(&mut self, fd: &VcpuFd) -> bool {
+        let Some(origin) = self.origin else {
+            return false;
+        };
+        let Some((regs, sregs)) = self.snapshot(fd) else {
+            return false;
+        };
+        if self.handler_steps >= MAX_HANDLER_STEPS {
+            warn!(
+                "vcpu {}: still in an interrupt handler after {MAX_HANDLER_STEPS} steps: stopping there",
+                self.vcpu.index
+            );
+            return false;
+        }
+        if self.handler_steps > 0 {
+            self.handler_steps += 1;
+            if origin.returned_to(&regs) {
+                trace!("vcpu {}: interrupt handler returned", self.vcpu.index);
+                self.handler_steps = 0;
+            }
+            return true;
+        }
+        let limits = self.inner.cpu_limits();
+        if origin.entered_interrupt((&regs, &sregs), &self.inner.memory, &limits) {
+            debug!(
+                "vcpu {}: the step entered an interrupt handler at {:#x}: running it",
+                self.vcpu.index, regs.rip
+            );
+            self.handler_steps = 1;
+            return true;
+        }
+        false
     }
 
     /// The registers at a stop: from `kvm_run` after a synced step, else

@@ -56,6 +56,7 @@ mod debugregs;
 mod error;
 mod event_loop;
 mod hooks;
+mod irq_step;
 mod kick;
 mod memory;
 mod memory_packets;
@@ -85,6 +86,7 @@ pub use connection::Stream;
 pub use error::StubError;
 pub use event_loop::GdbListener;
 pub use hooks::{Entry, VcpuHooks};
+pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use paging::vcpu_mmu;
 pub use regs::{X86_64Kvm, X86_64RegId, X86_64Regs};
@@ -112,6 +114,8 @@ pub struct Debugger {
 #[must_use]
 pub struct DebuggerBuilder {
     inner: Inner,
+    /// The host has `KVM_GUESTDBG_BLOCKIRQ`.
+    block_irq: bool,
 }
 
 impl std::fmt::Debug for DebuggerBuilder {
@@ -164,6 +168,21 @@ impl DebuggerBuilder {
         self
     }
 
+    /// How single steps keep interrupts out when gdb asks for it (QEMU's
+    /// NOIRQ, the default): [`StepIrqs::Block`] where the host has
+    /// `KVM_GUESTDBG_BLOCKIRQ` (the default there), else
+    /// [`StepIrqs::SkipHandlers`].
+    pub fn step_irqs(mut self, how: StepIrqs) -> Self {
+        self.inner.step_irqs = match how {
+            StepIrqs::Block if !self.block_irq => {
+                warn!("this host cannot hold interrupts back in a step (no KVM_GUESTDBG_BLOCKIRQ): skipping handlers instead");
+                StepIrqs::SkipHandlers
+            }
+            how => how,
+        };
+        self
+    }
+
     /// Make an address space (a CR3 value) known to `monitor vmem spaces`.
     pub fn space(self, cr3: u64) -> Self {
         lock(&self.inner.spaces).insert(cr3 & paging::CR3_ADDR_MASK, "registered");
@@ -186,7 +205,13 @@ impl Debugger {
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         debug!("KVM_GUESTDBG_BLOCKIRQ: {block_irq} (steps can hold interrupts back)");
+        let step_irqs = if block_irq {
+            StepIrqs::Block
+        } else {
+            StepIrqs::SkipHandlers
+        };
         DebuggerBuilder {
+            block_irq,
             inner: Inner {
                 memory,
                 vcpus: (0..vcpus).map(Vcpu::new).collect(),
@@ -200,7 +225,7 @@ impl Debugger {
                 session: Mutex::new(None),
                 halt_tick: Duration::from_millis(2),
                 sync_regs,
-                block_irq,
+                step_irqs,
                 qemu: Arc::default(),
                 exec_file: None,
                 table_pool: None,

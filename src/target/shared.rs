@@ -15,6 +15,7 @@ use log::{debug, warn};
 use super::breakpoints::Breakpoints;
 use super::debugregs::DebugRegs;
 use super::error::StubError;
+use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
 use super::qemu_packets::QemuFlags;
@@ -44,8 +45,8 @@ pub(crate) struct Inner {
     pub(crate) halt_tick: Duration,
     /// The host copies registers into `kvm_run` on exit (KVM_CAP_SYNC_REGS).
     pub(crate) sync_regs: bool,
-    /// The host can block interrupts during a step (KVM_GUESTDBG_BLOCKIRQ).
-    pub(crate) block_irq: bool,
+    /// How steps keep interrupts out.
+    pub(crate) step_irqs: StepIrqs,
     /// What QEMU's packets set (`Qqemu.sstep`, `Qqemu.PhyMemMode`).
     pub(crate) qemu: Arc<QemuFlags>,
     pub(crate) exec_file: Option<String>,
@@ -63,7 +64,7 @@ impl std::fmt::Debug for Inner {
             .field("vcpus", &self.vcpus.len())
             .field("page_traps", &self.page_traps.is_some())
             .field("sync_regs", &self.sync_regs)
-            .field("block_irq", &self.block_irq)
+            .field("step_irqs", &self.step_irqs)
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +164,7 @@ impl Inner {
         if stepping {
             dbg.control |= KVM_GUESTDBG_SINGLESTEP;
             // QEMU's default: a step does not enter an interrupt handler.
-            if self.block_irq && (command == Command::StepOver || self.qemu.step_blocks_irqs()) {
+            if self.step_irqs == StepIrqs::Block && self.steps_without_irqs(command) {
                 dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
             }
         }
@@ -183,6 +184,18 @@ impl Inner {
                 waker.wake();
             }
         }
+    }
+
+    /// Whether a step under `command` keeps interrupts out (NOIRQ; a step
+    /// over a breakpoint always does).
+    fn steps_without_irqs(&self, command: Command) -> bool {
+        command == Command::StepOver || self.qemu.step_blocks_irqs()
+    }
+
+    /// Whether a step under `command` runs interrupt handlers it enters
+    /// without stopping.
+    pub(crate) fn skips_handlers(&self, command: Command) -> bool {
+        self.step_irqs == StepIrqs::SkipHandlers && self.steps_without_irqs(command)
     }
 
     pub(crate) fn pause_all(&self) {

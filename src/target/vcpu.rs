@@ -202,9 +202,10 @@ impl Vcpu {
 
     /// The vCPU thread, between two `KVM_RUN`s: park while the debugger
     /// says so (making the calls it sends meanwhile), then return what to
-    /// do next.
-    pub(crate) fn next_command(&self, fd: &VcpuFd) -> Command {
+    /// do next, and whether it parked first.
+    pub(crate) fn next_command(&self, fd: &VcpuFd) -> (Command, bool) {
         let mut ctl = self.control();
+        let mut parked = false;
         loop {
             if let Some(call) = ctl.call.take() {
                 drop(ctl);
@@ -220,8 +221,9 @@ impl Vcpu {
                     drop(ctl);
                     self.cv.notify_all();
                 }
-                return command;
+                return (command, parked);
             }
+            parked = true;
             if ctl.running {
                 ctl.running = false;
                 self.cv.notify_all();
