@@ -99,7 +99,7 @@ impl DemoVm {
         let extra = std::env::var("VMEM_GDBSTUB_DEMO_ARGS").unwrap_or_default();
         let mut child = Command::new(demo_binary())
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra.split_whitespace())
+            .args(extra.split_whitespace().filter(|e| !args.contains(e)))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
