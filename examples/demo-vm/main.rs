@@ -11,16 +11,17 @@ mod loader;
 mod vm;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Instant;
 
 use clap::Parser;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
-use vmem_gdbstub::target::{Debugger, Entry, ExitAction, GdbListener};
+use vmem_gdbstub::target::{Debugger, Dump, Entry, ExitAction, GdbListener};
 
 /// The guest built from guest/ by build.rs.
 const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
@@ -70,6 +71,10 @@ struct Args {
     /// stopping, as on hosts without KVM_GUESTDBG_BLOCKIRQ.
     #[arg(long)]
     skip_irq_handlers: bool,
+    /// Serve a memory dump (QEMU's `dump-guest-memory` ELF) instead of
+    /// booting a VM: registers and memory from the file; it does not run.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 fn main() {
@@ -84,6 +89,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if let Some(path) = &args.dump {
+        return serve_dump(&args, path);
+    }
     let mode = match args.guest32.as_deref() {
         Some("pae") => vm::GuestMode::Protected(I686::PAE),
         Some(_) => vm::GuestMode::Protected(I686::PSE),
@@ -113,11 +121,7 @@ fn run(args: Args) -> Result<(), String> {
         page_traps: !args.no_page_traps,
         skip_irq_handlers: args.skip_irq_handlers,
     })?;
-    let listener = match &args.unix {
-        Some(path) => GdbListener::unix(path),
-        None => GdbListener::tcp(&args.listen),
-    }
-    .map_err(|e| format!("cannot listen for gdb: {e}"))?;
+    let listener = listener(&args)?;
     let spaces: Vec<String> = vm.spaces.iter().map(|s| format!("{s:#x}")).collect();
     println!(
         "demo VM: {} vCPUs, {} MiB, {mode:?}, address spaces {}",
@@ -167,6 +171,52 @@ fn run(args: Args) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
     }
     info!("demo VM stopped");
+    Ok(())
+}
+
+/// The listener `--listen` / `--unix` ask for.
+fn listener(args: &Args) -> Result<GdbListener, String> {
+    match &args.unix {
+        Some(path) => GdbListener::unix(path),
+        None => GdbListener::tcp(&args.listen),
+    }
+    .map_err(|e| format!("cannot listen for gdb: {e}"))
+}
+
+/// Serve a memory dump until SIGINT or SIGTERM.
+fn serve_dump(args: &Args, path: &Path) -> Result<(), String> {
+    let signals = block_termination_signals();
+    let opened = Instant::now();
+    let dump = Dump::open(path).map_err(|e| e.to_string())?;
+    let took = opened.elapsed();
+    let spaces: Vec<String> = dump
+        .cpus()
+        .iter()
+        .map(|c| format!("{:#x}", c.sregs.cr3))
+        .collect();
+    let ram_mib = dump.ram().total_size() >> 20;
+    let vcpus = dump.cpus().len();
+    let debugger = Arc::new(Debugger::from_dump(dump).build());
+    let listener = listener(args)?;
+    println!(
+        "dump {}: {vcpus} vCPUs, {ram_mib} MiB, CR3 {}, opened in {:.1} ms",
+        path.display(),
+        spaces.join(" "),
+        took.as_secs_f64() * 1e3
+    );
+    println!("gdb stub listening on {}", listener.describe());
+    let _ = std::io::stdout().flush();
+    let gdb = Arc::clone(&debugger);
+    thread::Builder::new()
+        .name("gdb".into())
+        .spawn(move || {
+            if let Err(e) = gdb.serve(listener) {
+                error!("gdb server stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    wait_for_termination(&signals, &debugger);
+    debugger.stop_serving();
     Ok(())
 }
 

@@ -114,6 +114,8 @@ pub(crate) struct GdbConnection {
     /// rip, rsp, rbp to add to the next stop reply.
     expedite: Option<[u64; 3]>,
     qemu: Arc<QemuFlags>,
+    /// Serving a memory dump: resume requests are refused here.
+    frozen: bool,
 }
 
 /// Reads at least this long are followed by a read-ahead of the next.
@@ -164,6 +166,7 @@ impl GdbConnection {
         stream: Stream,
         wake: WakeReceiver,
         qemu: Arc<QemuFlags>,
+        frozen: bool,
     ) -> io::Result<GdbConnection> {
         if let Stream::Tcp(s) = &stream {
             s.set_nodelay(true)?;
@@ -184,6 +187,7 @@ impl GdbConnection {
             last_packet: Vec::new(),
             expedite: None,
             qemu,
+            frozen,
         })
     }
 
@@ -231,6 +235,11 @@ impl GdbConnection {
             if !sum_ok {
                 // gdbstub asks for it again.
                 self.forward(&packet);
+                continue;
+            }
+            if self.frozen && is_resume(payload) {
+                debug!("refused {}: a dump", String::from_utf8_lossy(payload));
+                self.send_reply(b"E.this is a memory dump: it cannot run or step")?;
                 continue;
             }
             if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
@@ -447,6 +456,11 @@ fn frame_read(out: &mut Vec<u8>, hex: &mut Vec<u8>, read: &ReadRequest, data: Re
     }
     let sum = rsp::checksum(&out[start..]);
     rsp::close_frame(out, sum);
+}
+
+/// Whether `payload` asks to resume or step (`c`, `s`, `C`, `S`, `vCont;…`).
+fn is_resume(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(b'c' | b's' | b'C' | b'S')) || payload.starts_with(b"vCont;")
 }
 
 /// The thread an `Hg` packet selects, as gdbstub reads it: `0` (any) is

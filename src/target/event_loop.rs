@@ -203,7 +203,7 @@ impl From<GdbStubError<StubError, io::Error>> for Ended {
 pub(crate) fn session(dbg: &Inner, stream: Stream) {
     dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
     let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu))?;
+        let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu), dbg.frozen.is_some())?;
         Ok((waker, conn))
     });
     let (waker, mut conn) = match started {

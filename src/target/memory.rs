@@ -28,12 +28,18 @@ pub struct RamRange {
 }
 
 /// What the stub needs of a guest memory: `vm-memory`'s trait, made
-/// object-safe so the debugger does not take a type parameter.
-trait RamAccess: Send + Sync {
+/// object-safe so the debugger does not take a type parameter (and
+/// implemented by memory dumps too).
+pub(crate) trait RamAccess: Send + Sync {
+    /// Copy from `gpa` into `buf` up to the first byte that is not RAM.
     fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize;
+    /// Whether all of `gpa .. gpa + len` is writable RAM.
     fn covers(&self, gpa: PhysAddr, len: usize) -> bool;
+    /// Copy `data` to `gpa` up to the first byte that is not RAM.
     fn write(&self, gpa: PhysAddr, data: &[u8]) -> usize;
+    /// An aligned little-endian word.
     fn load_u64(&self, gpa: PhysAddr) -> Option<u64>;
+    /// The RAM ranges.
     fn ranges(&self) -> Vec<RamRange>;
 }
 
@@ -113,6 +119,11 @@ impl GuestRam {
     /// `GuestMemoryMmap`, which shares the mappings). Its regions are
     /// fixed from here on: a VMM that hot-plugs memory makes a new one.
     pub fn new<M: GuestMemory + Send + Sync + 'static>(memory: M) -> GuestRam {
+        GuestRam::from_access(memory)
+    }
+
+    /// Guest RAM from any source of it (vm-memory, a dump).
+    pub(crate) fn from_access(memory: impl RamAccess + 'static) -> GuestRam {
         let ranges: Arc<[RamRange]> = memory.ranges().into();
         let spans = ranges
             .iter()

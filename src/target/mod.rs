@@ -53,6 +53,7 @@
 mod breakpoints;
 mod connection;
 mod debugregs;
+mod dump;
 mod error;
 mod event_loop;
 mod hooks;
@@ -83,6 +84,7 @@ use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
 pub use connection::Stream;
+pub use dump::{Dump, DumpCpu, DumpError};
 pub use error::StubError;
 pub use event_loop::GdbListener;
 pub use hooks::{Entry, VcpuHooks};
@@ -125,6 +127,38 @@ impl std::fmt::Debug for DebuggerBuilder {
 }
 
 impl DebuggerBuilder {
+    fn with(memory: GuestRam, vcpus: Vec<Vcpu>, sync_regs: bool, block_irq: bool) -> Self {
+        let step_irqs = if block_irq {
+            StepIrqs::Block
+        } else {
+            StepIrqs::SkipHandlers
+        };
+        DebuggerBuilder {
+            block_irq,
+            inner: Inner {
+                memory,
+                vcpus,
+                breakpoints: RwLock::default(),
+                watchpoints: RwLock::default(),
+                debug_regs: RwLock::default(),
+                page_traps: None,
+                vmm_kick: None,
+                serving: Mutex::new(None),
+                stopping: AtomicBool::new(false),
+                session: Mutex::new(None),
+                halt_tick: Duration::from_millis(2),
+                sync_regs,
+                step_irqs,
+                qemu: Arc::default(),
+                exec_file: None,
+                table_pool: None,
+                spaces: Mutex::default(),
+                cpu_limits: OnceLock::new(),
+                frozen: None,
+            },
+        }
+    }
+
     /// Tell gdb where the guest's ELF (with symbols) is, so a plain
     /// `target remote` loads it (`qXfer:exec-file`).
     pub fn exec_file(mut self, path: impl Into<String>) -> Self {
@@ -205,34 +239,31 @@ impl Debugger {
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         debug!("KVM_GUESTDBG_BLOCKIRQ: {block_irq} (steps can hold interrupts back)");
-        let step_irqs = if block_irq {
-            StepIrqs::Block
-        } else {
-            StepIrqs::SkipHandlers
-        };
-        DebuggerBuilder {
+        DebuggerBuilder::with(
+            memory,
+            (0..vcpus).map(Vcpu::new).collect(),
+            sync_regs,
             block_irq,
-            inner: Inner {
-                memory,
-                vcpus: (0..vcpus).map(Vcpu::new).collect(),
-                breakpoints: RwLock::default(),
-                watchpoints: RwLock::default(),
-                debug_regs: RwLock::default(),
-                page_traps: None,
-                vmm_kick: None,
-                serving: Mutex::new(None),
-                stopping: AtomicBool::new(false),
-                session: Mutex::new(None),
-                halt_tick: Duration::from_millis(2),
-                sync_regs,
-                step_irqs,
-                qemu: Arc::default(),
-                exec_file: None,
-                table_pool: None,
-                spaces: Mutex::default(),
-                cpu_limits: OnceLock::new(),
-            },
+        )
+    }
+
+    /// A debugger serving a memory dump: registers and memory from the
+    /// file, every vCPU stopped for good (resuming, stepping and
+    /// breakpoints are refused with a message). No KVM needed.
+    pub fn from_dump(dump: Dump) -> DebuggerBuilder {
+        let vcpus: Vec<Vcpu> = (0..dump.cpus().len()).map(Vcpu::new).collect();
+        for v in &vcpus {
+            v.mark_finished();
         }
+        let spaces = dump
+            .cpus()
+            .iter()
+            .map(|c| (c.sregs.cr3 & paging::CR3_ADDR_MASK, "in the dump"))
+            .collect();
+        let mut builder = DebuggerBuilder::with(dump.ram().clone(), vcpus, false, false);
+        builder.inner.spaces = Mutex::new(spaces);
+        builder.inner.frozen = Some(dump.cpus().to_vec());
+        builder
     }
 
     /// Make an address space (a CR3 value) known to `monitor vmem spaces`.

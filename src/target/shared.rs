@@ -14,6 +14,7 @@ use log::{debug, warn};
 
 use super::breakpoints::Breakpoints;
 use super::debugregs::DebugRegs;
+use super::dump::DumpCpu;
 use super::error::StubError;
 use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
@@ -53,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) table_pool: Option<TablePool>,
     /// Address spaces known to `monitor vmem spaces`, with how they are known.
     pub(crate) spaces: Mutex<BTreeMap<u64, &'static str>>,
+    /// A memory dump's vCPUs, which never run (`None`: live vCPUs).
+    pub(crate) frozen: Option<Vec<DumpCpu>>,
     /// The MMU limits of the vCPUs' CPUID (read by the first vCPU to run).
     pub(crate) cpu_limits: OnceLock<CpuLimits>,
 }

@@ -103,6 +103,10 @@ impl MultiThreadBase for KvmTarget<'_> {
 
     fn write_registers(&mut self, regs: &X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
         let index = self.index(tid)?;
+        if self.dbg.frozen.is_some() {
+            debug!("register write refused: a memory dump does not change");
+            return Err(TargetError::NonFatal);
+        }
         let mut state = self.state(index)?;
         self.forget(index);
         let changed = state.apply(regs);

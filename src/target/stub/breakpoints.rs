@@ -39,6 +39,9 @@ impl Breakpoints for KvmTarget<'_> {
 
 impl SwBreakpoint for KvmTarget<'_> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.dbg.frozen.is_some() {
+            return Ok(false);
+        }
         let Some(gpa) = self.gpa_of(self.current, addr) else {
             return Ok(false);
         };
@@ -55,6 +58,9 @@ impl SwBreakpoint for KvmTarget<'_> {
 
 impl HwBreakpoint for KvmTarget<'_> {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.dbg.frozen.is_some() {
+            return Ok(false);
+        }
         Ok(self.dbg.debug_regs_mut().insert_exec(addr))
     }
 
@@ -73,7 +79,7 @@ impl HwWatchpoint for KvmTarget<'_> {
         let Some(gpa) = self.gpa_of(self.current, addr) else {
             return Ok(false);
         };
-        if len == 0 || len > 4096 {
+        if len == 0 || len > 4096 || self.dbg.frozen.is_some() {
             return Ok(false);
         }
         debug!("watch {kind:?} {len} bytes at {addr:#x} (gpa {gpa:#x})");

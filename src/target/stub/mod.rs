@@ -103,6 +103,9 @@ impl<'a> KvmTarget<'a> {
         &self,
         index: usize,
     ) -> Result<(kvm_regs, kvm_sregs), TargetError<StubError>> {
+        if let Some(cpu) = self.dbg.frozen.as_ref().and_then(|cpus| cpus.get(index)) {
+            return Ok((cpu.regs, cpu.sregs));
+        }
         if let Some(core) = self.core.borrow()[index] {
             return Ok(core);
         }
@@ -119,7 +122,11 @@ impl<'a> KvmTarget<'a> {
             return Ok(state);
         }
         let (regs, sregs) = self.core(index)?;
-        let (fpu, k_gs_base) = self.on_vcpu(index, "KVM_GET_FPU/MSRS", read_extra)?;
+        let (fpu, k_gs_base) = match self.dbg.frozen.as_ref().and_then(|cpus| cpus.get(index)) {
+            // A dump has no x87/SSE state.
+            Some(cpu) => (Default::default(), cpu.kernel_gs_base),
+            None => self.on_vcpu(index, "KVM_GET_FPU/MSRS", read_extra)?,
+        };
         let state = KvmState {
             regs,
             sregs,

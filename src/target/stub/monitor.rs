@@ -81,6 +81,9 @@ impl KvmTarget<'_> {
     /// Make every vCPU drop cached translations: reloading CR3 through
     /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
     fn reload_cr3(&self) {
+        if self.dbg.frozen.is_some() {
+            return;
+        }
         for i in 0..self.dbg.vcpus.len() {
             let reloaded = self.on_vcpu(i, "KVM_GET/SET_SREGS", |fd| {
                 fd.get_sregs().and_then(|s| fd.set_sregs(&s))

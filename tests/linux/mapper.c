@@ -1,0 +1,46 @@
+/*
+ * A process for the Linux fixture: maps 64 KiB anonymous read-write,
+ * writes a marker into it, makes its second half read-only, then sleeps
+ * forever, so the dump shows a VMA with two sets of rights.
+ * Freestanding (raw system calls), linked static.
+ */
+typedef unsigned long u64;
+
+static long syscall6(long n, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+#define SYS_mmap 9
+#define SYS_mprotect 10
+#define SYS_pause 34
+#define PROT_READ 1
+#define PROT_WRITE 2
+#define MAP_PRIVATE 2
+#define MAP_ANONYMOUS 0x20
+#define MAP_FIXED 0x10
+
+/* Where the region goes: fixed, so the tests know it. */
+#define REGION 0x7e0000000000UL
+
+void _start(void)
+{
+    char *region = (char *)syscall6(SYS_mmap, REGION, 0x10000, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    const char marker[] = "vmem-gdbstub mapper";
+    for (int i = 0; i < (int)sizeof(marker); i++) {
+        region[i] = marker[i];
+        region[0x8000 + i] = marker[i];
+    }
+    syscall6(SYS_mprotect, REGION + 0x8000, 0x8000, PROT_READ, 0, 0, 0);
+    for (;;)
+        syscall6(SYS_pause, 0, 0, 0, 0, 0, 0);
+}

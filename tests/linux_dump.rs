@@ -1,0 +1,371 @@
+//! Debian's own kernel, met through a memory dump: QEMU TCG boots Debian's
+//! cloud kernel with a busybox initramfs (tests/linux/make-fixture.sh,
+//! cached under target/linux-fixture), `dump-guest-memory` writes the
+//! dump, and the demo VM serves it (`--dump`) to the real gdb. The oracles
+//! are QEMU's own `info registers` at the moment of the dump, the
+//! kernel's own /proc/kallsyms of that boot, and what Linux documents
+//! about its layout and rights.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The fixture's directory, built once per test binary; `None` (skip)
+/// where the tools are missing, unless VMEM_GDBSTUB_REQUIRE_KVM=1.
+fn fixture() -> Option<&'static Path> {
+    static FIXTURE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+            let missing: Vec<&str> = [
+                "qemu-system-x86_64",
+                "apt-get",
+                "dpkg-deb",
+                "gcc",
+                "python3",
+                "gdb",
+            ]
+            .into_iter()
+            .filter(|tool| {
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .output()
+                    .map_or(true, |o| !o.status.success())
+            })
+            .collect();
+            if !missing.is_empty() {
+                assert!(!required, "the Linux fixture needs {missing:?}");
+                eprintln!("SKIPPED: the Linux fixture needs {missing:?}");
+                return None;
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = root.join("target/linux-fixture");
+            let built = Command::new("sh")
+                .arg(root.join("tests/linux/make-fixture.sh"))
+                .arg(&dir)
+                .status()
+                .expect("make-fixture.sh");
+            if !built.success() {
+                assert!(!required, "building the Linux fixture failed");
+                eprintln!("SKIPPED: building the Linux fixture failed (no package mirror?)");
+                return None;
+            }
+            Some(dir)
+        })
+        .as_deref()
+}
+
+/// The demo VM serving the fixture's dump.
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+impl Served {
+    fn start(dir: &Path) -> Served {
+        let exe = std::env::current_exe().unwrap();
+        let demo = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/demo-vm");
+        let mut child = Command::new(demo)
+            .args(["--listen", "127.0.0.1:0", "--dump"])
+            .arg(dir.join("dump.elf"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo-vm --dump");
+        let mut port = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            eprintln!("{line}");
+            if let Some(addr) = line.strip_prefix("gdb stub listening on 127.0.0.1:") {
+                port = addr.trim().parse().ok();
+                break;
+            }
+        }
+        Served {
+            child,
+            port: port.expect("the dump is served"),
+        }
+    }
+
+    /// gdb's output for `commands` against the dump.
+    fn gdb(&self, commands: &[&str]) -> String {
+        let mut gdb = Command::new("gdb");
+        gdb.args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "set architecture i386:x86-64",
+            "-ex",
+        ])
+        .arg(format!("target remote 127.0.0.1:{}", self.port));
+        for c in commands {
+            gdb.arg("-ex").arg(c);
+        }
+        let child = gdb
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gdb");
+        let pid = child.id();
+        let watchdog = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(120));
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        });
+        let out = child.wait_with_output().expect("gdb output");
+        drop(watchdog);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("---- gdb {commands:?}\n{text}");
+        text
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The kernel's symbols of the dumped boot (KASLR moves them every boot).
+fn kallsyms(dir: &Path) -> HashMap<String, u64> {
+    let text = std::fs::read_to_string(dir.join("kallsyms")).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim_end_matches('\r').split_whitespace();
+            let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let _kind = fields.next()?;
+            Some((fields.next()?.to_string(), addr))
+        })
+        .collect()
+}
+
+/// QEMU's `info registers -a`: per CPU, each `NAME=hex` field.
+fn qemu_registers(dir: &Path) -> Vec<HashMap<String, u64>> {
+    let text = std::fs::read_to_string(dir.join("registers")).unwrap();
+    let mut cpus: Vec<HashMap<String, u64>> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("CPU#") {
+            cpus.push(HashMap::new());
+            continue;
+        }
+        let Some(cpu) = cpus.last_mut() else { continue };
+        if let Some(rest) = line.strip_prefix("GS =") {
+            // selector, base, limit, flags
+            let base = rest.split_whitespace().nth(1).unwrap();
+            cpu.insert("GS_BASE".into(), u64::from_str_radix(base, 16).unwrap());
+            continue;
+        }
+        for field in line.split_whitespace() {
+            if let Some((name, value)) = field.split_once('=') {
+                if let Ok(v) = u64::from_str_radix(value, 16) {
+                    cpu.entry(name.to_string()).or_insert(v);
+                }
+            }
+        }
+    }
+    cpus
+}
+
+/// The number after `prefix` (hex with 0x, or decimal).
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = text[text.find(prefix)? + prefix.len()..].trim_start();
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
+
+#[test]
+fn registers_are_the_ones_qemu_saw() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let expected = qemu_registers(dir);
+    assert_eq!(expected.len(), 2, "two vCPUs in the fixture");
+    for (i, cpu) in expected.iter().enumerate() {
+        let out = served.gdb(&[
+            &format!("thread {}", i + 1),
+            "printf \"rip=%#lx\\n\", $rip",
+            "printf \"rsp=%#lx\\n\", $rsp",
+            "printf \"rax=%#lx\\n\", $rax",
+            "printf \"r15=%#lx\\n\", $r15",
+            "printf \"cr0=%#lx\\n\", $cr0",
+            "printf \"cr3=%#lx\\n\", $cr3",
+            "printf \"cr4=%#lx\\n\", $cr4",
+            "printf \"gs_base=%#lx\\n\", $gs_base",
+        ]);
+        for (ours, qemus) in [
+            ("rip=", "RIP"),
+            ("rsp=", "RSP"),
+            ("rax=", "RAX"),
+            ("r15=", "R15"),
+            ("cr0=", "CR0"),
+            ("cr3=", "CR3"),
+            ("cr4=", "CR4"),
+            ("gs_base=", "GS_BASE"),
+        ] {
+            assert_eq!(
+                number_after(&out, ours),
+                cpu.get(qemus).copied(),
+                "vcpu {i} {qemus}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn linux_banner_reads_through_the_kernels_own_tables() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let banner = kallsyms(dir)["linux_banner"];
+    let out = served.gdb(&[&format!("x/s {banner:#x}")]);
+    assert!(out.contains("\"Linux version 6."), "{out}");
+    assert!(out.contains("Debian"), "{out}");
+}
+
+#[test]
+fn kernel_sections_have_the_rights_linux_gives_them() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let symbols = kallsyms(dir);
+    let out = served.gdb(&[
+        &format!("monitor vmem translate {:#x}", symbols["_stext"]),
+        &format!("monitor vmem translate {:#x}", symbols["__start_rodata"]),
+        &format!("monitor vmem translate {:#x}", symbols["jiffies_64"]),
+        &format!("x/gx {:#x}", symbols["page_offset_base"]),
+    ]);
+    let rights: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("may: "))
+        .collect();
+    assert_eq!(rights.len(), 3, "{out}");
+    assert!(rights[0].starts_with("kernel r-x user ---"), "text: {out}");
+    assert!(
+        rights[1].starts_with("kernel r-- user ---"),
+        "rodata: {out}"
+    );
+    assert!(rights[2].starts_with("kernel rw- user ---"), "data: {out}");
+    // The direct map (at the randomised page_offset_base): never
+    // executable, but for the real-mode trampoline below 1 MiB, which
+    // Linux makes executable on purpose (arch/x86/realmode/init.c).
+    let direct = number_after(&out, ":\t").expect("page_offset_base");
+    let walk = served.gdb(&[&format!(
+        "monitor vmem walk {direct:#x} {:#x}",
+        direct + (256 << 20)
+    )]);
+    let leaves: Vec<Vec<&str>> = walk
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 5 && f[0].contains('-') && f[4].len() == 9)
+        .collect();
+    assert!(leaves.len() > 10, "{walk}");
+    for f in &leaves {
+        let (flags, phys) = (f[4], f[1]);
+        let pa = u64::from_str_radix(&phys[..16], 16).unwrap();
+        assert!(flags.starts_with("r"), "{f:?}");
+        if flags.as_bytes()[2] == b'x' {
+            assert!(pa < 1 << 20, "executable direct map at {pa:#x}: {f:?}");
+        }
+    }
+    assert!(
+        walk.contains("in 2M pages"),
+        "RAM mapped in 2 MiB pages: {walk}"
+    );
+}
+
+#[test]
+fn info_mem_shows_linuxs_layout() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let symbols = kallsyms(dir);
+    let out = served.gdb(&[
+        "monitor info mem",
+        &format!("x/gx {:#x}", symbols["vmalloc_base"]),
+    ]);
+    let ranges: Vec<(u64, u64, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (start, end) = range.split_once('-')?;
+            let rights = rest.split_whitespace().nth(1)?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                rights,
+            ))
+        })
+        .collect();
+    let within = |lo: u64, hi: u64| ranges.iter().filter(move |r| r.0 >= lo && r.1 <= hi);
+    // Kernel text and data inside the kernel image.
+    let (text, end) = (symbols["_stext"], symbols["_end"]);
+    assert!(
+        within(text & !0x1f_ffff, end + (2 << 20)).count() >= 3,
+        "{out}"
+    );
+    // vmalloc space (its randomised base read from the kernel).
+    let vmalloc = number_after(&out, ":\t").expect("vmalloc_base");
+    assert!(
+        within(vmalloc, vmalloc + (1 << 45)).count() > 0,
+        "vmalloc: {out}"
+    );
+    // The fixmap, at the top of the address space.
+    assert!(
+        within(0xffff_ffff_ff00_0000, u64::MAX).count() > 0,
+        "fixmap: {out}"
+    );
+    // The kernel half is the kernel's (`info mem` prints u for user
+    // pages); what a process maps in the lower half is its own.
+    for &(start, _, rights) in &ranges {
+        let user = start < 1 << 63;
+        assert_eq!(rights.starts_with('u'), user, "{start:#x} {rights}: {out}");
+    }
+}
+
+#[test]
+fn every_cr3_in_the_dump_is_a_known_space() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let out = served.gdb(&["monitor vmem spaces", "monitor vmem walk"]);
+    for cpu in qemu_registers(dir) {
+        let cr3 = cpu["CR3"] & !0xfff;
+        assert!(out.contains(&format!("space {cr3:#x}")), "{cr3:#x}: {out}");
+    }
+    assert!(
+        out.contains("5-level") || out.contains("mappings;"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_dump_refuses_to_run_and_stays_usable() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let banner = kallsyms(dir)["linux_banner"];
+    let out = served.gdb(&[
+        "continue",
+        "stepi",
+        &format!("break *{banner:#x}"),
+        "continue",
+        "print 6 * 7",
+        &format!("x/s {banner:#x}"),
+    ]);
+    assert!(out.contains("memory dump: it cannot run or step"), "{out}");
+    assert!(out.contains("$1 = 42"), "the session goes on: {out}");
+    assert!(out.contains("Linux version"), "{out}");
+}
