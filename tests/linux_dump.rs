@@ -369,3 +369,84 @@ fn a_dump_refuses_to_run_and_stays_usable() {
     assert!(out.contains("$1 = 42"), "the session goes on: {out}");
     assert!(out.contains("Linux version"), "{out}");
 }
+
+/// 8 MiB of kernel memory read by gdb through the kernel's direct map (its
+/// randomised base read from page_offset_base) are exactly the RAM bytes
+/// the dump file holds for physical 0 (located with the `elf` crate).
+#[test]
+fn the_direct_map_reads_the_dumps_ram() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let base = number_after(
+        &served.gdb(&[&format!("x/gx {:#x}", kallsyms(dir)["page_offset_base"])]),
+        ":\t",
+    )
+    .expect("page_offset_base");
+    let out_path = std::env::temp_dir().join(format!("vmem-directmap-{}.bin", std::process::id()));
+    let len: u64 = 8 << 20;
+    served.gdb(&[&format!(
+        "dump binary memory {} {base:#x} {:#x}",
+        out_path.display(),
+        base + len
+    )]);
+    let read = std::fs::read(&out_path).expect("gdb wrote the dump");
+    let _ = std::fs::remove_file(&out_path);
+    let file = std::fs::read(dir.join("dump.elf")).unwrap();
+    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
+    let low = elf
+        .segments()
+        .unwrap()
+        .iter()
+        .find(|ph| ph.p_type == elf::abi::PT_LOAD && ph.p_paddr == 0)
+        .expect("RAM from physical 0");
+    let start = low.p_offset as usize;
+    assert_eq!(read.len() as u64, len);
+    assert!(read == file[start..start + len as usize], "bytes differ");
+}
+
+/// lldb on the same dump: registers, memory through the kernel's tables,
+/// and a `continue` that says why it cannot and leaves the dump stopped.
+#[test]
+fn lldb_reads_the_dump_too() {
+    let Some(dir) = fixture() else { return };
+    if Command::new("lldb").arg("--version").output().is_err() {
+        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(!required, "lldb is missing");
+        eprintln!("SKIPPED: no lldb");
+        return;
+    }
+    let served = Served::start(dir);
+    let banner = kallsyms(dir)["linux_banner"];
+    let rip = qemu_registers(dir)[0]["RIP"];
+    let out = Command::new("lldb")
+        .arg("--batch")
+        .args(["-o", &format!("gdb-remote 127.0.0.1:{}", served.port)])
+        .args(["-o", "register read rip"])
+        .args([
+            "-o",
+            &format!("memory read --format c --count 24 {banner:#x}"),
+        ])
+        .args(["-o", "continue"])
+        .args(["-o", "register read rip"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("lldb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(text.contains("Linux version 6."), "{text}");
+    assert!(
+        text.contains("this is a memory dump: it cannot run or step"),
+        "{text}"
+    );
+    let rips: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim().starts_with("rip = "))
+        .collect();
+    assert_eq!(rips.len(), 2, "{text}");
+    assert!(
+        rips.iter().all(|l| l.contains(&format!("{rip:#018x}"))),
+        "{text}"
+    );
+    assert!(!text.contains("lost connection"), "{text}");
+}

@@ -239,7 +239,7 @@ impl GdbConnection {
             }
             if self.frozen && is_resume(payload) {
                 debug!("refused {}: a dump", String::from_utf8_lossy(payload));
-                self.send_reply(b"E.this is a memory dump: it cannot run or step")?;
+                self.refuse_resume()?;
                 continue;
             }
             if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
@@ -375,6 +375,24 @@ impl GdbConnection {
         framed.extend(rsp::frame(&amended));
         framed.extend_from_slice(&self.output[start + hash + 3..]);
         self.output = framed;
+    }
+
+    /// Answer a resume of a memory dump: a console line saying why (gdb and
+    /// lldb print it), then a SIGTRAP stop where the thread was, so either
+    /// client simply stays stopped (lldb drops a session whose resume gets
+    /// an error reply, and resumes again after a stop without a signal).
+    fn refuse_resume(&mut self) -> io::Result<()> {
+        let text = b"this is a memory dump: it cannot run or step\n";
+        let mut console = b"O".to_vec();
+        for b in text {
+            console.extend(format!("{b:02x}").bytes());
+        }
+        let mut acked = vec![b'+'];
+        acked.extend(rsp::frame(&console));
+        acked.extend(rsp::frame(
+            format!("T05thread:{:x};", self.mem_thread).as_bytes(),
+        ));
+        self.send_own(&acked)
     }
 
     /// Send one reply packet of our own, `reply` unframed.
