@@ -66,6 +66,11 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path) -> Served {
+        let dump = dir.join("dump.elf");
+        Served::with_args(&["--dump", dump.to_str().unwrap()])
+    }
+
+    fn with_args(args: &[&str]) -> Served {
         let exe = std::env::current_exe().unwrap();
         let demo = exe
             .parent()
@@ -74,8 +79,8 @@ impl Served {
             .unwrap()
             .join("examples/demo-vm");
         let mut child = Command::new(demo)
-            .args(["--listen", "127.0.0.1:0", "--dump"])
-            .arg(dir.join("dump.elf"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -449,4 +454,53 @@ fn lldb_reads_the_dump_too() {
         "{text}"
     );
     assert!(!text.contains("lost connection"), "{text}");
+}
+
+/// Another VMM's snapshot: raw RAM and the few registers it recorded
+/// (`--raw`, `--cr3`, `--rip`, …): here the dump's RAM from physical 0 and
+/// vCPU 0's registers as QEMU printed them, and the kernel is readable the
+/// same way.
+#[test]
+fn a_raw_ram_image_with_registers_is_served_too() {
+    let Some(dir) = fixture() else { return };
+    let file = std::fs::read(dir.join("dump.elf")).unwrap();
+    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
+    let low = elf
+        .segments()
+        .unwrap()
+        .iter()
+        .find(|ph| ph.p_type == elf::abi::PT_LOAD && ph.p_paddr == 0)
+        .expect("RAM from physical 0");
+    let raw = std::env::temp_dir().join(format!("vmem-raw-{}.ram", std::process::id()));
+    let (start, len) = (low.p_offset as usize, low.p_filesz as usize);
+    std::fs::write(&raw, &file[start..start + len]).unwrap();
+    drop(file);
+    let cpu = &qemu_registers(dir)[0];
+    let hex = |name: &str| format!("{:#x}", cpu[name]);
+    let served = Served::with_args(&[
+        "--raw",
+        raw.to_str().unwrap(),
+        "--cr3",
+        &hex("CR3"),
+        "--cr0",
+        &hex("CR0"),
+        "--cr4",
+        &hex("CR4"),
+        "--efer",
+        &hex("EFER"),
+        "--rip",
+        &hex("RIP"),
+        "--rsp",
+        &hex("RSP"),
+    ]);
+    let banner = kallsyms(dir)["linux_banner"];
+    let out = served.gdb(&[
+        "printf \"rip=%#lx\\n\", $rip",
+        &format!("x/s {banner:#x}"),
+        "monitor vmem walk --limit 3",
+    ]);
+    let _ = std::fs::remove_file(&raw);
+    assert_eq!(number_after(&out, "rip="), Some(cpu["RIP"]), "{out}");
+    assert!(out.contains("\"Linux version 6."), "{out}");
+    assert!(out.contains("5-level") || out.contains("mappings"), "{out}");
 }

@@ -21,7 +21,7 @@ use clap::Parser;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
-use vmem_gdbstub::target::{Debugger, Dump, Entry, ExitAction, GdbListener};
+use vmem_gdbstub::target::{Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, GdbListener};
 
 /// The guest built from guest/ by build.rs.
 const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
@@ -73,8 +73,44 @@ struct Args {
     skip_irq_handlers: bool,
     /// Serve a memory dump (QEMU's `dump-guest-memory` ELF) instead of
     /// booting a VM: registers and memory from the file; it does not run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     dump: Option<PathBuf>,
+    /// Serve a raw RAM image (another VMM's snapshot) instead: the file is
+    /// guest RAM from --ram-base; one vCPU in 64-bit mode with --cr3,
+    /// --rip, --rsp, --cr0, --cr4, --efer.
+    #[arg(long, requires = "cr3")]
+    raw: Option<PathBuf>,
+    /// Guest-physical address of the raw image's first byte.
+    #[arg(long, default_value = "0", value_parser = parse_u64)]
+    ram_base: u64,
+    /// CR3 of the raw image's vCPU.
+    #[arg(long, value_parser = parse_u64)]
+    cr3: Option<u64>,
+    /// RIP of the raw image's vCPU.
+    #[arg(long, default_value = "0", value_parser = parse_u64)]
+    rip: u64,
+    /// RSP of the raw image's vCPU.
+    #[arg(long, default_value = "0", value_parser = parse_u64)]
+    rsp: u64,
+    /// CR0 of the raw image's vCPU (default: PE, WP, PG and the usual bits).
+    #[arg(long, default_value = "0x80050033", value_parser = parse_u64)]
+    cr0: u64,
+    /// CR4 of the raw image's vCPU (default: PAE and SSE; add LA57 for
+    /// 5-level paging).
+    #[arg(long, default_value = "0x6a0", value_parser = parse_u64)]
+    cr4: u64,
+    /// EFER of the raw image's vCPU (default: SCE, LME, LMA, NXE).
+    #[arg(long, default_value = "0xd01", value_parser = parse_u64)]
+    efer: u64,
+}
+
+/// A number in hex (0x…) or decimal.
+fn parse_u64(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text}: {e}"))
 }
 
 fn main() {
@@ -90,7 +126,11 @@ fn main() {
 
 fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.dump {
-        return serve_dump(&args, path);
+        return serve_dump(&args, path, || Dump::open(path));
+    }
+    if let (Some(path), Some(cr3)) = (&args.raw, args.cr3) {
+        let cpu = DumpCpu::long_mode(args.rip, args.rsp, [args.cr0, cr3, args.cr4, args.efer]);
+        return serve_dump(&args, path, || Dump::raw(path, args.ram_base, cpu));
     }
     let mode = match args.guest32.as_deref() {
         Some("pae") => vm::GuestMode::Protected(I686::PAE),
@@ -184,11 +224,15 @@ fn listener(args: &Args) -> Result<GdbListener, String> {
 }
 
 /// Serve a memory dump until SIGINT or SIGTERM.
-fn serve_dump(args: &Args, path: &Path) -> Result<(), String> {
+fn serve_dump(
+    args: &Args,
+    path: &Path,
+    open: impl FnOnce() -> Result<Dump, DumpError>,
+) -> Result<(), String> {
     let signals = block_termination_signals();
-    let opened = Instant::now();
-    let dump = Dump::open(path).map_err(|e| e.to_string())?;
-    let took = opened.elapsed();
+    let started = Instant::now();
+    let dump = open().map_err(|e| e.to_string())?;
+    let took = started.elapsed();
     let spaces: Vec<String> = dump
         .cpus()
         .iter()

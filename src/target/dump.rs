@@ -83,6 +83,51 @@ pub struct DumpCpu {
     pub kernel_gs_base: u64,
 }
 
+impl DumpCpu {
+    /// A vCPU in 64-bit kernel code with these registers (the rest zero),
+    /// for a raw RAM image whose VMM recorded only these.
+    pub fn long_mode(rip: u64, rsp: u64, controls: [u64; 4]) -> DumpCpu {
+        let [cr0, cr3, cr4, efer] = controls;
+        let code = kvm_segment {
+            selector: 0x10,
+            type_: 0xb,
+            present: 1,
+            s: 1,
+            l: 1,
+            g: 1,
+            limit: 0xffff_ffff,
+            ..Default::default()
+        };
+        let data = kvm_segment {
+            selector: 0x18,
+            type_: 0x3,
+            l: 0,
+            db: 1,
+            ..code
+        };
+        DumpCpu {
+            regs: kvm_regs {
+                rip,
+                rsp,
+                rflags: 0x2,
+                ..Default::default()
+            },
+            sregs: kvm_sregs {
+                cs: code,
+                ss: data,
+                ds: data,
+                es: data,
+                cr0,
+                cr3,
+                cr4,
+                efer,
+                ..Default::default()
+            },
+            kernel_gs_base: 0,
+        }
+    }
+}
+
 /// A memory dump: guest RAM and the vCPUs' state.
 #[derive(Debug)]
 pub struct Dump {
@@ -107,7 +152,31 @@ impl Dump {
         })
     }
 
-    /// Guest RAM (copy-on-write: gdb may write, the file stays).
+    /// A raw RAM image (another VMM's snapshot): the whole file is guest
+    /// RAM from `ram_base`, and `cpu` says where the one vCPU was.
+    pub fn raw(path: &Path, ram_base: u64, cpu: DumpCpu) -> Result<Dump, DumpError> {
+        let io = |e| DumpError::Io(path.to_path_buf(), e);
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: as in `open`.
+        let map = unsafe { MmapOptions::new().map_copy_read_only(&file) }.map_err(io)?;
+        let len = map.len() as u64;
+        if ram_base.checked_add(len).is_none() {
+            return Err(DumpError::NotACore(format!(
+                "{len:#x} bytes of RAM from {ram_base:#x} wrap"
+            )));
+        }
+        let pieces = vec![Piece {
+            gpa: ram_base,
+            len,
+            offset: 0,
+        }];
+        Ok(Dump {
+            ram: GuestRam::from_access(DumpMemory { map, pieces }),
+            cpus: vec![cpu],
+        })
+    }
+
+    /// Guest RAM (read-only: gdb's writes are refused).
     pub fn ram(&self) -> &GuestRam {
         &self.ram
     }
