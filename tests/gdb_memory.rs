@@ -186,8 +186,12 @@ fn gdb_dumps_the_same_bytes_with_m_and_with_x() {
                 .arg(dump(&with_x))
                 .stdin(std::process::Stdio::null());
             let out = demo::run_with_timeout(cmd, std::time::Duration::from_secs(60));
-            assert!(out.contains("binary-upload+"), "advertised");
-            assert!(out.contains("Sending packet: $xffff888002"), "x used");
+            let tail: String = out.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            assert!(out.contains("binary-upload+"), "advertised: {tail}");
+            assert!(
+                out.contains("Sending packet: $xffff888002"),
+                "x used: {tail}"
+            );
             assert_eq!(std::fs::read(&with_x).unwrap(), data, "gdb `x` dump");
         }
     }

@@ -504,3 +504,27 @@ fn a_raw_ram_image_with_registers_is_served_too() {
     assert!(out.contains("\"Linux version 6."), "{out}");
     assert!(out.contains("5-level") || out.contains("mappings"), "{out}");
 }
+
+/// With the boot's kallsyms (`--symbols`), gdb names kernel addresses: the
+/// banner by name, and a backtrace of the idle vCPUs through the kernel's
+/// own frames.
+#[test]
+fn kernel_symbols_name_addresses_and_frames() {
+    let Some(dir) = fixture() else { return };
+    let dump = dir.join("dump.elf");
+    let symbols = dir.join("kallsyms");
+    let served = Served::with_args(&[
+        "--dump",
+        dump.to_str().unwrap(),
+        "--symbols",
+        symbols.to_str().unwrap(),
+    ]);
+    let out = served.gdb(&["x/s &linux_banner", "info symbol $pc", "bt 6"]);
+    assert!(out.contains("<linux_banner>:\t\"Linux version 6."), "{out}");
+    // Both vCPUs were idle when QEMU dumped them.
+    assert!(out.contains("in section .kernel"), "{out}");
+    assert!(
+        out.contains("do_idle") || out.contains("default_idle"),
+        "{out}"
+    );
+}

@@ -21,7 +21,9 @@ use clap::Parser;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
-use vmem_gdbstub::target::{Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, GdbListener};
+use vmem_gdbstub::target::{
+    symbol_file, Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, GdbListener,
+};
 
 /// The guest built from guest/ by build.rs.
 const DEMO_GUEST: &str = env!("DEMO_GUEST_ELF");
@@ -102,6 +104,10 @@ struct Args {
     /// EFER of the raw image's vCPU (default: SCE, LME, LMA, NXE).
     #[arg(long, default_value = "0xd01", value_parser = parse_u64)]
     efer: u64,
+    /// With --dump or --raw: the kernel's System.map or /proc/kallsyms of
+    /// that boot; gdb loads it as the exec-file, so addresses get names.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
 }
 
 /// A number in hex (0x…) or decimal.
@@ -240,7 +246,16 @@ fn serve_dump(
         .collect();
     let ram_mib = dump.ram().total_size() >> 20;
     let vcpus = dump.cpus().len();
-    let debugger = Arc::new(Debugger::from_dump(dump).build());
+    let mut builder = Debugger::from_dump(dump);
+    let symbol_file = match &args.symbols {
+        Some(listing) => {
+            let file = write_symbol_file(listing)?;
+            builder = builder.exec_file(file.display().to_string());
+            Some(file)
+        }
+        None => None,
+    };
+    let debugger = Arc::new(builder.build());
     let listener = listener(args)?;
     println!(
         "dump {}: {vcpus} vCPUs, {ram_mib} MiB, CR3 {}, opened in {:.1} ms",
@@ -261,7 +276,23 @@ fn serve_dump(
         .map_err(|e| e.to_string())?;
     wait_for_termination(&signals, &debugger);
     debugger.stop_serving();
+    if let Some(file) = symbol_file {
+        let _ = std::fs::remove_file(file);
+    }
     Ok(())
+}
+
+/// The symbol file gdb loads for a kernel `listing` (System.map format),
+/// written next to the other temporary files.
+fn write_symbol_file(listing: &Path) -> Result<PathBuf, String> {
+    let text =
+        std::fs::read_to_string(listing).map_err(|e| format!("{}: {e}", listing.display()))?;
+    let elf = symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))?;
+    let path =
+        std::env::temp_dir().join(format!("vmem-gdbstub-symbols-{}.elf", std::process::id()));
+    std::fs::write(&path, elf).map_err(|e| format!("{}: {e}", path.display()))?;
+    info!("symbols of {} in {}", listing.display(), path.display());
+    Ok(path)
 }
 
 /// This VMM's vCPU loop: its own `KVM_RUN` loop with the debugger's hooks

@@ -125,9 +125,10 @@ pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
     info!("waiting for gdb on {}", listener.describe());
     let (waker, wake) = wait::wake_pair()?;
     *lock(&dbg.serving) = Some(waker);
-    // Whether a session is attached; a session that is just ending (gdb
-    // detached, cleanup running) is waited for, not refused.
-    let busy = (Mutex::new(false), Condvar::new());
+    // Whether a session holds the VM. One whose gdb is gone (cleanup
+    // running, however long that takes on a loaded host) is waited for;
+    // one whose gdb is still connected makes a second client be refused.
+    let busy = (Mutex::new(Session::None), Condvar::new());
     let served = std::thread::scope(|scope| loop {
         if dbg.stopping.load(Ordering::Acquire) {
             return Ok(());
@@ -136,28 +137,48 @@ pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
             continue;
         }
         let stream = listener.accept()?;
-        let (flag, ended) = &busy;
-        let mut attached = ended
-            .wait_timeout_while(lock(flag), Duration::from_secs(1), |b| *b)
+        let (state, changed) = &busy;
+        // A gdb that just left may not have been noticed yet: give it a
+        // second, then wait out its cleanup, however long.
+        let state_now = changed
+            .wait_timeout_while(lock(state), Duration::from_secs(1), |s| {
+                *s == Session::Attached
+            })
             .map(|(guard, _)| guard)
             .unwrap_or_else(|e| e.into_inner().0);
-        if *attached {
+        let mut state_now = changed
+            .wait_while(state_now, |s| *s == Session::Ending)
+            .unwrap_or_else(|e| e.into_inner());
+        if *state_now == Session::Attached {
             scope.spawn(move || refuse(stream));
             continue;
         }
-        *attached = true;
-        drop(attached);
+        *state_now = Session::Attached;
+        drop(state_now);
         let busy = &busy;
-        scope.spawn(move || {
-            session(dbg, stream);
-            *lock(&busy.0) = false;
+        let set = move |to: Session| {
+            *lock(&busy.0) = to;
             busy.1.notify_all();
+        };
+        scope.spawn(move || {
+            session(dbg, stream, || set(Session::Ending));
+            set(Session::None);
         });
     });
     *lock(&dbg.serving) = None;
     dbg.stopping.store(false, Ordering::Release);
     info!("stopped serving gdb on {}", listener.describe());
     served
+}
+
+/// Where the one session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    None,
+    /// gdb is connected.
+    Attached,
+    /// gdb is gone; breakpoints are being removed.
+    Ending,
 }
 
 /// Tell a second client that a session is already attached, then close.
@@ -200,7 +221,7 @@ impl From<GdbStubError<StubError, io::Error>> for Ended {
 }
 
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
-pub(crate) fn session(dbg: &Inner, stream: Stream) {
+pub(crate) fn session(dbg: &Inner, stream: Stream, gdb_gone: impl FnOnce()) {
     dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
     let started = wait::wake_pair().and_then(|(waker, wake)| {
         let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu), dbg.frozen.is_some())?;
@@ -250,6 +271,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream) {
         }
         break;
     }
+    gdb_gone();
     target.clear_debug_state();
     *lock(&dbg.session) = None;
     if let Some(stream) = shutdown_handle {

@@ -68,6 +68,7 @@ mod regs;
 pub mod rsp;
 mod shared;
 mod stub;
+mod symbols;
 mod traps;
 mod vcpu;
 mod wait;
@@ -92,6 +93,7 @@ pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use paging::vcpu_mmu;
 pub use regs::{X86_64Kvm, X86_64RegId, X86_64Regs};
+pub use symbols::{symbol_file, SymbolsError};
 pub use traps::{KvmMemslots, PageTraps, Trap};
 
 pub(crate) use shared::{lock, Inner};
