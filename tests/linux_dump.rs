@@ -528,3 +528,41 @@ fn kernel_symbols_name_addresses_and_frames() {
         "{out}"
     );
 }
+
+/// What GEF and pwndbg (monitor mode) check and parse, as
+/// ../shared/reference/gdb-clients.md records it from their traces against
+/// QEMU (neither can be installed on this machine: pwndbg is not on PyPI
+/// and GEF is not packaged): the QEMU-target test, and `monitor info mem`
+/// in the form their parsers take, on Linux's real layout.
+#[test]
+fn the_dump_passes_gefs_and_pwndbgs_checks() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let out = served.gdb(&[
+        "maint packet Qqemu.sstepbits",
+        "maint packet qOffsets",
+        "monitor info mem",
+        "printf \"%#lx %#lx %#lx %#lx\\n\", $cr0, $cr3, $cr4, $efer",
+        "printf \"%#x %#x %#x\\n\", $eflags, $cs, $ss",
+    ]);
+    assert!(
+        out.contains("received: \"ENABLE=1,NOIRQ=2,NOTIMER=4\""),
+        "{out}"
+    );
+    assert!(out.contains("received: \"\""), "qOffsets empty: {out}");
+    let mem: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.len() > 16
+                && l.as_bytes()[16] == b'-'
+                && l.chars().take(16).all(|c| c.is_ascii_hexdigit())
+        })
+        .collect();
+    assert!(mem.len() > 20, "{out}");
+    for line in &mem {
+        // GEF: three whitespace-separated tokens; pwndbg: a '-' and a space.
+        assert_eq!(line.split_whitespace().count(), 3, "{line}");
+        assert!(line.contains('-') && line.contains(' '), "{line}");
+    }
+    assert!(!out.contains("unknown command"), "{out}");
+}
