@@ -184,6 +184,19 @@ fn qemu_registers(dir: &Path) -> Vec<HashMap<String, u64>> {
     cpus
 }
 
+/// Where the dump file holds the RAM from physical 0 (found with the
+/// `elf` crate, not our parser).
+fn low_ram(file: &[u8]) -> std::ops::Range<usize> {
+    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(file).unwrap();
+    let low = elf
+        .segments()
+        .unwrap()
+        .iter()
+        .find(|ph| ph.p_type == elf::abi::PT_LOAD && ph.p_paddr == 0)
+        .expect("RAM from physical 0");
+    low.p_offset as usize..(low.p_offset + low.p_filesz) as usize
+}
+
 /// The number after `prefix` (hex with 0x, or decimal).
 fn number_after(text: &str, prefix: &str) -> Option<u64> {
     let rest = text[text.find(prefix)? + prefix.len()..].trim_start();
@@ -397,14 +410,7 @@ fn the_direct_map_reads_the_dumps_ram() {
     let read = std::fs::read(&out_path).expect("gdb wrote the dump");
     let _ = std::fs::remove_file(&out_path);
     let file = std::fs::read(dir.join("dump.elf")).unwrap();
-    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
-    let low = elf
-        .segments()
-        .unwrap()
-        .iter()
-        .find(|ph| ph.p_type == elf::abi::PT_LOAD && ph.p_paddr == 0)
-        .expect("RAM from physical 0");
-    let start = low.p_offset as usize;
+    let start = low_ram(&file).start;
     assert_eq!(read.len() as u64, len);
     assert!(read == file[start..start + len as usize], "bytes differ");
 }
@@ -464,16 +470,8 @@ fn lldb_reads_the_dump_too() {
 fn a_raw_ram_image_with_registers_is_served_too() {
     let Some(dir) = fixture() else { return };
     let file = std::fs::read(dir.join("dump.elf")).unwrap();
-    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
-    let low = elf
-        .segments()
-        .unwrap()
-        .iter()
-        .find(|ph| ph.p_type == elf::abi::PT_LOAD && ph.p_paddr == 0)
-        .expect("RAM from physical 0");
     let raw = std::env::temp_dir().join(format!("vmem-raw-{}.ram", std::process::id()));
-    let (start, len) = (low.p_offset as usize, low.p_filesz as usize);
-    std::fs::write(&raw, &file[start..start + len]).unwrap();
+    std::fs::write(&raw, &file[low_ram(&file)]).unwrap();
     drop(file);
     let cpu = &qemu_registers(dir)[0];
     let hex = |name: &str| format!("{:#x}", cpu[name]);

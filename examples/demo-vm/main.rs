@@ -200,15 +200,7 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         vcpu_threads.push(handle);
     }
-    let gdb = Arc::clone(&debugger);
-    thread::Builder::new()
-        .name("gdb".into())
-        .spawn(move || {
-            if let Err(e) = gdb.serve(listener) {
-                error!("gdb server stopped: {e}");
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    spawn_gdb_server(&debugger, listener)?;
     wait_for_termination(&signals, &debugger);
     for t in vcpu_threads {
         let _ = t.join();
@@ -218,6 +210,20 @@ fn run(args: Args) -> Result<(), String> {
     }
     info!("demo VM stopped");
     Ok(())
+}
+
+/// Serve gdb from a thread of its own.
+fn spawn_gdb_server(debugger: &Arc<Debugger>, listener: GdbListener) -> Result<(), String> {
+    let gdb = Arc::clone(debugger);
+    thread::Builder::new()
+        .name("gdb".into())
+        .spawn(move || {
+            if let Err(e) = gdb.serve(listener) {
+                error!("gdb server stopped: {e}");
+            }
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The listener `--listen` / `--unix` ask for.
@@ -265,15 +271,7 @@ fn serve_dump(
     );
     println!("gdb stub listening on {}", listener.describe());
     let _ = std::io::stdout().flush();
-    let gdb = Arc::clone(&debugger);
-    thread::Builder::new()
-        .name("gdb".into())
-        .spawn(move || {
-            if let Err(e) = gdb.serve(listener) {
-                error!("gdb server stopped: {e}");
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    spawn_gdb_server(&debugger, listener)?;
     wait_for_termination(&signals, &debugger);
     debugger.stop_serving();
     if let Some(file) = symbol_file {
