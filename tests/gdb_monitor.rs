@@ -477,3 +477,56 @@ fn help_lists_every_command() {
     }
     assert!(out.matches("e.g. monitor").count() >= 6, "{out}");
 }
+
+/// The reverse map: the demo's user page of space A (PA 0x1000000) is
+/// mapped at its user VA in A only, and through the kernel window and the
+/// direct map in both spaces (their kernel half is shared); `--va` starts
+/// from a virtual address instead.
+#[test]
+fn find_lists_every_alias_of_a_physical_page() {
+    let Some(vm) = DemoVm::start() else { return };
+    let (a, b) = (vm.spaces[0], vm.spaces[1]);
+    let out = vm.gdb(&[
+        "monitor vmem find 0x1000000",
+        &format!("monitor vmem find --va 0x400000 --space {a:#x}"),
+    ]);
+    let page = demo::direct_map_page();
+    for space in [a, b] {
+        assert!(out.contains(&format!("space {space:#x} (")), "{out}");
+    }
+    let user = Regex::new(
+        r"(?m)^  0000000000400000-0000000000400000  0000000001000000-0000000001000000 +1 +4K  rw-u",
+    )
+    .unwrap();
+    let direct = Regex::new(&format!(r"(?m)^  ffff888001000000-ffff888001000000  0000000001000000-0000000001000000 +1 +{page}  rw--")).unwrap();
+    let window = Regex::new(
+        r"(?m)^  ffffffff81000000-ffffffff81000000  0000000001000000-0000000001000000 +1 +2M  rwx-",
+    )
+    .unwrap();
+    assert_eq!(
+        user.find_iter(&out).count(),
+        1,
+        "the user page, in space A only: {out}"
+    );
+    assert_eq!(
+        direct.find_iter(&out).count(),
+        2,
+        "direct map, both spaces: {out}"
+    );
+    assert_eq!(
+        window.find_iter(&out).count(),
+        2,
+        "kernel window, both spaces: {out}"
+    );
+    assert!(out.contains("5 mappings in 2 spaces"), "{out}");
+    // From the VA: the whole page, the same five places.
+    assert!(
+        out.contains(&format!("0x400000 in space {a:#x} maps physical 0x1000000")),
+        "{out}"
+    );
+    let whole = Regex::new(r"(?m)^  0000000000400000-0000000000400fff  0000000001000000-0000000001000fff +4K +4K  rw-u").unwrap();
+    assert!(whole.is_match(&out), "{out}");
+    let bad = vm.gdb(&["monitor vmem find 0x1000 0", "monitor vmem find"]);
+    assert!(bad.contains("error: PA + LEN must be above PA"), "{bad}");
+    assert!(bad.contains("error: missing PA"), "{bad}");
+}

@@ -564,3 +564,44 @@ fn the_dump_passes_gefs_and_pwndbgs_checks() {
     }
     assert!(!out.contains("unknown command"), "{out}");
 }
+
+/// The reverse map on Linux: the page of linux_banner (kernel rodata) is
+/// mapped in the kernel image and in the direct map, in both spaces, and
+/// nowhere writable.
+#[test]
+fn find_shows_where_linux_maps_a_kernel_page() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let symbols = kallsyms(dir);
+    let banner = symbols["linux_banner"];
+    let out = served.gdb(&[
+        &format!("x/gx {:#x}", symbols["page_offset_base"]),
+        &format!("monitor vmem find --va {banner:#x}"),
+    ]);
+    let direct = number_after(&out, ":\t").expect("page_offset_base");
+    let pa = number_after(&out, "maps physical ").expect("the banner's PA");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains('-'))
+        .collect();
+    let image = format!("{:016x}", banner & !0xfff);
+    let alias = format!("{:016x}", direct + (pa & !0xfff));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.trim_start().starts_with(&image))
+            .count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.trim_start().starts_with(&alias))
+            .count(),
+        2,
+        "{out}"
+    );
+    for r in &rows {
+        let flags = r.split_whitespace().last().unwrap();
+        assert!(flags.starts_with("r-"), "read-only everywhere: {r}");
+    }
+}

@@ -6,6 +6,7 @@
 //! with the command's usage, and changes nothing.
 
 mod args;
+mod find;
 mod qemu;
 mod vmem;
 
@@ -87,6 +88,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
         [] | ["help"] => {
             out.push_str(HELP);
             out.push_str(vmem::USAGE);
+            out.push_str(find::USAGE);
             out.push_str(qemu::USAGE);
             Ok(Effect::None)
         }

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::{Context, Effect, View};
+use super::{find, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -11,7 +11,7 @@ use crate::vmem::{
 };
 
 /// Entries a monitor walk may read before it gives up (bounds hostile tables).
-const WALK_BUDGET: u64 = 1 << 24;
+pub(crate) const WALK_BUDGET: u64 = 1 << 24;
 /// Default number of rows `walk` prints.
 const DEFAULT_LIMIT: usize = 200;
 
@@ -96,7 +96,8 @@ fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<
     let _ = writeln!(out, "{rows} mappings; {mapped}");
 }
 
-fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String> {
+/// The space `--space` names, or the current vCPU's.
+pub(crate) fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String> {
     match args.option("space") {
         Some(cr3) => Ok(args::number(cr3)? & ctx.root_mask),
         None => ctx
@@ -318,12 +319,14 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
 /// Run `vmem WORDS…`.
 pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
     let (command, rest) = words.split_first().ok_or("missing vmem command")?;
-    let args = Args::parse(rest, &["space", "limit", "page"])?;
+    let args = Args::parse(rest, &["space", "limit", "page", "va"])?;
     match *command {
         "help" => {
             out.push_str(USAGE);
+            out.push_str(find::USAGE);
             Ok(Effect::None)
         }
+        "find" => find::run(ctx, &args, out).map(|()| Effect::None),
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),
         "translate" => translate(ctx, &args, out).map(|()| Effect::None),
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),

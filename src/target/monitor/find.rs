@@ -1,0 +1,113 @@
+//! `monitor vmem find`: the reverse map — every virtual address, in every
+//! known address space, that maps a physical range.
+
+use std::fmt::Write;
+
+use super::args::{self, Args};
+use super::vmem::{row, space_of, WALK_BUDGET};
+use super::Context;
+use crate::target::memory::GuestTables;
+use crate::vmem::{self, Mapping};
+
+pub(crate) const USAGE: &str = "\
+vmem find PA [LEN]
+vmem find --va VA [--space CR3]
+    every VA, in every known space, that maps PA..PA+LEN (default: 1 byte),
+    or the physical page VA maps to
+    e.g. monitor vmem find 0x1000000 4k
+";
+
+/// The part of `m` that maps `start .. end` (physical), if any.
+fn overlap(m: &Mapping, start: u64, end: u64) -> Option<Mapping> {
+    let m_end = m.phys_base.checked_add(m.len)?;
+    let (lo, hi) = (m.phys_base.max(start), m_end.min(end));
+    (lo < hi).then(|| Mapping {
+        phys_base: lo,
+        virt_base: m.virt_base + (lo - m.phys_base),
+        len: hi - lo,
+        ..*m
+    })
+}
+
+pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let (start, len) = match args.option("va") {
+        Some(va) => {
+            let va = args::number(va)?;
+            let root = space_of(ctx, args)?;
+            let tables = GuestTables::new(ctx.memory, root, None);
+            let pa = vmem::translate_pa(fmt, &tables, root, va)
+                .map_err(|fault| format!("{va:#x} is not mapped in space {root:#x}: {fault}"))?
+                .0;
+            let _ = writeln!(out, "{va:#x} in space {root:#x} maps physical {pa:#x}");
+            (pa & !0xfff, 0x1000)
+        }
+        None => {
+            let pa = args.number(0, "PA")?;
+            let len = if args.positional.len() > 1 {
+                args.number(1, "LEN")?
+            } else {
+                1
+            };
+            (pa, len)
+        }
+    };
+    let end = start
+        .checked_add(len)
+        .filter(|_| len > 0)
+        .ok_or("PA + LEN must be above PA and below 2^64")?;
+    let _ = writeln!(out, "physical {start:#x}..{end:#x} is mapped at:");
+    let mut found = 0usize;
+    let mut spaces = 0usize;
+    for (root, label) in &ctx.spaces {
+        let tables = GuestTables::new(ctx.memory, *root, None);
+        let mut here = Vec::new();
+        let mut cut = false;
+        for item in vmem::virt_to_phys(fmt, &tables, 0, u64::MAX).with_budget(WALK_BUDGET) {
+            match item {
+                Ok(m) => here.extend(overlap(&m, start, end)),
+                Err(vmem::WalkError::BudgetExhausted { .. }) => cut = true,
+                Err(_) => {}
+            }
+        }
+        if here.is_empty() && !cut {
+            continue;
+        }
+        spaces += usize::from(!here.is_empty());
+        let _ = writeln!(out, "space {root:#x} ({label}):");
+        for m in &here {
+            let _ = writeln!(out, "  {}", row(m));
+        }
+        if cut {
+            let _ = writeln!(out, "  (walk cut short)");
+        }
+        found += here.len();
+    }
+    let _ = writeln!(out, "{found} mappings in {spaces} spaces");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmem::{BasicMapping, MappingKind};
+
+    #[test]
+    fn only_the_overlapping_part_is_kept() {
+        let rw = MappingKind::Basic(BasicMapping {
+            readable: true,
+            writable: true,
+            executable: false,
+        });
+        let m = Mapping::new(0xffff_8000_0000_0000, 0x10_0000, 0x20_0000, rw);
+        let part = overlap(&m, 0x18_0000, 0x18_1000).unwrap();
+        assert_eq!(
+            (part.virt_base, part.phys_base, part.len),
+            (0xffff_8000_0008_0000, 0x18_0000, 0x1000)
+        );
+        assert!(overlap(&m, 0, 0x10_0000).is_none());
+        assert!(overlap(&m, 0x30_0000, 0x40_0000).is_none());
+        let all = overlap(&m, 0, u64::MAX).unwrap();
+        assert_eq!(all.len, 0x20_0000);
+    }
+}
