@@ -530,3 +530,49 @@ fn find_lists_every_alias_of_a_physical_page() {
     assert!(bad.contains("error: PA + LEN must be above PA"), "{bad}");
     assert!(bad.contains("error: missing PA"), "{bad}");
 }
+
+/// The audit on the demo's deliberately loose layout: its kernel window is
+/// writable and executable (2 MiB pages), its page tables are writable
+/// through the direct map, and the user page is writable at 0x400000 while
+/// the kernel window makes the same PA executable; no user page in the
+/// kernel half.
+#[test]
+fn audit_names_what_is_unsafe_in_the_demo_layout() {
+    let Some(vm) = DemoVm::start() else { return };
+    let (a, b) = (vm.spaces[0], vm.spaces[1]);
+    let out = vm.gdb(&["monitor vmem audit --all 1 --limit 1000"]);
+    assert!(out.contains("audit of 2 space(s)"), "{out}");
+    let wx = Regex::new(
+        r"(?m)^  space 0x[0-9a-f]+  ffffffff80400000-\S+  0000000000400000-\S+ +\S+ +2M  rwx-",
+    )
+    .unwrap();
+    assert_eq!(
+        wx.find_iter(&out).count(),
+        2,
+        "the kernel image in both spaces: {out}"
+    );
+    assert!(
+        out.contains("user-accessible in the kernel half: 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("user pages the kernel may execute (no SMEP): 0"),
+        "{out}"
+    );
+    for root in [a, b] {
+        assert!(
+            out.contains(&format!(
+                "table page {root:#x} at VA 0xffff8880{:08x}",
+                root
+            )),
+            "root {root:#x} writable through the direct map: {out}"
+        );
+    }
+    assert!(
+        out.contains("PA 0x1000000 writable here, executable at 0xffffffff81000000"),
+        "the user page's alias: {out}"
+    );
+    let one = vm.gdb(&[&format!("monitor vmem audit --space {a:#x} --limit 0")]);
+    assert!(one.contains("audit of 1 space(s)"), "{one}");
+    assert!(one.contains("more (raise --limit)"), "{one}");
+}

@@ -605,3 +605,26 @@ fn find_shows_where_linux_maps_a_kernel_page() {
         assert!(flags.starts_with("r-"), "read-only everywhere: {r}");
     }
 }
+
+/// Linux enforces W^X on its own mappings (no page is both writable and
+/// executable), keeps user pages out of the kernel half and, with SMEP,
+/// user pages from kernel execution; its page tables are writable through
+/// the direct map, as Linux does on purpose.
+#[test]
+fn audit_of_linux_finds_no_writable_code() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let out = served.gdb(&["monitor vmem audit --all 1"]);
+    assert!(out.contains("audit of 2 space(s)"), "{out}");
+    assert!(out.contains("writable and executable: 0"), "{out}");
+    assert!(
+        out.contains("user-accessible in the kernel half: 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("user pages the kernel may execute (no SMEP): 0"),
+        "{out}"
+    );
+    let tables = number_after(&out, "page-table pages mapped writable: ").unwrap();
+    assert!(tables > 0, "{out}");
+}

@@ -6,6 +6,7 @@
 //! with the command's usage, and changes nothing.
 
 mod args;
+mod audit;
 mod find;
 mod qemu;
 mod vmem;
@@ -89,6 +90,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(HELP);
             out.push_str(vmem::USAGE);
             out.push_str(find::USAGE);
+            out.push_str(audit::USAGE);
             out.push_str(qemu::USAGE);
             Ok(Effect::None)
         }

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::{find, Context, Effect, View};
+use super::{audit, find, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -319,14 +319,16 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
 /// Run `vmem WORDS…`.
 pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
     let (command, rest) = words.split_first().ok_or("missing vmem command")?;
-    let args = Args::parse(rest, &["space", "limit", "page", "va"])?;
+    let args = Args::parse(rest, &["space", "limit", "page", "va", "all"])?;
     match *command {
         "help" => {
             out.push_str(USAGE);
             out.push_str(find::USAGE);
+            out.push_str(audit::USAGE);
             Ok(Effect::None)
         }
         "find" => find::run(ctx, &args, out).map(|()| Effect::None),
+        "audit" => audit::run(ctx, &args, out).map(|()| Effect::None),
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),
         "translate" => translate(ctx, &args, out).map(|()| Effect::None),
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
