@@ -576,3 +576,35 @@ fn audit_names_what_is_unsafe_in_the_demo_layout() {
     assert!(one.contains("audit of 1 space(s)"), "{one}");
     assert!(one.contains("more (raise --limit)"), "{one}");
 }
+
+/// A snapshot, then changes made through the stub itself: the diff shows
+/// exactly the mapping added and the rights changed; undoing them leaves
+/// no difference (accessed/dirty bits are not changes).
+#[test]
+fn diff_shows_what_changed_since_a_snapshot() {
+    let Some(vm) = DemoVm::start() else { return };
+    let a = vm.spaces[0];
+    let out = vm.gdb(&[
+        "monitor vmem snapshot before",
+        &format!("monitor vmem map 0x70000000 0x1800000 4k rwu --space {a:#x}"),
+        &format!("monitor vmem protect 0x400000 4k ru --space {a:#x}"),
+        "monitor vmem diff before",
+        &format!("monitor vmem unmap 0x70000000 4k --space {a:#x}"),
+        &format!("monitor vmem protect 0x400000 4k rwu --space {a:#x}"),
+        "monitor vmem diff before",
+        "monitor vmem diff nothing",
+    ]);
+    assert!(
+        out.contains("snapshot 'before' of 2 space(s) taken"),
+        "{out}"
+    );
+    let added = Regex::new(r"(?m)^  added +0000000070000000-0000000070000fff  0000000001800000-0000000001800fff +4K +4K  rw-u").unwrap();
+    assert!(added.is_match(&out), "{out}");
+    let was = Regex::new(r"(?m)^  rights +was 0000000000400000-0000000000400fff  0000000001000000-0000000001000fff +4K +4K  rw-u").unwrap();
+    let now = Regex::new(r"(?m)^ +now 0000000000400000-0000000000400fff  0000000001000000-0000000001000fff +4K +4K  r--u").unwrap();
+    assert!(was.is_match(&out) && now.is_match(&out), "{out}");
+    assert!(out.contains(&format!("space {a:#x}:")), "{out}");
+    assert!(out.contains("2 changes since snapshot 'before'"), "{out}");
+    assert!(out.contains("0 changes since snapshot 'before'"), "{out}");
+    assert!(out.contains("error: no snapshot named 'nothing'"), "{out}");
+}

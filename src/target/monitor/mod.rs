@@ -7,6 +7,7 @@
 
 mod args;
 mod audit;
+mod diff;
 mod find;
 mod qemu;
 mod vmem;
@@ -38,8 +39,10 @@ impl fmt::Display for View {
     }
 }
 
+pub(crate) use diff::Snapshot;
+
 /// What the target must do after a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Effect {
     None,
     /// Page tables changed: make every vCPU drop cached translations.
@@ -48,6 +51,8 @@ pub(crate) enum Effect {
     Use(View),
     /// Remember another address space.
     AddSpace(u64),
+    /// Keep a snapshot of the tables under a name.
+    Snapshot(String, Snapshot),
 }
 
 /// What a command may look at.
@@ -65,6 +70,8 @@ pub(crate) struct Context<'a> {
     /// The current vCPU's registers, read only by the commands that show
     /// them (a `help` costs no ioctl).
     pub registers: &'a dyn Registers,
+    /// Snapshots taken with `vmem snapshot`, by name.
+    pub snapshots: &'a std::collections::BTreeMap<String, Snapshot>,
 }
 
 /// The current vCPU's registers, read when a command asks.
@@ -91,6 +98,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(vmem::USAGE);
             out.push_str(find::USAGE);
             out.push_str(audit::USAGE);
+            out.push_str(diff::USAGE);
             out.push_str(qemu::USAGE);
             Ok(Effect::None)
         }

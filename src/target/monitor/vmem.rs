@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::{audit, find, Context, Effect, View};
+use super::{audit, diff, find, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -325,8 +325,20 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             out.push_str(USAGE);
             out.push_str(find::USAGE);
             out.push_str(audit::USAGE);
+            out.push_str(diff::USAGE);
             Ok(Effect::None)
         }
+        "snapshot" => {
+            let name = *args.positional.first().ok_or("missing NAME")?;
+            let snapshot = diff::take(ctx)?;
+            let _ = writeln!(
+                out,
+                "snapshot '{name}' of {} space(s) taken",
+                ctx.spaces.len()
+            );
+            Ok(Effect::Snapshot(name.to_string(), snapshot))
+        }
+        "diff" => diff::diff(ctx, &args, ctx.snapshots, out).map(|()| Effect::None),
         "find" => find::run(ctx, &args, out).map(|()| Effect::None),
         "audit" => audit::run(ctx, &args, out).map(|()| Effect::None),
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),

@@ -58,6 +58,8 @@ pub(crate) struct KvmTarget<'a> {
     deferred: Vec<usize>,
     /// Since when steps have held other vCPUs back without a break.
     held_since: Option<Instant>,
+    /// Page-table snapshots taken with `monitor vmem snapshot`.
+    snapshots: std::collections::BTreeMap<String, super::monitor::Snapshot>,
 }
 
 /// gdb's thread id of vCPU `index`.
@@ -79,6 +81,7 @@ impl<'a> KvmTarget<'a> {
             expedite: None,
             deferred: Vec::new(),
             held_since: None,
+            snapshots: Default::default(),
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,

@@ -75,6 +75,7 @@ impl KvmTarget<'_> {
             root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
             spaces,
             registers: self,
+            snapshots: &self.snapshots,
         }
     }
 
@@ -110,6 +111,9 @@ impl MonitorCmd for KvmTarget<'_> {
             Effect::None => {}
             Effect::TablesChanged => self.reload_cr3(),
             Effect::Use(view) => self.view = view,
+            Effect::Snapshot(name, snapshot) => {
+                self.snapshots.insert(name, snapshot);
+            }
             Effect::AddSpace(root) => {
                 lock(&self.dbg.spaces).insert(root, "added");
             }
