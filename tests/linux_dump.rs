@@ -628,3 +628,59 @@ fn audit_of_linux_finds_no_writable_code() {
     let tables = number_after(&out, "page-table pages mapped writable: ").unwrap();
     assert!(tables > 0, "{out}");
 }
+
+/// The scan finds the processes no vCPU was running: among the roots it
+/// adds, exactly one maps the mapper's region (fixture's mapper.c): its
+/// first half user rw-, the mprotect'ed second half user r--, and the
+/// marker reads through that space.
+#[test]
+fn the_scan_finds_every_process_and_the_mapper_among_them() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let scan = served.gdb(&["monitor vmem spaces --scan 1"]);
+    assert!(scan.contains("new address spaces"), "{scan}");
+    let mut roots: Vec<u64> = scan
+        .lines()
+        .filter_map(|l| l.strip_prefix("space 0x")?.split(':').next())
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+        .collect();
+    let with_users = scan
+        .lines()
+        .filter(|l| l.contains("in the user half;") && !l.contains("nothing"))
+        .count();
+    assert!(with_users >= 3, "processes with user mappings: {scan}");
+    roots.extend(qemu_registers(dir).iter().map(|c| c["CR3"] & !0xfff));
+    let mut mappers = Vec::new();
+    for root in &roots {
+        let out = served.gdb(&[
+            &format!("monitor vmem translate 0x7e0000000000 --space {root:#x}"),
+            &format!("monitor vmem translate 0x7e0000008000 --space {root:#x}"),
+        ]);
+        let rights: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("may: "))
+            .collect();
+        if !rights.is_empty() {
+            // SMAP is on: the kernel may not touch user pages either way.
+            assert_eq!(rights.len(), 2, "{out}");
+            assert!(rights[0].starts_with("kernel --- user rw-"), "{out}");
+            assert!(
+                rights[1].starts_with("kernel --- user r--"),
+                "mprotect: {out}"
+            );
+            mappers.push(*root);
+        }
+    }
+    assert_eq!(mappers.len(), 1, "one space maps the region: {mappers:x?}");
+    let mapper = mappers[0];
+    let marker = served.gdb(&[
+        &format!("monitor vmem use {mapper:#x}"),
+        "x/s 0x7e0000000000",
+        "x/s 0x7e0000008000",
+    ]);
+    assert_eq!(
+        marker.matches("\"vmem-gdbstub mapper\"").count(),
+        2,
+        "{marker}"
+    );
+}

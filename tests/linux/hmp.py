@@ -20,7 +20,15 @@ sock.connect(sys.argv[1])
 until_prompt(sock)
 for command in sys.argv[2:]:
     sock.sendall(command.encode() + b"\n")
-    if command != "quit":
+    if command == "quit":
+        # Wait for QEMU to close the connection: it has read the command.
+        sock.settimeout(10)
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+    else:
         reply = until_prompt(sock).decode(errors="replace")
         if command.startswith("info"):
             # The echo of the command comes first, the prompt last.

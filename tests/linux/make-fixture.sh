@@ -30,7 +30,7 @@ cp kernel/boot/vmlinuz-* "$out/vmlinuz"
 # The initramfs.
 mkdir -p root/bin root/proc root/sys root/dev root/tmp
 cp busybox/bin/busybox root/bin/busybox
-gcc -static -nostdlib -ffreestanding -O2 -o root/bin/mapper "$here/mapper.c"
+gcc -static -nostdlib -ffreestanding -fno-pie -no-pie -mgeneral-regs-only -O2 -o root/bin/mapper "$here/mapper.c"
 cat > root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -63,6 +63,10 @@ done
 grep -q READY "$out/console.log" || { kill $qemu; echo "the guest never said READY" >&2; exit 1; }
 python3 "$here/hmp.py" "$work/monitor.sock" stop "info registers -a" > "$out/registers"
 python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" quit
+# The dump is complete once the monitor answered; QEMU should be gone, and
+# is stopped if not.
+for _ in $(seq 1 50); do kill -0 $qemu 2>/dev/null || break; sleep 0.2; done
+kill $qemu 2>/dev/null || true
 wait $qemu || true
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/dump.part" "$out/dump.elf"

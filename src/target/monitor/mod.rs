@@ -10,6 +10,7 @@ mod audit;
 mod diff;
 mod find;
 mod qemu;
+mod scan;
 mod vmem;
 
 use std::fmt;
@@ -49,8 +50,8 @@ pub(crate) enum Effect {
     TablesChanged,
     /// Switch gdb's memory view.
     Use(View),
-    /// Remember another address space.
-    AddSpace(u64),
+    /// Remember other address spaces.
+    AddSpaces(Vec<u64>),
     /// Keep a snapshot of the tables under a name.
     Snapshot(String, Snapshot),
 }

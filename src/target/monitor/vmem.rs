@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::{audit, diff, find, Context, Effect, View};
+use super::{audit, diff, find, scan, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -31,8 +31,9 @@ vmem unmap VA LEN [--space CR3]
 vmem protect VA LEN [rwxuc] [--space CR3]
     change the rights of mapped pages (default r: read-only)
     e.g. monitor vmem protect 0x400000 4k ru
-vmem spaces
+vmem spaces [--scan 1]
     every known address space, walked together; shared sub-tables shown once
+    (--scan 1: first find the roots no vCPU has loaded, by their kernel half)
 vmem space add CR3
     remember another address space for `vmem spaces`
 vmem use CR3|current|phys
@@ -319,7 +320,7 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
 /// Run `vmem WORDS…`.
 pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
     let (command, rest) = words.split_first().ok_or("missing vmem command")?;
-    let args = Args::parse(rest, &["space", "limit", "page", "va", "all"])?;
+    let args = Args::parse(rest, &["space", "limit", "page", "va", "all", "scan"])?;
     match *command {
         "help" => {
             out.push_str(USAGE);
@@ -344,12 +345,16 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),
         "translate" => translate(ctx, &args, out).map(|()| Effect::None),
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
+        "spaces" if args.option("scan").is_some() => {
+            let found = scan::scan(ctx, out)?;
+            Ok(Effect::AddSpaces(found))
+        }
         "spaces" => spaces(ctx, out).map(|()| Effect::None),
         "space" => match args.positional.as_slice() {
             ["add", cr3] => {
                 let root = args::number(cr3)? & ctx.root_mask;
                 let _ = writeln!(out, "added space {root:#x}");
-                Ok(Effect::AddSpace(root))
+                Ok(Effect::AddSpaces(vec![root]))
             }
             _ => Err("usage: vmem space add CR3".into()),
         },

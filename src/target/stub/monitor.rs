@@ -114,8 +114,11 @@ impl MonitorCmd for KvmTarget<'_> {
             Effect::Snapshot(name, snapshot) => {
                 self.snapshots.insert(name, snapshot);
             }
-            Effect::AddSpace(root) => {
-                lock(&self.dbg.spaces).insert(root, "added");
+            Effect::AddSpaces(roots) => {
+                let mut spaces = lock(&self.dbg.spaces);
+                for root in roots {
+                    spaces.insert(root, "added");
+                }
             }
         }
         Ok(())
