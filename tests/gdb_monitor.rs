@@ -608,3 +608,38 @@ fn diff_shows_what_changed_since_a_snapshot() {
     assert!(out.contains("0 changes since snapshot 'before'"), "{out}");
     assert!(out.contains("error: no snapshot named 'nothing'"), "{out}");
 }
+
+/// The demo builds a third address space no vCPU loads and nobody
+/// registers (its own user page at 0x400000 → PA 0x1002000, the kernel half
+/// shared): the scan finds exactly it, and its user page.
+#[test]
+fn scan_finds_the_space_no_vcpu_has_loaded() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor vmem spaces --scan 1",
+        "monitor vmem find 0x1002000",
+    ]);
+    let found: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("space 0x") && l.contains("in the user half"))
+        .collect();
+    assert_eq!(found.len(), 1, "{out}");
+    assert!(
+        found[0].contains(": 1 mappings, 4K in the user half"),
+        "{out}"
+    );
+    assert!(out.contains("1 new address spaces"), "{out}");
+    let root = found[0]
+        .split(':')
+        .next()
+        .unwrap()
+        .trim_start_matches("space ");
+    let user = Regex::new(&format!(
+        r"(?m)^space {root} \(added\):\n  0000000000400000-0000000000400000  0000000001002000-"
+    ))
+    .unwrap();
+    assert!(
+        user.is_match(&out),
+        "the new space's user page, found by PA: {out}"
+    );
+}

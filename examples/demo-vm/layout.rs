@@ -18,7 +18,7 @@ pub const BOOT_TABLES: std::ops::Range<u64> = 0x10_0000..0x20_0000;
 /// Reserved for tables created later (`monitor vmem map`).
 pub const SPARE_TABLES: std::ops::Range<u64> = 0x20_0000..0x30_0000;
 /// Physical pages behind the user page of each space.
-pub const USER_PA: [u64; 2] = [0x100_0000, 0x100_1000];
+pub const USER_PA: [u64; 3] = [0x100_0000, 0x100_1000, 0x100_2000];
 /// The higher-half kernel window: VA KERNEL_BASE + x maps PA x.
 pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 /// The direct map of RAM (1 GiB pages where the vCPU has them, else 2 MiB).
@@ -98,14 +98,15 @@ fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Res
     )
 }
 
-/// Build both long-mode address spaces in `mode` (which says whether the
-/// vCPU has 1 GiB pages); returns their CR3 values.
+/// Build the long-mode address spaces in `mode` (which says whether the
+/// vCPU has 1 GiB pages); returns the CR3 values of the two the vCPUs run
+/// in and of a third none loads.
 pub fn build_spaces(
     mode: &Amd64,
     mem: &GuestRam,
     ram: u64,
     segments: &[Segment],
-) -> Result<[u64; 2], MapError> {
+) -> Result<[u64; 3], MapError> {
     let pool = TablePool::new(BOOT_TABLES);
     let first = new_space(mem, &pool)?;
     let a = GuestTables::new(mem, first, Some(&pool));
@@ -124,21 +125,36 @@ pub fn build_spaces(
     let device = Mapping::new(DEVICE_VA, DEVICE_PA, 4096, kind(true, false));
     vmem::map(mode, &a, &device.max_page_size(PageSize::SIZE_4K))?;
 
-    // The second space: its own user page, the kernel half shared.
-    let second = new_space(mem, &pool)?;
-    let b = GuestTables::new(mem, second, Some(&pool));
-    map_user_page(mode, &b, USER_PA[1])?;
-    let owners = BTreeMap::from([(first, first)]);
+    // The second space, and a third no vCPU ever loads (as a process not
+    // yet scheduled): each its own user page, the kernel half shared.
+    let second = process_space(mode, mem, &pool, first, USER_PA[1])?;
+    let hidden = process_space(mode, mem, &pool, first, USER_PA[2])?;
+    Ok([first, second, hidden])
+}
+
+/// A space with its own user page at `user_pa` and the kernel half of
+/// space `kernel` shared.
+fn process_space(
+    mode: &Amd64,
+    mem: &GuestRam,
+    pool: &TablePool,
+    kernel: u64,
+    user_pa: u64,
+) -> Result<u64, MapError> {
+    let root = new_space(mem, pool)?;
+    let t = GuestTables::new(mem, root, Some(pool));
+    map_user_page(mode, &t, user_pa)?;
+    let owners = BTreeMap::from([(kernel, kernel)]);
     for va in [KERNEL_BASE, DIRECT_MAP] {
         let shared = SpaceReferenceMapping {
             depth: 1,
-            space: first,
+            space: kernel,
             our_va: va,
             their_va: va,
         };
-        vmem::space_aware_map(mode, &b, &shared, &owners)?;
+        vmem::space_aware_map(mode, &t, &shared, &owners)?;
     }
-    Ok([first, second])
+    Ok(root)
 }
 
 /// Build the 32-bit guest's space (kernel window in the largest pages the

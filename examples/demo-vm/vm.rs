@@ -98,9 +98,10 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         info!("direct map in 2 MiB pages: this vCPU has no 1 GiB pages (CPUID Page1GB clear)");
     }
     let spaces = match mode {
-        GuestMode::Long => {
-            layout::build_spaces(&long, &memory, ram_size, &image.segments).map(Vec::from)
-        }
+        // The third space is left for `monitor vmem spaces --scan` to find:
+        // neither registered nor given to the guest.
+        GuestMode::Long => layout::build_spaces(&long, &memory, ram_size, &image.segments)
+            .map(|[a, b, _hidden]| vec![a, b]),
         GuestMode::Protected(paging) => {
             layout::build_space_32(&memory, ram_size, &image.segments, paging)
                 .map(|root| vec![root])
