@@ -8,7 +8,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use log::info;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
-use vmem_gdbstub::target::{vcpu_mmu, Debugger, GuestRam, KvmMemslots, StepIrqs};
+use vmem_gdbstub::target::{flat_segment, vcpu_mmu, Debugger, GuestRam, KvmMemslots, StepIrqs};
 
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
@@ -171,24 +171,6 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     })
 }
 
-fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 0,
-        db: u8::from(!(code && long)),
-        s: 1,
-        l: u8::from(code && long),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 fn setup_vcpu(
     fd: &VcpuFd,
     mode: GuestMode,
@@ -203,8 +185,8 @@ fn setup_vcpu(
         layout::KERNEL_BASE_32
     };
     let mut sregs = fd.get_sregs().map_err(|e| e.to_string())?;
-    sregs.cs = segment(0x08, true, long);
-    let data = segment(0x10, false, long);
+    sregs.cs = flat_segment(0x08, true, long);
+    let data = flat_segment(0x10, false, long);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;

@@ -384,9 +384,7 @@ impl GdbConnection {
     fn refuse_resume(&mut self) -> io::Result<()> {
         let text = b"this is a memory dump: it cannot run or step\n";
         let mut console = b"O".to_vec();
-        for b in text {
-            console.extend(format!("{b:02x}").bytes());
-        }
+        memory_packets::push_hex(&mut console, &mut self.hex, text);
         let mut acked = vec![b'+'];
         acked.extend(rsp::frame(&console));
         acked.extend(rsp::frame(

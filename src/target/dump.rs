@@ -18,6 +18,7 @@ use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 use memmap2::{Mmap, MmapOptions};
 
 use super::memory::{GuestRam, RamAccess, RamRange};
+use super::x86::flat_segment;
 use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
 use crate::vmem::PhysAddr;
 
@@ -88,23 +89,7 @@ impl DumpCpu {
     /// for a raw RAM image whose VMM recorded only these.
     pub fn long_mode(rip: u64, rsp: u64, controls: [u64; 4]) -> DumpCpu {
         let [cr0, cr3, cr4, efer] = controls;
-        let code = kvm_segment {
-            selector: 0x10,
-            type_: 0xb,
-            present: 1,
-            s: 1,
-            l: 1,
-            g: 1,
-            limit: 0xffff_ffff,
-            ..Default::default()
-        };
-        let data = kvm_segment {
-            selector: 0x18,
-            type_: 0x3,
-            l: 0,
-            db: 1,
-            ..code
-        };
+        let data = flat_segment(0x18, false, true);
         DumpCpu {
             regs: kvm_regs {
                 rip,
@@ -113,7 +98,7 @@ impl DumpCpu {
                 ..Default::default()
             },
             sregs: kvm_sregs {
-                cs: code,
+                cs: flat_segment(0x10, true, true),
                 ss: data,
                 ds: data,
                 es: data,

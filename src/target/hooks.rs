@@ -11,8 +11,6 @@
 //! kickable; a VMM that runs `KVM_RUN` itself gives the debugger its own
 //! kick instead ([`super::DebuggerBuilder::kick`]).
 
-use std::sync::atomic::Ordering;
-
 use gdbstub::common::Signal;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
@@ -437,8 +435,7 @@ impl<'d> VcpuHooks<'d> {
 impl Drop for VcpuHooks<'_> {
     fn drop(&mut self) {
         // The VMM's loop ended: nobody may wait for this vCPU any more.
-        self.vcpu.mark_finished();
-        self.vcpu.claimed.store(false, Ordering::Release);
+        self.vcpu.release();
     }
 }
 

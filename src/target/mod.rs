@@ -95,6 +95,7 @@ pub use paging::vcpu_mmu;
 pub use regs::{X86_64Kvm, X86_64RegId, X86_64Regs};
 pub use symbols::{symbol_file, SymbolsError};
 pub use traps::{KvmMemslots, PageTraps, Trap};
+pub use x86::flat_segment;
 
 pub(crate) use shared::{lock, Inner};
 use vcpu::Vcpu;

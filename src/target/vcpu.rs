@@ -84,7 +84,7 @@ pub(crate) struct Vcpu {
     cv: Condvar,
     pub(crate) kick: KickSlot,
     /// A `VcpuHooks` holds this vCPU.
-    pub(crate) claimed: AtomicBool,
+    claimed: AtomicBool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -246,6 +246,13 @@ impl Vcpu {
             debug!("vcpu {} stopped: {kind:?}", self.index);
             inner.wake();
         }
+    }
+
+    /// The hooks that held this vCPU are gone: its loop has ended, and
+    /// another `VcpuHooks` may take it.
+    pub(crate) fn release(&self) {
+        self.mark_finished();
+        self.claimed.store(false, Ordering::Release);
     }
 
     /// The VMM's loop for this vCPU has ended (or will not run again):

@@ -27,3 +27,23 @@ pub(crate) fn dr7_enable(slot: usize) -> u64 {
 pub(crate) fn dr7_condition(slot: usize, rw: u64, len: u64) -> u64 {
     (rw | len << 2) << (16 + slot * 4)
 }
+
+/// A flat 4 GiB segment at ring 0, as `KVM_SET_SREGS` takes it: code
+/// (execute/read) or data (read/write), 64-bit code if `long`.
+pub fn flat_segment(selector: u16, code: bool, long: bool) -> kvm_bindings::kvm_segment {
+    kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!(code && long)),
+        s: 1,
+        l: u8::from(code && long),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}

@@ -16,7 +16,9 @@ use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, X86Cpu};
-use vmem_gdbstub::target::{vcpu_mmu, Debugger, ExitAction, GdbListener, GuestRam, KvmMemslots};
+use vmem_gdbstub::target::{
+    flat_segment, vcpu_mmu, Debugger, ExitAction, GdbListener, GuestRam, KvmMemslots,
+};
 
 /// Where the harness is seen: HV + its physical address (PML4 slot 510).
 pub const HV: u64 = 0xffff_ff00_0000_0000;
@@ -215,22 +217,6 @@ pub fn read_u64(mem: &GuestRam, pa: u64) -> u64 {
     mem.read_u64(pa).unwrap()
 }
 
-fn segment(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 0,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        ..Default::default()
-    }
-}
-
 /// What a run gives back: the guest's outcomes and gdb's `gva2gpa` answers.
 pub struct Run {
     pub probes: Vec<Probe>,
@@ -250,8 +236,8 @@ pub fn run(elf: &Path, mem: GuestRam, root: u64, probes: &[u64], controls: &Cont
     let fd = vm.create_vcpu(0).unwrap();
     fd.set_cpuid2(&cpuid).unwrap();
     let mut sregs = fd.get_sregs().unwrap();
-    sregs.cs = segment(0x08, true);
-    let data = segment(0x10, false);
+    sregs.cs = flat_segment(0x08, true, true);
+    let data = flat_segment(0x10, false, true);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
     sregs.tr = kvm_segment {
         base: HV + TSS,

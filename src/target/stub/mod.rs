@@ -26,6 +26,7 @@ use gdbstub::target::{Target, TargetError};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
+use super::dump::DumpCpu;
 use super::error::StubError;
 use super::monitor::View;
 use super::paging::Paging;
@@ -106,7 +107,7 @@ impl<'a> KvmTarget<'a> {
         &self,
         index: usize,
     ) -> Result<(kvm_regs, kvm_sregs), TargetError<StubError>> {
-        if let Some(cpu) = self.dbg.frozen.as_ref().and_then(|cpus| cpus.get(index)) {
+        if let Some(cpu) = self.frozen_cpu(index) {
             return Ok((cpu.regs, cpu.sregs));
         }
         if let Some(core) = self.core.borrow()[index] {
@@ -125,7 +126,7 @@ impl<'a> KvmTarget<'a> {
             return Ok(state);
         }
         let (regs, sregs) = self.core(index)?;
-        let (fpu, k_gs_base) = match self.dbg.frozen.as_ref().and_then(|cpus| cpus.get(index)) {
+        let (fpu, k_gs_base) = match self.frozen_cpu(index) {
             // A dump has no x87/SSE state.
             Some(cpu) => (Default::default(), cpu.kernel_gs_base),
             None => self.on_vcpu(index, "KVM_GET_FPU/MSRS", read_extra)?,
@@ -151,6 +152,11 @@ impl<'a> KvmTarget<'a> {
         self.dbg.vcpus[index]
             .call(f)?
             .map_err(StubError::vcpu(index, op))
+    }
+
+    /// vCPU `index` of a memory dump, if this is one.
+    fn frozen_cpu(&self, index: usize) -> Option<&DumpCpu> {
+        self.dbg.frozen.as_ref()?.get(index)
     }
 
     /// Registers may change (the vCPU ran, or was written).
