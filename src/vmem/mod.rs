@@ -2,7 +2,9 @@
 //!
 //! Read tables with [`virt_to_phys`] (coalesced [`Mapping`]s),
 //! [`translate`] (the chain of entries for one address) and
-//! [`walk_va_spaces`] (several spaces, shared sub-tables found); write them
+//! [`walk_va_spaces`] (several spaces, shared sub-tables found); compare
+//! walks with [`reverse_map`] (who maps a physical range) and
+//! [`diff_mappings`] (what changed); write them
 //! with [`map`], [`unmap`], [`protect`] and [`space_aware_map`]. Tables are
 //! reached only through [`TableReadOps`] / [`TableOps`]; the paging mode is
 //! a [`crate::arch::PageTableFormat`] value chosen at run time.
@@ -13,6 +15,7 @@
 
 mod buffer;
 mod coalesce;
+mod compare;
 mod error;
 mod flags;
 mod mapping;
@@ -24,6 +27,7 @@ mod walk;
 
 pub use buffer::{BufferError, BufferTables};
 pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
+pub use compare::{diff_mappings, phys_overlap, reverse_map, ChangeKind, MappingChange};
 pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
 pub use flags::{Access, Flags, HumanBytes, PageSize, Perms, Rights};
 pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};

@@ -7,7 +7,7 @@ use super::args::{self, Args};
 use super::vmem::{row, space_of, WALK_BUDGET};
 use super::Context;
 use crate::target::memory::GuestTables;
-use crate::vmem::{self, Mapping};
+use crate::vmem;
 
 pub(crate) const USAGE: &str = "\
 vmem find PA [LEN]
@@ -16,18 +16,6 @@ vmem find --va VA [--space CR3]
     or the physical page VA maps to
     e.g. monitor vmem find 0x1000000 4k
 ";
-
-/// The part of `m` that maps `start .. end` (physical), if any.
-fn overlap(m: &Mapping, start: u64, end: u64) -> Option<Mapping> {
-    let m_end = m.phys_base.checked_add(m.len)?;
-    let (lo, hi) = (m.phys_base.max(start), m_end.min(end));
-    (lo < hi).then(|| Mapping {
-        phys_base: lo,
-        virt_base: m.virt_base + (lo - m.phys_base),
-        len: hi - lo,
-        ..*m
-    })
-}
 
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
@@ -65,7 +53,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         let mut cut = false;
         for item in vmem::virt_to_phys(fmt, &tables, 0, u64::MAX).with_budget(WALK_BUDGET) {
             match item {
-                Ok(m) => here.extend(overlap(&m, start, end)),
+                Ok(m) => here.extend(vmem::phys_overlap(&m, start, end)),
                 Err(vmem::WalkError::BudgetExhausted { .. }) => cut = true,
                 Err(_) => {}
             }
@@ -85,29 +73,4 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     }
     let _ = writeln!(out, "{found} mappings in {spaces} spaces");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vmem::{BasicMapping, MappingKind};
-
-    #[test]
-    fn only_the_overlapping_part_is_kept() {
-        let rw = MappingKind::Basic(BasicMapping {
-            readable: true,
-            writable: true,
-            executable: false,
-        });
-        let m = Mapping::new(0xffff_8000_0000_0000, 0x10_0000, 0x20_0000, rw);
-        let part = overlap(&m, 0x18_0000, 0x18_1000).unwrap();
-        assert_eq!(
-            (part.virt_base, part.phys_base, part.len),
-            (0xffff_8000_0008_0000, 0x18_0000, 0x1000)
-        );
-        assert!(overlap(&m, 0, 0x10_0000).is_none());
-        assert!(overlap(&m, 0x30_0000, 0x40_0000).is_none());
-        let all = overlap(&m, 0, u64::MAX).unwrap();
-        assert_eq!(all.len, 0x20_0000);
-    }
 }

@@ -40,7 +40,7 @@ impl fmt::Display for View {
     }
 }
 
-pub(crate) use diff::Snapshot;
+pub(crate) use diff::{take as take_snapshot, Snapshot};
 
 /// What the target must do after a command.
 #[derive(Debug, Clone)]
@@ -73,6 +73,9 @@ pub(crate) struct Context<'a> {
     pub registers: &'a dyn Registers,
     /// Snapshots taken with `vmem snapshot`, by name.
     pub snapshots: &'a std::collections::BTreeMap<String, Snapshot>,
+    /// The tables as they were when the VM last stopped (taken as it
+    /// resumed), with what that stop is called.
+    pub last_stop: Option<&'a (Snapshot, String)>,
 }
 
 /// The current vCPU's registers, read when a command asks.

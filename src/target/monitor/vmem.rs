@@ -320,7 +320,10 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
 /// Run `vmem WORDS…`.
 pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
     let (command, rest) = words.split_first().ok_or("missing vmem command")?;
-    let args = Args::parse(rest, &["space", "limit", "page", "va", "all", "scan"])?;
+    let args = Args::parse(
+        rest,
+        &["space", "limit", "page", "va", "all", "scan", "dump"],
+    )?;
     match *command {
         "help" => {
             out.push_str(USAGE);
@@ -339,7 +342,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             );
             Ok(Effect::Snapshot(name.to_string(), snapshot))
         }
-        "diff" => diff::diff(ctx, &args, ctx.snapshots, out).map(|()| Effect::None),
+        "diff" => diff::diff(ctx, &args, out).map(|()| Effect::None),
         "find" => find::run(ctx, &args, out).map(|()| Effect::None),
         "audit" => audit::run(ctx, &args, out).map(|()| Effect::None),
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),

@@ -61,6 +61,9 @@ pub(crate) struct KvmTarget<'a> {
     held_since: Option<Instant>,
     /// Page-table snapshots taken with `monitor vmem snapshot`.
     snapshots: std::collections::BTreeMap<String, super::monitor::Snapshot>,
+    /// The tables when the VM last stopped (`vmem diff`), taken as it
+    /// resumed, with what it is called.
+    last_stop: Option<(super::monitor::Snapshot, String)>,
 }
 
 /// gdb's thread id of vCPU `index`.
@@ -83,6 +86,7 @@ impl<'a> KvmTarget<'a> {
             deferred: Vec::new(),
             held_since: None,
             snapshots: Default::default(),
+            last_stop: None,
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,

@@ -132,6 +132,7 @@ impl MultiThreadResume for KvmTarget<'_> {
             return Ok(());
         }
         debug!("resume: {actions:?}");
+        self.remember_tables(stepping);
         (0..self.dbg.vcpus.len()).for_each(|i| self.forget(i));
         for (index, (vcpu, action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
             match action {
