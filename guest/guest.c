@@ -44,6 +44,20 @@ const char greeting[] = "Hello from the higher half!";
 
 /* User-accessible page (VA 0x400000; a different PA per address space). */
 #define USER_PAGE ((volatile char *)0x400000UL)
+/* The VMM's direct map of RAM: VA DIRECT_MAP + x is PA x. */
+#define DIRECT_MAP 0xffff888000000000UL
+#define ENTRY_ADDR 0x000ffffffffff000UL
+
+/* Set by a debugger: vCPU 0 points the user page of space A at this
+ * physical page through its own page tables (monitor vmem watch), then
+ * clears it. */
+volatile u64 remap_to;
+/* Set by a debugger: vCPU 0 writes the entry next to the user page's (the
+ * page after it, unmapped) and clears it again, then clears this: table
+ * writes that change no translation of the user page. */
+volatile u64 touch_neighbour;
+volatile u64 neighbour_touches;
+volatile u64 remaps;
 
 struct idt_entry {
     u16 offset_low;
@@ -145,6 +159,47 @@ static inline void write_cr3(u64 value)
     __asm__ volatile("mov %0, %%cr3" : : "r"(value) : "memory");
 }
 
+static inline u64 read_cr3(void)
+{
+    u64 value;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(value));
+    return value;
+}
+
+/* The 4 KiB page-table entry of va in the current space, read and written
+ * through the direct map (0 if a level above is missing or huge). */
+static volatile u64 *pte_of(u64 va)
+{
+    u64 table = read_cr3() & ENTRY_ADDR;
+    for (int shift = 39; shift > 12; shift -= 9) {
+        u64 entry = ((volatile u64 *)(DIRECT_MAP + table))[(va >> shift) & 511];
+        if (!(entry & 1) || (entry & 0x80))
+            return 0;
+        table = entry & ENTRY_ADDR;
+    }
+    return (volatile u64 *)(DIRECT_MAP + table) + ((va >> 12) & 511);
+}
+
+__attribute__((noinline)) void touch_neighbour_entry(void)
+{
+    volatile u64 *pte = pte_of((u64)USER_PAGE + 0x1000);
+    if (pte) {
+        *pte = 0x1000000 | 0x4; /* not present: no translation */
+        *pte = 0;
+        neighbour_touches++;
+    }
+}
+
+__attribute__((noinline)) void remap_user_page(u64 pa)
+{
+    volatile u64 *pte = pte_of((u64)USER_PAGE);
+    if (pte) {
+        *pte = (*pte & ~ENTRY_ADDR) | pa;
+        __asm__ volatile("invlpg (%0)" : : "r"(USER_PAGE) : "memory");
+        remaps++;
+    }
+}
+
 __attribute__((noinline)) int level3(int x)
 {
     int local = x * 3;
@@ -194,6 +249,16 @@ static void vcpu0_main(void)
         if (space_roots[0]) { /* only our VMM maps the user page and device */
             USER_PAGE[0] = 'A' + (iteration % 26);
             poll_device();
+            if ((read_cr3() & ENTRY_ADDR) == space_roots[0]) {
+                if (touch_neighbour) {
+                    touch_neighbour_entry();
+                    touch_neighbour = 0;
+                }
+                if (remap_to) {
+                    remap_user_page(remap_to);
+                    remap_to = 0;
+                }
+            }
         }
         if (probe_va) {
             probe_value = *(volatile u64 *)probe_va;

@@ -643,3 +643,83 @@ fn scan_finds_the_space_no_vcpu_has_loaded() {
         "the new space's user page, found by PA: {out}"
     );
 }
+
+/// `vmem watch`: the guest rewrites neighbouring entries of the same table
+/// page (no stop) and then re-points its own user page (a stop right after
+/// the store, in `remap_user_page`, saying what changed as the guest
+/// wrote it); `vmem diff` shows the same change since the last stop;
+/// after `vmem unwatch` the guest remaps again without a stop, and a new
+/// session starts with no watch.
+#[test]
+fn watch_stops_when_the_guest_remaps_the_page() {
+    let Some(vm) = DemoVm::start() else { return };
+    let a = vm.spaces[0];
+    let out = vm.gdb(&[
+        &format!("monitor vmem watch 0x400000 --space {a:#x}"),
+        "monitor vmem watch",
+        "set var touch_neighbour = 1",
+        "set var remap_to = 0x1003000",
+        "continue",
+        "print neighbour_touches",
+        "print remaps",
+        "monitor vmem diff",
+        "monitor vmem unwatch 0x400000",
+        "tbreak level3",
+        "continue",
+        "set var remap_to = 0x1000000",
+        "break level3 if remaps == 2",
+        "continue",
+        "print remaps",
+        "monitor vmem watch",
+    ]);
+    assert!(
+        out.contains(&format!("watching 0x400000 in space {a:#x}: now PA 0x1000000 rw-u (4K page); 4 table page(s) trapped for writes")),
+        "{out}"
+    );
+    assert!(out.contains("1 watched translation(s)"), "{out}");
+    let note = format!("vmem watch: the translation of 0x400000 in space {a:#x} changed");
+    assert_eq!(out.matches(&note).count(), 1, "{out}");
+    assert!(
+        out.contains("was PA 0x1000000 rw-u (4K page), now PA 0x1003000 rw-u (4K page)"),
+        "{out}"
+    );
+    assert!(out.contains("received signal SIGTRAP"), "{out}");
+    assert!(
+        out.contains("remap_user_page ("),
+        "stopped after the store: {out}"
+    );
+    // The neighbour was written twice before, without a stop; the remap
+    // has not reached its count yet.
+    assert!(out.contains("$1 = 1\n$2 = 0"), "{out}");
+    let now = Regex::new(r"(?m)^ +now 0000000000400000-0000000000400fff  0000000001003000-0000000001003fff +4K +4K  rw-u").unwrap();
+    assert!(now.is_match(&out), "{out}");
+    assert!(out.contains("1 changes since the last stop"), "{out}");
+    assert!(out.contains("1 watch(es) removed"), "{out}");
+    assert!(
+        out.contains("$3 = 2"),
+        "remapped back without a stop: {out}"
+    );
+    assert!(out.contains("0 watched translation(s)"), "{out}");
+    // The session's end removes every watch.
+    let again = vm.gdb(&[
+        &format!("monitor vmem watch 0x400000 --space {a:#x}"),
+        "detach",
+    ]);
+    assert!(again.contains("trapped for writes"), "{again}");
+    let listed = vm.gdb(&["monitor vmem watch"]);
+    assert!(listed.contains("0 watched translation(s)"), "{listed}");
+}
+
+/// Without page traps from the VMM, `vmem watch` says why it cannot.
+#[test]
+fn watch_needs_page_traps() {
+    let Some(vm) = DemoVm::start_with(&["--no-page-traps"]) else {
+        return;
+    };
+    let out = vm.gdb(&["monitor vmem watch 0x400000", "monitor vmem watch"]);
+    assert!(
+        out.contains("error: vmem watch needs page traps (memslots) from the VMM"),
+        "{out}"
+    );
+    assert!(out.contains("0 watched translation(s)"), "{out}");
+}

@@ -113,6 +113,8 @@ pub(crate) struct GdbConnection {
     last_packet: Vec<u8>,
     /// rip, rsp, rbp to add to the next stop reply.
     expedite: Option<[u64; 3]>,
+    /// A console line gdb prints before the next stop reply.
+    stop_note: Option<String>,
     qemu: Arc<QemuFlags>,
     /// Serving a memory dump: resume requests are refused here.
     frozen: bool,
@@ -186,6 +188,7 @@ impl GdbConnection {
             mem_thread: 1,
             last_packet: Vec::new(),
             expedite: None,
+            stop_note: None,
             qemu,
             frozen,
         })
@@ -272,9 +275,11 @@ impl GdbConnection {
         self.input.extend(packet.iter().map(|&b| Input::Byte(b)));
     }
 
-    /// rip, rsp and rbp to put in the next stop reply.
-    pub(crate) fn expedite(&mut self, registers: Option<[u64; 3]>) {
+    /// rip, rsp and rbp to put in the next stop reply, and a line for
+    /// gdb's console before it (why the VM stopped, when gdb cannot say).
+    pub(crate) fn expedite(&mut self, (registers, note): (Option<[u64; 3]>, Option<String>)) {
         self.expedite = registers;
+        self.stop_note = note;
     }
 
     /// Answer a memory read gdb sent, reading guest memory with
@@ -357,6 +362,7 @@ impl GdbConnection {
             if let Some(thread) = stop_reply_thread(payload) {
                 self.mem_thread = thread;
             }
+            let note = self.stop_note.take();
             let Some([rip, rsp, rbp]) = self.expedite.take() else {
                 return;
             };
@@ -365,6 +371,21 @@ impl GdbConnection {
             let mut new = payload[..3].to_vec();
             new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
             new.extend_from_slice(&payload[3..]);
+            if let Some(note) = note {
+                // gdb prints `O` packets that come before the stop reply.
+                let mut console = b"O".to_vec();
+                memory_packets::push_hex(
+                    &mut console,
+                    &mut self.hex,
+                    format!("{note}\n").as_bytes(),
+                );
+                let mut framed = self.output[..start].to_vec();
+                framed.extend(rsp::frame(&console));
+                framed.extend(rsp::frame(&new));
+                framed.extend_from_slice(&self.output[start + hash + 3..]);
+                self.output = framed;
+                return;
+            }
             new
         } else if payload.starts_with(b"PacketSize=") {
             [payload, b";binary-upload+"].concat()

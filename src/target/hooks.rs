@@ -21,7 +21,7 @@ use log::{debug, trace, warn};
 use super::irq_step::{Origin, MAX_HANDLER_STEPS};
 use super::paging::Paging;
 use super::vcpu::{Command, Core, StopKind, Vcpu};
-use super::watchpoints::{self, Watch};
+use super::watchpoints;
 use super::x86::{BP_VECTOR, DB_VECTOR, INT3, RFLAGS_IF};
 use super::Inner;
 
@@ -52,7 +52,7 @@ enum Pending {
     /// KVM could not go on; on kvm_pvm this is how an `int3` arrives.
     InternalError,
     /// A trapped access hit a watchpoint: complete the instruction, stop.
-    FinishTrap(Watch),
+    FinishTrap(StopKind),
 }
 
 /// One vCPU's side of the debugger, used from the vCPU's thread.
@@ -253,10 +253,19 @@ impl<'d> VcpuHooks<'d> {
         None
     }
 
-    /// A trapped access, served from guest RAM; the watchpoint it hit.
-    fn serve_trapped(&self, gpa: u64, data: &mut [u8], write: bool) -> Option<Watch> {
-        let watches = self.inner.watchpoints();
-        watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
+    /// A trapped access, served from guest RAM; the watchpoint it hit, or
+    /// the watched translation a table write changed.
+    fn serve_trapped(&self, gpa: u64, data: &mut [u8], write: bool) -> Option<StopKind> {
+        let hit = {
+            let watches = self.inner.watchpoints();
+            watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
+        };
+        let remap = if write {
+            self.inner.table_written(gpa)
+        } else {
+            None
+        };
+        hit.map(StopKind::Watch).or(remap.map(StopKind::Remapped))
     }
 
     fn on_debug_exit(&self, arch: kvm_debug_exit_arch, stepping: bool) -> Option<Pending> {
@@ -293,9 +302,9 @@ impl<'d> VcpuHooks<'d> {
                 Some(kind) => Some(kind),
                 None => return,
             },
-            Pending::FinishTrap(watch) => {
+            Pending::FinishTrap(kind) => {
                 self.complete_trapped_instruction(fd);
-                Some(StopKind::Watch(watch))
+                Some(kind)
             }
         };
         let snapshot = self.snapshot(fd);

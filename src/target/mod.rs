@@ -69,6 +69,7 @@ pub mod rsp;
 mod shared;
 mod stub;
 mod symbols;
+mod table_watch;
 mod traps;
 mod vcpu;
 mod wait;
@@ -143,6 +144,7 @@ impl DebuggerBuilder {
                 vcpus,
                 breakpoints: RwLock::default(),
                 watchpoints: RwLock::default(),
+                table_watches: RwLock::default(),
                 debug_regs: RwLock::default(),
                 page_traps: None,
                 vmm_kick: None,

@@ -20,7 +20,8 @@ use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
 use super::qemu_packets::QemuFlags;
-use super::traps::PageTraps;
+use super::table_watch::{Remap, TableWatches};
+use super::traps::{PageTraps, Trap};
 use super::vcpu::{Command, Vcpu};
 use super::wait;
 use super::watchpoints::Watchpoints;
@@ -34,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) breakpoints: RwLock<Breakpoints>,
     pub(crate) watchpoints: RwLock<Watchpoints>,
+    /// Translations watched with `monitor vmem watch`.
+    pub(crate) table_watches: RwLock<TableWatches>,
     pub(crate) debug_regs: RwLock<DebugRegs>,
     pub(crate) page_traps: Option<Box<dyn PageTraps>>,
     pub(crate) vmm_kick: Option<VmmKick>,
@@ -123,10 +126,37 @@ impl Inner {
         });
     }
 
-    /// Whether `gpa` is on a page trapped for a watchpoint.
+    pub(crate) fn table_watches(&self) -> RwLockReadGuard<'_, TableWatches> {
+        self.table_watches.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn table_watches_mut(&self) -> RwLockWriteGuard<'_, TableWatches> {
+        self.table_watches
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `gpa` is on a page trapped for a watchpoint or a watched
+    /// translation.
     pub(crate) fn traps(&self, gpa: u64) -> bool {
         let watches = self.watchpoints();
-        !watches.is_empty() && watches.traps(gpa)
+        let tables = self.table_watches();
+        (!watches.is_empty() && watches.traps(gpa)) || (!tables.is_empty() && tables.traps(gpa))
+    }
+
+    /// The guest wrote `gpa` on a trapped page (already in RAM): a watched
+    /// translation it changed. The traps follow tables that moved.
+    pub(crate) fn table_written(&self, gpa: u64) -> Option<Remap> {
+        if self.table_watches().is_empty() {
+            return None;
+        }
+        let (remap, moved) = self.table_watches_mut().written(&self.memory, gpa);
+        if moved {
+            if let Err(e) = self.apply_traps() {
+                warn!("vmem watch: cannot trap the moved tables: {e}");
+            }
+        }
+        remap
     }
 
     /// Whether watchpoints trap pages (else they use debug registers).
@@ -134,15 +164,17 @@ impl Inner {
         self.page_traps.is_some()
     }
 
-    /// Ask the VMM to trap the pages of the current watchpoints (vCPUs
-    /// parked).
+    /// Ask the VMM to trap the pages of the current watchpoints and
+    /// watched translations (the table pages on their paths, for writes).
     pub(crate) fn apply_traps(&self) -> Result<(), StubError> {
-        match &self.page_traps {
-            Some(traps) => traps
-                .set_traps(&self.watchpoints().pages())
-                .map_err(StubError::PageTraps),
-            None => Ok(()),
+        let Some(traps) = &self.page_traps else {
+            return Ok(());
+        };
+        let mut pages = self.watchpoints().pages();
+        for page in self.table_watches().pages() {
+            pages.entry(page).or_insert(Trap::Writes);
         }
+        traps.set_traps(&pages).map_err(StubError::PageTraps)
     }
 
     pub(crate) fn attached(&self) -> bool {

@@ -22,6 +22,7 @@ use log::debug;
 
 use super::error::StubError;
 use super::kick::KickSlot;
+use super::table_watch::Remap;
 use super::watchpoints::Watch;
 use super::{lock, Inner};
 
@@ -36,6 +37,9 @@ pub(crate) enum StopKind {
     HwBreak,
     /// An access hit a watchpoint (the instruction completed).
     Watch(Watch),
+    /// A table write changed a translation `monitor vmem watch` watches
+    /// (the instruction completed).
+    Remapped(Remap),
     /// The guest cannot go on (triple fault, undecodable instruction…).
     Crashed(Signal),
 }

@@ -54,6 +54,15 @@ pub(crate) enum Effect {
     AddSpaces(Vec<u64>),
     /// Keep a snapshot of the tables under a name.
     Snapshot(String, Snapshot),
+    /// Stop when the translation of `va` in the space at `root` changes.
+    Watch {
+        va: u64,
+        root: u64,
+    },
+    /// Stop watching a translation (`None`: all of them).
+    Unwatch(Option<u64>),
+    /// List the watched translations.
+    ListWatches,
 }
 
 /// What a command may look at.
@@ -103,6 +112,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(find::USAGE);
             out.push_str(audit::USAGE);
             out.push_str(diff::USAGE);
+            out.push_str(vmem::WATCH_USAGE);
             out.push_str(qemu::USAGE);
             Ok(Effect::None)
         }

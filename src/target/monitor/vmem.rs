@@ -317,6 +317,16 @@ fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
     Ok(Effect::Use(view))
 }
 
+pub(crate) const WATCH_USAGE: &str = "\
+vmem watch VA [--space CR3]
+    stop when VA's translation changes (where it goes, or its rights): the
+    table pages on its walk are trapped for writes; the stop says what
+    changed, gdb shows the writing instruction. vmem watch: list
+vmem unwatch [VA]
+    stop watching VA (default: everything)
+    e.g. monitor vmem watch 0x400000; continue
+";
+
 /// Run `vmem WORDS…`.
 pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
     let (command, rest) = words.split_first().ok_or("missing vmem command")?;
@@ -330,6 +340,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             out.push_str(find::USAGE);
             out.push_str(audit::USAGE);
             out.push_str(diff::USAGE);
+            out.push_str(WATCH_USAGE);
             Ok(Effect::None)
         }
         "snapshot" => {
@@ -362,6 +373,17 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             _ => Err("usage: vmem space add CR3".into()),
         },
         "use" => use_space(&args, out),
+        "watch" if args.positional.is_empty() => Ok(Effect::ListWatches),
+        "watch" => {
+            let va = args.number(0, "VA")?;
+            let root = space_of(ctx, &args)?;
+            ctx.format.ok_or("paging is off on this vCPU")?;
+            Ok(Effect::Watch { va, root })
+        }
+        "unwatch" => match args.positional.first() {
+            Some(word) => Ok(Effect::Unwatch(Some(args::number(word)?))),
+            None => Ok(Effect::Unwatch(None)),
+        },
         other => Err(format!("unknown vmem command '{other}'")),
     }
 }

@@ -16,6 +16,7 @@ impl KvmTarget<'_> {
     pub(crate) fn clear_debug_state(&mut self) {
         self.dbg.breakpoints_mut().clear(&self.dbg.memory);
         self.dbg.watchpoints_mut().clear();
+        self.dbg.table_watches_mut().clear();
         self.dbg.debug_regs_mut().clear();
         if let Err(e) = self.dbg.apply_traps() {
             warn!("{e}");

@@ -55,6 +55,8 @@ pub(crate) struct KvmTarget<'a> {
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
     expedite: Option<[u64; 3]>,
+    /// Why the vCPU of the next stop reply stopped, for gdb's console.
+    stop_note: Option<String>,
     /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
     deferred: Vec<usize>,
     /// Since when steps have held other vCPUs back without a break.
@@ -83,6 +85,7 @@ impl<'a> KvmTarget<'a> {
             core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
             expedite: None,
+            stop_note: None,
             deferred: Vec::new(),
             held_since: None,
             snapshots: Default::default(),

@@ -101,6 +101,29 @@ impl KvmTarget<'_> {
         self.last_stop = snapshot.map(|s| (s, "the last stop".to_string()));
     }
 
+    /// `vmem watch VA`: trap the tables on VA's walk; the text to print.
+    fn watch(&self, va: u64, root: u64, mode: Option<GuestFormat>) -> String {
+        let Some(format) = mode else {
+            return "error: paging is off on this vCPU\n".into();
+        };
+        if self.dbg.frozen.is_some() {
+            return "error: a memory dump does not run: nothing can change\n".into();
+        }
+        if !self.dbg.has_page_traps() {
+            return "error: vmem watch needs page traps (memslots) from the VMM, and this one offers none\n".into();
+        }
+        let (now, pages) = self
+            .dbg
+            .table_watches_mut()
+            .add(&self.dbg.memory, va, root, format);
+        if let Err(e) = self.dbg.apply_traps() {
+            self.dbg.table_watches_mut().remove(Some(va));
+            return format!("error: cannot trap the tables: {e}\n");
+        }
+        let now = now.map_or("not mapped".to_string(), |t| t.to_string());
+        format!("watching {va:#x} in space {root:#x}: now {now}; {pages} table page(s) trapped for writes\n")
+    }
+
     /// Make every vCPU drop cached translations: reloading CR3 through
     /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
     fn reload_cr3(&self) {
@@ -127,8 +150,7 @@ impl MonitorCmd for KvmTarget<'_> {
         let line = String::from_utf8_lossy(cmd).into_owned();
         debug!("monitor: {line}");
         let mut mode = None;
-        let (text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
-        out.write_raw(text.as_bytes());
+        let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
         match effect {
             Effect::None => {}
             Effect::TablesChanged => self.reload_cr3(),
@@ -142,7 +164,24 @@ impl MonitorCmd for KvmTarget<'_> {
                     spaces.insert(root, "added");
                 }
             }
+            Effect::Watch { va, root } => text.push_str(&self.watch(va, root, mode)),
+            Effect::Unwatch(va) => {
+                let removed = self.dbg.table_watches_mut().remove(va);
+                match self.dbg.apply_traps() {
+                    Ok(()) => text.push_str(&format!("{removed} watch(es) removed\n")),
+                    Err(e) => text.push_str(&format!("error: cannot untrap the tables: {e}\n")),
+                }
+            }
+            Effect::ListWatches => {
+                let list = self.dbg.table_watches().list();
+                for (va, root, now) in &list {
+                    let now = now.map_or("not mapped".to_string(), |t| t.to_string());
+                    text.push_str(&format!("watching {va:#x} in space {root:#x}: {now}\n"));
+                }
+                text.push_str(&format!("{} watched translation(s)\n", list.len()));
+            }
         }
+        out.write_raw(text.as_bytes());
         Ok(())
     }
 }

@@ -39,15 +39,19 @@ impl KvmTarget<'_> {
             if let Ok((r, _)) = self.core(index) {
                 self.expedite = Some([r.rip, r.rsp, r.rbp]);
             }
+            if let StopKind::Remapped(remap) = kind {
+                self.stop_note = Some(remap.to_string());
+            }
             return Some(self.reason(index, kind));
         }
         None
     }
 
     /// rip, rsp and rbp for the stop reply about to be sent, if the stop
-    /// came from a vCPU (taken once).
-    pub(crate) fn take_stop_registers(&mut self) -> Option<[u64; 3]> {
-        self.expedite.take()
+    /// came from a vCPU, and a console line saying why it stopped where
+    /// gdb has no words for it (taken once).
+    pub(crate) fn take_stop_registers(&mut self) -> (Option<[u64; 3]>, Option<String>) {
+        (self.expedite.take(), self.stop_note.take())
     }
 
     pub(super) fn still_at_sw_breakpoint(&self, index: usize) -> bool {
@@ -76,6 +80,10 @@ impl KvmTarget<'_> {
                 addr: w.va,
             },
             StopKind::Crashed(signal) => BaseStopReason::SignalWithThread { tid, signal },
+            StopKind::Remapped(_) => BaseStopReason::SignalWithThread {
+                tid,
+                signal: Signal::SIGTRAP,
+            },
         }
     }
 
