@@ -723,3 +723,52 @@ fn watch_needs_page_traps() {
     );
     assert!(out.contains("0 watched translation(s)"), "{out}");
 }
+
+/// The scan by structure finds both spaces nobody loads — the third
+/// process (kernel half shared) and the standalone space that shares
+/// nothing — and none of the demo's decoy pages (random data, kernel-half
+/// copies whose user half points outside RAM, sets a reserved bit or
+/// leads to garbage, an entry to an empty table); the scan by kernel half
+/// finds nothing more after it; the standalone space's pages read back.
+#[test]
+fn scan_by_structure_finds_the_standalone_space_and_no_decoy() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor vmem spaces --scan any",
+        "monitor vmem spaces --scan shared",
+        "monitor vmem find 0x1004000",
+        "monitor vmem find 0x1200000",
+        "monitor vmem spaces --scan sideways",
+    ]);
+    let found: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("space 0x") && l.ends_with("found by its structure"))
+        .collect();
+    assert_eq!(found.len(), 2, "{out}");
+    assert_eq!(
+        found
+            .iter()
+            .filter(|l| l.contains(": 2 mappings, 2052K mapped"))
+            .count(),
+        1,
+        "the standalone space: its user page and 2 MiB: {out}"
+    );
+    assert!(out.contains("2 new address spaces"), "{out}");
+    assert!(out.contains("0 new address spaces"), "{out}");
+    let user = Regex::new(
+        r"(?m)^  0000000000400000-0000000000400000  0000000001004000-0000000001004000 +1 +4K  rw-u",
+    )
+    .unwrap();
+    assert!(user.is_match(&out), "{out}");
+    let data = Regex::new(
+        r"(?m)^  0000000040000000-0000000040000000  0000000001200000-0000000001200000 +1 +2M  r--",
+    )
+    .unwrap();
+    assert!(data.is_match(&out), "{out}");
+    assert!(
+        out.contains(
+            "error: --scan takes shared (roots sharing the kernel half) or any, not 'sideways'"
+        ),
+        "{out}"
+    );
+}

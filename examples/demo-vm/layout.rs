@@ -19,6 +19,10 @@ pub const BOOT_TABLES: std::ops::Range<u64> = 0x10_0000..0x20_0000;
 pub const SPARE_TABLES: std::ops::Range<u64> = 0x20_0000..0x30_0000;
 /// Physical pages behind the user page of each space.
 pub const USER_PA: [u64; 3] = [0x100_0000, 0x100_1000, 0x100_2000];
+/// The user page of the space that shares nothing with the others.
+pub const STANDALONE_USER_PA: u64 = 0x100_4000;
+/// Pages that look a little like root tables, and are not (for the scan).
+pub const DECOYS: u64 = 0x110_0000;
 /// The higher-half kernel window: VA KERNEL_BASE + x maps PA x.
 pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 /// The direct map of RAM (1 GiB pages where the vCPU has them, else 2 MiB).
@@ -129,7 +133,62 @@ pub fn build_spaces(
     // yet scheduled): each its own user page, the kernel half shared.
     let second = process_space(mode, mem, &pool, first, USER_PA[1])?;
     let hidden = process_space(mode, mem, &pool, first, USER_PA[2])?;
+    standalone_space(mode, mem, &pool)?;
     Ok([first, second, hidden])
+}
+
+/// A space no vCPU loads that shares no table with the others (as a
+/// nested guest's or another kernel's): a user page, and 2 MiB of RAM at
+/// 1 GiB. Only a scan by structure finds it.
+fn standalone_space(mode: &Amd64, mem: &GuestRam, pool: &TablePool) -> Result<u64, MapError> {
+    let root = new_space(mem, pool)?;
+    let t = GuestTables::new(mem, root, Some(pool));
+    map_user_page(mode, &t, STANDALONE_USER_PA)?;
+    let data = Mapping::new(G1, 0x120_0000, 2 << 20, kind(false, false));
+    vmem::map(mode, &t, &data.max_page_size(PageSize::SIZE_2M))?;
+    Ok(root)
+}
+
+/// Pages a root scan must reject: random data; copies of `kernel`'s
+/// kernel half whose user half points outside RAM, sets a reserved bit,
+/// or leads to a table of garbage; one entry to an empty table.
+pub fn write_decoys(mem: &GuestRam, kernel: u64) -> Result<(), vmem::MemoryError> {
+    let page = |i: u64| DECOYS + i * 0x1000;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut kernel_half = [0u8; 2048];
+    mem.read(kernel + 2048, &mut kernel_half)?;
+    let words = |entries: &[(u64, u64)]| {
+        let mut bytes = [0u8; 4096];
+        for &(i, raw) in entries {
+            bytes[i as usize * 8..][..8].copy_from_slice(&raw.to_le_bytes());
+        }
+        bytes
+    };
+    let random_page: Vec<u8> = (0..512).flat_map(|_| random().to_le_bytes()).collect();
+    mem.write(page(0), &random_page)?;
+    let garbage_table: Vec<u8> = (0..512)
+        .flat_map(|_| (random() | 1 | 1 << 51).to_le_bytes())
+        .collect();
+    mem.write(page(1), &garbage_table)?;
+    let user_halves = [
+        (0, 0x7f_0000_0000 | 0x7), // outside RAM
+        (1, USER_PA[0] | 0x87),    // PS at the root: reserved
+        (2, page(1) | 0x7),        // a table of garbage
+    ];
+    for (n, &entry) in user_halves.iter().enumerate() {
+        let at = page(2 + n as u64);
+        mem.write(at, &words(&[entry]))?;
+        mem.write(at + 2048, &kernel_half)?;
+    }
+    // One entry to an empty table: well-formed, maps nothing.
+    mem.write(page(5), &words(&[(3, page(6) | 0x7)]))?;
+    mem.write(page(6), &[0u8; 4096])
 }
 
 /// A space with its own user page at `user_pa` and the kernel half of

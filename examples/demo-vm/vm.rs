@@ -108,6 +108,9 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         }
     }
     .map_err(|e| format!("page tables: {e}"))?;
+    if mode == GuestMode::Long {
+        layout::write_decoys(&memory, spaces[0]).map_err(|e| format!("decoy pages: {e}"))?;
+    }
     if let Some(roots) = loader::symbol(elf, "space_roots") {
         // The guest finds both CR3 values here (it switches between them).
         let paddr = roots.wrapping_sub(layout::KERNEL_BASE);

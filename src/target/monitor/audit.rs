@@ -27,9 +27,23 @@ vmem audit [--space CR3|--all 1] [--limit N]
 const DEFAULT_LIMIT: usize = 10;
 
 /// The page tables' own pages, noted as the walk reads their entries.
-struct Recorder<'a> {
+pub(super) struct Recorder<'a> {
     tables: GuestTables<'a>,
     pages: RefCell<BTreeSet<PhysAddr>>,
+}
+
+impl<'a> Recorder<'a> {
+    pub(super) fn new(tables: GuestTables<'a>) -> Self {
+        Recorder {
+            tables,
+            pages: RefCell::default(),
+        }
+    }
+
+    /// The table pages read so far.
+    pub(super) fn into_pages(self) -> BTreeSet<PhysAddr> {
+        self.pages.into_inner()
+    }
 }
 
 impl TableReadOps for Recorder<'_> {
@@ -77,17 +91,14 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     let mut leaves: Vec<(u64, Mapping)> = Vec::new();
     let mut table_pages = BTreeSet::new();
     for &root in &roots {
-        let recorder = Recorder {
-            tables: GuestTables::new(ctx.memory, root, None),
-            pages: RefCell::default(),
-        };
+        let recorder = Recorder::new(GuestTables::new(ctx.memory, root, None));
         for m in vmem::virt_to_phys(fmt, &recorder, 0, u64::MAX)
             .with_budget(WALK_BUDGET)
             .flatten()
         {
             leaves.push((root, m));
         }
-        table_pages.append(&mut recorder.pages.into_inner());
+        table_pages.append(&mut recorder.into_pages());
     }
     let mut kinds = [
         Kind {

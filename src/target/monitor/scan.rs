@@ -1,116 +1,190 @@
-//! `monitor vmem spaces --scan 1`: find the address spaces no vCPU has
-//! loaded (other processes) by scanning guest RAM for root tables: a page
-//! whose kernel half equals a known root's (what Linux and most kernels do:
-//! every root copies the kernel's top-level entries) and whose user half
-//! holds only well-formed table entries inside RAM, confirmed by a bounded
-//! walk.
+//! `monitor vmem spaces --scan shared|any`: find the address spaces no
+//! vCPU has loaded (other processes) by scanning guest RAM for root tables.
+//!
+//! `shared` (what Linux and most kernels do: every root copies the kernel's
+//! top-level entries): a page whose kernel half equals a known root's and
+//! whose user half holds only well-formed table entries inside RAM. KPTI's
+//! user copy of a root (the next 4 KiB page of an 8 KiB pair, same user
+//! half, its own small kernel half) is recognised as its pair.
+//!
+//! `any` (guests with no shared kernel half): a page whose every entry is
+//! zero or a well-formed table entry inside RAM, with at least one, that is
+//! not a table of a known space, nor a lower table of another candidate,
+//! and whose walk maps something.
+//!
+//! Every candidate is confirmed by a bounded walk without bad entries; all
+//! confirming walks together are bounded too (a message says when the
+//! scan was cut).
 
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::time::Instant;
 
+use super::audit::Recorder;
 use super::vmem::WALK_BUDGET;
 use super::Context;
-use crate::arch::Descriptor;
-use crate::target::memory::GuestTables;
+use crate::arch::{Descriptor, PageTableFormat};
+use crate::target::memory::{GuestRam, GuestTables};
 use crate::vmem::{self, HumanBytes, PhysAddr};
 
 /// The x86 accessed and dirty bits of a table entry.
 const A_D_BITS: u64 = 0x60;
-
 /// Entries a confirming walk may read.
 const CONFIRM_BUDGET: u64 = WALK_BUDGET >> 4;
+/// Entries all confirming walks of one scan may read.
+const SCAN_BUDGET: u64 = WALK_BUDGET;
+const ENTRIES: usize = 512;
+const PAGE: u64 = 0x1000;
 
-/// The roots found, with a line of text each (or why nothing can be found).
-pub(crate) fn scan(ctx: &Context<'_>, out: &mut String) -> Result<Vec<u64>, String> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    let reference = ctx.root.ok_or("paging is off on this vCPU")?;
-    let top = 0; // the root level
-    let entries = 1u64 << fmt.index_bits(top);
-    let size = fmt.entry_size();
-    if size != 8 || entries != 512 {
-        return Err("scanning needs 64-bit tables of 512 entries (x86-64)".into());
+/// How roots are recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScanMode {
+    /// By the kernel half they share with the current space.
+    Shared,
+    /// By their structure alone.
+    Any,
+}
+
+impl ScanMode {
+    pub(crate) fn parse(word: &str) -> Result<ScanMode, String> {
+        match word {
+            "1" | "shared" => Ok(ScanMode::Shared),
+            "any" => Ok(ScanMode::Any),
+            other => Err(format!(
+                "--scan takes shared (roots sharing the kernel half) or any, not '{other}'"
+            )),
+        }
     }
-    let read = |pa: PhysAddr| ctx.memory.read_u64(pa).ok();
-    // The kernel half of the current space, present entries only.
-    let kernel: Vec<(u64, u64)> = (entries / 2..entries)
-        .filter_map(|i| read(reference + i * size).map(|raw| (i, raw)))
-        .filter(|&(_, raw)| matches!(fmt.decode(top, raw), Descriptor::Table { .. }))
-        .collect();
-    if kernel.is_empty() {
-        return Err("the current space has no kernel half to recognise other roots by".into());
-    }
-    let in_ram = |pa: PhysAddr| {
-        ctx.memory
+}
+
+/// A root table page, as 512 entries.
+type Page = [u64; ENTRIES];
+
+/// What a confirming walk saw.
+struct Confirmed {
+    mappings: usize,
+    bytes: u64,
+    /// The table pages below the root.
+    tables: BTreeSet<PhysAddr>,
+}
+
+/// The scan's shared state: the guest's RAM and the walk budget left.
+struct Scanner<'c> {
+    fmt: &'c dyn PageTableFormat,
+    memory: &'c GuestRam,
+    budget: u64,
+    cut: bool,
+}
+
+impl Scanner<'_> {
+    fn in_ram(&self, pa: PhysAddr) -> bool {
+        self.memory
             .ranges()
             .iter()
             .any(|r| pa >= r.gpa && pa - r.gpa < r.size)
-    };
-    let known: Vec<u64> = ctx.spaces.iter().map(|(root, _)| *root).collect();
-    let started = Instant::now();
-    let mut scanned = 0u64;
-    let mut found = Vec::new();
-    for range in ctx.memory.ranges() {
-        let first = range.gpa.next_multiple_of(0x1000);
-        let pages = (range.gpa + range.size).saturating_sub(first) / 0x1000;
-        scanned += pages * 0x1000;
-        let mut buf = [0u8; 0x1000];
-        for page in (0..pages).map(|i| first + i * 0x1000) {
-            // One copy per page, then plain loads: most pages fail at the
-            // first kernel entry compared.
-            if known.contains(&page) || ctx.memory.read(page, &mut buf).is_err() {
-                continue;
+    }
+
+    /// Whether `raw` is a root-level table entry pointing into RAM.
+    fn table_in_ram(&self, raw: u64) -> bool {
+        matches!(self.fmt.decode(0, raw), Descriptor::Table { addr, .. } if self.in_ram(addr))
+    }
+
+    fn read(&self, pa: PhysAddr, page: &mut Page) -> bool {
+        let mut bytes = [0u8; PAGE as usize];
+        if self.memory.read(pa, &mut bytes).is_err() {
+            return false;
+        }
+        for (entry, raw) in page.iter_mut().zip(bytes.chunks_exact(8)) {
+            *entry = u64::from_le_bytes(raw.try_into().unwrap_or_default());
+        }
+        true
+    }
+
+    /// Walk `root` over `start .. start + len`; `None` if an entry is bad
+    /// or the scan's budget is spent.
+    fn confirm(&mut self, root: PhysAddr, start: u64, len: u64) -> Option<Confirmed> {
+        if self.budget == 0 {
+            self.cut = true;
+            return None;
+        }
+        let recorder = Recorder::new(GuestTables::new(self.memory, root, None));
+        let mut walk = vmem::virt_to_phys(self.fmt, &recorder, start, len)
+            .with_budget(CONFIRM_BUDGET.min(self.budget));
+        let (mut mappings, mut bytes) = (0, 0);
+        for item in walk.by_ref() {
+            match item {
+                Ok(m) => {
+                    mappings += 1;
+                    bytes += m.len;
+                }
+                Err(vmem::WalkError::BudgetExhausted { .. }) => {}
+                Err(_) => return None,
             }
-            let entry = |i: u64| {
-                let at = (i * size) as usize;
-                u64::from_le_bytes(buf[at..at + 8].try_into().unwrap_or_default())
-            };
-            // Accessed (and dirty) bits differ between copies: the CPU sets
-            // them only in the roots it walks.
-            if !kernel
-                .iter()
-                .all(|&(i, raw)| (entry(i) ^ raw) & !A_D_BITS == 0)
-            {
-                continue;
-            }
-            let user_ok = (0..entries / 2).all(|i| match fmt.decode(top, entry(i)) {
-                Descriptor::Invalid => true,
-                Descriptor::Table { addr, .. } => in_ram(addr),
-                _ => false,
-            });
-            if !user_ok {
-                continue;
-            }
-            let tables = GuestTables::new(ctx.memory, page, None);
-            let mut user_bytes = 0u64;
-            let mut mappings = 0usize;
-            let mut broken = false;
-            for item in vmem::virt_to_phys(fmt, &tables, 0, 1 << 47).with_budget(CONFIRM_BUDGET) {
-                match item {
-                    Ok(m) => {
-                        mappings += 1;
-                        user_bytes += m.len;
-                    }
-                    Err(vmem::WalkError::BudgetExhausted { .. }) => {}
-                    Err(_) => broken = true,
+        }
+        self.budget = self.budget.saturating_sub(walk.entries_visited());
+        let mut tables = recorder.into_pages();
+        tables.remove(&root);
+        Some(Confirmed {
+            mappings,
+            bytes,
+            tables,
+        })
+    }
+
+    /// Every page of RAM (but `skip`) that `looks_like_root`.
+    fn candidates(
+        &self,
+        skip: &BTreeSet<PhysAddr>,
+        looks_like_root: impl Fn(&Page) -> bool,
+    ) -> (Vec<PhysAddr>, u64) {
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        let mut page = [0u64; ENTRIES];
+        for range in self.memory.ranges() {
+            let first = range.gpa.next_multiple_of(PAGE);
+            let pages = (range.gpa + range.size).saturating_sub(first) / PAGE;
+            scanned += pages * PAGE;
+            for pa in (0..pages).map(|i| first + i * PAGE) {
+                if !skip.contains(&pa) && self.read(pa, &mut page) && looks_like_root(&page) {
+                    found.push(pa);
                 }
             }
-            if broken {
-                continue;
-            }
-            let what = if mappings == 0 {
-                "nothing in the user half (kernel-only, or a freed root)".to_string()
-            } else {
-                format!(
-                    "{mappings} mappings, {} in the user half",
-                    HumanBytes(user_bytes)
-                )
-            };
-            let _ = writeln!(
-                out,
-                "space {page:#x}: {what}; kernel half as in {reference:#x}"
-            );
-            found.push(page);
         }
+        (found, scanned)
+    }
+}
+
+/// The roots found, with a line of text each (or why nothing can be found).
+pub(crate) fn scan(
+    ctx: &Context<'_>,
+    mode: ScanMode,
+    out: &mut String,
+) -> Result<Vec<u64>, String> {
+    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let reference = ctx.root.ok_or("paging is off on this vCPU")?;
+    if fmt.entry_size() != 8 || 1usize << fmt.index_bits(0) != ENTRIES {
+        return Err("scanning needs 64-bit tables of 512 entries (x86-64)".into());
+    }
+    let mut scanner = Scanner {
+        fmt,
+        memory: ctx.memory,
+        budget: SCAN_BUDGET,
+        cut: false,
+    };
+    let known: BTreeSet<PhysAddr> = ctx.spaces.iter().map(|(root, _)| *root).collect();
+    let started = Instant::now();
+    let half = fmt.linear_mask() / 2 + 1;
+    let found = match mode {
+        ScanMode::Shared => scan_shared(&mut scanner, reference, &known, half, out)?,
+        ScanMode::Any => scan_any(&mut scanner, &known, out),
+    };
+    let scanned = found.1;
+    let found = found.0;
+    if scanner.cut {
+        let _ = writeln!(
+            out,
+            "(scan cut short: confirming walks read {SCAN_BUDGET} entries; some candidates were not checked)"
+        );
     }
     let _ = writeln!(
         out,
@@ -120,4 +194,139 @@ pub(crate) fn scan(ctx: &Context<'_>, out: &mut String) -> Result<Vec<u64>, Stri
         found.len()
     );
     Ok(found)
+}
+
+/// Roots by the kernel half of `reference`, and KPTI user copies.
+fn scan_shared(
+    scanner: &mut Scanner<'_>,
+    reference: PhysAddr,
+    known: &BTreeSet<PhysAddr>,
+    half: u64,
+    out: &mut String,
+) -> Result<(Vec<PhysAddr>, u64), String> {
+    let mut root = [0u64; ENTRIES];
+    if !scanner.read(reference, &mut root) {
+        return Err(format!("the current root {reference:#x} is not in RAM"));
+    }
+    // The kernel half of the current space, present entries only.
+    let kernel: Vec<(usize, u64)> = (ENTRIES / 2..ENTRIES)
+        .map(|i| (i, root[i]))
+        .filter(|&(_, raw)| scanner.table_in_ram(raw))
+        .collect();
+    if kernel.is_empty() {
+        return Err(
+            "the current space has no kernel half to recognise other roots by (try --scan any)"
+                .into(),
+        );
+    }
+    let (candidates, scanned) = scanner.candidates(known, |page| {
+        // Accessed (and dirty) bits differ between copies: the CPU sets
+        // them only in the roots it walks. Most pages fail at the first
+        // kernel entry compared.
+        kernel
+            .iter()
+            .all(|&(i, raw)| (page[i] ^ raw) & !A_D_BITS == 0)
+            && page[..ENTRIES / 2]
+                .iter()
+                .all(|&raw| raw & 1 == 0 || scanner.table_in_ram(raw))
+    });
+    let mut found = Vec::new();
+    for pa in candidates {
+        let Some(c) = scanner.confirm(pa, 0, half) else {
+            continue;
+        };
+        let what = if c.mappings == 0 {
+            "nothing in the user half (kernel-only, or a freed root)".to_string()
+        } else {
+            format!(
+                "{} mappings, {} in the user half",
+                c.mappings,
+                HumanBytes(c.bytes)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "space {pa:#x}: {what}; kernel half as in {reference:#x}"
+        );
+        found.push(pa);
+    }
+    // KPTI: the user copy is the upper page of an 8 KiB pair.
+    let mut pairs = Vec::new();
+    for &kernel_root in known.iter().chain(&found) {
+        let user = kernel_root + PAGE;
+        if kernel_root % (2 * PAGE) != 0 || known.contains(&user) || found.contains(&user) {
+            continue;
+        }
+        if is_user_copy(scanner, kernel_root, user) {
+            let _ = writeln!(
+                out,
+                "space {user:#x}: KPTI user copy of {kernel_root:#x} (same user half, kernel half of entry code only)"
+            );
+            pairs.push(user);
+        }
+    }
+    found.extend(pairs);
+    Ok((found, scanned))
+}
+
+/// Whether `user` is `kernel`'s KPTI twin: the same user half (accessed and
+/// dirty bits aside), a kernel half of well-formed entries (at least one,
+/// others than `kernel`'s), and a walk without bad entries.
+fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr) -> bool {
+    let (mut k, mut u) = ([0u64; ENTRIES], [0u64; ENTRIES]);
+    if !scanner.read(kernel, &mut k) || !scanner.read(user, &mut u) {
+        return false;
+    }
+    let same_user_half = (0..ENTRIES / 2).all(|i| (k[i] ^ u[i]) & !A_D_BITS == 0);
+    let upper = &u[ENTRIES / 2..];
+    let own_kernel_half = upper.iter().any(|&raw| raw & 1 != 0)
+        && upper != &k[ENTRIES / 2..]
+        && upper
+            .iter()
+            .all(|&raw| raw & 1 == 0 || scanner.table_in_ram(raw));
+    same_user_half && own_kernel_half && scanner.confirm(user, 0, u64::MAX).is_some()
+}
+
+/// Roots by structure: well-formed, not a table of a known space or of
+/// another candidate, mapping something.
+fn scan_any(
+    scanner: &mut Scanner<'_>,
+    known: &BTreeSet<PhysAddr>,
+    out: &mut String,
+) -> (Vec<PhysAddr>, u64) {
+    // The known spaces' own tables are not roots.
+    let mut skip = known.clone();
+    for &root in known {
+        if let Some(c) = scanner.confirm(root, 0, u64::MAX) {
+            skip.extend(c.tables);
+        }
+    }
+    let (candidates, scanned) = scanner.candidates(&skip, |page| {
+        page.iter()
+            .all(|&raw| raw == 0 || scanner.table_in_ram(raw))
+            && page.iter().any(|&raw| raw != 0)
+    });
+    let mut confirmed = Vec::new();
+    let mut lower = BTreeSet::new();
+    for pa in candidates {
+        if let Some(c) = scanner.confirm(pa, 0, u64::MAX).filter(|c| c.mappings > 0) {
+            lower.extend(c.tables.iter().copied());
+            confirmed.push((pa, c));
+        }
+    }
+    let mut found = Vec::new();
+    for (pa, c) in confirmed {
+        // A lower table of another candidate (its PDPT, say) is not a root.
+        if lower.contains(&pa) {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "space {pa:#x}: {} mappings, {} mapped; found by its structure",
+            c.mappings,
+            HumanBytes(c.bytes)
+        );
+        found.push(pa);
+    }
+    (found, scanned)
 }

@@ -31,9 +31,12 @@ vmem unmap VA LEN [--space CR3]
 vmem protect VA LEN [rwxuc] [--space CR3]
     change the rights of mapped pages (default r: read-only)
     e.g. monitor vmem protect 0x400000 4k ru
-vmem spaces [--scan 1]
+vmem spaces [--scan shared|any]
     every known address space, walked together; shared sub-tables shown once
-    (--scan 1: first find the roots no vCPU has loaded, by their kernel half)
+    --scan first finds, in guest RAM, the roots no vCPU has loaded: shared:
+    by the kernel half they share with this space (KPTI pairs as pairs);
+    any: by their structure alone (guests without a shared kernel half)
+    e.g. monitor vmem spaces --scan shared
 vmem space add CR3
     remember another address space for `vmem spaces`
 vmem use CR3|current|phys
@@ -360,7 +363,8 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "translate" => translate(ctx, &args, out).map(|()| Effect::None),
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
         "spaces" if args.option("scan").is_some() => {
-            let found = scan::scan(ctx, out)?;
+            let mode = scan::ScanMode::parse(args.option("scan").unwrap_or_default())?;
+            let found = scan::scan(ctx, mode, out)?;
             Ok(Effect::AddSpaces(found))
         }
         "spaces" => spaces(ctx, out).map(|()| Effect::None),
