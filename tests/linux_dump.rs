@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use regex::Regex;
+
 /// The fixture's directory, built once per test binary; `None` (skip)
 /// where the tools are missing, unless VMEM_GDBSTUB_REQUIRE_KVM=1.
 fn fixture() -> Option<&'static Path> {
@@ -629,27 +631,66 @@ fn audit_of_linux_finds_no_writable_code() {
     assert!(tables > 0, "{out}");
 }
 
-/// The scan finds the processes no vCPU was running: among the roots it
-/// adds, exactly one maps the mapper's region (fixture's mapper.c): its
-/// first half user rw-, the mprotect'ed second half user r--, and the
-/// marker reads through that space.
+/// Parsed `vmem spaces --scan shared` output: (kernel roots found with
+/// user mappings, KPTI pairs as (kernel root, user copy), every root).
+fn scanned(scan: &str) -> (Vec<u64>, Vec<(u64, u64)>, Vec<u64>) {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let mut with_users = Vec::new();
+    let mut pairs = Vec::new();
+    let mut all = Vec::new();
+    for line in scan.lines() {
+        let Some(rest) = line.strip_prefix("space ") else {
+            continue;
+        };
+        let (root, what) = rest.split_once(": ").unwrap();
+        let root = hex(root);
+        all.push(root);
+        if what.contains(" in the user half;") && !what.starts_with("nothing") {
+            with_users.push(root);
+        }
+        if let Some(of) = what.strip_prefix("KPTI user copy of ") {
+            pairs.push((hex(of.split_whitespace().next().unwrap()), root));
+        }
+    }
+    (with_users, pairs, all)
+}
+
+/// The scan finds the processes no vCPU was running: with the vCPUs'
+/// own roots, exactly the init script's five processes with their own mm
+/// (sleep as pid 1, the shell loop, its sleep, the other sleep, the
+/// mapper), each as a KPTI pair (booted with pti=on: the user copy is the
+/// next page, its user half the same); exactly one maps the mapper's
+/// region (fixture's mapper.c): its first half user rw-, the mprotect'ed
+/// second half user r--, and the marker reads through that space.
 #[test]
 fn the_scan_finds_every_process_and_the_mapper_among_them() {
     let Some(dir) = fixture() else { return };
     let served = Served::start(dir);
-    let scan = served.gdb(&["monitor vmem spaces --scan 1"]);
+    let scan = served.gdb(&["monitor vmem spaces --scan shared"]);
     assert!(scan.contains("new address spaces"), "{scan}");
-    let mut roots: Vec<u64> = scan
-        .lines()
-        .filter_map(|l| l.strip_prefix("space 0x")?.split(':').next())
-        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+    let (with_users, pairs, mut roots) = scanned(&scan);
+    let current: Vec<u64> = qemu_registers(dir).iter().map(|c| c["CR3"] & !0xfff).collect();
+    roots.extend(&current);
+    // A process: a kernel root with user mappings and its KPTI twin.
+    let mut processes: Vec<u64> = pairs
+        .iter()
+        .map(|&(kernel, _)| kernel)
+        .filter(|kernel| {
+            with_users.contains(kernel) || {
+                // A vCPU's own root is not in the scan's list: walk it.
+                current.contains(kernel)
+                    && !served
+                        .gdb(&[&format!("monitor vmem walk 0 0x800000000000 --space {kernel:#x}")])
+                        .contains("0 mappings")
+            }
+        })
         .collect();
-    let with_users = scan
-        .lines()
-        .filter(|l| l.contains("in the user half;") && !l.contains("nothing"))
-        .count();
-    assert!(with_users >= 3, "processes with user mappings: {scan}");
-    roots.extend(qemu_registers(dir).iter().map(|c| c["CR3"] & !0xfff));
+    processes.dedup();
+    assert_eq!(processes.len(), 5, "{processes:x?} in {scan}");
+    for (kernel, user) in &pairs {
+        assert_eq!(user - kernel, 0x1000, "{scan}");
+        assert_eq!(kernel % 0x2000, 0, "{scan}");
+    }
     let mut mappers = Vec::new();
     for root in &roots {
         let out = served.gdb(&[
@@ -671,16 +712,107 @@ fn the_scan_finds_every_process_and_the_mapper_among_them() {
             mappers.push(*root);
         }
     }
-    assert_eq!(mappers.len(), 1, "one space maps the region: {mappers:x?}");
-    let mapper = mappers[0];
-    let marker = served.gdb(&[
-        &format!("monitor vmem use {mapper:#x}"),
-        "x/s 0x7e0000000000",
-        "x/s 0x7e0000008000",
-    ]);
+    mappers.sort();
+    mappers.dedup();
     assert_eq!(
-        marker.matches("\"vmem-gdbstub mapper\"").count(),
+        mappers.len(),
         2,
-        "{marker}"
+        "one process (a KPTI pair) maps the region: {mappers:x?}"
     );
+    assert!(processes.contains(&mappers[0]), "{mappers:x?}");
+    assert!(pairs.contains(&(mappers[0], mappers[1])), "{mappers:x?}");
+    for mapper in mappers {
+        let marker = served.gdb(&[
+            &format!("monitor vmem use {mapper:#x}"),
+            "x/s 0x7e0000000000",
+            "x/s 0x7e0000008000",
+        ]);
+        assert_eq!(
+            marker.matches("\"vmem-gdbstub mapper\"").count(),
+            2,
+            "{marker}"
+        );
+    }
+}
+
+/// The mapper's page, found from its user address: mapped there in both
+/// halves of its KPTI pair, and in the direct map (page_offset_base + PA)
+/// of every kernel root, kernel-only; the user copies have no direct map.
+#[test]
+fn find_lists_a_user_pages_direct_map_alias() {
+    let Some(dir) = fixture() else { return };
+    let served = Served::start(dir);
+    let symbols = kallsyms(dir);
+    let scan = served.gdb(&["monitor vmem spaces --scan shared"]);
+    let (_, pairs, _) = scanned(&scan);
+    let mapper = pairs
+        .iter()
+        .map(|&(kernel, _)| kernel)
+        .find(|kernel| {
+            served
+                .gdb(&[&format!("monitor vmem translate 0x7e0000000000 --space {kernel:#x}")])
+                .contains("may: ")
+        })
+        .expect("the mapper's root");
+    let out = served.gdb(&[
+        &format!("x/gx {:#x}", symbols["page_offset_base"]),
+        &format!("monitor vmem find --va 0x7e0000000000 --space {mapper:#x}"),
+    ]);
+    let direct = number_after(&out, ":\t").expect("page_offset_base");
+    let pa = number_after(&out, "maps physical ").expect("the page's PA");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains('-'))
+        .collect();
+    let user: Vec<&&str> = rows
+        .iter()
+        .filter(|r| r.trim_start().starts_with("00007e0000000000"))
+        .collect();
+    assert_eq!(user.len(), 2, "the mapper's pair: {out}");
+    for r in &user {
+        assert!(r.contains("rw-u"), "read-write until after the first dump: {r}");
+    }
+    let alias = format!("{:016x}", direct + pa);
+    let aliases: Vec<&&str> = rows
+        .iter()
+        .filter(|r| r.trim_start().starts_with(&alias))
+        .collect();
+    let kernel_roots = scan.lines().filter(|l| l.contains("kernel half as in")).count() + 2;
+    assert!(aliases.len() >= 2 && aliases.len() <= kernel_roots, "{out}");
+    for r in &aliases {
+        assert!(r.contains("rw--"), "kernel-only in the direct map: {r}");
+    }
+}
+
+/// Two dumps a moment apart: between them the mapper mapped 16 KiB at
+/// 0x7e0000100000 (every page written) and made the first page of its
+/// region read-only. `vmem diff --dump` of the second against the first
+/// shows exactly that in the mapper's KPTI pair, and no change elsewhere
+/// in those two spaces.
+#[test]
+fn diff_between_two_dumps_shows_the_mappers_mmap_and_mprotect() {
+    let Some(dir) = fixture() else { return };
+    let second = dir.join("dump2.elf");
+    let served = Served::with_args(&["--dump", second.to_str().unwrap()]);
+    let first = dir.join("dump.elf");
+    let out = served.gdb(&[
+        "monitor vmem spaces --scan shared",
+        &format!("monitor vmem diff --dump {}", first.display()),
+    ]);
+    let diff = &out[out.find("scanned ").expect("the scan")..];
+    let blocks: Vec<&str> = diff
+        .split("\nspace ")
+        .filter(|b| b.contains("00007e0000100000"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "the mapper's pair: {out}");
+    let rights = Regex::new(r"(?m)^  rights +was 00007e0000000000-00007e0000000fff  (\S+) +4K +4K  rw-u.*\n +now 00007e0000000000-00007e0000000fff  (\S+) +4K +4K  r--u").unwrap();
+    let added = Regex::new(r"(?m)^  added +00007e000010[0-3]000-00007e000010[0-3]fff  \S+ +4K +4K  rw-u").unwrap();
+    for block in &blocks {
+        let changes = block.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   ")).count();
+        assert_eq!(changes, 5, "one rights change, four pages added: {block}");
+        let caps = rights.captures(block).expect("the mprotect");
+        assert_eq!(caps[1], caps[2], "the same page, read-only now: {block}");
+        assert_eq!(added.find_iter(block).count(), 4, "{block}");
+    }
+    assert!(!diff.contains("not in dump"), "{out}");
 }

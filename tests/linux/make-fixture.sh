@@ -3,6 +3,7 @@
 #   OUT/vmlinuz       Debian's cloud kernel (apt-get download, no install)
 #   OUT/kallsyms      its symbols, from /proc/kallsyms of the very boot dumped
 #   OUT/dump.elf      QEMU's dump-guest-memory of that boot, 2 vCPUs, 256 MiB
+#   OUT/dump2.elf     a second dump, after the mapper mapped and mprotected more
 #   OUT/registers     QEMU's own `info registers -a` at the moment of the dump
 #   OUT/console.log   the guest's console
 # The initramfs's /init (busybox) starts a shell, a sleeping child and a
@@ -14,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../target/linux-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-[ -s "$out/dump.elf" ] && [ -s "$out/kallsyms" ] && [ -s "$out/registers" ] && exit 0
+[ -s "$out/dump.elf" ] && [ -s "$out/dump2.elf" ] && [ -s "$out/kallsyms" ] && [ -s "$out/registers" ] && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -52,8 +53,9 @@ python3 "$here/cpio.py" root initramfs.cpio
 # Boot, wait for READY, dump through the human monitor, quit.
 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 256 -display none -nodefaults -no-reboot \
     -kernel "$out/vmlinuz" -initrd initramfs.cpio \
-    -append "console=ttyS0 panic=-1 quiet" \
+    -append "console=ttyS0 panic=-1 quiet pti=on" \
     -serial "file:$out/console.log" -serial "file:$out/kallsyms.part" \
+    -serial "unix:$work/trigger.sock,server=on,wait=off" \
     -monitor "unix:$work/monitor.sock,server,nowait" &
 qemu=$!
 for _ in $(seq 1 600); do
@@ -62,7 +64,15 @@ for _ in $(seq 1 600); do
 done
 grep -q READY "$out/console.log" || { kill $qemu; echo "the guest never said READY" >&2; exit 1; }
 python3 "$here/hmp.py" "$work/monitor.sock" stop "info registers -a" > "$out/registers"
-python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" quit
+python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" cont
+# The mapper's second step, then the second dump.
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n"); s.close()' "$work/trigger.sock"
+for _ in $(seq 1 300); do
+    grep -q MAPPED2 "$out/console.log" 2>/dev/null && break
+    sleep 0.2
+done
+grep -q MAPPED2 "$out/console.log" || { kill $qemu; echo "the mapper never said MAPPED2" >&2; exit 1; }
+python3 "$here/hmp.py" "$work/monitor.sock" stop "dump-guest-memory $out/dump2.part" quit
 # The dump is complete once the monitor answered; QEMU should be gone, and
 # is stopped if not.
 for _ in $(seq 1 50); do kill -0 $qemu 2>/dev/null || break; sleep 0.2; done
@@ -70,4 +80,5 @@ kill $qemu 2>/dev/null || true
 wait $qemu || true
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/dump.part" "$out/dump.elf"
+mv "$out/dump2.part" "$out/dump2.elf"
 echo "Linux fixture in $out"

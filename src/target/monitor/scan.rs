@@ -29,6 +29,9 @@ use crate::vmem::{self, HumanBytes, PhysAddr};
 
 /// The x86 accessed and dirty bits of a table entry.
 const A_D_BITS: u64 = 0x60;
+/// The x86 execute-disable bit: Linux sets it on the user half of a KPTI
+/// pair's kernel copy only (the kernel must not run user code).
+const NX_BIT: u64 = 1 << 63;
 /// Entries a confirming walk may read.
 const CONFIRM_BUDGET: u64 = WALK_BUDGET >> 4;
 /// Entries all confirming walks of one scan may read.
@@ -269,15 +272,15 @@ fn scan_shared(
     Ok((found, scanned))
 }
 
-/// Whether `user` is `kernel`'s KPTI twin: the same user half (accessed and
-/// dirty bits aside), a kernel half of well-formed entries (at least one,
+/// Whether `user` is `kernel`'s KPTI twin: the same user half (accessed,
+/// dirty and execute-disable bits aside), a kernel half of well-formed entries (at least one,
 /// others than `kernel`'s), and a walk without bad entries.
 fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr) -> bool {
     let (mut k, mut u) = ([0u64; ENTRIES], [0u64; ENTRIES]);
     if !scanner.read(kernel, &mut k) || !scanner.read(user, &mut u) {
         return false;
     }
-    let same_user_half = (0..ENTRIES / 2).all(|i| (k[i] ^ u[i]) & !A_D_BITS == 0);
+    let same_user_half = (0..ENTRIES / 2).all(|i| (k[i] ^ u[i]) & !(A_D_BITS | NX_BIT) == 0);
     let upper = &u[ENTRIES / 2..];
     let own_kernel_half = upper.iter().any(|&raw| raw & 1 != 0)
         && upper != &k[ENTRIES / 2..]
