@@ -669,7 +669,10 @@ fn the_scan_finds_every_process_and_the_mapper_among_them() {
     let scan = served.gdb(&["monitor vmem spaces --scan shared"]);
     assert!(scan.contains("new address spaces"), "{scan}");
     let (with_users, pairs, mut roots) = scanned(&scan);
-    let current: Vec<u64> = qemu_registers(dir).iter().map(|c| c["CR3"] & !0xfff).collect();
+    let current: Vec<u64> = qemu_registers(dir)
+        .iter()
+        .map(|c| c["CR3"] & !0xfff)
+        .collect();
     roots.extend(&current);
     // A process: a kernel root with user mappings and its KPTI twin.
     let mut processes: Vec<u64> = pairs
@@ -680,7 +683,9 @@ fn the_scan_finds_every_process_and_the_mapper_among_them() {
                 // A vCPU's own root is not in the scan's list: walk it.
                 current.contains(kernel)
                     && !served
-                        .gdb(&[&format!("monitor vmem walk 0 0x800000000000 --space {kernel:#x}")])
+                        .gdb(&[&format!(
+                            "monitor vmem walk 0 0x800000000000 --space {kernel:#x}"
+                        )])
                         .contains("0 mappings")
             }
         })
@@ -750,7 +755,9 @@ fn find_lists_a_user_pages_direct_map_alias() {
         .map(|&(kernel, _)| kernel)
         .find(|kernel| {
             served
-                .gdb(&[&format!("monitor vmem translate 0x7e0000000000 --space {kernel:#x}")])
+                .gdb(&[&format!(
+                    "monitor vmem translate 0x7e0000000000 --space {kernel:#x}"
+                )])
                 .contains("may: ")
         })
         .expect("the mapper's root");
@@ -770,14 +777,21 @@ fn find_lists_a_user_pages_direct_map_alias() {
         .collect();
     assert_eq!(user.len(), 2, "the mapper's pair: {out}");
     for r in &user {
-        assert!(r.contains("rw-u"), "read-write until after the first dump: {r}");
+        assert!(
+            r.contains("rw-u"),
+            "read-write until after the first dump: {r}"
+        );
     }
     let alias = format!("{:016x}", direct + pa);
     let aliases: Vec<&&str> = rows
         .iter()
         .filter(|r| r.trim_start().starts_with(&alias))
         .collect();
-    let kernel_roots = scan.lines().filter(|l| l.contains("kernel half as in")).count() + 2;
+    let kernel_roots = scan
+        .lines()
+        .filter(|l| l.contains("kernel half as in"))
+        .count()
+        + 2;
     assert!(aliases.len() >= 2 && aliases.len() <= kernel_roots, "{out}");
     for r in &aliases {
         assert!(r.contains("rw--"), "kernel-only in the direct map: {r}");
@@ -806,9 +820,14 @@ fn diff_between_two_dumps_shows_the_mappers_mmap_and_mprotect() {
         .collect();
     assert_eq!(blocks.len(), 2, "the mapper's pair: {out}");
     let rights = Regex::new(r"(?m)^  rights +was 00007e0000000000-00007e0000000fff  (\S+) +4K +4K  rw-u.*\n +now 00007e0000000000-00007e0000000fff  (\S+) +4K +4K  r--u").unwrap();
-    let added = Regex::new(r"(?m)^  added +00007e000010[0-3]000-00007e000010[0-3]fff  \S+ +4K +4K  rw-u").unwrap();
+    let added =
+        Regex::new(r"(?m)^  added +00007e000010[0-3]000-00007e000010[0-3]fff  \S+ +4K +4K  rw-u")
+            .unwrap();
     for block in &blocks {
-        let changes = block.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   ")).count();
+        let changes = block
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .count();
         assert_eq!(changes, 5, "one rights change, four pages added: {block}");
         let caps = rights.captures(block).expect("the mprotect");
         assert_eq!(caps[1], caps[2], "the same page, read-only now: {block}");

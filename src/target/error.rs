@@ -24,6 +24,8 @@ pub enum StubError {
     },
     /// The VMM could not lay out memslots for trapped pages.
     PageTraps(std::io::Error),
+    /// A gdb session holds the VM.
+    Attached,
 }
 
 impl StubError {
@@ -41,6 +43,7 @@ impl fmt::Display for StubError {
             StubError::NotParked(i) => write!(f, "vcpu {i} is not parked in its hooks"),
             StubError::Vcpu { vcpu, op, source } => write!(f, "vcpu {vcpu}: {op}: {source}"),
             StubError::PageTraps(e) => write!(f, "cannot trap guest pages: {e}"),
+            StubError::Attached => write!(f, "a gdb session holds the VM"),
         }
     }
 }

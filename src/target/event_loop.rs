@@ -222,6 +222,8 @@ impl From<GdbStubError<StubError, io::Error>> for Ended {
 
 /// Run one gdb session; afterwards the guest runs on without breakpoints.
 pub(crate) fn session(dbg: &Inner, stream: Stream, gdb_gone: impl FnOnce()) {
+    // A `Debugger::monitor` call in progress finishes first.
+    let _holder = lock(&dbg.holder);
     dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
     let started = wait::wake_pair().and_then(|(waker, wake)| {
         let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu), dbg.frozen.is_some())?;

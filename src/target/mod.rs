@@ -151,6 +151,7 @@ impl DebuggerBuilder {
                 serving: Mutex::new(None),
                 stopping: AtomicBool::new(false),
                 session: Mutex::new(None),
+                holder: Mutex::new(()),
                 halt_tick: Duration::from_millis(2),
                 sync_regs,
                 step_irqs,
@@ -269,6 +270,17 @@ impl Debugger {
         builder.inner.spaces = Mutex::new(spaces);
         builder.inner.frozen = Some(dump.cpus().to_vec());
         builder
+    }
+
+    /// Run one `monitor` command as gdb's `monitor` would (`vmem audit
+    /// --all 1`, `vmem spaces --scan shared`, `info mem` …) and return what
+    /// it prints: for the VMM's own console, a crash report, a test. The
+    /// vCPUs are paused while it runs and resumed after. Fails with
+    /// [`StubError::Attached`] while a gdb session holds the VM (ask through
+    /// gdb then). Snapshots (`vmem snapshot`) and watches (`vmem watch`)
+    /// belong to a gdb session and are not kept.
+    pub fn monitor(&self, line: &str) -> Result<String, StubError> {
+        stub::run_monitor(&self.inner, line)
     }
 
     /// Make an address space (a CR3 value) known to `monitor vmem spaces`.

@@ -46,6 +46,9 @@ pub(crate) struct Inner {
     pub(crate) stopping: AtomicBool,
     /// Wakes the attached session's gdb thread.
     pub(crate) session: Mutex<Option<wait::Waker>>,
+    /// Held by whoever has the VM stopped to look at it: a gdb session, or
+    /// a `Debugger::monitor` call.
+    pub(crate) holder: Mutex<()>,
     pub(crate) halt_tick: Duration,
     /// The host copies registers into `kvm_run` on exit (KVM_CAP_SYNC_REGS).
     pub(crate) sync_regs: bool,

@@ -5,6 +5,7 @@
 //! so their cost follows the number of mappings, not the size of the
 //! address space.
 
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
 use super::mapping::Mapping;
@@ -75,12 +76,6 @@ pub struct MappingChange {
     pub new: Option<Mapping>,
 }
 
-/// The mapping of `va` in `list` (sorted by address, not overlapping).
-fn mapping_at(list: &[Mapping], va: u64) -> Option<&Mapping> {
-    let i = list.partition_point(|m| m.virt_last() < va);
-    list.get(i).filter(|m| m.virt_base <= va)
-}
-
 /// `m` cut to `start .. start + len` (a range inside it).
 fn cut(m: &Mapping, start: u64, len: u64) -> Mapping {
     Mapping {
@@ -109,35 +104,33 @@ fn join(a: &mut Option<Mapping>, b: Option<Mapping>) -> bool {
 /// change). Neighbouring runs of one kind that continue each other are one
 /// change. Attributes are compared as given: remove
 /// [`crate::vmem::Flags::ACCESSED`] / `DIRTY` first to ignore the CPU's
-/// bookkeeping. Cost: O(n log n) in the number of mappings.
+/// bookkeeping. Cost: linear in the number of mappings (walks
+/// come sorted; other input is sorted first).
 pub fn diff_mappings(old: &[Mapping], new: &[Mapping]) -> Vec<MappingChange> {
-    let sorted = |list: &[Mapping]| {
-        let mut list: Vec<Mapping> = list.iter().filter(|m| m.len > 0).copied().collect();
-        list.sort_unstable_by_key(|m| m.virt_base);
-        list
+    let (old, new) = without_common(&sorted(old), &sorted(new));
+    // Every address where a mapping starts or ends in either walk, merged
+    // from the two sorted lists (u128: a mapping may end at 2^64).
+    let bounds = |list: &[Mapping]| {
+        list.iter()
+            .flat_map(|m| [u128::from(m.virt_base), end(m)])
+            .collect::<Vec<u128>>()
     };
-    let (old, new) = (sorted(old), sorted(new));
-    // Every address where a mapping starts or ends in either walk (u128:
-    // a mapping may end at 2^64).
-    let mut cuts: Vec<u128> = old
-        .iter()
-        .chain(&new)
-        .flat_map(|m| {
-            [
-                u128::from(m.virt_base),
-                u128::from(m.virt_base) + u128::from(m.len),
-            ]
-        })
-        .collect();
-    cuts.sort_unstable();
-    cuts.dedup();
+    let cuts = merge(&bounds(&old), &bounds(&new));
+    let (mut i, mut j) = (0, 0);
     let mut changes: Vec<MappingChange> = Vec::new();
     for pair in cuts.windows(2) {
         let (start, len) = (pair[0] as u64, (pair[1] - pair[0]) as u64);
-        let (o, n) = (
-            mapping_at(&old, start).map(|m| cut(m, start, len)),
-            mapping_at(&new, start).map(|m| cut(m, start, len)),
-        );
+        // Both lists are sorted: the mapping holding `start`, if any, is at
+        // or after the one the last window looked at.
+        let at = |list: &[Mapping], k: &mut usize| {
+            while list.get(*k).is_some_and(|m| end(m) <= pair[0]) {
+                *k += 1;
+            }
+            list.get(*k)
+                .filter(|m| m.virt_base <= start)
+                .map(|m| cut(m, start, len))
+        };
+        let (o, n) = (at(&old, &mut i), at(&new, &mut j));
         let kind = match (&o, &n) {
             (None, None) => continue,
             (None, Some(_)) => ChangeKind::Added,
@@ -169,6 +162,98 @@ pub fn diff_mappings(old: &[Mapping], new: &[Mapping]) -> Vec<MappingChange> {
         });
     }
     changes
+}
+
+/// `list` sorted by address, without empty runs (borrowed if it is so).
+fn sorted(list: &[Mapping]) -> Cow<'_, [Mapping]> {
+    if list.is_sorted_by_key(|m| m.virt_base) && list.iter().all(|m| m.len > 0) {
+        return Cow::Borrowed(list);
+    }
+    let mut list: Vec<Mapping> = list.iter().filter(|m| m.len > 0).copied().collect();
+    list.sort_unstable_by_key(|m| m.virt_base);
+    Cow::Owned(list)
+}
+
+/// What a diff compares of a run (the leaf size alone is no change).
+fn same(a: &Mapping, b: &Mapping) -> bool {
+    (
+        a.virt_base,
+        a.len,
+        a.phys_base,
+        a.kind,
+        a.user_accessible,
+        a.rights,
+        a.flags,
+    ) == (
+        b.virt_base,
+        b.len,
+        b.phys_base,
+        b.kind,
+        b.user_accessible,
+        b.rights,
+        b.flags,
+    )
+}
+
+/// Both sorted lists without the mappings they have exactly in common:
+/// nothing else covers those addresses in either list, so they cannot
+/// take part in a change (an unchanged walk is a linear pass).
+fn without_common(old: &[Mapping], new: &[Mapping]) -> (Vec<Mapping>, Vec<Mapping>) {
+    let (mut old_rest, mut new_rest) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        let (o, n) = (&old[i], &new[j]);
+        if same(o, n) {
+            i += 1;
+            j += 1;
+        } else if o.virt_base < n.virt_base {
+            old_rest.push(*o);
+            i += 1;
+        } else if n.virt_base < o.virt_base {
+            new_rest.push(*n);
+            j += 1;
+        } else {
+            old_rest.push(*o);
+            new_rest.push(*n);
+            i += 1;
+            j += 1;
+        }
+    }
+    old_rest.extend_from_slice(&old[i..]);
+    new_rest.extend_from_slice(&new[j..]);
+    (old_rest, new_rest)
+}
+
+/// The first address after `m`.
+fn end(m: &Mapping) -> u128 {
+    u128::from(m.virt_base) + u128::from(m.len)
+}
+
+/// Two sorted lists as one, without repeats.
+fn merge(a: &[u128], b: &[u128]) -> Vec<u128> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x <= y => {
+                i += 1;
+                x
+            }
+            (_, Some(&y)) => {
+                j += 1;
+                y
+            }
+            (Some(&x), None) => {
+                i += 1;
+                x
+            }
+            (None, None) => break,
+        };
+        if out.last() != Some(&next) {
+            out.push(next);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

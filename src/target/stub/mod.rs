@@ -35,6 +35,7 @@ use super::vcpu::StopKind;
 use super::{lock, Inner};
 
 use base::read_extra;
+pub(crate) use monitor::run_monitor;
 use resume::Action;
 
 /// One gdb session's view of the VM.

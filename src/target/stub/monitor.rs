@@ -1,6 +1,7 @@
 //! `monitor` commands: the context they see (built when a command runs)
 //! and the effects they ask for.
 
+use std::sync::TryLockError;
 use std::time::Instant;
 
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
@@ -12,6 +13,8 @@ use crate::target::lock;
 use crate::target::monitor::{self, Effect};
 use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
 use crate::target::regs::KvmState;
+use crate::target::vcpu::Command;
+use crate::target::Inner;
 
 impl monitor::Registers for KvmTarget<'_> {
     fn all_registers(&self) -> Option<KvmState> {
@@ -109,6 +112,9 @@ impl KvmTarget<'_> {
         if self.dbg.frozen.is_some() {
             return "error: a memory dump does not run: nothing can change\n".into();
         }
+        if !self.dbg.attached() {
+            return "error: vmem watch reports its stop to gdb: attach gdb first\n".into();
+        }
         if !self.dbg.has_page_traps() {
             return "error: vmem watch needs page traps (memslots) from the VMM, and this one offers none\n".into();
         }
@@ -141,13 +147,30 @@ impl KvmTarget<'_> {
     }
 }
 
-impl MonitorCmd for KvmTarget<'_> {
-    fn handle_monitor_cmd(
-        &mut self,
-        cmd: &[u8],
-        mut out: ConsoleOutput<'_>,
-    ) -> Result<(), StubError> {
-        let line = String::from_utf8_lossy(cmd).into_owned();
+/// `Debugger::monitor`: one command with the vCPUs paused, outside any gdb
+/// session.
+pub(crate) fn run_monitor(dbg: &Inner, line: &str) -> Result<String, StubError> {
+    let _holder = match dbg.holder.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::WouldBlock) => return Err(StubError::Attached),
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+    };
+    let live = dbg.frozen.is_none();
+    if live {
+        dbg.pause_all();
+    }
+    let text = KvmTarget::new(dbg).monitor_text(line);
+    if live {
+        for v in dbg.vcpus.iter().filter(|v| !v.has_stop()) {
+            v.request(Command::Run, dbg);
+        }
+    }
+    Ok(text)
+}
+
+impl KvmTarget<'_> {
+    /// Run one monitor command line; what it prints.
+    fn monitor_text(&mut self, line: &str) -> String {
         debug!("monitor: {line}");
         let mut mode = None;
         let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
@@ -181,6 +204,17 @@ impl MonitorCmd for KvmTarget<'_> {
                 text.push_str(&format!("{} watched translation(s)\n", list.len()));
             }
         }
+        text
+    }
+}
+
+impl MonitorCmd for KvmTarget<'_> {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), StubError> {
+        let text = self.monitor_text(&String::from_utf8_lossy(cmd));
         out.write_raw(text.as_bytes());
         Ok(())
     }
