@@ -107,3 +107,45 @@ fn without_page_traps_watchpoints_take_the_debug_registers() {
         "{odd}"
     );
 }
+
+/// The VMM asks the debugger itself (`Debugger::monitor`, the demo's
+/// `--monitor`) while the guest runs: the scan's spaces stay known to gdb's
+/// session afterwards, `vmem watch` is refused without gdb, and the guest
+/// was resumed (its counter moves between two gdb sessions).
+#[test]
+fn the_vmm_runs_monitor_commands_itself() {
+    let Some(vm) = DemoVm::start_with(&[
+        "--monitor",
+        "vmem spaces --scan any",
+        "--monitor",
+        "vmem watch 0x400000",
+    ]) else {
+        return;
+    };
+    assert!(
+        vm.startup
+            .contains("(vmm) monitor vmem spaces --scan any\n"),
+        "{}",
+        vm.startup
+    );
+    assert!(
+        vm.startup.contains("2 new address spaces"),
+        "{}",
+        vm.startup
+    );
+    assert!(
+        vm.startup
+            .contains("error: vmem watch reports its stop to gdb: attach gdb first"),
+        "{}",
+        vm.startup
+    );
+    let first = vm.gdb(&["monitor vmem spaces", "print counter"]);
+    assert_eq!(first.matches("(added)").count(), 2, "{first}");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = vm.gdb(&["print counter"]);
+    let (a, b) = (
+        number_after(&first, "$1 = ").unwrap(),
+        number_after(&second, "$1 = ").unwrap(),
+    );
+    assert!(b > a, "the guest runs between sessions: {a} then {b}");
+}

@@ -108,6 +108,11 @@ struct Args {
     /// that boot; gdb loads it as the exec-file, so addresses get names.
     #[arg(long)]
     symbols: Option<PathBuf>,
+    /// Run this monitor command once the guest runs, as the VMM itself
+    /// (`Debugger::monitor`), and print what it says before serving gdb;
+    /// may be repeated. E.g. --monitor "vmem audit --all 1"
+    #[arg(long = "monitor", value_name = "COMMAND")]
+    monitor: Vec<String>,
 }
 
 /// A number in hex (0x…) or decimal.
@@ -176,8 +181,6 @@ fn run(args: Args) -> Result<(), String> {
         spaces.join(" ")
     );
     println!("guest ELF: {}", elf_path.display());
-    println!("gdb stub listening on {}", listener.describe());
-    let _ = std::io::stdout().flush();
 
     let debugger = vm.debugger;
     let mut vcpu_threads = Vec::new();
@@ -200,6 +203,9 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         vcpu_threads.push(handle);
     }
+    run_monitor_commands(&debugger, &args.monitor);
+    println!("gdb stub listening on {}", listener.describe());
+    let _ = std::io::stdout().flush();
     spawn_gdb_server(&debugger, listener)?;
     wait_for_termination(&signals, &debugger);
     for t in vcpu_threads {
@@ -210,6 +216,17 @@ fn run(args: Args) -> Result<(), String> {
     }
     info!("demo VM stopped");
     Ok(())
+}
+
+/// `--monitor`: the VMM asks the debugger itself, as from its own console.
+fn run_monitor_commands(debugger: &Debugger, commands: &[String]) {
+    for command in commands {
+        println!("(vmm) monitor {command}");
+        match debugger.monitor(command) {
+            Ok(text) => print!("{text}"),
+            Err(e) => println!("error: {e}"),
+        }
+    }
 }
 
 /// Serve gdb from a thread of its own.
@@ -269,6 +286,7 @@ fn serve_dump(
         spaces.join(" "),
         took.as_secs_f64() * 1e3
     );
+    run_monitor_commands(&debugger, &args.monitor);
     println!("gdb stub listening on {}", listener.describe());
     let _ = std::io::stdout().flush();
     spawn_gdb_server(&debugger, listener)?;

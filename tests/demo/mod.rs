@@ -20,6 +20,8 @@ pub struct DemoVm {
     pub elf: String,
     /// CR3 of the demo's two address spaces (empty for `--kernel`).
     pub spaces: Vec<u64>,
+    /// What the demo printed before it served gdb.
+    pub startup: String,
 }
 
 fn demo_binary() -> PathBuf {
@@ -115,6 +117,7 @@ impl DemoVm {
         });
         let mut lines = BufReader::new(stdout).lines();
         let (mut port, mut elf, mut spaces) = (None, None, Vec::new());
+        let mut startup = String::new();
         while port.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.wait();
@@ -123,6 +126,8 @@ impl DemoVm {
                     errors.join().unwrap_or_default()
                 ));
             };
+            startup.push_str(&line);
+            startup.push('\n');
             if let Some(list) = line.split("address spaces ").nth(1) {
                 spaces = list
                     .split_whitespace()
@@ -141,6 +146,7 @@ impl DemoVm {
             port: port.expect("port"),
             elf: elf.expect("guest ELF line"),
             spaces,
+            startup,
         })
     }
 
