@@ -173,7 +173,7 @@ impl KvmTarget<'_> {
     fn monitor_text(&mut self, line: &str) -> String {
         debug!("monitor: {line}");
         let mut mode = None;
-        let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), &line);
+        let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), line);
         match effect {
             Effect::None => {}
             Effect::TablesChanged => self.reload_cr3(),
