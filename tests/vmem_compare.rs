@@ -116,6 +116,15 @@ fn apply(fmt: &dyn PageTableFormat, t: &BufferTables<Vec<u8>>, base: u64, ops: &
     }
 }
 
+/// Tables with `ops` applied in window number `base`; the window's base.
+fn tables(fmt: &dyn PageTableFormat, base: usize, ops: &[Op]) -> (u64, BufferTables<Vec<u8>>) {
+    let bases = bases(fmt);
+    let base = bases[base % bases.len()];
+    let t = memory_of(64 << 20);
+    apply(fmt, &t, base, ops);
+    (base, t)
+}
+
 /// What one page translates to: (physical page, rights, attributes).
 type Page = (u64, Perms, Rights, Flags);
 
@@ -174,10 +183,7 @@ proptest! {
     ) {
         let modes = modes();
         let fmt = modes[mode].as_ref();
-        let bases = bases(fmt);
-        let base = bases[base % bases.len()];
-        let t = memory_of(64 << 20);
-        apply(fmt, &t, base, &before);
+        let (base, t) = tables(fmt, base, &before);
         let (old, old_pages) = (walk_all(fmt, &t), brute(fmt, &t, base));
         apply(fmt, &t, base, &after);
         let (new, new_pages) = (walk_all(fmt, &t), brute(fmt, &t, base));
@@ -213,10 +219,7 @@ proptest! {
     ) {
         let modes = modes();
         let fmt = modes[mode].as_ref();
-        let bases = bases(fmt);
-        let base = bases[base % bases.len()];
-        let t = memory_of(64 << 20);
-        apply(fmt, &t, base, &before);
+        let (base, t) = tables(fmt, base, &before);
         let pages = brute(fmt, &t, base);
         let (start, end) = (pa, pa + len);
         let mut found: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
