@@ -37,6 +37,14 @@ impl<'a> Args<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// `--limit N` (rows to print), or `default`.
+    pub(crate) fn limit(&self, default: usize) -> Result<usize, String> {
+        match self.option("limit") {
+            Some(n) => usize::try_from(number(n)?).map_err(|_| "--limit is too large".into()),
+            None => Ok(default),
+        }
+    }
+
     /// Positional argument `i` as a number.
     pub(crate) fn number(&self, i: usize, what: &str) -> Result<u64, String> {
         let word = self.positional.get(i).ok_or(format!("missing {what}"))?;

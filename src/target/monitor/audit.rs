@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use super::args::{self, Args};
-use super::vmem::{row, space_of, WALK_BUDGET};
+use super::args::Args;
+use super::vmem::{row, space_of, walk_space, CUT_SHORT};
 use super::Context;
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
@@ -71,10 +71,39 @@ impl TableReadOps for Recorder<'_> {
     }
 }
 
-/// One kind of finding, with what was found.
+/// One kind of finding: how many, and the first `limit` of them.
 struct Kind {
     title: &'static str,
+    count: usize,
     found: Vec<(u64, Mapping, String)>,
+}
+
+impl Kind {
+    fn new(title: &'static str) -> Kind {
+        Kind {
+            title,
+            count: 0,
+            found: Vec::new(),
+        }
+    }
+
+    /// Count a finding; keep it if fewer than `limit` are kept (the note
+    /// is made only then: a hostile space may give millions).
+    fn add(&mut self, limit: usize, root: u64, m: &Mapping, note: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.found.len() < limit {
+            self.found.push((root, *m, note()));
+        }
+    }
+}
+
+/// What a leaf allows, for the alias sweep: writable only, executable
+/// only, or both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Write = 0,
+    Exec = 1,
+    Both = 2,
 }
 
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
@@ -84,95 +113,99 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     } else {
         vec![space_of(ctx, args)?]
     };
-    let limit = match args.option("limit") {
-        Some(n) => usize::try_from(args::number(n)?).map_err(|_| "--limit is too large")?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = args.limit(DEFAULT_LIMIT)?;
     let mut leaves: Vec<(u64, Mapping)> = Vec::new();
     let mut table_pages = BTreeSet::new();
     for &root in &roots {
         let recorder = Recorder::new(GuestTables::new(ctx.memory, root, None));
-        for m in vmem::virt_to_phys(fmt, &recorder, 0, u64::MAX)
-            .with_budget(WALK_BUDGET)
-            .flatten()
-        {
-            leaves.push((root, m));
+        let (mappings, cut) = walk_space(fmt, &recorder);
+        if cut {
+            let _ = writeln!(
+                out,
+                "(space {root:#x}: {CUT_SHORT}; what lies beyond is not audited)"
+            );
         }
+        leaves.extend(mappings.into_iter().map(|m| (root, m)));
         table_pages.append(&mut recorder.into_pages());
     }
     let mut kinds = [
-        Kind {
-            title: "writable and executable",
-            found: Vec::new(),
-        },
-        Kind {
-            title: "user-accessible in the kernel half",
-            found: Vec::new(),
-        },
-        Kind {
-            title: "user pages the kernel may execute (no SMEP)",
-            found: Vec::new(),
-        },
-        Kind {
-            title: "page-table pages mapped writable",
-            found: Vec::new(),
-        },
-        Kind {
-            title: "W^X broken through an alias",
-            found: Vec::new(),
-        },
+        Kind::new("writable and executable"),
+        Kind::new("user-accessible in the kernel half"),
+        Kind::new("user pages the kernel may execute (no SMEP)"),
+        Kind::new("page-table pages mapped writable"),
+        Kind::new("W^X broken through an alias"),
     ];
     let exec = |m: &Mapping| (m.rights.kernel | m.rights.user).contains(Access::EXEC);
     let write = |m: &Mapping| (m.rights.kernel | m.rights.user).contains(Access::WRITE);
+    let none = String::new;
     for (root, m) in &leaves {
         if write(m) && exec(m) {
-            kinds[0].found.push((*root, *m, String::new()));
+            kinds[0].add(limit, *root, m, none);
         }
         if m.user_accessible && m.virt_base >> 63 == 1 {
-            kinds[1].found.push((*root, *m, String::new()));
+            kinds[1].add(limit, *root, m, none);
         }
         if m.user_accessible && m.rights.kernel.contains(Access::EXEC) {
-            kinds[2].found.push((*root, *m, String::new()));
+            kinds[2].add(limit, *root, m, none);
         }
         if write(m) {
             let end = m.phys_base.saturating_add(m.len);
             for &table in table_pages.range(m.phys_base..end) {
                 let va = m.virt_base + (table - m.phys_base);
-                kinds[3]
-                    .found
-                    .push((*root, *m, format!("table page {table:#x} at VA {va:#x}")));
+                kinds[3].add(limit, *root, m, || {
+                    format!("table page {table:#x} at VA {va:#x}")
+                });
             }
         }
     }
-    // Aliases: sweep the leaves by physical address; a writable one that
-    // overlaps an executable one (a different VA or space) breaks W^X.
-    let mut by_pa: Vec<&(u64, Mapping)> =
-        leaves.iter().filter(|(_, m)| write(m) || exec(m)).collect();
-    by_pa.sort_by_key(|(_, m)| m.phys_base);
-    let mut open: Vec<&(u64, Mapping)> = Vec::new();
-    for item in by_pa {
-        let (root, m) = item;
-        open.retain(|(_, o)| o.phys_base.saturating_add(o.len) > m.phys_base);
-        for (other_root, o) in &open {
-            let same_place = other_root == root && o.virt_base == m.virt_base;
-            if !same_place && ((write(m) && exec(o)) || (exec(m) && write(o))) {
-                let (w, x) = if write(m) { (m, o) } else { (o, m) };
-                if write(x) && exec(w) {
-                    continue; // both W+X: already reported as such
-                }
-                let pa = m.phys_base.max(o.phys_base);
-                kinds[4].found.push((
-                    *root,
-                    *w,
-                    format!(
-                        "PA {pa:#x} writable here, executable at {:#x} in space {other_root:#x}",
-                        x.virt_base + (pa - x.phys_base)
-                    ),
-                ));
-                break;
-            }
+    // Aliases: sweep the leaves by physical address, keeping per use the
+    // leaf seen so far that reaches furthest; a writable leaf overlapping
+    // an executable one elsewhere breaks W^X (two W+X leaves are already
+    // findings of their own). Linear after the sort, whatever the overlap.
+    let use_of = |m: &Mapping| match (write(m), exec(m)) {
+        (true, true) => Some(Use::Both),
+        (true, false) => Some(Use::Write),
+        (false, true) => Some(Use::Exec),
+        (false, false) => None,
+    };
+    let mut by_pa: Vec<(&(u64, Mapping), Use)> = leaves
+        .iter()
+        .filter_map(|item| Some((item, use_of(&item.1)?)))
+        .collect();
+    by_pa.sort_by_key(|((_, m), _)| m.phys_base);
+    let end = |m: &Mapping| m.phys_base.saturating_add(m.len);
+    let mut furthest: [Option<&(u64, Mapping)>; 3] = [None; 3];
+    for (item, used) in by_pa {
+        let m = &item.1;
+        let conflicting: &[Use] = match used {
+            Use::Write => &[Use::Exec, Use::Both],
+            Use::Exec => &[Use::Write, Use::Both],
+            Use::Both => &[Use::Write, Use::Exec],
+        };
+        let other = conflicting
+            .iter()
+            .filter_map(|&u| furthest[u as usize])
+            .find(|(_, o)| end(o) > m.phys_base);
+        if let Some(other) = other {
+            let o = &other.1;
+            // Which of the two is the writable one.
+            let ((w_root, w), (x_root, x)) = if used == Use::Write || !write(o) {
+                (item, other)
+            } else {
+                (other, item)
+            };
+            let pa = m.phys_base.max(o.phys_base);
+            kinds[4].add(limit, *w_root, w, || {
+                format!(
+                    "PA {pa:#x} writable here, executable at {:#x} in space {x_root:#x}",
+                    x.virt_base + (pa - x.phys_base)
+                )
+            });
         }
-        open.push(item);
+        let slot = &mut furthest[used as usize];
+        if slot.is_none_or(|(_, f)| end(f) < end(m)) {
+            *slot = Some(item);
+        }
     }
     let _ = writeln!(
         out,
@@ -182,8 +215,8 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         table_pages.len()
     );
     for kind in &kinds {
-        let _ = writeln!(out, "{}: {}", kind.title, kind.found.len());
-        for (root, m, note) in kind.found.iter().take(limit) {
+        let _ = writeln!(out, "{}: {}", kind.title, kind.count);
+        for (root, m, note) in &kind.found {
             let tables = GuestTables::new(ctx.memory, *root, None);
             let grant = vmem::translate_in(fmt, &tables, *root, m.virt_base)
                 .steps()
@@ -200,11 +233,11 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
                 if note.is_empty() { "" } else { "; " }
             );
         }
-        if kind.found.len() > limit {
+        if kind.count > kind.found.len() {
             let _ = writeln!(
                 out,
                 "  ... {} more (raise --limit)",
-                kind.found.len() - limit
+                kind.count - kind.found.len()
             );
         }
     }

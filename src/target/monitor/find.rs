@@ -9,9 +9,12 @@ use super::Context;
 use crate::target::memory::GuestTables;
 use crate::vmem;
 
+/// Rows shown per space unless `--limit` says otherwise.
+const DEFAULT_LIMIT: usize = 200;
+
 pub(crate) const USAGE: &str = "\
-vmem find PA [LEN]
-vmem find --va VA [--space CR3]
+vmem find PA [LEN] [--limit N]
+vmem find --va VA [--space CR3] [--limit N]
     every VA, in every known space, that maps PA..PA+LEN (default: 1 byte),
     or the physical page VA maps to
     e.g. monitor vmem find 0x1000000 4k
@@ -45,31 +48,42 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         .filter(|_| len > 0)
         .ok_or("PA + LEN must be above PA and below 2^64")?;
     let _ = writeln!(out, "physical {start:#x}..{end:#x} is mapped at:");
+    let limit = args.limit(DEFAULT_LIMIT)?;
     let mut found = 0usize;
     let mut spaces = 0usize;
     for (root, label) in &ctx.spaces {
         let tables = GuestTables::new(ctx.memory, *root, None);
-        let mut here = Vec::new();
-        let mut cut = false;
+        // Streamed: a hostile space may map the range a million times.
+        let (mut here, mut rows, mut cut) = (0usize, Vec::new(), false);
         for item in vmem::virt_to_phys(fmt, &tables, 0, u64::MAX).with_budget(WALK_BUDGET) {
             match item {
-                Ok(m) => here.extend(vmem::phys_overlap(&m, start, end)),
+                Ok(m) => {
+                    if let Some(part) = vmem::phys_overlap(&m, start, end) {
+                        here += 1;
+                        if rows.len() < limit {
+                            rows.push(row(&part));
+                        }
+                    }
+                }
                 Err(vmem::WalkError::BudgetExhausted { .. }) => cut = true,
                 Err(_) => {}
             }
         }
-        if here.is_empty() && !cut {
+        if here == 0 && !cut {
             continue;
         }
-        spaces += usize::from(!here.is_empty());
+        spaces += usize::from(here > 0);
         let _ = writeln!(out, "space {root:#x} ({label}):");
-        for m in &here {
-            let _ = writeln!(out, "  {}", row(m));
+        for r in &rows {
+            let _ = writeln!(out, "  {r}");
+        }
+        if here > rows.len() {
+            let _ = writeln!(out, "  ... {} more (raise --limit)", here - rows.len());
         }
         if cut {
-            let _ = writeln!(out, "  (walk cut short)");
+            let _ = writeln!(out, "  (walk cut short at {WALK_BUDGET} entries)");
         }
-        found += here.len();
+        found += here;
     }
     let _ = writeln!(out, "{found} mappings in {spaces} spaces");
     Ok(())

@@ -7,11 +7,39 @@ use super::{audit, diff, find, scan, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
-    self, Flags, HumanBytes, MapError, Mapping, PageSize, Perms, SpaceAwareMapping, WalkError,
+    self, Flags, HumanBytes, MapError, Mapping, PageSize, Perms, SpaceAwareMapping, TableReadOps,
+    WalkError,
 };
 
 /// Entries a monitor walk may read before it gives up (bounds hostile tables).
 pub(crate) const WALK_BUDGET: u64 = 1 << 24;
+
+/// Mappings a monitor command keeps from one walk (~80 MiB of them).
+const MAX_MAPPINGS: usize = 1 << 20;
+
+/// What a command says of a walk [`walk_space`] cut short.
+pub(crate) const CUT_SHORT: &str =
+    "walk cut short at its bound (2^24 entries read or 2^20 mappings kept)";
+
+/// Every mapping of the space at `tables`' root, within [`WALK_BUDGET`]
+/// entries and [`MAX_MAPPINGS`] mappings (bad entries skipped); whether a
+/// bound cut the walk short.
+pub(crate) fn walk_space<O: TableReadOps>(
+    fmt: &dyn PageTableFormat,
+    tables: &O,
+) -> (Vec<Mapping>, bool) {
+    let mut cut = false;
+    let mut mappings = Vec::new();
+    for item in vmem::virt_to_phys(fmt, tables, 0, u64::MAX).with_budget(WALK_BUDGET) {
+        match item {
+            Ok(_) if mappings.len() == MAX_MAPPINGS => return (mappings, true),
+            Ok(m) => mappings.push(m),
+            Err(WalkError::BudgetExhausted { .. }) => cut = true,
+            Err(_) => {}
+        }
+    }
+    (mappings, cut)
+}
 /// Default number of rows `walk` prints.
 const DEFAULT_LIMIT: usize = 200;
 
@@ -127,10 +155,7 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), Stri
     } else {
         end.checked_sub(start).ok_or("END is below START")?
     };
-    let limit = match args.option("limit") {
-        Some(n) => usize::try_from(args::number(n)?).map_err(|_| "--limit is too large")?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = args.limit(DEFAULT_LIMIT)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let tables = GuestTables::new(ctx.memory, root, None);
     let _ = writeln!(out, "space {root:#x}:");
