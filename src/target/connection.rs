@@ -262,6 +262,13 @@ impl GdbConnection {
                     if let Some(thread) = payload.strip_prefix(b"Hg").and_then(memory_thread) {
                         self.mem_thread = thread;
                     }
+                    if payload == b"qSupported" {
+                        // A bare query (pwndbg's `maint packet qSupported`)
+                        // gets the features gdb's own query gets; gdbstub
+                        // only parses `qSupported:…`.
+                        self.forward(&rsp::frame(b"qSupported:xmlRegisters=i386"));
+                        continue;
+                    }
                     self.forward(&packet);
                 }
             }

@@ -360,6 +360,7 @@ pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
       <field name="IF" start="9" end="9"/>
       <field name="DF" start="10" end="10"/>
       <field name="OF" start="11" end="11"/>
+      <field name="IOPL" start="12" end="13"/>
       <field name="NT" start="14" end="14"/>
       <field name="RF" start="16" end="16"/>
       <field name="VM" start="17" end="17"/>
@@ -367,6 +368,56 @@ pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
       <field name="VIF" start="19" end="19"/>
       <field name="VIP" start="20" end="20"/>
       <field name="ID" start="21" end="21"/>
+    </flags>
+    <flags id="i386_cr0" size="8">
+      <field name="PG" start="31" end="31"/>
+      <field name="CD" start="30" end="30"/>
+      <field name="NW" start="29" end="29"/>
+      <field name="AM" start="18" end="18"/>
+      <field name="WP" start="16" end="16"/>
+      <field name="NE" start="5" end="5"/>
+      <field name="ET" start="4" end="4"/>
+      <field name="TS" start="3" end="3"/>
+      <field name="EM" start="2" end="2"/>
+      <field name="MP" start="1" end="1"/>
+      <field name="PE" start="0" end="0"/>
+    </flags>
+    <flags id="i386_cr3" size="8">
+      <field name="PDBR" start="12" end="63"/>
+      <field name="PCID" start="0" end="11"/>
+    </flags>
+    <flags id="i386_cr4" size="8">
+      <field name="PKE" start="22" end="22"/>
+      <field name="SMAP" start="21" end="21"/>
+      <field name="SMEP" start="20" end="20"/>
+      <field name="OSXSAVE" start="18" end="18"/>
+      <field name="PCIDE" start="17" end="17"/>
+      <field name="FSGSBASE" start="16" end="16"/>
+      <field name="SMXE" start="14" end="14"/>
+      <field name="VMXE" start="13" end="13"/>
+      <field name="LA57" start="12" end="12"/>
+      <field name="UMIP" start="11" end="11"/>
+      <field name="OSXMMEXCPT" start="10" end="10"/>
+      <field name="OSFXSR" start="9" end="9"/>
+      <field name="PCE" start="8" end="8"/>
+      <field name="PGE" start="7" end="7"/>
+      <field name="MCE" start="6" end="6"/>
+      <field name="PAE" start="5" end="5"/>
+      <field name="PSE" start="4" end="4"/>
+      <field name="DE" start="3" end="3"/>
+      <field name="TSD" start="2" end="2"/>
+      <field name="PVI" start="1" end="1"/>
+      <field name="VME" start="0" end="0"/>
+    </flags>
+    <flags id="i386_efer" size="8">
+      <field name="TCE" start="15" end="15"/>
+      <field name="FFXSR" start="14" end="14"/>
+      <field name="LMSLE" start="13" end="13"/>
+      <field name="SVME" start="12" end="12"/>
+      <field name="NXE" start="11" end="11"/>
+      <field name="LMA" start="10" end="10"/>
+      <field name="LME" start="8" end="8"/>
+      <field name="SCE" start="0" end="0"/>
     </flags>
     <reg name="rax" bitsize="64" type="int64" regnum="0"/>
     <reg name="rbx" bitsize="64" type="int64"/>
@@ -395,12 +446,12 @@ pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
     <reg name="fs_base" bitsize="64" type="int64"/>
     <reg name="gs_base" bitsize="64" type="int64"/>
     <reg name="k_gs_base" bitsize="64" type="int64"/>
-    <reg name="cr0" bitsize="64" type="int64"/>
+    <reg name="cr0" bitsize="64" type="i386_cr0"/>
     <reg name="cr2" bitsize="64" type="int64"/>
-    <reg name="cr3" bitsize="64" type="int64"/>
-    <reg name="cr4" bitsize="64" type="int64"/>
+    <reg name="cr3" bitsize="64" type="i386_cr3"/>
+    <reg name="cr4" bitsize="64" type="i386_cr4"/>
     <reg name="cr8" bitsize="64" type="int64"/>
-    <reg name="efer" bitsize="64" type="int64"/>
+    <reg name="efer" bitsize="64" type="i386_efer"/>
     <reg name="st0" bitsize="80" type="i387_ext"/>
     <reg name="st1" bitsize="80" type="i387_ext"/>
     <reg name="st2" bitsize="80" type="i387_ext"/>

@@ -10,8 +10,9 @@ use gdbstub::target::ext::base::single_register_access::{
     SingleRegisterAccess, SingleRegisterAccessOps,
 };
 use gdbstub::target::ext::exec_file::ExecFile;
+use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{TargetError, TargetResult};
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs, KVM_MP_STATE_HALTED};
 use kvm_ioctls::VcpuFd;
 use log::debug;
 
@@ -184,6 +185,47 @@ impl MultiThreadBase for KvmTarget<'_> {
 
     fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_thread_extra_info(&mut self) -> Option<ThreadExtraInfoOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl KvmTarget<'_> {
+    /// Whether vCPU `index` stopped in `hlt` (rip just past one): KVM's
+    /// halted state, or the instruction before rip.
+    fn halted(&self, index: usize) -> bool {
+        if self.dbg.frozen.is_none() {
+            let state = self.on_vcpu(index, "KVM_GET_MP_STATE", |fd| fd.get_mp_state());
+            if state.is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED) {
+                return true;
+            }
+        }
+        let Ok((regs, _)) = self.core(index) else {
+            return false;
+        };
+        let mut byte = [0u8];
+        regs.rip
+            .checked_sub(1)
+            .and_then(|at| self.gpa_of(index, at))
+            .is_some_and(|gpa| self.dbg.memory.read(gpa, &mut byte).is_ok() && byte[0] == HLT)
+    }
+}
+
+/// The `hlt` instruction.
+const HLT: u8 = 0xf4;
+
+impl ThreadExtraInfo for KvmTarget<'_> {
+    /// What `info threads` shows, as QEMU says it: `CPU#0 [running]` or
+    /// `CPU#0 [halted]`.
+    fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, StubError> {
+        let index = tid.get() - 1;
+        let state = if self.halted(index) { "halted" } else { "running" };
+        let text = format!("CPU#{index} [{state}]");
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(n)
     }
 }
 
