@@ -1,5 +1,6 @@
 //! Parsing monitor arguments: numbers, sizes, rights and `--options`.
 
+use super::{expr, usage, CmdError};
 use crate::vmem::{BasicMapping, CowMapping, MappingKind, PageSize};
 
 /// Positional words and `--name value` options of one command.
@@ -11,15 +12,17 @@ pub(crate) struct Args<'a> {
 
 impl<'a> Args<'a> {
     /// Split `words`; every option must be one of `known` and take a value.
-    pub(crate) fn parse(words: &[&'a str], known: &[&str]) -> Result<Args<'a>, String> {
+    pub(crate) fn parse(words: &[&'a str], known: &[&str]) -> Result<Args<'a>, CmdError> {
         let mut args = Args::default();
         let mut rest = words.iter();
         while let Some(&word) = rest.next() {
             if let Some(name) = word.strip_prefix("--") {
                 if !known.contains(&name) {
-                    return Err(format!("unknown option --{name}"));
+                    return Err(usage(format!("unknown option --{name}")));
                 }
-                let value = rest.next().ok_or(format!("--{name} needs a value"))?;
+                let value = rest
+                    .next()
+                    .ok_or_else(|| usage(format!("--{name} needs a value")))?;
                 args.options.push((name, value));
             } else {
                 args.positional.push(word);
@@ -38,22 +41,37 @@ impl<'a> Args<'a> {
     }
 
     /// `--limit N` (rows to print), or `default`.
-    pub(crate) fn limit(&self, default: usize) -> Result<usize, String> {
+    pub(crate) fn limit(&self, default: usize) -> Result<usize, CmdError> {
         match self.option("limit") {
-            Some(n) => usize::try_from(number(n)?).map_err(|_| "--limit is too large".into()),
+            Some(n) => usize::try_from(number(n)?).map_err(|_| usage("--limit is too large")),
             None => Ok(default),
         }
     }
 
     /// Positional argument `i` as a number.
-    pub(crate) fn number(&self, i: usize, what: &str) -> Result<u64, String> {
-        let word = self.positional.get(i).ok_or(format!("missing {what}"))?;
-        number(word).map_err(|e| format!("{what}: {e}"))
+    pub(crate) fn number(&self, i: usize, what: &str) -> Result<u64, CmdError> {
+        let word = self
+            .positional
+            .get(i)
+            .ok_or_else(|| usage(format!("missing {what}")))?;
+        number(word).map_err(|e| match e {
+            CmdError::Usage(why) | CmdError::Failed(why) => usage(format!("{what}: {why}")),
+        })
     }
 }
 
-/// `0x1f`, `31`, `4k`, `2M`, `1g` (sizes are binary).
-pub(crate) fn number(word: &str) -> Result<u64, String> {
+/// `0x1f`, `31`, `4k`, `2M`, `1g` (sizes are binary), or an expression
+/// of them with `+ - * & |` and parentheses (`$reg` names are replaced by
+/// values before).
+pub(crate) fn number(word: &str) -> Result<u64, CmdError> {
+    if expr::is_expression(word) {
+        return expr::eval(word, plain_number);
+    }
+    plain_number(word)
+}
+
+/// A number without operators.
+fn plain_number(word: &str) -> Result<u64, CmdError> {
     let lower = word.to_ascii_lowercase();
     let (digits, shift) = match lower.as_bytes().last() {
         Some(b'k') => (&lower[..lower.len() - 1], 10),
@@ -66,24 +84,24 @@ pub(crate) fn number(word: &str) -> Result<u64, String> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => digits.parse::<u64>(),
     }
-    .map_err(|_| format!("'{word}' is not a number"))?;
+    .map_err(|_| usage(format!("'{word}' is not a number")))?;
     value
         .checked_mul(1 << shift)
-        .ok_or(format!("'{word}' is too large"))
+        .ok_or_else(|| usage(format!("'{word}' is too large")))
 }
 
 /// Rights from letters of `rwxuc` (`c` = copy-on-write); x86 pages are
 /// always readable, so `r` may be left out.
-pub(crate) fn rights(word: &str) -> Result<(MappingKind, bool), String> {
+pub(crate) fn rights(word: &str) -> Result<(MappingKind, bool), CmdError> {
     if word.is_empty() || !word.chars().all(|c| "rwxuc-".contains(c)) {
-        return Err(format!(
+        return Err(usage(format!(
             "'{word}' is not a set of rights (letters r w x u c)"
-        ));
+        )));
     }
     let has = |c| word.contains(c);
     let kind = if has('c') {
         if has('w') {
-            return Err("a copy-on-write page cannot be writable".into());
+            return Err(usage("a copy-on-write page cannot be writable"));
         }
         MappingKind::Cow(CowMapping {
             readable: true,
@@ -100,12 +118,14 @@ pub(crate) fn rights(word: &str) -> Result<(MappingKind, bool), String> {
 }
 
 /// `4k`, `2m` or `1g`.
-pub(crate) fn page_size(word: &str) -> Result<PageSize, String> {
+pub(crate) fn page_size(word: &str) -> Result<PageSize, CmdError> {
     match word.to_ascii_lowercase().as_str() {
         "4k" => Ok(PageSize::SIZE_4K),
         "2m" => Ok(PageSize::SIZE_2M),
         "1g" => Ok(PageSize::SIZE_1G),
-        _ => Err(format!("page size '{word}' is not one of 4k, 2m, 1g")),
+        _ => Err(usage(format!(
+            "page size '{word}' is not one of 4k, 2m, 1g"
+        ))),
     }
 }
 

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::args::Args;
 use super::vmem::{row, space_of, walk_space, CUT_SHORT};
-use super::Context;
+use super::{CmdError, Context};
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
 
@@ -106,7 +106,7 @@ enum Use {
     Both = 2,
 }
 
-pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let roots: Vec<u64> = if args.option("all").is_some() {
         ctx.spaces.iter().map(|(root, _)| *root).collect()

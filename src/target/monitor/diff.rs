@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::args::Args;
 use super::vmem::{row, walk_space, CUT_SHORT};
-use super::Context;
+use super::{CmdError, Context};
 use crate::arch::PageTableFormat;
 use crate::target::dump::Dump;
 use crate::target::memory::{GuestRam, GuestTables};
@@ -56,7 +56,7 @@ fn known_roots(ctx: &Context<'_>) -> Vec<u64> {
 }
 
 /// The mappings of every known space now.
-pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, String> {
+pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     Ok(take_in(fmt, ctx.memory, &known_roots(ctx)))
 }
@@ -106,7 +106,7 @@ fn report(before: &Snapshot, now: &Snapshot, what: &str, limit: usize, out: &mut
 }
 
 /// `vmem diff [NAME | --dump FILE] [--limit N]`.
-pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let limit = args.limit(DEFAULT_LIMIT)?;
     let now = take(ctx)?;

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::args::{self, Args};
 use super::vmem::{row, space_of, WALK_BUDGET};
-use super::Context;
+use super::{usage, CmdError, Context};
 use crate::target::memory::GuestTables;
 use crate::vmem;
 
@@ -20,7 +20,7 @@ vmem find --va VA [--space CR3] [--limit N]
     e.g. monitor vmem find 0x1000000 4k
 ";
 
-pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let (start, len) = match args.option("va") {
         Some(va) => {
@@ -46,7 +46,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     let end = start
         .checked_add(len)
         .filter(|_| len > 0)
-        .ok_or("PA + LEN must be above PA and below 2^64")?;
+        .ok_or_else(|| usage("PA + LEN must be above PA and below 2^64"))?;
     let _ = writeln!(out, "physical {start:#x}..{end:#x} is mapped at:");
     let limit = args.limit(DEFAULT_LIMIT)?;
     let mut found = 0usize;

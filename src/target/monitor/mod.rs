@@ -8,6 +8,7 @@
 mod args;
 mod audit;
 mod diff;
+mod expr;
 mod find;
 mod qemu;
 mod scan;
@@ -41,6 +42,34 @@ impl fmt::Display for View {
 }
 
 pub(crate) use diff::{take as take_snapshot, Snapshot};
+
+/// Why a command did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CmdError {
+    /// The command line was wrong (missing or bad argument): its usage is
+    /// shown.
+    Usage(String),
+    /// The command could not do it (memory not mapped, paging off …): one
+    /// line.
+    Failed(String),
+}
+
+/// A usage error.
+pub(crate) fn usage(why: impl Into<String>) -> CmdError {
+    CmdError::Usage(why.into())
+}
+
+impl From<String> for CmdError {
+    fn from(why: String) -> Self {
+        CmdError::Failed(why)
+    }
+}
+
+impl From<&str> for CmdError {
+    fn from(why: &str) -> Self {
+        CmdError::Failed(why.to_string())
+    }
+}
 
 /// What the target must do after a command.
 #[derive(Debug, Clone)]
@@ -101,11 +130,36 @@ Commands (monitor COMMAND):
   vmem help           the page-table commands with examples
 ";
 
+/// The lines of `block` that document `command` (its line and the
+/// indented ones after it), or all of `block` if none does.
+fn usage_of(block: &str, command: &str) -> String {
+    let mut lines = block.lines().skip_while(|l| {
+        !(l.starts_with(command) && l[command.len()..].starts_with([' ', '\0'])) && *l != command
+    });
+    let Some(first) = lines.next() else {
+        return block.to_string();
+    };
+    let mut text = format!("{first}\n");
+    for line in lines.take_while(|l| l.starts_with(' ')) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
 /// Run one monitor command line; returns its output and what to do next.
 pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
-    let words: Vec<&str> = line.split_whitespace().collect();
     let mut out = String::new();
-    let result = match words.as_slice() {
+    let line = match expr::substitute(line, || ctx.registers.all_registers()) {
+        Ok(line) => line,
+        Err(CmdError::Usage(why) | CmdError::Failed(why)) => {
+            return (format!("error: {why}\n"), Effect::None);
+        }
+    };
+    let owned = expr::words(&line);
+    let words: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let none = |r: Result<(), CmdError>| r.map(|()| Effect::None);
+    let (result, block, command) = match words.as_slice() {
         [] | ["help"] => {
             out.push_str(HELP);
             out.push_str(vmem::USAGE);
@@ -114,30 +168,76 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(diff::USAGE);
             out.push_str(vmem::WATCH_USAGE);
             out.push_str(qemu::USAGE);
-            Ok(Effect::None)
+            (Ok(Effect::None), "", String::new())
         }
-        ["vmem", rest @ ..] => vmem::run(ctx, rest, &mut out).map_err(|e| (e, vmem::USAGE)),
-        ["info", "mem"] => qemu::info_mem(ctx, &mut out)
-            .map(|()| Effect::None)
-            .map_err(|e| (e, qemu::USAGE)),
-        ["info", "tlb"] => qemu::info_tlb(ctx, &mut out)
-            .map(|()| Effect::None)
-            .map_err(|e| (e, qemu::USAGE)),
-        ["info", "registers"] => qemu::info_registers(ctx, &mut out)
-            .map(|()| Effect::None)
-            .map_err(|e| (e, qemu::USAGE)),
-        ["gva2gpa", addr] => qemu::gva2gpa(ctx, addr, &mut out)
-            .map(|()| Effect::None)
-            .map_err(|e| (e, qemu::USAGE)),
-        ["xp", rest @ ..] => qemu::xp(ctx, rest, &mut out)
-            .map(|()| Effect::None)
-            .map_err(|e| (e, qemu::USAGE)),
-        _ => Err((format!("unknown command: '{}'", line.trim()), HELP)),
+        ["vmem", rest @ ..] => {
+            let command = format!("vmem {}", rest.first().unwrap_or(&""));
+            let block = [
+                vmem::USAGE,
+                find::USAGE,
+                audit::USAGE,
+                diff::USAGE,
+                vmem::WATCH_USAGE,
+            ]
+            .concat();
+            return finish(vmem::run(ctx, rest, &mut out), &block, &command, out);
+        }
+        ["info", "mem"] => (
+            none(qemu::info_mem(ctx, &mut out)),
+            qemu::USAGE,
+            "info mem".into(),
+        ),
+        ["info", "tlb"] => (
+            none(qemu::info_tlb(ctx, &mut out)),
+            qemu::USAGE,
+            "info tlb".into(),
+        ),
+        ["info", "registers"] => (
+            none(qemu::info_registers(ctx, &mut out)),
+            qemu::USAGE,
+            "info registers".into(),
+        ),
+        ["gva2gpa", rest @ ..] => (
+            none(qemu::gva2gpa(ctx, rest, &mut out)),
+            qemu::USAGE,
+            "gva2gpa".into(),
+        ),
+        ["xp", rest @ ..] => (
+            none(qemu::xp(ctx, rest, &mut out)),
+            qemu::USAGE,
+            "xp".into(),
+        ),
+        ["x", rest @ ..] => (none(qemu::x(ctx, rest, &mut out)), qemu::USAGE, "x".into()),
+        [first, ..] => {
+            let what = if *first == "info" { line.trim() } else { first };
+            return (
+                format!("error: unknown command '{what}' (monitor help lists them)\n"),
+                Effect::None,
+            );
+        }
     };
+    finish(result, block, &command, out)
+}
+
+/// The output of a command that ended with `result`: a failure is one
+/// line; a usage error adds the command's usage.
+fn finish(
+    result: Result<Effect, CmdError>,
+    block: &str,
+    command: &str,
+    mut out: String,
+) -> (String, Effect) {
     match result {
         Ok(effect) => (out, effect),
-        Err((error, usage)) => {
-            out.push_str(&format!("error: {error}\nusage:\n{usage}"));
+        Err(CmdError::Failed(why)) => {
+            out.push_str(&format!("error: {why}\n"));
+            (out, Effect::None)
+        }
+        Err(CmdError::Usage(why)) => {
+            out.push_str(&format!(
+                "error: {why}\nusage: {}",
+                usage_of(block, command)
+            ));
             (out, Effect::None)
         }
     }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use kvm_bindings::kvm_segment;
 
 use super::args;
-use super::Context;
+use super::{usage, CmdError, Context};
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Flags, Perms};
 
@@ -19,6 +19,10 @@ info registers      the current vCPU's registers, QEMU layout
 gva2gpa ADDR        physical address of ADDR in the current space
 xp /FMT ADDR        physical memory dump (FMT: count, x|d|u|c, b|h|w|g)
     e.g. monitor xp /4xg 0x100000
+x /FMT ADDR         virtual memory dump through the current space
+    e.g. monitor x /2gx $sp+8
+ADDR and other numbers: hex, decimal, 4k/2m/1g, $pc/$sp/$rax/$cr3...,
+    + - * & | and parentheses
 ";
 
 const BUDGET: u64 = 1 << 24;
@@ -26,7 +30,7 @@ const BUDGET: u64 = 1 << 24;
 fn mappings<'a>(
     ctx: &'a Context<'_>,
     tables: &'a GuestTables<'a>,
-) -> Result<impl Iterator<Item = vmem::Mapping> + 'a, String> {
+) -> Result<impl Iterator<Item = vmem::Mapping> + 'a, CmdError> {
     let fmt = ctx.format.ok_or("PG disabled")?;
     Ok(vmem::virt_to_phys(fmt, tables, 0, u64::MAX)
         .with_budget(BUDGET)
@@ -34,7 +38,7 @@ fn mappings<'a>(
 }
 
 /// `info mem`: runs of equal user / write protection, PA ignored.
-pub(crate) fn info_mem(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn info_mem(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let Some(root) = ctx.root else {
         out.push_str("PG disabled\n");
         return Ok(());
@@ -79,7 +83,7 @@ pub(crate) fn info_mem(ctx: &Context<'_>, out: &mut String) -> Result<(), String
 }
 
 /// `info tlb`: one line per leaf page.
-pub(crate) fn info_tlb(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn info_tlb(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let Some(root) = ctx.root else {
         out.push_str("PG disabled\n");
         return Ok(());
@@ -115,8 +119,12 @@ pub(crate) fn info_tlb(ctx: &Context<'_>, out: &mut String) -> Result<(), String
 }
 
 /// `gva2gpa ADDR`.
-pub(crate) fn gva2gpa(ctx: &Context<'_>, addr: &str, out: &mut String) -> Result<(), String> {
-    let va = args::number(addr)?;
+pub(crate) fn gva2gpa(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), CmdError> {
+    let va = match words {
+        [addr] => args::number(addr)?,
+        [] => return Err(usage("missing ADDR")),
+        _ => return Err(usage("one ADDR only")),
+    };
     let gpa = match (ctx.format, ctx.root) {
         (Some(fmt), Some(root)) => {
             let tables = GuestTables::new(ctx.memory, root, None);
@@ -126,25 +134,61 @@ pub(crate) fn gva2gpa(ctx: &Context<'_>, addr: &str, out: &mut String) -> Result
         }
         _ => Some(va),
     };
-    match gpa {
+    let _ = match gpa {
         Some(gpa) => writeln!(out, "gpa: {gpa:#x}"),
         None => writeln!(out, "Unmapped"),
-    }
-    .map_err(|e| e.to_string())
+    };
+    Ok(())
 }
 
-/// `xp /FMT ADDR`.
-pub(crate) fn xp(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), String> {
+/// `xp /FMT ADDR`: physical memory.
+pub(crate) fn xp(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), CmdError> {
+    dump(words, out, |addr, buf| ctx.memory.read(addr, buf).is_ok())
+}
+
+/// `x /FMT ADDR`: virtual memory, through the current space (physical
+/// with paging off), page by page.
+pub(crate) fn x(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), CmdError> {
+    let (Some(fmt), Some(root)) = (ctx.format, ctx.root) else {
+        return xp(ctx, words, out);
+    };
+    let tables = GuestTables::new(ctx.memory, root, None);
+    dump(words, out, |addr, buf| {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = addr.wrapping_add(done as u64);
+            let Ok((pa, _)) = vmem::translate_pa(fmt, &tables, root, va) else {
+                return false;
+            };
+            let n = (0x1000 - (va & 0xfff) as usize).min(buf.len() - done);
+            if ctx.memory.read(pa, &mut buf[done..done + n]).is_err() {
+                return false;
+            }
+            done += n;
+        }
+        true
+    })
+}
+
+/// QEMU's memory dump of `words` (`/FMT ADDR`) read by `read`: the lines
+/// that can be read, then one error line for the first element that
+/// cannot.
+fn dump(
+    words: &[&str],
+    out: &mut String,
+    read: impl Fn(u64, &mut [u8]) -> bool,
+) -> Result<(), CmdError> {
     let (spec, addr) = match words {
         [spec, addr] if spec.starts_with('/') => (&spec[1..], *addr),
-        [addr] => ("", *addr),
-        _ => return Err("usage: xp /FMT ADDR".into()),
+        [addr] if !addr.starts_with('/') => ("", *addr),
+        [] | [_] => return Err(usage("missing ADDR")),
+        _ => return Err(usage("expected /FMT ADDR")),
     };
     let digits: String = spec.chars().take_while(char::is_ascii_digit).collect();
     let count: u64 = if digits.is_empty() {
         1
     } else {
-        digits.parse().map_err(|_| "bad count")?
+        digits.parse().map_err(|_| usage("bad count"))?
     };
     let (mut format, mut size) = ('x', 4u64);
     for c in spec[digits.len()..].chars() {
@@ -154,44 +198,44 @@ pub(crate) fn xp(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<
             'h' => size = 2,
             'w' => size = 4,
             'g' => size = 8,
-            _ => return Err(format!("unknown format letter '{c}'")),
+            _ => return Err(usage(format!("unknown format letter '{c}'"))),
         }
     }
     if format == 'c' {
         size = 1;
     }
     if count > 1 << 16 {
-        return Err("count is too large (at most 65536)".into());
+        return Err(usage("count is too large (at most 65536)"));
     }
-    let mut addr = args::number(addr)?;
-    let mut len = count * size;
-    let line_size = if size == 1 { 8 } else { 16 };
+    let start = args::number(addr)?;
+    let per_line = if size == 1 { 8 } else { 16 / size };
     let digits = match format {
         'x' => (size * 8 / 4) as usize,
         _ => (size * 8 * 10).div_ceil(33) as usize,
     };
-    while len > 0 {
-        let l = len.min(line_size);
-        let mut buf = vec![0u8; l as usize];
-        ctx.memory
-            .read(addr, &mut buf)
-            .map_err(|_| format!("Cannot access memory at {addr:#x}"))?;
-        let _ = write!(out, "{addr:016x}:");
-        for chunk in buf.chunks(size as usize) {
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            let v = u64::from_le_bytes(bytes);
-            let shift = 64 - 8 * size as u32;
-            let _ = match format {
-                'x' => write!(out, " 0x{v:0digits$x}"),
-                'u' => write!(out, " {v:digits$}"),
-                'd' => write!(out, " {:digits$}", ((v << shift) as i64) >> shift),
-                _ => write!(out, " {}", printable(v as u8)),
-            };
+    for i in 0..count {
+        let at = start.wrapping_add(i * size);
+        let mut bytes = [0u8; 8];
+        if !read(at, &mut bytes[..size as usize]) {
+            if i % per_line != 0 {
+                out.push('\n');
+            }
+            return Err(format!("Cannot access memory at {at:#x}").into());
         }
-        out.push('\n');
-        addr = addr.wrapping_add(l);
-        len -= l;
+        if i % per_line == 0 {
+            let _ = write!(out, "{at:016x}:");
+        }
+        let v = u64::from_le_bytes(bytes);
+        let shift = 64 - 8 * size as u32;
+        let _ = match format {
+            'x' => write!(out, " 0x{v:0digits$x}"),
+            'u' => write!(out, " {v:digits$}"),
+            'd' => write!(out, " {:digits$}", ((v << shift) as i64) >> shift),
+            _ => write!(out, " {}", printable(v as u8)),
+        };
+        if i % per_line == per_line - 1 || i == count - 1 {
+            out.push('\n');
+        }
     }
     Ok(())
 }
@@ -269,7 +313,7 @@ fn seg_line(out: &mut String, name: &str, s: &kvm_segment) {
 }
 
 /// `info registers`.
-pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let state = ctx
         .registers
         .all_registers()

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::audit::Recorder;
 use super::vmem::WALK_BUDGET;
-use super::Context;
+use super::{usage, CmdError, Context};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::{GuestRam, GuestTables};
 use crate::vmem::{self, HumanBytes, PhysAddr};
@@ -49,13 +49,13 @@ pub(crate) enum ScanMode {
 }
 
 impl ScanMode {
-    pub(crate) fn parse(word: &str) -> Result<ScanMode, String> {
+    pub(crate) fn parse(word: &str) -> Result<ScanMode, CmdError> {
         match word {
             "1" | "shared" => Ok(ScanMode::Shared),
             "any" => Ok(ScanMode::Any),
-            other => Err(format!(
+            other => Err(usage(format!(
                 "--scan takes shared (roots sharing the kernel half) or any, not '{other}'"
-            )),
+            ))),
         }
     }
 }
@@ -162,7 +162,7 @@ pub(crate) fn scan(
     ctx: &Context<'_>,
     mode: ScanMode,
     out: &mut String,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let reference = ctx.root.ok_or("paging is off on this vCPU")?;
     if fmt.entry_size() != 8 || 1usize << fmt.index_bits(0) != ENTRIES {
@@ -206,10 +206,10 @@ fn scan_shared(
     known: &BTreeSet<PhysAddr>,
     half: u64,
     out: &mut String,
-) -> Result<(Vec<PhysAddr>, u64), String> {
+) -> Result<(Vec<PhysAddr>, u64), CmdError> {
     let mut root = [0u64; ENTRIES];
     if !scanner.read(reference, &mut root) {
-        return Err(format!("the current root {reference:#x} is not in RAM"));
+        return Err(format!("the current root {reference:#x} is not in RAM").into());
     }
     // The kernel half of the current space, present entries only.
     let kernel: Vec<(usize, u64)> = (ENTRIES / 2..ENTRIES)

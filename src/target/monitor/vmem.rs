@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::{audit, diff, find, scan, Context, Effect, View};
+use super::{audit, diff, find, scan, usage, CmdError, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -129,7 +129,7 @@ fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<
 }
 
 /// The space `--space` names, or the current vCPU's.
-pub(crate) fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String> {
+pub(crate) fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, CmdError> {
     match args.option("space") {
         Some(cr3) => Ok(args::number(cr3)? & ctx.root_mask),
         None => ctx
@@ -138,7 +138,7 @@ pub(crate) fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, String
     }
 }
 
-fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let root = space_of(ctx, args)?;
     let start = if args.positional.is_empty() {
         0
@@ -153,7 +153,8 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), Stri
     let len = if end == 0 {
         u64::MAX - start
     } else {
-        end.checked_sub(start).ok_or("END is below START")?
+        end.checked_sub(start)
+            .ok_or_else(|| usage("END is below START"))?
     };
     let limit = args.limit(DEFAULT_LIMIT)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
@@ -199,7 +200,7 @@ pub(crate) fn describe(fmt: &dyn PageTableFormat, level: usize, d: &Descriptor) 
     }
 }
 
-fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), String> {
+fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let va = args.number(0, "VA")?;
     let root = space_of(ctx, args)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
@@ -248,7 +249,7 @@ fn edit(
     command: &str,
     args: &Args<'_>,
     out: &mut String,
-) -> Result<Effect, String> {
+) -> Result<Effect, CmdError> {
     let root = space_of(ctx, args)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let tables = GuestTables::new(ctx.memory, root, ctx.pool);
@@ -285,12 +286,13 @@ fn edit(
         }
         Err(MapError::Alloc { cause, .. }) if ctx.pool.is_none() => Err(format!(
             "cannot {command}: a new page table is needed but the VMM reserved no table pool ({cause})"
-        )),
-        Err(e) => Err(format!("cannot {command}: {e}")),
+        )
+        .into()),
+        Err(e) => Err(format!("cannot {command}: {e}").into()),
     }
 }
 
-fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
+fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let roots: Vec<u64> = ctx.spaces.iter().map(|(root, _)| *root).collect();
     let walks = vmem::walk_va_spaces_bounded(
@@ -334,12 +336,12 @@ fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
-fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, String> {
+fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, CmdError> {
     let view = match args.positional.first().copied() {
         Some("current") => View::Current,
         Some("phys") | Some("physical") => View::Physical,
         Some(word) => View::Space(args::number(word)?),
-        None => return Err("missing CR3, current or phys".into()),
+        None => return Err(usage("missing CR3, current or phys")),
     };
     let _ = writeln!(out, "gdb memory accesses now go through {view}");
     Ok(Effect::Use(view))
@@ -356,8 +358,10 @@ vmem unwatch [VA]
 ";
 
 /// Run `vmem WORDS…`.
-pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, String> {
-    let (command, rest) = words.split_first().ok_or("missing vmem command")?;
+pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<Effect, CmdError> {
+    let (command, rest) = words
+        .split_first()
+        .ok_or_else(|| usage("missing vmem command"))?;
     let args = Args::parse(
         rest,
         &["space", "limit", "page", "va", "all", "scan", "dump"],
@@ -372,7 +376,10 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             Ok(Effect::None)
         }
         "snapshot" => {
-            let name = *args.positional.first().ok_or("missing NAME")?;
+            let name = *args
+                .positional
+                .first()
+                .ok_or_else(|| usage("missing NAME"))?;
             let snapshot = diff::take(ctx)?;
             let _ = writeln!(
                 out,
@@ -399,7 +406,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
                 let _ = writeln!(out, "added space {root:#x}");
                 Ok(Effect::AddSpaces(vec![root]))
             }
-            _ => Err("usage: vmem space add CR3".into()),
+            _ => Err(usage("expected: vmem space add CR3")),
         },
         "use" => use_space(&args, out),
         "watch" if args.positional.is_empty() => Ok(Effect::ListWatches),
@@ -413,6 +420,6 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             Some(word) => Ok(Effect::Unwatch(Some(args::number(word)?))),
             None => Ok(Effect::Unwatch(None)),
         },
-        other => Err(format!("unknown vmem command '{other}'")),
+        other => Err(usage(format!("unknown vmem command '{other}'"))),
     }
 }

@@ -221,7 +221,11 @@ impl ThreadExtraInfo for KvmTarget<'_> {
     /// `CPU#0 [halted]`.
     fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, StubError> {
         let index = tid.get() - 1;
-        let state = if self.halted(index) { "halted" } else { "running" };
+        let state = if self.halted(index) {
+            "halted"
+        } else {
+            "running"
+        };
         let text = format!("CPU#{index} [{state}]");
         let n = text.len().min(buf.len());
         buf[..n].copy_from_slice(&text.as_bytes()[..n]);

@@ -1,0 +1,186 @@
+//! What front-ends that know QEMU expect, through the real gdb against the
+//! demo VM: control registers with QEMU's flag types, `$reg` expressions in
+//! monitor arguments (checked against gdb's own evaluation), QEMU's thread
+//! names, bare `qSupported`, one-line errors, and `x` / `xp` at the edges
+//! of what is mapped.
+
+mod demo;
+
+use demo::{hex_after, DemoVm};
+
+/// The names gdb shows for the set bits of `value`, from Intel's SDM
+/// (high bits first, as gdb prints flags).
+fn flag_names(value: u64, bits: &[(&str, u32)]) -> String {
+    let set: Vec<&str> = bits
+        .iter()
+        .filter(|(_, bit)| value >> bit & 1 == 1)
+        .map(|(name, _)| *name)
+        .collect();
+    format!("[ {} ]", set.join(" "))
+}
+
+/// Control registers and EFER as QEMU's target description shows them.
+#[test]
+fn control_registers_show_their_flags() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&["info registers cr0 cr3 cr4 efer eflags"]);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}: {out}"))
+            .to_string()
+    };
+    let cr0 = hex_after(&line("cr0"), "cr0").unwrap();
+    let cr0_bits = [
+        ("PG", 31),
+        ("CD", 30),
+        ("NW", 29),
+        ("AM", 18),
+        ("WP", 16),
+        ("NE", 5),
+        ("ET", 4),
+        ("TS", 3),
+        ("EM", 2),
+        ("MP", 1),
+        ("PE", 0),
+    ];
+    assert!(line("cr0").ends_with(&flag_names(cr0, &cr0_bits)), "{out}");
+    assert!(line("cr0").ends_with("[ PG WP NE ET MP PE ]"), "{out}");
+    assert!(line("cr4").ends_with("[ OSXMMEXCPT OSFXSR PAE ]"), "{out}");
+    assert!(line("efer").ends_with("[ NXE LMA LME ]"), "{out}");
+    let cr3 = line("cr3");
+    let value = hex_after(&cr3, "cr3").unwrap();
+    assert!(
+        cr3.ends_with(&format!("[ PDBR={} PCID=0 ]", value >> 12)),
+        "{out}"
+    );
+    assert!(line("eflags").contains("IOPL=0"), "{out}");
+}
+
+/// `$pc`, `$sp`, arithmetic and spaces in monitor arguments give what gdb
+/// itself computes for the same expressions.
+#[test]
+fn monitor_arguments_take_registers_and_arithmetic() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "x/2gx $sp+8",
+        "monitor x /2gx $sp+8",
+        "monitor x /2gx ( $rsp + 0x10 ) - 8",
+        "print/x $pc",
+        "monitor gva2gpa $pc",
+        "monitor vmem translate $rip & ~0xfff",
+        "monitor gva2gpa $nosuch",
+    ]);
+    // gdb: "0xADDR <sym>:\t0xA\t0xB"; ours: "ADDR: 0xA 0xB".
+    let gdb_line = out.lines().find(|l| l.contains(":\t0x")).expect(&out);
+    let gdb_values: Vec<u64> = gdb_line
+        .split('\t')
+        .skip(1)
+        .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    let ours: Vec<Vec<u64>> = out
+        .lines()
+        .filter(|l| {
+            l.len() > 17
+                && l.as_bytes()[16] == b':'
+                && l[..16].chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .map(|l| {
+            l[17..]
+                .split_whitespace()
+                .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(ours.len(), 2, "{out}");
+    assert_eq!(ours[0], gdb_values, "{out}");
+    assert_eq!(ours[1], gdb_values, "{out}");
+    let pc = hex_after(&out, "$1 = ").unwrap();
+    let gpa = hex_after(&out, "gpa: ").unwrap();
+    // The demo's kernel window: VA 0xffffffff80000000 + x is PA x.
+    assert_eq!(gpa, pc - 0xffff_ffff_8000_0000, "{out}");
+    assert!(
+        out.contains(&format!("{:#x} in space", pc & !0xfff)),
+        "translate of the page: {out}"
+    );
+    assert!(out.contains("error: unknown register $nosuch\n"), "{out}");
+}
+
+/// `info threads` names each vCPU as QEMU does: halted while in `hlt`,
+/// running when stopped elsewhere (at a breakpoint in `level3`).
+#[test]
+fn threads_are_named_like_qemus_cpus() {
+    let Some(vm) = DemoVm::start() else { return };
+    let idle = vm.gdb(&["info threads"]);
+    assert!(idle.contains("(CPU#0 [halted])"), "{idle}");
+    assert!(idle.contains("(CPU#1 [halted])"), "{idle}");
+    let busy = vm.gdb(&["break level3", "continue", "info threads", "delete"]);
+    assert!(
+        busy.lines()
+            .any(|l| l.starts_with('*') && l.contains("[running])") && l.contains("level3")),
+        "{busy}"
+    );
+}
+
+/// A bare `qSupported` (pwndbg's `maint packet qSupported`) gets the
+/// features gdb's own query gets, exec-file among them; `Qqemu.sstep`
+/// is remembered.
+#[test]
+fn bare_qsupported_and_sstep_state() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "maint packet qSupported",
+        "maint packet Qqemu.sstep=0x1",
+        "maint packet qqemu.sstep",
+        "maint packet Qqemu.sstep=0x7",
+    ]);
+    assert!(out.contains("received: \"PacketSize="), "{out}");
+    assert!(out.contains("qXfer:exec-file:read+"), "{out}");
+    assert!(out.contains("received: \"0x1\""), "{out}");
+}
+
+/// `xp` across the end of RAM prints what exists, then one error line;
+/// `x` stops at the first unmapped page the same way; a missing argument
+/// is not an unknown command.
+#[test]
+fn memory_dumps_print_what_exists() {
+    let Some(vm) = DemoVm::start() else { return };
+    let end = 64u64 << 20; // the demo's RAM
+    let out = vm.gdb(&[
+        &format!("monitor xp /4gx {:#x}", end - 16),
+        "monitor x /4gx 0x401000-16",
+        "monitor gva2gpa",
+        "monitor xp",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{:016x}:", end - 16)))
+        .expect(&out);
+    assert_eq!(lines[at].split_whitespace().count(), 3, "{out}");
+    assert_eq!(
+        lines[at + 1],
+        format!("error: Cannot access memory at {end:#x}"),
+        "{out}"
+    );
+    // 0x400000 is the user page of the current space (0x401000 is not
+    // mapped): two values, then the error at 0x401000.
+    let user = lines
+        .iter()
+        .position(|l| l.starts_with("0000000000400ff0:"))
+        .expect(&out);
+    assert_eq!(
+        lines[user + 1],
+        "error: Cannot access memory at 0x401000",
+        "{out}"
+    );
+    assert!(
+        out.contains("error: missing ADDR\nusage: gva2gpa ADDR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: missing ADDR\nusage: xp /FMT ADDR"),
+        "{out}"
+    );
+    assert!(!out.contains("unknown command"), "{out}");
+}
