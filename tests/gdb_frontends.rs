@@ -184,3 +184,98 @@ fn memory_dumps_print_what_exists() {
     );
     assert!(!out.contains("unknown command"), "{out}");
 }
+
+/// pwndbg's default `kernel-vmmap page-tables` runs gdb-pt-dump, which
+/// finds the VMM as `pgrep qemu-system` (with several, the one that has the
+/// file of `monitor chardev-add file,id=…,path=…` open), then reads guest
+/// RAM from `/proc/PID/mem` at `monitor gpa2hva`'s host address. Its exact
+/// steps against the demo named `qemu-system-vmm`: the handshake finds the
+/// demo's pid, and the root table read at the host address equals
+/// `monitor xp` of it.
+#[test]
+fn gdb_pt_dumps_way_to_guest_ram_works() {
+    let Some(vm) = DemoVm::start_with(&["--process-name", "qemu-system-vmm"]) else {
+        return;
+    };
+    let marker = std::env::temp_dir().join(format!("gdb-pt-dump-{}", vm.pid()));
+    std::fs::write(&marker, b"").unwrap();
+    let root = vm.spaces[0];
+    let out = vm.gdb(&[
+        &format!(
+            "monitor chardev-add file,id=gdb-pt-dump-test,path={}",
+            marker.display()
+        ),
+        &format!(
+            "shell ls -l /proc/{}/fd > {}.fds",
+            vm.pid(),
+            marker.display()
+        ),
+        "monitor chardev-remove gdb-pt-dump-test",
+        "monitor chardev-remove gdb-pt-dump-test",
+        &format!("monitor gpa2hva {root:#x}"),
+        &format!("monitor xp /512gx {root:#x}"),
+        "monitor gpa2hva 0x7fff000000",
+        "monitor chardev-add socket,id=x,path=/tmp/x",
+    ]);
+    let fds = std::fs::read_to_string(format!("{}.fds", marker.display())).unwrap();
+    let _ = std::fs::remove_file(format!("{}.fds", marker.display()));
+    let _ = std::fs::remove_file(&marker);
+    assert!(
+        fds.contains(&marker.display().to_string()),
+        "the VMM holds the chardev's file: {fds}"
+    );
+    let pgrep = std::process::Command::new("pgrep")
+        .arg("qemu-system")
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pgrep.stdout);
+    assert!(
+        pids.lines().any(|p| p == vm.pid().to_string()),
+        "pgrep qemu-system: {pids}"
+    );
+    assert!(
+        out.contains("error: no chardev 'gdb-pt-dump-test'"),
+        "{out}"
+    );
+    // gdb-pt-dump: int(res.split(" ")[-1], 16), then pread /proc/PID/mem.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("Host virtual address for {root:#x} (ram) is ")))
+        .expect(&out);
+    let hva = u64::from_str_radix(
+        line.split(' ')
+            .next_back()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let mem = std::fs::File::open(format!("/proc/{}/mem", vm.pid())).unwrap();
+    let mut table = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut table, hva).unwrap();
+    let from_proc: Vec<u64> = table
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let from_xp: Vec<u64> = out
+        .lines()
+        .filter(|l| l.len() > 17 && l.as_bytes()[16] == b':')
+        .flat_map(|l| {
+            l[17..]
+                .split_whitespace()
+                .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(from_xp.len(), 512, "{out}");
+    assert_eq!(from_proc, from_xp);
+    assert!(from_proc.iter().any(|&e| e & 1 == 1), "a root with entries");
+    assert!(
+        out.contains("error: No memory is mapped at address 0x7fff000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: only the file backend is supported"),
+        "{out}"
+    );
+}

@@ -113,6 +113,12 @@ struct Args {
     /// may be repeated. E.g. --monitor "vmem audit --all 1"
     #[arg(long = "monitor", value_name = "COMMAND")]
     monitor: Vec<String>,
+    /// Name this process (at most 15 bytes) as tools that look for a VMM
+    /// by name expect: gdb-pt-dump, behind pwndbg's default
+    /// `kernel-vmmap page-tables`, runs `pgrep qemu-system`. E.g.
+    /// --process-name qemu-system-vmm
+    #[arg(long)]
+    process_name: Option<String>,
 }
 
 /// A number in hex (0x…) or decimal.
@@ -129,6 +135,9 @@ fn main() {
         .format_timestamp_micros()
         .init();
     let args = Args::parse();
+    if let Some(name) = &args.process_name {
+        set_process_name(name);
+    }
     if let Err(e) = run(args) {
         error!("{e}");
         std::process::exit(1);
@@ -216,6 +225,21 @@ fn run(args: Args) -> Result<(), String> {
     }
     info!("demo VM stopped");
     Ok(())
+}
+
+/// `--process-name`: this thread's name, which is the process's name
+/// (`/proc/PID/comm`) when called from the main thread.
+fn set_process_name(name: &str) {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        error!("--process-name: no NUL bytes, please");
+        return;
+    };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel takes
+    // at most 16 bytes of it); `name` lives across the call.
+    let done = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    if done != 0 {
+        error!("--process-name: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// `--monitor`: the VMM asks the debugger itself, as from its own console.

@@ -425,7 +425,9 @@ impl RamAccess for DumpMemory {
             .map(|p| RamRange {
                 gpa: p.gpa,
                 size: p.len,
-                host: 0,
+                // Where the mapped file holds it (pieces lie inside the
+                // file: checked when it was opened).
+                host: self.at(p.gpa).map_or(0, |bytes| bytes.as_ptr() as u64),
             })
             .collect()
     }

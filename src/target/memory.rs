@@ -23,7 +23,8 @@ pub struct RamRange {
     pub gpa: PhysAddr,
     /// Size in bytes.
     pub size: u64,
-    /// Host address of the first byte (for `KVM_SET_USER_MEMORY_REGION`).
+    /// Host address of the first byte in this process (0: none), e.g. for
+    /// `KVM_SET_USER_MEMORY_REGION` or `monitor gpa2hva`.
     pub host: u64,
 }
 

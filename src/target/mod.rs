@@ -159,6 +159,7 @@ impl DebuggerBuilder {
                 exec_file: None,
                 table_pool: None,
                 spaces: Mutex::default(),
+                chardevs: Mutex::default(),
                 cpu_limits: OnceLock::new(),
                 frozen: None,
             },

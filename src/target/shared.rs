@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub(crate) qemu: Arc<QemuFlags>,
     pub(crate) exec_file: Option<String>,
     pub(crate) table_pool: Option<TablePool>,
+    /// Files opened by `monitor chardev-add`, by id (kept across sessions,
+    /// as QEMU keeps chardevs).
+    pub(crate) chardevs: Mutex<BTreeMap<String, std::fs::File>>,
     /// Address spaces known to `monitor vmem spaces`, with how they are known.
     pub(crate) spaces: Mutex<BTreeMap<u64, &'static str>>,
     /// A memory dump's vCPUs, which never run (`None`: live vCPUs).

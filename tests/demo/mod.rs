@@ -150,6 +150,11 @@ impl DemoVm {
         })
     }
 
+    /// The demo VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gdb command line that loads the guest's symbols and connects.
     pub fn gdb_command(&self, commands: &[&str]) -> Command {
         let mut gdb = Command::new("gdb");

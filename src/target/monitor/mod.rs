@@ -92,6 +92,13 @@ pub(crate) enum Effect {
     Unwatch(Option<u64>),
     /// List the watched translations.
     ListWatches,
+    /// Open an existing host file read-only under a chardev id.
+    ChardevAdd {
+        id: String,
+        path: String,
+    },
+    /// Close the chardev `id`.
+    ChardevRemove(String),
 }
 
 /// What a command may look at.
@@ -208,6 +215,20 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             "xp".into(),
         ),
         ["x", rest @ ..] => (none(qemu::x(ctx, rest, &mut out)), qemu::USAGE, "x".into()),
+        ["gpa2hva", rest @ ..] => (
+            none(qemu::gpa2hva(ctx, rest, &mut out)),
+            qemu::USAGE,
+            "gpa2hva".into(),
+        ),
+        ["chardev-add", rest @ ..] => (qemu::chardev_add(rest), qemu::USAGE, "chardev-add".into()),
+        ["chardev-remove", rest @ ..] => (
+            match rest {
+                [id] => Ok(Effect::ChardevRemove(id.to_string())),
+                _ => Err(usage("expected one ID")),
+            },
+            qemu::USAGE,
+            "chardev-remove".into(),
+        ),
         [first, ..] => {
             let what = if *first == "info" { line.trim() } else { first };
             return (

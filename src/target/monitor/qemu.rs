@@ -7,7 +7,7 @@ use std::fmt::Write;
 use kvm_bindings::kvm_segment;
 
 use super::args;
-use super::{usage, CmdError, Context};
+use super::{usage, CmdError, Context, Effect};
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Flags, Perms};
 
@@ -17,6 +17,11 @@ info mem            ranges of equal protection: start-end size [u-]r[w-]
 info tlb            every page: va: pa XGPDACTUW
 info registers      the current vCPU's registers, QEMU layout
 gva2gpa ADDR        physical address of ADDR in the current space
+gpa2hva ADDR        where this process holds guest-physical ADDR
+chardev-add file,id=ID,path=PATH
+                    open an existing file read-only (nothing is written;
+                    the handshake gdb-pt-dump uses to find the VMM)
+chardev-remove ID   close it
 xp /FMT ADDR        physical memory dump (FMT: count, x|d|u|c, b|h|w|g)
     e.g. monitor xp /4xg 0x100000
 x /FMT ADDR         virtual memory dump through the current space
@@ -139,6 +144,57 @@ pub(crate) fn gva2gpa(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Re
         None => writeln!(out, "Unmapped"),
     };
     Ok(())
+}
+
+/// `gpa2hva ADDR`: where the VMM's process holds guest-physical ADDR, in
+/// QEMU's words (gdb-pt-dump reads `/proc/PID/mem` there).
+pub(crate) fn gpa2hva(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), CmdError> {
+    let gpa = match words {
+        [addr] => args::number(addr)?,
+        [] => return Err(usage("missing ADDR")),
+        _ => return Err(usage("one ADDR only")),
+    };
+    let range = ctx
+        .memory
+        .ranges()
+        .iter()
+        .find(|r| gpa >= r.gpa && gpa - r.gpa < r.size && r.host != 0)
+        .copied()
+        .ok_or_else(|| format!("No memory is mapped at address {gpa:#x}"))?;
+    let _ = writeln!(
+        out,
+        "Host virtual address for {gpa:#x} (ram) is {:#x}",
+        range.host + (gpa - range.gpa)
+    );
+    Ok(())
+}
+
+/// `chardev-add file,id=ID,path=PATH`: what to open (only the `file`
+/// backend: gdb-pt-dump's way of finding the VMM's process).
+pub(crate) fn chardev_add(words: &[&str]) -> Result<Effect, CmdError> {
+    let spec = match words {
+        [spec] => *spec,
+        [] => return Err(usage("missing file,id=ID,path=PATH")),
+        _ => return Err(usage("one argument: file,id=ID,path=PATH")),
+    };
+    let mut parts = spec.split(',');
+    if parts.next() != Some("file") {
+        return Err(usage(
+            "only the file backend is supported: file,id=ID,path=PATH",
+        ));
+    }
+    let (mut id, mut path) = (None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("path", v)) => path = Some(v.to_string()),
+            _ => return Err(usage(format!("unknown chardev option '{part}'"))),
+        }
+    }
+    match (id, path) {
+        (Some(id), Some(path)) if !id.is_empty() => Ok(Effect::ChardevAdd { id, path }),
+        _ => Err(usage("file,id=ID,path=PATH needs both id and path")),
+    }
 }
 
 /// `xp /FMT ADDR`: physical memory.

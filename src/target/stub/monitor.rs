@@ -195,6 +195,25 @@ impl KvmTarget<'_> {
                     Err(e) => text.push_str(&format!("error: cannot untrap the tables: {e}\n")),
                 }
             }
+            Effect::ChardevAdd { id, path } => {
+                let mut chardevs = lock(&self.dbg.chardevs);
+                if chardevs.contains_key(&id) {
+                    text.push_str(&format!("error: chardev '{id}' already exists\n"));
+                } else {
+                    match std::fs::File::open(&path) {
+                        Ok(file) => {
+                            debug!("chardev {id}: {path} opened read-only");
+                            chardevs.insert(id, file);
+                        }
+                        Err(e) => text.push_str(&format!("error: {path}: {e}\n")),
+                    }
+                }
+            }
+            Effect::ChardevRemove(id) => {
+                if lock(&self.dbg.chardevs).remove(&id).is_none() {
+                    text.push_str(&format!("error: no chardev '{id}'\n"));
+                }
+            }
             Effect::ListWatches => {
                 let list = self.dbg.table_watches().list();
                 for (va, root, now) in &list {
