@@ -1,6 +1,7 @@
 //! `monitor` commands: the context they see (built when a command runs)
 //! and the effects they ask for.
 
+use std::collections::btree_map::Entry;
 use std::sync::TryLockError;
 use std::time::Instant;
 
@@ -195,20 +196,18 @@ impl KvmTarget<'_> {
                     Err(e) => text.push_str(&format!("error: cannot untrap the tables: {e}\n")),
                 }
             }
-            Effect::ChardevAdd { id, path } => {
-                let mut chardevs = lock(&self.dbg.chardevs);
-                if chardevs.contains_key(&id) {
-                    text.push_str(&format!("error: chardev '{id}' already exists\n"));
-                } else {
-                    match std::fs::File::open(&path) {
-                        Ok(file) => {
-                            debug!("chardev {id}: {path} opened read-only");
-                            chardevs.insert(id, file);
-                        }
-                        Err(e) => text.push_str(&format!("error: {path}: {e}\n")),
-                    }
+            Effect::ChardevAdd { id, path } => match lock(&self.dbg.chardevs).entry(id) {
+                Entry::Occupied(e) => {
+                    text.push_str(&format!("error: chardev '{}' already exists\n", e.key()));
                 }
-            }
+                Entry::Vacant(slot) => match std::fs::File::open(&path) {
+                    Ok(file) => {
+                        debug!("chardev {}: {path} opened read-only", slot.key());
+                        slot.insert(file);
+                    }
+                    Err(e) => text.push_str(&format!("error: {path}: {e}\n")),
+                },
+            },
             Effect::ChardevRemove(id) => {
                 if lock(&self.dbg.chardevs).remove(&id).is_none() {
                     text.push_str(&format!("error: no chardev '{id}'\n"));
