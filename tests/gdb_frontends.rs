@@ -279,3 +279,66 @@ fn gdb_pt_dumps_way_to_guest_ram_works() {
         "{out}"
     );
 }
+
+/// lldb's memory map comes from the page tables (`qMemoryRegionInfo`):
+/// `memory region` on the user page (4K, rw-), the unmapped gap after it,
+/// and an address inside the kernel window's 2 MiB pages (one rwx region
+/// for all 64 MiB); walking on with `memory region` visits the demo's
+/// whole layout in order, gaps included (lldb 14 has no `--all`).
+#[test]
+fn lldb_memory_regions_come_from_the_page_tables() {
+    if std::process::Command::new("lldb")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(!required, "lldb is missing");
+        eprintln!("SKIPPED: no lldb");
+        return;
+    }
+    let Some(vm) = DemoVm::start() else { return };
+    let mut lldb = std::process::Command::new("lldb");
+    lldb.arg("--batch")
+        .args(["-o", &format!("gdb-remote 127.0.0.1:{}", vm.port)])
+        .args(["-o", "memory region 0x400123"])
+        .args(["-o", "memory region 0x401000"])
+        .args(["-o", "memory region 0xffffffff80412345"])
+        .args(["-o", "memory region 0"]);
+    for _ in 0..8 {
+        lldb.args(["-o", "memory region"]);
+    }
+    lldb.args(["-o", "detach"])
+        .stdin(std::process::Stdio::null());
+    let out = demo::run_with_timeout(lldb, std::time::Duration::from_secs(60));
+    let regions: Vec<&str> = out.lines().filter(|l| l.starts_with("[0x")).collect();
+    assert_eq!(regions.len(), 12, "{out}");
+    assert_eq!(
+        regions[0], "[0x0000000000400000-0x0000000000401000) rw-",
+        "{out}"
+    );
+    assert_eq!(
+        regions[1], "[0x0000000000401000-0xffff888000000000) ---",
+        "{out}"
+    );
+    assert_eq!(
+        regions[2], "[0xffffffff80000000-0xffffffff84000000) rwx",
+        "{out}"
+    );
+    assert_eq!(
+        regions[3..],
+        [
+            "[0x0000000000000000-0x0000000000400000) ---",
+            "[0x0000000000400000-0x0000000000401000) rw-",
+            "[0x0000000000401000-0xffff888000000000) ---",
+            "[0xffff888000000000-0xffff888040000000) rw-",
+            "[0xffff888040000000-0xffffffff80000000) ---",
+            "[0xffffffff80000000-0xffffffff84000000) rwx",
+            "[0xffffffff84000000-0xffffffffc0000000) ---",
+            "[0xffffffffc0000000-0xffffffffc0001000) rw-",
+            // The last gap ends at 2^64, which lldb prints as 0.
+            "[0xffffffffc0001000-0x0000000000000000) ---",
+        ],
+        "{out}"
+    );
+}

@@ -155,6 +155,9 @@ pub(crate) enum Input {
     Byte(u8),
     /// A memory read to answer with [`GdbConnection::answer_read`].
     Read(ReadRequest),
+    /// lldb's `qMemoryRegionInfo:ADDR`, to answer with
+    /// [`GdbConnection::answer_region`].
+    Region(u64),
     /// A vCPU stopped by itself.
     Wake,
     /// The wait's timeout passed.
@@ -243,6 +246,16 @@ impl GdbConnection {
             if self.frozen && is_resume(payload) {
                 debug!("refused {}: a dump", String::from_utf8_lossy(payload));
                 self.refuse_resume()?;
+                continue;
+            }
+            if let Some(addr) = payload.strip_prefix(b"qMemoryRegionInfo:") {
+                let addr = std::str::from_utf8(addr)
+                    .ok()
+                    .and_then(|a| u64::from_str_radix(a, 16).ok());
+                match addr {
+                    Some(addr) => self.input.push_back(Input::Region(addr)),
+                    None => self.send_reply(b"E01")?,
+                }
                 continue;
             }
             if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
@@ -419,6 +432,11 @@ impl GdbConnection {
             format!("T05thread:{:x};", self.mem_thread).as_bytes(),
         ));
         self.send_own(&acked)
+    }
+
+    /// Answer `qMemoryRegionInfo` (`E01` while the VM runs).
+    pub(crate) fn answer_region(&mut self, reply: Option<&str>) -> io::Result<()> {
+        self.send_reply(reply.unwrap_or("E01").as_bytes())
     }
 
     /// Send one reply packet of our own, `reply` unframed.

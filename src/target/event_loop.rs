@@ -308,6 +308,13 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                     Ok(()) => Ok(idle.into()),
                     Err(e) => return Ended::Connection(e),
                 },
+                Ok(Input::Region(addr)) => {
+                    let reply = target.region_info(addr);
+                    match idle.borrow_conn().0.answer_region(Some(&reply)) {
+                        Ok(()) => Ok(idle.into()),
+                        Err(e) => return Ended::Connection(e),
+                    }
+                }
                 Ok(Input::Wake) if target.stopping() => return Ended::Stopped,
                 // vCPUs are parked between packets; a late wake-up's stop
                 // is collected at the next resume.
@@ -328,6 +335,12 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                         Ok(Input::Read(read)) => {
                             // All-stop gdb never reads while the guest runs.
                             if let Err(e) = running.borrow_conn().0.answer_read(&read, Err(1)) {
+                                return Ended::Connection(e);
+                            }
+                            Ok(running.into())
+                        }
+                        Ok(Input::Region(_)) => {
+                            if let Err(e) = running.borrow_conn().0.answer_region(None) {
                                 return Ended::Connection(e);
                             }
                             Ok(running.into())

@@ -64,6 +64,7 @@ mod memory_packets;
 mod monitor;
 mod paging;
 mod qemu_packets;
+mod regions;
 mod regs;
 pub mod rsp;
 mod shared;

@@ -18,9 +18,11 @@ use log::debug;
 
 use super::{tid, KvmTarget};
 use crate::target::error::StubError;
+use crate::target::memory::GuestTables;
 use crate::target::memory_packets::ReadRequest;
 use crate::target::monitor::View;
 use crate::target::paging::Paging;
+use crate::target::regions;
 use crate::target::regs::{X86_64RegId, X86_64Regs};
 use crate::target::x86::MSR_KERNEL_GS_BASE;
 
@@ -57,6 +59,34 @@ impl KvmTarget<'_> {
             }),
             (paging, _) => Ok(paging),
         }
+    }
+
+    /// lldb's `qMemoryRegionInfo` for `addr` in what gdb's memory accesses
+    /// go through (the current vCPU's space, another, or physical), from a
+    /// map made once per stop.
+    pub(crate) fn region_info(&self, addr: u64) -> String {
+        let paging = self
+            .paging_for_gdb(tid(self.current))
+            .unwrap_or(Paging::Off);
+        let key = match paging {
+            Paging::Paged { root, .. } => Some(root),
+            Paging::Off => None,
+        };
+        let mut cached = self.regions.borrow_mut();
+        if cached.as_ref().is_none_or(|(made_for, _)| *made_for != key) {
+            let map = match paging {
+                Paging::Paged { format, root } => {
+                    let tables = GuestTables::new(&self.dbg.memory, root, None);
+                    regions::mapped(format.as_dyn(), &tables)
+                }
+                Paging::Off => regions::physical(self.dbg.memory.ranges()),
+            };
+            *cached = Some((key, map));
+        }
+        cached
+            .as_ref()
+            .map(|(_, map)| regions::describe(map, addr))
+            .unwrap_or_default()
     }
 
     /// Read `read` into `data` as gdb would see it, for gdb thread
@@ -157,6 +187,7 @@ impl MultiThreadBase for KvmTarget<'_> {
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        *self.regions.borrow_mut() = None;
         let paging = self.paging_for_gdb(tid)?;
         // Translate every page first: nothing is written unless all is.
         let pieces: Vec<_> = paging.pieces(&self.dbg.memory, start, data.len()).collect();

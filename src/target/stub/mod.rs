@@ -56,6 +56,10 @@ pub(crate) struct KvmTarget<'a> {
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
     expedite: Option<[u64; 3]>,
+    /// lldb's memory map of what gdb reads through, with the root it was
+    /// made from (`None`: physical); dropped at every resume, register
+    /// write, memory write and monitor command.
+    regions: RefCell<Option<(Option<u64>, Vec<super::regions::Region>)>>,
     /// Why the vCPU of the next stop reply stopped, for gdb's console.
     stop_note: Option<String>,
     /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
@@ -87,6 +91,7 @@ impl<'a> KvmTarget<'a> {
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
             expedite: None,
             stop_note: None,
+            regions: RefCell::new(None),
             deferred: Vec::new(),
             held_since: None,
             snapshots: Default::default(),
@@ -171,6 +176,7 @@ impl<'a> KvmTarget<'a> {
     pub(super) fn forget(&self, index: usize) {
         self.core.borrow_mut()[index] = None;
         self.cache.borrow_mut()[index] = None;
+        *self.regions.borrow_mut() = None;
     }
 
     pub(super) fn paging(&self, index: usize) -> Result<Paging, TargetError<StubError>> {

@@ -172,6 +172,8 @@ pub(crate) fn run_monitor(dbg: &Inner, line: &str) -> Result<String, StubError> 
 impl KvmTarget<'_> {
     /// Run one monitor command line; what it prints.
     fn monitor_text(&mut self, line: &str) -> String {
+        // A command may change tables or what gdb reads through.
+        *self.regions.borrow_mut() = None;
         debug!("monitor: {line}");
         let mut mode = None;
         let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), line);
