@@ -342,3 +342,64 @@ fn lldb_memory_regions_come_from_the_page_tables() {
         "{out}"
     );
 }
+
+/// gdb itself reads both target descriptions (`set tdesc filename`, no
+/// target needed: this host cannot run a 32-bit paged guest): the
+/// architecture, and for every register its remote number, `g` offset and
+/// size exactly where our codec puts it.
+#[test]
+fn gdb_reads_both_register_layouts_as_the_codec_writes_them() {
+    use vmem_gdbstub::target::{RegLayout, X86_64RegId};
+    if std::process::Command::new("gdb")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(!required, "gdb is missing");
+        eprintln!("SKIPPED: no gdb");
+        return;
+    }
+    for (layout, arch) in [
+        (RegLayout::X86_64, "i386:x86-64"),
+        (RegLayout::I386, "i386"),
+    ] {
+        let file =
+            std::env::temp_dir().join(format!("vmem-tdesc-{}-{arch}.xml", std::process::id()));
+        std::fs::write(&file, layout.target_xml()).unwrap();
+        let mut gdb = std::process::Command::new("gdb");
+        gdb.args(["-batch", "-nx", "-ex"])
+            .arg(format!("set tdesc filename {}", file.display()))
+            .args([
+                "-ex",
+                "show architecture",
+                "-ex",
+                "maint print remote-registers",
+            ]);
+        let out = demo::run_with_timeout(gdb, std::time::Duration::from_secs(60));
+        let _ = std::fs::remove_file(&file);
+        assert!(out.contains(&format!("(currently \"{arch}\")")), "{out}");
+        // Name Nr Rel Offset Size Type RmtNr g/G-Offset
+        let mut seen = 0;
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() != 8 || cols[6].parse::<usize>().is_err() {
+                continue;
+            }
+            let (size, remote, offset): (usize, usize, usize) = (
+                cols[4].parse().unwrap(),
+                cols[6].parse().unwrap(),
+                cols[7].parse().unwrap(),
+            );
+            let range = layout
+                .byte_range(X86_64RegId(remote))
+                .unwrap_or_else(|| panic!("{line}"));
+            assert_eq!((offset, size), (range.start, range.len()), "{arch}: {line}");
+            seen += 1;
+        }
+        let expected = (0..)
+            .take_while(|&id| layout.byte_range(X86_64RegId(id)).is_some())
+            .count();
+        assert_eq!(seen, expected, "{arch}: every register: {out}");
+    }
+}

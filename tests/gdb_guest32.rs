@@ -1,6 +1,7 @@
-//! A 32-bit guest (protected mode, PSE or PAE paging): gdb reads a string
-//! at a virtual address through the vCPU's 32-bit tables, and `monitor
-//! vmem walk` shows them. Hosts that cannot run 32-bit paged guests
+//! A 32-bit guest (protected mode, PSE or PAE paging): gdb gets the i386
+//! register file (its ELF32 and the registers agree), reads a string at a
+//! virtual address through the vCPU's 32-bit tables, and `monitor vmem
+//! walk` shows them. Hosts that cannot run 32-bit paged guests
 //! (kvm_pvm keeps CR0.PG only in long mode) skip with the reason.
 
 mod demo;
@@ -19,11 +20,16 @@ fn check(paging: &str, page: &str) {
         }
         Err(e) => panic!("{e}"),
     };
-    // No symbol file: gdb keeps the stub's x86-64 register layout.
+    // No symbol file given: gdb takes the stub's i386 description and the
+    // 32-bit ELF it names.
     let mut gdb = std::process::Command::new("gdb");
     gdb.args(["-batch", "-nx", "-ex"])
         .arg(format!("target remote 127.0.0.1:{}", vm.port))
         .args([
+            "-ex",
+            "show architecture",
+            "-ex",
+            "info registers eip cr0",
             "-ex",
             "x/s 0xc0500000",
             "-ex",
@@ -41,6 +47,9 @@ fn check(paging: &str, page: &str) {
         "{out}"
     );
     assert!(out.contains("=> physical 0x500000"), "{out}");
+    assert!(out.contains("(currently \"i386\")"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("eip ")), "{out}");
+    assert!(out.contains("[ PG"), "{out}");
 }
 
 #[test]

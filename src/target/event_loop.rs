@@ -240,6 +240,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream, gdb_gone: impl FnOnce()) {
     dbg.pause_all();
     let mut target = KvmTarget::new(dbg);
     target.collect_stops();
+    target.choose_layout();
     for index in 0..dbg.vcpus.len() {
         target.remember_space(index);
     }

@@ -2,6 +2,8 @@
 //! and its conversion to and from KVM's register structures.
 
 use gdbstub::arch::{Arch, RegId, Registers};
+
+pub use super::target_xml::{TARGET_XML, TARGET_XML_I386};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 /// `gdbstub` architecture: x86-64 with segments, segment bases, control
@@ -20,158 +22,265 @@ impl Arch for X86_64Kvm {
     }
 }
 
-/// Sizes in bytes of registers 0..=65, in gdb's numbering.
-const REG_SIZES: [usize; 66] = {
-    let mut sizes = [0usize; 66];
+/// One register of gdb's view, wherever it lives in [`X86_64Regs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// `gpr[i]` (x86-64 order: rax rbx rcx rdx rsi rdi rbp rsp r8-r15).
+    Gpr(usize),
+    Rip,
+    Eflags,
+    /// cs ss ds es fs gs.
+    Segment(usize),
+    FsBase,
+    GsBase,
+    KGsBase,
+    /// cr0 cr2 cr3 cr4 cr8.
+    Cr(usize),
+    Efer,
+    St(usize),
+    /// fctrl fstat ftag fiseg fioff foseg fooff fop.
+    X87(usize),
+    Xmm(usize),
+    Mxcsr,
+}
+
+/// Which register file gdb sees: chosen when gdb attaches, from the mode
+/// the vCPU is in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RegLayout {
+    /// QEMU's `i386-64bit.xml`: 66 registers.
+    #[default]
+    X86_64,
+    /// gdb's i386 core and SSE sets plus segment bases, control registers
+    /// and EFER: 50 registers, for a vCPU in 32-bit protected mode.
+    I386,
+}
+
+/// (field, size in bytes) of each register of a layout, in gdb's order.
+const fn fields<const N: usize>(layout: RegLayout) -> [(Field, usize); N] {
+    let mut out = [(Field::Mxcsr, 4); N];
+    let mut n = 0;
+    let wide = match layout {
+        RegLayout::X86_64 => 8,
+        RegLayout::I386 => 4,
+    };
+    let (gprs, xmms): (&[usize], usize) = match layout {
+        RegLayout::X86_64 => (&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 16),
+        // eax ecx edx ebx esp ebp esi edi
+        RegLayout::I386 => (&[0, 2, 3, 1, 7, 6, 4, 5], 8),
+    };
     let mut i = 0;
-    while i < 66 {
-        sizes[i] = match i {
-            0..=16 => 8,   // rax..r15, rip
-            17..=23 => 4,  // eflags, cs ss ds es fs gs
-            24..=32 => 8,  // fs_base gs_base k_gs_base cr0 cr2 cr3 cr4 cr8 efer
-            33..=40 => 10, // st0..st7
-            41..=48 => 4,  // fctrl fstat ftag fiseg fioff foseg fooff fop
-            49..=64 => 16, // xmm0..xmm15
-            _ => 4,        // mxcsr
-        };
+    while i < gprs.len() {
+        out[n] = (Field::Gpr(gprs[i]), wide);
+        n += 1;
         i += 1;
     }
-    sizes
-};
+    out[n] = (Field::Rip, wide);
+    out[n + 1] = (Field::Eflags, 4);
+    n += 2;
+    i = 0;
+    while i < 6 {
+        out[n] = (Field::Segment(i), 4);
+        n += 1;
+        i += 1;
+    }
+    out[n] = (Field::FsBase, wide);
+    out[n + 1] = (Field::GsBase, wide);
+    out[n + 2] = (Field::KGsBase, wide);
+    n += 3;
+    i = 0;
+    while i < 5 {
+        out[n] = (Field::Cr(i), wide);
+        n += 1;
+        i += 1;
+    }
+    out[n] = (Field::Efer, 8);
+    n += 1;
+    i = 0;
+    while i < 8 {
+        out[n] = (Field::St(i), 10);
+        n += 1;
+        i += 1;
+    }
+    i = 0;
+    while i < 8 {
+        out[n] = (Field::X87(i), 4);
+        n += 1;
+        i += 1;
+    }
+    i = 0;
+    while i < xmms {
+        out[n] = (Field::Xmm(i), 16);
+        n += 1;
+        i += 1;
+    }
+    out[n] = (Field::Mxcsr, 4);
+    out
+}
 
-/// A register number of [`X86_64Kvm`] (0 = rax … 65 = mxcsr).
+const FIELDS_X86_64: [(Field, usize); 66] = fields(RegLayout::X86_64);
+const FIELDS_I386: [(Field, usize); 50] = fields(RegLayout::I386);
+
+impl RegLayout {
+    fn fields(self) -> &'static [(Field, usize)] {
+        match self {
+            RegLayout::X86_64 => &FIELDS_X86_64,
+            RegLayout::I386 => &FIELDS_I386,
+        }
+    }
+
+    /// Bytes of the whole register file (`g`).
+    pub fn bytes(self) -> usize {
+        self.fields().iter().map(|(_, size)| size).sum()
+    }
+
+    /// Where register `id` lies in the `g` bytes (`None`: no such
+    /// register in this layout).
+    pub fn byte_range(self, id: X86_64RegId) -> Option<std::ops::Range<usize>> {
+        let fields = self.fields();
+        let (_, size) = fields.get(id.0)?;
+        let start: usize = fields[..id.0].iter().map(|(_, size)| size).sum();
+        Some(start..start + size)
+    }
+
+    /// The target description gdb gets for this layout.
+    pub fn target_xml(self) -> &'static str {
+        match self {
+            RegLayout::X86_64 => TARGET_XML,
+            RegLayout::I386 => TARGET_XML_I386,
+        }
+    }
+}
+
+/// A register in gdb's numbering; its size depends on the layout of the
+/// session, so gdbstub is not told one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct X86_64RegId(pub usize);
 
-impl X86_64RegId {
-    /// Byte range of this register in the `g` packet.
-    pub fn byte_range(self) -> std::ops::Range<usize> {
-        let start: usize = REG_SIZES[..self.0].iter().sum();
-        start..start + REG_SIZES[self.0]
-    }
-}
-
 impl RegId for X86_64RegId {
     fn from_raw_id(id: usize) -> Option<(Self, Option<std::num::NonZeroUsize>)> {
-        let size = *REG_SIZES.get(id)?;
-        Some((X86_64RegId(id), std::num::NonZeroUsize::new(size)))
+        (id < FIELDS_X86_64.len()).then_some((X86_64RegId(id), None))
     }
 }
 
-/// Every register gdb can see.
+/// The register file, with x86-64's widths (a 32-bit layout reads and
+/// writes the low halves).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct X86_64Regs {
-    /// rax rbx rcx rdx rsi rdi rbp rsp r8..r15 (gdb's order).
+    /// How gdb sees these registers (`g` bytes).
+    pub layout: RegLayout,
+    /// rax rbx rcx rdx rsi rdi rbp rsp r8-r15 (gdb's x86-64 order).
     pub gpr: [u64; 16],
-    /// Instruction pointer.
+    /// rip.
     pub rip: u64,
-    /// RFLAGS (low 32 bits).
+    /// eflags.
     pub eflags: u32,
-    /// Selectors: cs ss ds es fs gs.
+    /// cs ss ds es fs gs selectors.
     pub segments: [u32; 6],
-    /// FS base.
+    /// FS.base.
     pub fs_base: u64,
-    /// GS base.
+    /// GS.base.
     pub gs_base: u64,
     /// IA32_KERNEL_GS_BASE.
     pub k_gs_base: u64,
     /// cr0 cr2 cr3 cr4 cr8.
     pub cr: [u64; 5],
-    /// IA32_EFER.
+    /// EFER.
     pub efer: u64,
-    /// x87 registers, 80 bits each.
+    /// st0-st7, 80-bit.
     pub st: [[u8; 10]; 8],
     /// fctrl fstat ftag fiseg fioff foseg fooff fop.
     pub x87_control: [u32; 8],
-    /// xmm0..xmm15.
+    /// xmm0-xmm15.
     pub xmm: [u128; 16],
-    /// MXCSR.
+    /// mxcsr.
     pub mxcsr: u32,
 }
 
-/// Total size of the `g` packet payload.
-pub const REGS_BYTES: usize = {
-    let mut total = 0;
-    let mut i = 0;
-    while i < REG_SIZES.len() {
-        total += REG_SIZES[i];
-        i += 1;
-    }
-    total
-};
-
 impl X86_64Regs {
-    /// The registers as little-endian bytes in gdb's order.
+    fn get(&self, field: Field) -> u128 {
+        match field {
+            Field::Gpr(i) => self.gpr[i].into(),
+            Field::Rip => self.rip.into(),
+            Field::Eflags => self.eflags.into(),
+            Field::Segment(i) => self.segments[i].into(),
+            Field::FsBase => self.fs_base.into(),
+            Field::GsBase => self.gs_base.into(),
+            Field::KGsBase => self.k_gs_base.into(),
+            Field::Cr(i) => self.cr[i].into(),
+            Field::Efer => self.efer.into(),
+            Field::St(i) => {
+                let mut bytes = [0u8; 16];
+                bytes[..10].copy_from_slice(&self.st[i]);
+                u128::from_le_bytes(bytes)
+            }
+            Field::X87(i) => self.x87_control[i].into(),
+            Field::Xmm(i) => self.xmm[i],
+            Field::Mxcsr => self.mxcsr.into(),
+        }
+    }
+
+    /// Set `field` to `value` (truncated to the field's width).
+    fn set(&mut self, field: Field, value: u128) {
+        match field {
+            Field::Gpr(i) => self.gpr[i] = value as u64,
+            Field::Rip => self.rip = value as u64,
+            Field::Eflags => self.eflags = value as u32,
+            Field::Segment(i) => self.segments[i] = value as u32,
+            Field::FsBase => self.fs_base = value as u64,
+            Field::GsBase => self.gs_base = value as u64,
+            Field::KGsBase => self.k_gs_base = value as u64,
+            Field::Cr(i) => self.cr[i] = value as u64,
+            Field::Efer => self.efer = value as u64,
+            Field::St(i) => self.st[i].copy_from_slice(&value.to_le_bytes()[..10]),
+            Field::X87(i) => self.x87_control[i] = value as u32,
+            Field::Xmm(i) => self.xmm[i] = value,
+            Field::Mxcsr => self.mxcsr = value as u32,
+        }
+    }
+
+    /// The `g` bytes, in this file's layout.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(REGS_BYTES);
-        for r in self.gpr {
-            out.extend_from_slice(&r.to_le_bytes());
+        let mut out = Vec::with_capacity(self.layout.bytes());
+        for &(field, size) in self.layout.fields() {
+            out.extend_from_slice(&self.get(field).to_le_bytes()[..size]);
         }
-        out.extend_from_slice(&self.rip.to_le_bytes());
-        out.extend_from_slice(&self.eflags.to_le_bytes());
-        for s in self.segments {
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-        for r in [self.fs_base, self.gs_base, self.k_gs_base] {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
-        for r in self.cr {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
-        out.extend_from_slice(&self.efer.to_le_bytes());
-        for st in &self.st {
-            out.extend_from_slice(st);
-        }
-        for c in self.x87_control {
-            out.extend_from_slice(&c.to_le_bytes());
-        }
-        for x in self.xmm {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        out.extend_from_slice(&self.mxcsr.to_le_bytes());
         out
     }
 
-    /// Parse gdb's bytes; `None` unless exactly as long as [`Self::to_bytes`] gives.
+    /// Registers from `g` bytes of either layout (told apart by length);
+    /// the registers a 32-bit layout lacks are zero.
     pub fn from_bytes(bytes: &[u8]) -> Option<X86_64Regs> {
-        if bytes.len() != REGS_BYTES {
-            return None;
-        }
-        let mut at = 0usize;
-        let mut take = |n: usize| {
-            let slice = &bytes[at..at + n];
-            at += n;
-            slice
+        let layout = [RegLayout::X86_64, RegLayout::I386]
+            .into_iter()
+            .find(|l| l.bytes() == bytes.len())?;
+        let mut regs = X86_64Regs {
+            layout,
+            ..X86_64Regs::default()
         };
-        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-        let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
-        let mut regs = X86_64Regs::default();
-        for r in regs.gpr.iter_mut() {
-            *r = u64_of(take(8));
+        let mut at = 0;
+        for &(field, size) in layout.fields() {
+            let mut value = [0u8; 16];
+            value[..size].copy_from_slice(&bytes[at..at + size]);
+            regs.set(field, u128::from_le_bytes(value));
+            at += size;
         }
-        regs.rip = u64_of(take(8));
-        regs.eflags = u32_of(take(4));
-        for s in regs.segments.iter_mut() {
-            *s = u32_of(take(4));
-        }
-        regs.fs_base = u64_of(take(8));
-        regs.gs_base = u64_of(take(8));
-        regs.k_gs_base = u64_of(take(8));
-        for c in regs.cr.iter_mut() {
-            *c = u64_of(take(8));
-        }
-        regs.efer = u64_of(take(8));
-        for st in regs.st.iter_mut() {
-            st.copy_from_slice(take(10));
-        }
-        for c in regs.x87_control.iter_mut() {
-            *c = u32_of(take(4));
-        }
-        for x in regs.xmm.iter_mut() {
-            *x = u128::from_le_bytes(take(16).try_into().unwrap_or_default());
-        }
-        regs.mxcsr = u32_of(take(4));
         Some(regs)
+    }
+
+    /// This file with what `new` says in its layout: a 32-bit layout
+    /// replaces the low halves only, and leaves what it lacks.
+    pub fn merged(&self, new: &X86_64Regs) -> X86_64Regs {
+        let mut out = self.clone();
+        for &(field, size) in new.layout.fields() {
+            let mask = if size >= 16 {
+                u128::MAX
+            } else {
+                (1u128 << (8 * size)) - 1
+            };
+            out.set(field, (self.get(field) & !mask) | (new.get(field) & mask));
+        }
+        out
     }
 }
 
@@ -261,6 +370,7 @@ impl KvmState {
             dst.copy_from_slice(&src[..10]);
         }
         X86_64Regs {
+            layout: RegLayout::X86_64,
             gpr,
             rip: self.regs.rip,
             eflags: self.regs.rflags as u32,
@@ -343,187 +453,6 @@ impl KvmState {
     }
 }
 
-/// The target description: QEMU's register names and numbers.
-pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
-<!DOCTYPE target SYSTEM "gdb-target.dtd">
-<target version="1.0">
-  <architecture>i386:x86-64</architecture>
-  <feature name="org.gnu.gdb.i386.core">
-    <flags id="i386_eflags" size="4">
-      <field name="CF" start="0" end="0"/>
-      <field name="" start="1" end="1"/>
-      <field name="PF" start="2" end="2"/>
-      <field name="AF" start="4" end="4"/>
-      <field name="ZF" start="6" end="6"/>
-      <field name="SF" start="7" end="7"/>
-      <field name="TF" start="8" end="8"/>
-      <field name="IF" start="9" end="9"/>
-      <field name="DF" start="10" end="10"/>
-      <field name="OF" start="11" end="11"/>
-      <field name="IOPL" start="12" end="13"/>
-      <field name="NT" start="14" end="14"/>
-      <field name="RF" start="16" end="16"/>
-      <field name="VM" start="17" end="17"/>
-      <field name="AC" start="18" end="18"/>
-      <field name="VIF" start="19" end="19"/>
-      <field name="VIP" start="20" end="20"/>
-      <field name="ID" start="21" end="21"/>
-    </flags>
-    <flags id="i386_cr0" size="8">
-      <field name="PG" start="31" end="31"/>
-      <field name="CD" start="30" end="30"/>
-      <field name="NW" start="29" end="29"/>
-      <field name="AM" start="18" end="18"/>
-      <field name="WP" start="16" end="16"/>
-      <field name="NE" start="5" end="5"/>
-      <field name="ET" start="4" end="4"/>
-      <field name="TS" start="3" end="3"/>
-      <field name="EM" start="2" end="2"/>
-      <field name="MP" start="1" end="1"/>
-      <field name="PE" start="0" end="0"/>
-    </flags>
-    <flags id="i386_cr3" size="8">
-      <field name="PDBR" start="12" end="63"/>
-      <field name="PCID" start="0" end="11"/>
-    </flags>
-    <flags id="i386_cr4" size="8">
-      <field name="PKE" start="22" end="22"/>
-      <field name="SMAP" start="21" end="21"/>
-      <field name="SMEP" start="20" end="20"/>
-      <field name="OSXSAVE" start="18" end="18"/>
-      <field name="PCIDE" start="17" end="17"/>
-      <field name="FSGSBASE" start="16" end="16"/>
-      <field name="SMXE" start="14" end="14"/>
-      <field name="VMXE" start="13" end="13"/>
-      <field name="LA57" start="12" end="12"/>
-      <field name="UMIP" start="11" end="11"/>
-      <field name="OSXMMEXCPT" start="10" end="10"/>
-      <field name="OSFXSR" start="9" end="9"/>
-      <field name="PCE" start="8" end="8"/>
-      <field name="PGE" start="7" end="7"/>
-      <field name="MCE" start="6" end="6"/>
-      <field name="PAE" start="5" end="5"/>
-      <field name="PSE" start="4" end="4"/>
-      <field name="DE" start="3" end="3"/>
-      <field name="TSD" start="2" end="2"/>
-      <field name="PVI" start="1" end="1"/>
-      <field name="VME" start="0" end="0"/>
-    </flags>
-    <flags id="i386_efer" size="8">
-      <field name="TCE" start="15" end="15"/>
-      <field name="FFXSR" start="14" end="14"/>
-      <field name="LMSLE" start="13" end="13"/>
-      <field name="SVME" start="12" end="12"/>
-      <field name="NXE" start="11" end="11"/>
-      <field name="LMA" start="10" end="10"/>
-      <field name="LME" start="8" end="8"/>
-      <field name="SCE" start="0" end="0"/>
-    </flags>
-    <reg name="rax" bitsize="64" type="int64" regnum="0"/>
-    <reg name="rbx" bitsize="64" type="int64"/>
-    <reg name="rcx" bitsize="64" type="int64"/>
-    <reg name="rdx" bitsize="64" type="int64"/>
-    <reg name="rsi" bitsize="64" type="int64"/>
-    <reg name="rdi" bitsize="64" type="int64"/>
-    <reg name="rbp" bitsize="64" type="data_ptr"/>
-    <reg name="rsp" bitsize="64" type="data_ptr"/>
-    <reg name="r8" bitsize="64" type="int64"/>
-    <reg name="r9" bitsize="64" type="int64"/>
-    <reg name="r10" bitsize="64" type="int64"/>
-    <reg name="r11" bitsize="64" type="int64"/>
-    <reg name="r12" bitsize="64" type="int64"/>
-    <reg name="r13" bitsize="64" type="int64"/>
-    <reg name="r14" bitsize="64" type="int64"/>
-    <reg name="r15" bitsize="64" type="int64"/>
-    <reg name="rip" bitsize="64" type="code_ptr"/>
-    <reg name="eflags" bitsize="32" type="i386_eflags"/>
-    <reg name="cs" bitsize="32" type="int32"/>
-    <reg name="ss" bitsize="32" type="int32"/>
-    <reg name="ds" bitsize="32" type="int32"/>
-    <reg name="es" bitsize="32" type="int32"/>
-    <reg name="fs" bitsize="32" type="int32"/>
-    <reg name="gs" bitsize="32" type="int32"/>
-    <reg name="fs_base" bitsize="64" type="int64"/>
-    <reg name="gs_base" bitsize="64" type="int64"/>
-    <reg name="k_gs_base" bitsize="64" type="int64"/>
-    <reg name="cr0" bitsize="64" type="i386_cr0"/>
-    <reg name="cr2" bitsize="64" type="int64"/>
-    <reg name="cr3" bitsize="64" type="i386_cr3"/>
-    <reg name="cr4" bitsize="64" type="i386_cr4"/>
-    <reg name="cr8" bitsize="64" type="int64"/>
-    <reg name="efer" bitsize="64" type="i386_efer"/>
-    <reg name="st0" bitsize="80" type="i387_ext"/>
-    <reg name="st1" bitsize="80" type="i387_ext"/>
-    <reg name="st2" bitsize="80" type="i387_ext"/>
-    <reg name="st3" bitsize="80" type="i387_ext"/>
-    <reg name="st4" bitsize="80" type="i387_ext"/>
-    <reg name="st5" bitsize="80" type="i387_ext"/>
-    <reg name="st6" bitsize="80" type="i387_ext"/>
-    <reg name="st7" bitsize="80" type="i387_ext"/>
-    <reg name="fctrl" bitsize="32" type="int" group="float"/>
-    <reg name="fstat" bitsize="32" type="int" group="float"/>
-    <reg name="ftag" bitsize="32" type="int" group="float"/>
-    <reg name="fiseg" bitsize="32" type="int" group="float"/>
-    <reg name="fioff" bitsize="32" type="int" group="float"/>
-    <reg name="foseg" bitsize="32" type="int" group="float"/>
-    <reg name="fooff" bitsize="32" type="int" group="float"/>
-    <reg name="fop" bitsize="32" type="int" group="float"/>
-  </feature>
-  <feature name="org.gnu.gdb.i386.sse">
-    <vector id="v8bf16" type="bfloat16" count="8"/>
-    <vector id="v4f" type="ieee_single" count="4"/>
-    <vector id="v2d" type="ieee_double" count="2"/>
-    <vector id="v16i8" type="int8" count="16"/>
-    <vector id="v8i16" type="int16" count="8"/>
-    <vector id="v4i32" type="int32" count="4"/>
-    <vector id="v2i64" type="int64" count="2"/>
-    <union id="vec128">
-      <field name="v8_bfloat16" type="v8bf16"/>
-      <field name="v4_float" type="v4f"/>
-      <field name="v2_double" type="v2d"/>
-      <field name="v16_int8" type="v16i8"/>
-      <field name="v8_int16" type="v8i16"/>
-      <field name="v4_int32" type="v4i32"/>
-      <field name="v2_int64" type="v2i64"/>
-      <field name="uint128" type="uint128"/>
-    </union>
-    <flags id="i386_mxcsr" size="4">
-      <field name="IE" start="0" end="0"/>
-      <field name="DE" start="1" end="1"/>
-      <field name="ZE" start="2" end="2"/>
-      <field name="OE" start="3" end="3"/>
-      <field name="UE" start="4" end="4"/>
-      <field name="PE" start="5" end="5"/>
-      <field name="DAZ" start="6" end="6"/>
-      <field name="IM" start="7" end="7"/>
-      <field name="DM" start="8" end="8"/>
-      <field name="ZM" start="9" end="9"/>
-      <field name="OM" start="10" end="10"/>
-      <field name="UM" start="11" end="11"/>
-      <field name="PM" start="12" end="12"/>
-      <field name="FZ" start="15" end="15"/>
-    </flags>
-    <reg name="xmm0" bitsize="128" type="vec128" regnum="49"/>
-    <reg name="xmm1" bitsize="128" type="vec128"/>
-    <reg name="xmm2" bitsize="128" type="vec128"/>
-    <reg name="xmm3" bitsize="128" type="vec128"/>
-    <reg name="xmm4" bitsize="128" type="vec128"/>
-    <reg name="xmm5" bitsize="128" type="vec128"/>
-    <reg name="xmm6" bitsize="128" type="vec128"/>
-    <reg name="xmm7" bitsize="128" type="vec128"/>
-    <reg name="xmm8" bitsize="128" type="vec128"/>
-    <reg name="xmm9" bitsize="128" type="vec128"/>
-    <reg name="xmm10" bitsize="128" type="vec128"/>
-    <reg name="xmm11" bitsize="128" type="vec128"/>
-    <reg name="xmm12" bitsize="128" type="vec128"/>
-    <reg name="xmm13" bitsize="128" type="vec128"/>
-    <reg name="xmm14" bitsize="128" type="vec128"/>
-    <reg name="xmm15" bitsize="128" type="vec128"/>
-    <reg name="mxcsr" bitsize="32" type="i386_mxcsr" group="vector"/>
-  </feature>
-</target>
-"#;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,18 +467,99 @@ mod tests {
         regs.xmm[15] = u128::MAX - 1;
         regs.mxcsr = 0x1f80;
         let bytes = regs.to_bytes();
-        assert_eq!(bytes.len(), REGS_BYTES);
+        let layout = RegLayout::X86_64;
+        assert_eq!(bytes.len(), layout.bytes());
+        assert_eq!(bytes.len(), 608);
         assert_eq!(X86_64Regs::from_bytes(&bytes), Some(regs.clone()));
-        assert_eq!(
-            &bytes[X86_64RegId(29).byte_range()],
-            &0x1000u64.to_le_bytes()
-        );
-        assert_eq!(
-            &bytes[X86_64RegId(32).byte_range()],
-            &0xd01u64.to_le_bytes()
-        );
-        assert_eq!(X86_64RegId(65).byte_range().end, REGS_BYTES);
+        let range = |id| layout.byte_range(X86_64RegId(id)).unwrap();
+        assert_eq!(&bytes[range(29)], &0x1000u64.to_le_bytes());
+        assert_eq!(&bytes[range(32)], &0xd01u64.to_le_bytes());
+        assert_eq!(range(65).end, layout.bytes());
+        assert!(layout.byte_range(X86_64RegId(66)).is_none());
         assert!(X86_64Regs::from_bytes(&bytes[1..]).is_none());
+    }
+
+    /// The i386 file: gdb's order eax ecx edx ebx esp ebp esi edi, 32-bit
+    /// eip, segment bases and control registers, 64-bit EFER, xmm0-7; a
+    /// write through it changes the low halves only.
+    #[test]
+    fn the_32_bit_layout() {
+        let mut regs = X86_64Regs {
+            layout: RegLayout::I386,
+            ..Default::default()
+        };
+        regs.gpr = [
+            0xa, 0xb, 0xc, 0xd, 0x51, 0xd1, 0xb9, 0x59, 8, 9, 10, 11, 12, 13, 14, 15,
+        ];
+        regs.rip = 0xffff_ffff_c010_0000;
+        regs.cr[2] = 0x10_3000;
+        regs.efer = 0x1_0000_0d00;
+        regs.xmm[7] = 7;
+        regs.xmm[8] = 8;
+        regs.mxcsr = 0x1f80;
+        let bytes = regs.to_bytes();
+        let layout = RegLayout::I386;
+        assert_eq!(bytes.len(), 348);
+        let word = |id: usize| {
+            let r = layout.byte_range(X86_64RegId(id)).unwrap();
+            let mut v = [0u8; 16];
+            v[..r.len()].copy_from_slice(&bytes[r]);
+            u128::from_le_bytes(v)
+        };
+        // eax ecx edx ebx esp ebp esi edi
+        let gprs: Vec<u128> = (0..8).map(word).collect();
+        assert_eq!(gprs, [0xa, 0xc, 0xd, 0xb, 0x59, 0xb9, 0x51, 0xd1]);
+        assert_eq!(word(8), 0xc010_0000, "eip: the low half");
+        assert_eq!(word(21), 0x10_3000, "cr3");
+        assert_eq!(word(24), 0x1_0000_0d00, "efer: 64 bits");
+        assert_eq!(word(48), 7, "xmm7");
+        assert_eq!(word(49), 0x1f80, "mxcsr last");
+        assert_eq!(layout.byte_range(X86_64RegId(49)).unwrap().end, 348);
+        assert!(layout.byte_range(X86_64RegId(50)).is_none());
+        let back = X86_64Regs::from_bytes(&bytes).unwrap();
+        assert_eq!(back.layout, RegLayout::I386);
+        assert_eq!(back.gpr[8], 0, "no r8 in i386");
+        // Merged into the full file: low halves replaced, the rest kept.
+        let mut full = X86_64Regs {
+            rip: 0xdead_0000_0000_0000,
+            ..Default::default()
+        };
+        full.gpr[8] = 0x88;
+        full.xmm[8] = 0x1234;
+        let merged = full.merged(&back);
+        assert_eq!(merged.rip, 0xdead_0000_c010_0000);
+        assert_eq!(merged.gpr[8], 0x88);
+        assert_eq!(merged.xmm[8], 0x1234);
+        assert_eq!(merged.gpr[1], 0xb);
+        assert_eq!(merged.layout, RegLayout::X86_64);
+    }
+
+    /// Each description names as many registers as its file has, whose
+    /// sizes add up to the `g` packet, in the same order.
+    #[test]
+    fn the_descriptions_match_the_files() {
+        for layout in [RegLayout::X86_64, RegLayout::I386] {
+            let xml = layout.target_xml();
+            let sizes: Vec<usize> = xml
+                .split("<reg ")
+                .skip(1)
+                .map(|r| {
+                    let bits = r.split("bitsize=\"").nth(1).unwrap();
+                    bits[..bits.find('"').unwrap()].parse::<usize>().unwrap() / 8
+                })
+                .collect();
+            let expected: Vec<usize> = (0..sizes.len())
+                .map(|id| layout.byte_range(X86_64RegId(id)).unwrap().len())
+                .collect();
+            assert_eq!(sizes, expected, "{layout:?}");
+            assert_eq!(sizes.iter().sum::<usize>(), layout.bytes());
+        }
+        assert!(RegLayout::I386
+            .target_xml()
+            .contains("<architecture>i386</architecture>"));
+        assert!(RegLayout::I386
+            .target_xml()
+            .contains("<reg name=\"eip\" bitsize=\"32\""));
     }
 
     #[test]

@@ -129,6 +129,7 @@ impl ExecFile for KvmTarget<'_> {
 impl MultiThreadBase for KvmTarget<'_> {
     fn read_registers(&mut self, regs: &mut X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
         *regs = self.state(self.index(tid)?)?.to_gdb();
+        regs.layout = self.layout;
         Ok(())
     }
 
@@ -140,7 +141,8 @@ impl MultiThreadBase for KvmTarget<'_> {
         }
         let mut state = self.state(index)?;
         self.forget(index);
-        let changed = state.apply(regs);
+        // A 32-bit layout writes the low halves and leaves the rest.
+        let changed = state.apply(&state.to_gdb().merged(regs));
         debug!("vcpu {index}: writing registers {changed:?}");
         if changed.sregs {
             // KVM refuses some special-register values: gdb gets an error.
@@ -274,7 +276,10 @@ impl SingleRegisterAccess<Tid> for KvmTarget<'_> {
         let mut regs = X86_64Regs::default();
         self.read_registers(&mut regs, tid)?;
         let bytes = regs.to_bytes();
-        let range = reg_id.byte_range();
+        let range = self
+            .layout
+            .byte_range(reg_id)
+            .ok_or(TargetError::NonFatal)?;
         let n = range.len().min(buf.len());
         buf[..n].copy_from_slice(&bytes[range.start..range.start + n]);
         Ok(n)
@@ -289,7 +294,10 @@ impl SingleRegisterAccess<Tid> for KvmTarget<'_> {
         let mut regs = X86_64Regs::default();
         self.read_registers(&mut regs, tid)?;
         let mut bytes = regs.to_bytes();
-        let range = reg_id.byte_range();
+        let range = self
+            .layout
+            .byte_range(reg_id)
+            .ok_or(TargetError::NonFatal)?;
         if val.len() != range.len() {
             return Err(TargetError::NonFatal);
         }

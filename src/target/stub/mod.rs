@@ -22,7 +22,10 @@ use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::BreakpointsOps;
 use gdbstub::target::ext::exec_file::ExecFileOps;
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
-use gdbstub::target::{Target, TargetError};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
@@ -30,9 +33,11 @@ use super::dump::DumpCpu;
 use super::error::StubError;
 use super::monitor::View;
 use super::paging::Paging;
-use super::regs::{KvmState, X86_64Kvm};
+use super::regs::{KvmState, RegLayout, X86_64Kvm};
 use super::vcpu::StopKind;
 use super::{lock, Inner};
+use crate::arch::controls::{CR0_PE, EFER_LMA};
+use log::debug;
 
 use base::read_extra;
 pub(crate) use monitor::run_monitor;
@@ -56,6 +61,8 @@ pub(crate) struct KvmTarget<'a> {
     /// rip, rsp and rbp of the vCPU in the next stop reply (the
     /// connection layer puts them in, so gdb need not send `g`).
     expedite: Option<[u64; 3]>,
+    /// The register file gdb sees, from the mode of vCPU 0 at attach.
+    layout: RegLayout,
     /// lldb's memory map of what gdb reads through, with the root it was
     /// made from (`None`: physical); dropped at every resume, register
     /// write, memory write and monitor command.
@@ -92,6 +99,7 @@ impl<'a> KvmTarget<'a> {
             expedite: None,
             stop_note: None,
             regions: RefCell::new(None),
+            layout: RegLayout::X86_64,
             deferred: Vec::new(),
             held_since: None,
             snapshots: Default::default(),
@@ -102,6 +110,21 @@ impl<'a> KvmTarget<'a> {
             pending: VecDeque::new(),
             current: 0,
             view: View::Current,
+        }
+    }
+
+    /// Pick the register file gdb will see from vCPU 0's mode now (gdb
+    /// asks for the target description once, at attach): i386 in 32-bit
+    /// protected mode, x86-64 otherwise.
+    pub(crate) fn choose_layout(&mut self) {
+        if let Ok((_, sregs)) = self.core(0) {
+            let protected = sregs.cr0 & CR0_PE != 0 && sregs.efer & EFER_LMA == 0;
+            self.layout = if protected {
+                RegLayout::I386
+            } else {
+                RegLayout::X86_64
+            };
+            debug!("gdb sees the {:?} register file", self.layout);
         }
     }
 
@@ -229,5 +252,27 @@ impl Target for KvmTarget<'_> {
 
     fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl TargetDescriptionXmlOverride for KvmTarget<'_> {
+    fn target_description_xml(
+        &self,
+        _annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let xml = self.layout.target_xml().as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(xml.len());
+        let n = length.min(buf.len()).min(xml.len() - start);
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
     }
 }
