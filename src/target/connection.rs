@@ -15,7 +15,7 @@ use std::time::Duration;
 use gdbstub::conn::Connection;
 use log::{debug, trace, warn};
 
-use super::memory_packets::{self, ReadRequest};
+use super::memory_packets::{self, ReadRequest, WriteRequest};
 use super::qemu_packets::{self, QemuFlags};
 use super::rsp;
 use super::wait::{self, Ready, WakeReceiver};
@@ -127,6 +127,11 @@ const READ_AHEAD_MIN: usize = 4096;
 /// chunks of about half this).
 pub(crate) const PACKET_SIZE: usize = 1 << 17;
 
+/// gdbstub's packet buffer: every packet but memory reads and writes goes
+/// through it, and gdbstub scans the whole buffer per packet, so it is
+/// small (the largest of those packets, `G`, is 1,216 bytes).
+pub(crate) const STUB_PACKET_SIZE: usize = 1 << 12;
+
 /// Where we are in a packet too long to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Oversized {
@@ -155,6 +160,9 @@ pub(crate) enum Input {
     Byte(u8),
     /// A memory read to answer with [`GdbConnection::answer_read`].
     Read(ReadRequest),
+    /// A memory write (`M`/`X`), to answer with
+    /// [`GdbConnection::answer_write`].
+    Write(WriteRequest),
     /// lldb's `qMemoryRegionInfo:ADDR`, to answer with
     /// [`GdbConnection::answer_region`].
     Region(u64),
@@ -246,6 +254,10 @@ impl GdbConnection {
             if self.frozen && is_resume(payload) {
                 debug!("refused {}: a dump", String::from_utf8_lossy(payload));
                 self.refuse_resume()?;
+                continue;
+            }
+            if let Some(write) = memory_packets::parse_write(payload) {
+                self.input.push_back(Input::Write(write));
                 continue;
             }
             if let Some(addr) = payload.strip_prefix(b"qMemoryRegionInfo:") {
@@ -407,8 +419,19 @@ impl GdbConnection {
                 return;
             }
             new
-        } else if payload.starts_with(b"PacketSize=") {
-            [payload, b";binary-upload+"].concat()
+        } else if let Some(features) = payload.strip_prefix(b"PacketSize=") {
+            // gdbstub's own buffer is small (it scans all of it per
+            // packet); the big packets, memory reads and writes, are ours.
+            let rest = features
+                .iter()
+                .position(|&b| b == b';')
+                .map_or(&[][..], |i| &features[i..]);
+            [
+                format!("PacketSize={PACKET_SIZE:x}").as_bytes(),
+                rest,
+                b";binary-upload+",
+            ]
+            .concat()
         } else {
             return;
         };
@@ -432,6 +455,19 @@ impl GdbConnection {
             format!("T05thread:{:x};", self.mem_thread).as_bytes(),
         ));
         self.send_own(&acked)
+    }
+
+    /// The gdb thread id memory accesses refer to now.
+    pub(crate) fn mem_thread(&self) -> usize {
+        self.mem_thread
+    }
+
+    /// Answer a memory write: `OK`, or the errno of a refused one.
+    pub(crate) fn answer_write(&mut self, result: Result<(), u8>) -> io::Result<()> {
+        match result {
+            Ok(()) => self.send_reply(b"OK"),
+            Err(errno) => self.send_reply(format!("E{errno:02x}").as_bytes()),
+        }
     }
 
     /// Answer `qMemoryRegionInfo` (`E01` while the VM runs).

@@ -15,7 +15,7 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubBuilder, GdbStubError};
 use log::{info, warn};
 
-use super::connection::{ConnRef, GdbConnection, Input, Stream, PACKET_SIZE};
+use super::connection::{ConnRef, GdbConnection, Input, Stream, STUB_PACKET_SIZE};
 use super::error::StubError;
 use super::stub::KvmTarget;
 use super::vcpu::Command;
@@ -247,7 +247,7 @@ pub(crate) fn session(dbg: &Inner, stream: Stream, gdb_gone: impl FnOnce()) {
     let shutdown_handle = conn.stream().try_clone().ok();
     loop {
         let stub = match GdbStubBuilder::new(ConnRef(&mut conn))
-            .packet_buffer_size(PACKET_SIZE)
+            .packet_buffer_size(STUB_PACKET_SIZE)
             .build()
         {
             Ok(stub) => stub,
@@ -309,6 +309,14 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                     Ok(()) => Ok(idle.into()),
                     Err(e) => return Ended::Connection(e),
                 },
+                Ok(Input::Write(write)) => {
+                    let thread = idle.borrow_conn().0.mem_thread();
+                    let result = target.write_for_gdb(&write, thread);
+                    match idle.borrow_conn().0.answer_write(result) {
+                        Ok(()) => Ok(idle.into()),
+                        Err(e) => return Ended::Connection(e),
+                    }
+                }
                 Ok(Input::Region(addr)) => {
                     let reply = target.region_info(addr);
                     match idle.borrow_conn().0.answer_region(Some(&reply)) {
@@ -336,6 +344,12 @@ fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarg
                         Ok(Input::Read(read)) => {
                             // All-stop gdb never reads while the guest runs.
                             if let Err(e) = running.borrow_conn().0.answer_read(&read, Err(1)) {
+                                return Ended::Connection(e);
+                            }
+                            Ok(running.into())
+                        }
+                        Ok(Input::Write(_)) => {
+                            if let Err(e) = running.borrow_conn().0.answer_write(Err(1)) {
                                 return Ended::Connection(e);
                             }
                             Ok(running.into())

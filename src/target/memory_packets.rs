@@ -42,6 +42,40 @@ pub(crate) fn parse_read(payload: &[u8]) -> Option<ReadRequest> {
     })
 }
 
+/// A memory write gdb sent (`M` hex or `X` binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WriteRequest {
+    /// Start address (guest-virtual, or physical in QEMU's phys mode).
+    pub(crate) addr: u64,
+    /// The bytes.
+    pub(crate) data: Vec<u8>,
+}
+
+/// Parse `MADDR,LEN:HEX` or `XADDR,LEN:BINARY` whose data is exactly LEN
+/// bytes. Anything else is left to gdbstub.
+pub(crate) fn parse_write(payload: &[u8]) -> Option<WriteRequest> {
+    let (&kind, rest) = payload.split_first()?;
+    if kind != b'M' && kind != b'X' {
+        return None;
+    }
+    let comma = rest.iter().position(|&b| b == b',')?;
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let addr = parse_hex(&rest[..comma])?;
+    let len = usize::try_from(parse_hex(rest.get(comma + 1..colon)?)?).ok()?;
+    let body = &rest[colon + 1..];
+    let data = if kind == b'X' {
+        rsp::unescape(body)?
+    } else {
+        if body.len() % 2 != 0 {
+            return None;
+        }
+        body.chunks(2)
+            .map(|pair| u8::try_from(parse_hex(pair)?).ok())
+            .collect::<Option<Vec<u8>>>()?
+    };
+    (data.len() == len).then_some(WriteRequest { addr, data })
+}
+
 fn parse_hex(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 {
         return None;
@@ -254,6 +288,30 @@ pub(crate) fn push_binary(out: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_in_hex_and_binary() {
+        assert_eq!(
+            parse_write(b"Mffffffff80400000,3:0a0b0c"),
+            Some(WriteRequest {
+                addr: 0xffff_ffff_8040_0000,
+                data: vec![0x0a, 0x0b, 0x0c]
+            })
+        );
+        // `}` escapes: 0x23 ('#') is sent as `}` 0x03.
+        assert_eq!(
+            parse_write(b"X1000,2:}\x03a"),
+            Some(WriteRequest {
+                addr: 0x1000,
+                data: vec![b'#', b'a']
+            })
+        );
+        assert_eq!(parse_write(b"M1000,2:0a"), None, "length mismatch");
+        assert_eq!(parse_write(b"M1000,1:0g"), None, "not hex");
+        assert_eq!(parse_write(b"X1000,1:}"), None, "cut escape");
+        assert_eq!(parse_write(b"m1000,1"), None);
+        assert_eq!(parse_write(b"M1000:00"), None);
+    }
 
     mod rsp_decode {
         include!("../../tests/demo/rsp_decode.rs");

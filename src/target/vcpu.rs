@@ -79,6 +79,9 @@ struct Control {
     /// it stopped (cheaper than asking it again from the gdb thread).
     snapshot: Option<Core>,
     call: Option<Call>,
+    /// The gdb thread waits on the condvar for this vCPU's stop (a step):
+    /// no wake-up through the session's socket then.
+    gdb_waiting: bool,
 }
 
 /// A vCPU and its control block.
@@ -108,6 +111,7 @@ impl Vcpu {
                 stop: None,
                 snapshot: None,
                 call: None,
+                gdb_waiting: false,
             }),
             cv: Condvar::new(),
             kick: KickSlot::default(),
@@ -244,12 +248,29 @@ impl Vcpu {
         ctl.snapshot = snapshot;
         ctl.command = Command::Pause;
         ctl.running = false;
+        let watched = ctl.gdb_waiting;
         drop(ctl);
         self.cv.notify_all();
         if kind.is_some() {
             debug!("vcpu {} stopped: {kind:?}", self.index);
-            inner.wake();
+            if !watched {
+                inner.wake();
+            }
         }
+    }
+
+    /// Wait up to `limit` for this vCPU to stop by itself (the end of a
+    /// step); whether it did. Meanwhile its stop wakes this thread through
+    /// the condvar only, not the session's socket.
+    pub(crate) fn wait_stop(&self, limit: Duration) -> bool {
+        let mut ctl = self.control();
+        ctl.gdb_waiting = true;
+        let (mut ctl, _) = self
+            .cv
+            .wait_timeout_while(ctl, limit, |c| c.stop.is_none() && c.running)
+            .unwrap_or_else(|e| e.into_inner());
+        ctl.gdb_waiting = false;
+        ctl.stop.is_some()
     }
 
     /// The hooks that held this vCPU are gone: its loop has ended, and

@@ -19,7 +19,7 @@ use log::debug;
 use super::{tid, KvmTarget};
 use crate::target::error::StubError;
 use crate::target::memory::GuestTables;
-use crate::target::memory_packets::ReadRequest;
+use crate::target::memory_packets::{ReadRequest, WriteRequest};
 use crate::target::monitor::View;
 use crate::target::paging::Paging;
 use crate::target::regions;
@@ -58,6 +58,17 @@ impl KvmTarget<'_> {
                 root: format.root(cr3),
             }),
             (paging, _) => Ok(paging),
+        }
+    }
+
+    /// Write `write` as gdb's `M`/`X` would, for gdb thread `thread`: the
+    /// errno of a refused write.
+    pub(crate) fn write_for_gdb(&mut self, write: &WriteRequest, thread: usize) -> Result<(), u8> {
+        let thread = NonZeroUsize::new(thread).unwrap_or(NonZeroUsize::MIN);
+        match self.write_addrs(write.addr, &write.data, thread) {
+            Ok(()) => Ok(()),
+            Err(TargetError::Errno(errno)) => Err(errno),
+            Err(_) => Err(1),
         }
     }
 
