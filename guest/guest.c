@@ -59,6 +59,11 @@ volatile u64 touch_neighbour;
 volatile u64 neighbour_touches;
 volatile u64 remaps;
 
+/* Set by a debugger (bench-e2e): vCPU 0 calls bump() in a tight loop, for
+ * breakpoint hits per second. */
+volatile u64 bench_spin;
+volatile u64 bumps;
+
 struct idt_entry {
     u16 offset_low;
     u16 selector;
@@ -238,11 +243,18 @@ __attribute__((noinline)) void poll_device(void)
     device_mmio_value = *DEVICE_MMIO;
 }
 
+__attribute__((noinline)) void bump(void)
+{
+    bumps++;
+}
+
 static void vcpu0_main(void)
 {
     for (u64 iteration = 0;; iteration++) {
         while (guest_idle)
             halt();
+        while (bench_spin)
+            bump();
         last_result = level1((int)iteration);
         if (iteration % 8 == 0)
             switch_space(iteration);

@@ -708,7 +708,10 @@ fn watch_stops_when_the_guest_remaps_the_page() {
     assert!(out.contains("$1 = 1\n$2 = 0"), "{out}");
     let now = Regex::new(r"(?m)^ +now 0000000000400000-0000000000400fff  0000000001003000-0000000001003fff +4K +4K  rw-u").unwrap();
     assert!(now.is_match(&out), "{out}");
-    assert!(out.contains("1 changes since the last stop"), "{out}");
+    assert!(
+        out.contains("1 changes since the session's first run (from now on: since the last stop)"),
+        "{out}"
+    );
     assert!(out.contains("1 watch(es) removed"), "{out}");
     assert!(
         out.contains("$3 = 2"),

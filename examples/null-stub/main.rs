@@ -18,6 +18,10 @@ struct Args {
     /// rsp and rbp in every stop reply.
     #[arg(long, value_parser = parse_hex, default_value = "0")]
     sp: u64,
+    /// The file to name in `qXfer:exec-file` (gdb then loads its symbols,
+    /// as it does from ours).
+    #[arg(long)]
+    exec_file: Option<String>,
 }
 
 fn parse_hex(text: &str) -> Result<u64, std::num::ParseIntError> {
@@ -38,6 +42,8 @@ struct Canned {
     hex: Vec<u8>,
     binary: Vec<u8>,
     stop: String,
+    sp: u64,
+    exec_file: Option<String>,
 }
 
 impl Canned {
@@ -53,6 +59,8 @@ impl Canned {
             .collect();
         Canned {
             stop: stop_reply(args.pc, args.sp),
+            sp: args.sp,
+            exec_file: args.exec_file.clone(),
             hex: bytes
                 .iter()
                 .flat_map(|b| format!("{b:02x}").into_bytes())
@@ -75,14 +83,35 @@ fn read_len(request: &str) -> usize {
         .min(1 << 17)
 }
 
+/// A `qXfer:…:read:ANNEX:OFF,LEN` reply for `data`.
+fn xfer(range: &str, data: &str) -> String {
+    let mut parts = range
+        .rsplit(':')
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(|n| usize::from_str_radix(n, 16).unwrap_or(0));
+    let (off, len) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let rest = data.get(off.min(data.len())..).unwrap_or("");
+    if rest.len() > len {
+        format!("m{}", &rest[..len])
+    } else {
+        format!("l{rest}")
+    }
+}
+
 fn reply(payload: &[u8], memory: &Canned) -> Vec<u8> {
     let text = String::from_utf8_lossy(payload);
     let regs_bytes = vmem_gdbstub::target::X86_64Regs::default().to_bytes().len();
     let xml = <X86_64Kvm as gdbstub::arch::Arch>::target_description_xml().unwrap_or_default();
     let out: String = match text.as_ref() {
         t if t.starts_with("qSupported") => {
-            "PacketSize=20000;QStartNoAckMode+;qXfer:features:read+;binary-upload+".into()
+            "PacketSize=20000;QStartNoAckMode+;qXfer:features:read+;qXfer:exec-file:read+;binary-upload+;swbreak+".into()
         }
+        t if t.starts_with("qXfer:exec-file:read:") => match &memory.exec_file {
+            Some(path) => xfer(t, path),
+            None => "E01".into(),
+        },
         "?" => memory.stop.clone(),
         "g" => "00".repeat(regs_bytes),
         "vCont?" => "vCont;c;C;s;S".into(),
@@ -93,19 +122,7 @@ fn reply(payload: &[u8], memory: &Canned) -> Vec<u8> {
         t if t.starts_with('x') => {
             return rsp::frame(&[b"b", &memory.binary[..read_len(t)]].concat());
         }
-        t if t.starts_with("qXfer:features:read:target.xml:") => {
-            let range = &t["qXfer:features:read:target.xml:".len()..];
-            let mut parts = range
-                .split(',')
-                .map(|n| usize::from_str_radix(n, 16).unwrap_or(0));
-            let (off, len) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            let rest = xml.get(off.min(xml.len())..).unwrap_or("");
-            if rest.len() > len {
-                format!("m{}", &rest[..len])
-            } else {
-                format!("l{rest}")
-            }
-        }
+        t if t.starts_with("qXfer:features:read:target.xml:") => xfer(t, xml),
         "qfThreadInfo" => "m01".into(),
         "qsThreadInfo" => "l".into(),
         "qC" => "QC01".into(),
@@ -128,6 +145,8 @@ fn main() -> std::io::Result<()> {
         let mut writer = stream.try_clone()?;
         let mut reader = BufReader::new(stream);
         let mut no_ack = false;
+        // The breakpoint gdb inserted last: a continue "hits" it at once.
+        let mut breakpoint: Option<u64> = None;
         let mut byte = [0u8];
         'session: loop {
             // Skip to a packet start; an interrupt while "running" stops.
@@ -156,8 +175,31 @@ fn main() -> std::io::Result<()> {
             if !no_ack {
                 writer.write_all(b"+")?;
             }
-            if payload.starts_with(b"vCont;c") || payload == b"c" {
-                continue; // "running" until 0x03
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            let address = |t: &str| {
+                t.split(',')
+                    .nth(1)
+                    .and_then(|a| u64::from_str_radix(a, 16).ok())
+            };
+            if text.starts_with("Z0,") {
+                breakpoint = address(&text);
+                writer.write_all(&rsp::frame(b"OK"))?;
+                continue;
+            }
+            if text.starts_with("z0,") {
+                if breakpoint == address(&text) {
+                    breakpoint = None;
+                }
+                writer.write_all(&rsp::frame(b"OK"))?;
+                continue;
+            }
+            if text.starts_with("vCont;c") || text == "c" {
+                // Without a breakpoint: "running" until 0x03.
+                if let Some(pc) = breakpoint {
+                    let stop = format!("{}swbreak:;", stop_reply(pc, memory.sp));
+                    writer.write_all(&rsp::frame(stop.as_bytes()))?;
+                }
+                continue;
             }
             writer.write_all(&reply(&payload, &memory))?;
             no_ack |= payload == b"QStartNoAckMode";

@@ -21,9 +21,10 @@ pub(crate) const USAGE: &str = "\
 vmem snapshot NAME
     remember the mappings of every known space under NAME
 vmem diff [NAME | --dump FILE] [--limit N]
-    what changed since the last stop, since snapshot NAME, or since the
-    memory dump FILE (an earlier dump of this VM): mappings added, removed,
-    re-pointed, rights (accessed/dirty bits are not changes)
+    what changed since the last stop (the first time: since the session's
+    first run), since snapshot NAME, or since the memory dump FILE (an
+    earlier dump of this VM): mappings added, removed, re-pointed, rights
+    (accessed/dirty bits are not changes)
     e.g. monitor vmem snapshot before; (continue); monitor vmem diff before
 ";
 

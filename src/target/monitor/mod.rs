@@ -92,6 +92,8 @@ pub(crate) enum Effect {
     Unwatch(Option<u64>),
     /// List the watched translations.
     ListWatches,
+    /// `vmem diff` without a name ran: keep the tables at every continue.
+    DiffUsed,
     /// Open an existing host file read-only under a chardev id.
     ChardevAdd {
         id: String,

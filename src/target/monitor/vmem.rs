@@ -388,7 +388,13 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             );
             Ok(Effect::Snapshot(name.to_string(), snapshot))
         }
-        "diff" => diff::diff(ctx, &args, out).map(|()| Effect::None),
+        "diff" => diff::diff(ctx, &args, out).map(|()| {
+            if args.positional.is_empty() && args.option("dump").is_none() {
+                Effect::DiffUsed
+            } else {
+                Effect::None
+            }
+        }),
         "find" => find::run(ctx, &args, out).map(|()| Effect::None),
         "audit" => audit::run(ctx, &args, out).map(|()| Effect::None),
         "walk" => walk(ctx, &args, out).map(|()| Effect::None),

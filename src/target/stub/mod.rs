@@ -78,6 +78,8 @@ pub(crate) struct KvmTarget<'a> {
     /// The tables when the VM last stopped (`vmem diff`), taken as it
     /// resumed, with what it is called.
     last_stop: Option<(super::monitor::Snapshot, String)>,
+    /// `vmem diff` was used: the tables are taken at every continue.
+    diff_armed: bool,
 }
 
 /// gdb's thread id of vCPU `index`.
@@ -104,6 +106,7 @@ impl<'a> KvmTarget<'a> {
             held_since: None,
             snapshots: Default::default(),
             last_stop: None,
+            diff_armed: false,
             dbg,
             actions: vec![None; dbg.vcpus.len()],
             default_action: Action::Continue,

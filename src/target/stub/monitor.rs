@@ -87,22 +87,32 @@ impl KvmTarget<'_> {
     }
 
     /// Remember the tables as the VM resumes, for `vmem diff` at the next
-    /// stop: on every continue, and on the first resume of the session.
-    /// Single steps do not take them (a walk of every space costs more
-    /// than a step: ~170 µs on the demo); after steps the diff says it
-    /// compares with the stop before them.
+    /// stop: at the first resume of the session, then — once `vmem diff`
+    /// has been used — at every continue. Not otherwise: a walk of every
+    /// space (~170 µs on the demo) at each of gdb's internal continues
+    /// (a conditional breakpoint) would cost more than the hit itself.
+    /// Single steps never take them; the diff then says since which stop.
     pub(super) fn remember_tables(&mut self, stepping: bool) {
-        if stepping {
-            if let Some((_, what)) = &mut self.last_stop {
-                *what = "the last stop before the single steps (vmem snapshot NAME marks a point between steps)".into();
+        let armed = self.diff_armed && !stepping;
+        match &mut self.last_stop {
+            Some((_, what)) if !armed => {
+                if stepping && what == "the last stop" {
+                    *what = "the last stop before the single steps (vmem snapshot NAME marks a point between steps)".into();
+                }
                 return;
             }
+            _ => {}
         }
         let started = Instant::now();
         let mut mode = None;
         let snapshot = monitor::take_snapshot(&self.monitor_context(&mut mode)).ok();
         debug!("tables taken for vmem diff in {:?}", started.elapsed());
-        self.last_stop = snapshot.map(|s| (s, "the last stop".to_string()));
+        let what = if self.diff_armed {
+            "the last stop"
+        } else {
+            "the session's first run (from now on: since the last stop)"
+        };
+        self.last_stop = snapshot.map(|s| (s, what.to_string()));
     }
 
     /// `vmem watch VA`: trap the tables on VA's walk; the text to print.
@@ -191,6 +201,7 @@ impl KvmTarget<'_> {
                 }
             }
             Effect::Watch { va, root } => text.push_str(&self.watch(va, root, mode)),
+            Effect::DiffUsed => self.diff_armed = true,
             Effect::Unwatch(va) => {
                 let removed = self.dbg.table_watches_mut().remove(va);
                 match self.dbg.apply_traps() {

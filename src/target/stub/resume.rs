@@ -103,18 +103,30 @@ impl MultiThreadResume for KvmTarget<'_> {
         // While a step runs (a few microseconds), the vCPUs gdb lets
         // continue are held back: they start (stepping over a breakpoint
         // of theirs then) only if the step has not ended within
-        // STEP_GRACE, so a step costs no kick of the others. After
-        // MAX_HOLD of back-to-back steps they run along with one step, so
-        // a guest stepped through a wait for another vCPU still advances.
+        // STEP_GRACE, so a step costs no kick of the others. The same for
+        // a continue of every vCPU: the one that stopped last starts at
+        // once, the others after STEP_GRACE — a breakpoint it hits again
+        // sooner (a conditional breakpoint gdb resumes from at each hit)
+        // costs no kick of vCPUs that never started. After MAX_HOLD of
+        // back-to-back holds they run along, so a guest stepped or
+        // breakpointed through a wait for another vCPU still advances.
         let stepping = actions.contains(&Action::Step);
-        let hold = stepping && self.held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
+        let continuing = !stepping
+            && actions.get(self.current) == Some(&Action::Continue)
+            && actions.iter().filter(|a| **a == Action::Continue).count() > 1;
+        let hold =
+            (stepping || continuing) && self.held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
         self.held_since = if hold {
             Some(self.held_since.unwrap_or_else(Instant::now))
         } else {
             None
         };
+        let current = self.current;
+        let deferred = |index: usize, action: Action| {
+            hold && action == Action::Continue && (stepping || index != current)
+        };
         for (index, &action) in actions.iter().enumerate() {
-            if action == Action::Stay || (hold && action == Action::Continue) {
+            if action == Action::Stay || deferred(index, action) {
                 continue;
             }
             match self.step_over(index) {
@@ -139,15 +151,15 @@ impl MultiThreadResume for KvmTarget<'_> {
         // Only what runs changes: a vCPU held back keeps its registers
         // (reading them again costs a call to its thread and two ioctls,
         // ~100 µs per step on kvm_pvm).
-        for (index, action) in actions.iter().enumerate() {
-            if *action == Action::Step || (*action == Action::Continue && !hold) {
+        for (index, &action) in actions.iter().enumerate() {
+            if action != Action::Stay && !deferred(index, action) {
                 self.forget(index);
             }
         }
-        for (index, (vcpu, action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
+        for (index, (vcpu, &action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
             match action {
                 Action::Stay => {}
-                Action::Continue if hold => self.deferred.push(index),
+                _ if deferred(index, action) => self.deferred.push(index),
                 Action::Continue => vcpu.request(Command::Run, self.dbg),
                 Action::Step => vcpu.request(Command::Step, self.dbg),
             }
