@@ -10,9 +10,14 @@
 //!
 //! Prints: `dump binary memory` of 64 MiB (gdb 13's hex `m`, and gdb 18's
 //! binary `x` when a gdb that speaks it is found: `VMEM_GDBSTUB_GDB_X` or
-//! `/opt/gdb18/bin/gdb`), `stepi` rate over 10,000 steps, Ctrl-C latency
-//! on a running guest, and CPU used by the stub process over 10 s while
-//! stopped and while a halted guest waits in `continue`.
+//! `/opt/gdb18/bin/gdb`), `stepi` rate over 10,000 steps with the guest's
+//! symbols (gdb 13) and over 5,000 without (gdb 13 and 18: `set sysroot
+//! /nonexistent`, so not even the exec-file a stub names is loaded),
+//! conditional-breakpoint hits per second (`break bump if ++$n == 1000`
+//! while the guest calls `bump` in a loop), `continue` → breakpoint round
+//! trips per second (300 continues to `bump`), Ctrl-C latency on a running
+//! guest, and CPU used by the stub process over 10 s while stopped and
+//! while a halted guest waits in `continue`.
 
 #[path = "../../tests/demo/kernel.rs"]
 mod kernel;
@@ -26,6 +31,14 @@ const DUMP_BYTES: u64 = 64 << 20;
 /// 32 MiB into the direct map: clear of the page tables and the kernel.
 const DUMP_BASE: u64 = 0xffff_8880_0200_0000;
 const STEPS: u32 = 10_000;
+/// The longest one gdb run may take.
+const GDB_LIMIT: Duration = Duration::from_secs(30);
+/// Steps without symbols (each gdb).
+const BARE_STEPS: u32 = 5_000;
+/// Conditional-breakpoint hits per measurement.
+const HITS: u32 = 1_000;
+/// `continue`s to a breakpoint per measurement.
+const CONTINUES: u32 = 300;
 const GUEST_ELF: &str = env!("DEMO_GUEST_ELF");
 
 struct Stub {
@@ -149,10 +162,20 @@ fn gdb_with_x() -> Option<String> {
 
 /// `gdb` with the guest's symbols, connected to `port`, running `commands`.
 fn gdb(gdb: &str, port: u16, commands: &[String]) -> Command {
+    gdb_with(gdb, port, commands, true)
+}
+
+/// `gdb` connected to `port`, running `commands`; with `symbols` false it
+/// loads no symbols at all (not the exec-file a stub names either).
+fn gdb_with(gdb: &str, port: u16, commands: &[String], symbols: bool) -> Command {
     let mut cmd = Command::new(gdb);
-    cmd.args(["-batch", "-nx", "-ex", "set pagination off", "-ex"])
-        .arg(format!("file {GUEST_ELF}"))
-        .arg("-ex")
+    cmd.args(["-batch", "-nx", "-ex", "set pagination off", "-ex"]);
+    if symbols {
+        cmd.arg(format!("file {GUEST_ELF}"));
+    } else {
+        cmd.arg("set sysroot /nonexistent");
+    }
+    cmd.arg("-ex")
         .arg(format!("target remote 127.0.0.1:{port}"));
     for c in commands {
         cmd.arg("-ex").arg(c);
@@ -165,24 +188,64 @@ fn gdb(gdb: &str, port: u16, commands: &[String]) -> Command {
 
 /// Wall time of a gdb run minus the time of connecting and detaching.
 fn timed(gdb_path: &str, port: u16, commands: &[String]) -> Duration {
-    let run = |cmds: &[String]| {
+    timed_with(gdb_path, port, commands, true)
+}
+
+/// [`timed`], with or without symbols.
+fn timed_with(gdb_path: &str, port: u16, commands: &[String], symbols: bool) -> Duration {
+    timed_checked(gdb_path, port, commands, symbols, "")
+}
+
+/// Kill process `pid` after [`GDB_LIMIT`] unless `done` is set by then.
+fn watchdog(pid: u32, done: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let done = std::sync::Arc::clone(done);
+    std::thread::spawn(move || {
+        std::thread::sleep(GDB_LIMIT);
+        if !done.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+}
+
+/// [`timed_with`], counting the run as endless unless gdb printed
+/// `expect` (a stub whose breakpoints do not work ends `continue` early,
+/// or never).
+fn timed_checked(
+    gdb_path: &str,
+    port: u16,
+    commands: &[String],
+    symbols: bool,
+    expect: &str,
+) -> Duration {
+    let run = |cmds: &[String], expect: &str| {
         let start = Instant::now();
-        let out = gdb(gdb_path, port, cmds).output().expect("gdb");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let child = gdb_with(gdb_path, port, cmds, symbols)
+            .spawn()
+            .expect("gdb");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        watchdog(child.id(), &done);
+        let out = child.wait_with_output().expect("gdb");
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !printed.contains(expect) {
+            eprintln!("gdb failed, timed out or did not print {expect:?}");
+            return Duration::MAX;
+        }
         start.elapsed()
     };
-    let base = (0..3).map(|_| run(&[])).min().unwrap_or_default();
-    run(commands).saturating_sub(base)
+    let base = (0..3).map(|_| run(&[], "")).min().unwrap_or_default();
+    match run(commands, expect) {
+        Duration::MAX => Duration::MAX,
+        took => took.saturating_sub(base),
+    }
 }
 
 fn ctrl_c_latency(port: u16) -> Duration {
     let mut samples = Vec::new();
     for _ in 0..5 {
         let mut child = gdb(GDB, port, &["continue".into()]).spawn().expect("gdb");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        watchdog(child.id(), &done);
         std::thread::sleep(Duration::from_millis(800));
         let start = Instant::now();
         let _ = Command::new("kill")
@@ -199,6 +262,7 @@ fn ctrl_c_latency(port: u16) -> Duration {
         }
         samples.push(start.elapsed());
         let _ = child.wait();
+        done.store(true, std::sync::atomic::Ordering::Release);
     }
     samples.sort();
     samples[samples.len() / 2]
@@ -232,12 +296,28 @@ fn symbol(path: &str, name: &str) -> u64 {
         .expect("symbol")
 }
 
+/// One round's numbers for one stub.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    dump: Duration,
+    dump_x: Option<Duration>,
+    steps_per_s: f64,
+    bare_steps_per_s: f64,
+    bare_steps_x_per_s: Option<f64>,
+    hits_per_s: f64,
+    continues_per_s: f64,
+}
+
 /// What one stub was measured at (medians over the rounds).
 struct Row {
     name: &'static str,
     dump: Duration,
     dump_x: Option<Duration>,
     steps_per_s: f64,
+    bare_steps_per_s: f64,
+    bare_steps_x_per_s: Option<f64>,
+    hits_per_s: f64,
+    continues_per_s: f64,
 }
 
 /// Rounds of measurements; the stubs take turns within each round, so a
@@ -281,49 +361,114 @@ fn random_file(dir: &Path) -> PathBuf {
     file
 }
 
-/// One round for one stub: dump with gdb 13 (and gdb 18), then steps.
-fn measure_once(port: u16, gdb_x: Option<&str>) -> (Duration, Option<Duration>, f64) {
+/// One round for one stub: dump with gdb 13 (and gdb 18), steps with and
+/// without symbols, conditional-breakpoint hits, continues to a
+/// breakpoint.
+fn measure_once(port: u16, bp_port: u16, gdb_x: Option<&str>, scripts: &Path) -> Sample {
     let dump = [format!(
         "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
         DUMP_BASE + DUMP_BYTES
     )];
+    let rate = |n: u32, d: Duration| f64::from(n) / d.as_secs_f64();
     let m = timed(GDB, port, &dump);
     let x = gdb_x.map(|g| timed(g, port, &dump));
     let steps = timed(GDB, port, &["thread 1".into(), format!("stepi {STEPS}")]);
-    (m, x, f64::from(STEPS) / steps.as_secs_f64())
+    let bare = ["thread 1".to_string(), format!("stepi {BARE_STEPS}")];
+    let bare_steps = timed_with(GDB, port, &bare, false);
+    let bare_steps_x = gdb_x.map(|g| timed_with(g, port, &bare, false));
+    let spin = |on: u8| format!("set var bench_spin = {on}");
+    let hits = timed_checked(
+        GDB,
+        bp_port,
+        &[
+            spin(1),
+            "set $n = 0".into(),
+            format!("break bump if ++$n == {HITS}"),
+            "continue".into(),
+            "print $n".into(),
+            "delete".into(),
+            spin(0),
+        ],
+        true,
+        &format!("= {HITS}"),
+    );
+    let continues = timed_checked(
+        GDB,
+        bp_port,
+        &[
+            spin(1),
+            "break bump".into(),
+            format!("source {}", scripts.join("continues.gdb").display()),
+            "print $i".into(),
+            "delete".into(),
+            spin(0),
+        ],
+        true,
+        &format!("= {CONTINUES}"),
+    );
+    Sample {
+        dump: m,
+        dump_x: x,
+        steps_per_s: rate(STEPS, steps),
+        bare_steps_per_s: rate(BARE_STEPS, bare_steps),
+        bare_steps_x_per_s: bare_steps_x.map(|d| rate(BARE_STEPS, d)),
+        hits_per_s: rate(HITS, hits),
+        continues_per_s: rate(CONTINUES, continues),
+    }
+}
+
+/// The gdb script of [`CONTINUES`] continues.
+fn write_scripts(dir: &Path) {
+    let script =
+        format!("set $i = 0\nwhile $i < {CONTINUES}\n  continue\n  set $i = $i + 1\nend\n");
+    std::fs::write(dir.join("continues.gdb"), script).expect("script");
 }
 
 /// Every stub measured `ROUNDS` times, in turns, each alone on the machine.
-fn measure_all(stubs: &[(&'static str, &Stub)], gdb_x: Option<&str>) -> Vec<Row> {
-    stubs.iter().for_each(|(_, s)| s.freeze(true));
-    let mut samples: Vec<Vec<(Duration, Option<Duration>, f64)>> = vec![Vec::new(); stubs.len()];
+fn measure_all(
+    stubs: &[(&'static str, &Stub, &Stub)],
+    gdb_x: Option<&str>,
+    scripts: &Path,
+) -> Vec<Row> {
+    let freeze = |frozen: bool| {
+        stubs.iter().for_each(|(_, s, bp)| {
+            s.freeze(frozen);
+            bp.freeze(frozen);
+        })
+    };
+    freeze(true);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stubs.len()];
     for round in 0..ROUNDS {
-        for (i, (name, stub)) in stubs.iter().enumerate() {
+        for (i, (name, stub, bp)) in stubs.iter().enumerate() {
             stub.freeze(false);
-            let sample = measure_once(stub.port, gdb_x);
+            bp.freeze(false);
+            let sample = measure_once(stub.port, bp.port, gdb_x, scripts);
             stub.freeze(true);
-            println!(
-                "  round {round} {name:<9} dump {:.2} s, x {}, {:.0} steps/s",
-                sample.0.as_secs_f64(),
-                sample
-                    .1
-                    .map_or("n/a".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-                sample.2
-            );
+            bp.freeze(true);
+            println!("  round {round} {name:<9} {sample:.2?}");
             samples[i].push(sample);
         }
     }
-    stubs.iter().for_each(|(_, s)| s.freeze(false));
+    freeze(false);
     stubs
         .iter()
         .zip(samples)
-        .map(|((name, _), runs)| Row {
-            name,
-            dump: median(runs.iter().map(|r| r.0).collect()),
-            dump_x: runs[0]
-                .1
-                .map(|_| median(runs.iter().filter_map(|r| r.1).collect())),
-            steps_per_s: median(runs.iter().map(|r| r.2).collect()),
+        .map(|((name, _, _), runs)| {
+            let of = |f: &dyn Fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+            Row {
+                name,
+                dump: median(runs.iter().map(|r| r.dump).collect()),
+                dump_x: runs[0]
+                    .dump_x
+                    .map(|_| median(runs.iter().filter_map(|r| r.dump_x).collect())),
+                steps_per_s: of(&|r| r.steps_per_s),
+                bare_steps_per_s: of(&|r| r.bare_steps_per_s),
+                bare_steps_x_per_s: runs[0]
+                    .bare_steps_x_per_s
+                    .map(|_| median(runs.iter().filter_map(|r| r.bare_steps_x_per_s).collect())),
+                hits_per_s: of(&|r| r.hits_per_s),
+                continues_per_s: of(&|r| r.continues_per_s),
+            }
         })
         .collect()
 }
@@ -345,15 +490,37 @@ fn print_table(rows: &[Row]) {
     line("dump 64 MiB, gdb 18 (x)", &|r| {
         r.dump_x.map_or("n/a".into(), secs)
     });
-    line("stepi per second", &|r| format!("{:.0}", r.steps_per_s));
+    line("stepi/s, symbols, gdb 13", &|r| {
+        format!("{:.0}", r.steps_per_s)
+    });
+    line("stepi/s, no symbols, gdb 13", &|r| {
+        format!("{:.0}", r.bare_steps_per_s)
+    });
+    line("stepi/s, no symbols, gdb 18", &|r| {
+        r.bare_steps_x_per_s
+            .map_or("n/a".into(), |v| format!("{v:.0}"))
+    });
+    line("cond. breakpoint hits/s", &|r| {
+        format!("{:.0}", r.hits_per_s)
+    });
+    line("continue->breakpoint /s", &|r| {
+        format!("{:.0}", r.continues_per_s)
+    });
     let ours = &rows[0];
     for other in &rows[1..] {
+        let ratio = |a: f64, b: f64| a / b;
         println!(
-            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {:.2}x the rate",
+            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {:.2}x (no symbols: gdb 13 {:.2}x, gdb 18 {}), hits {:.2}x, continues {:.2}x",
             other.name,
             other.dump.as_secs_f64() / ours.dump.as_secs_f64(),
             ours.dump.as_secs_f64() / other.dump.as_secs_f64(),
-            ours.steps_per_s / other.steps_per_s
+            ratio(ours.steps_per_s, other.steps_per_s),
+            ratio(ours.bare_steps_per_s, other.bare_steps_per_s),
+            ours.bare_steps_x_per_s
+                .zip(other.bare_steps_x_per_s)
+                .map_or("n/a".into(), |(a, b)| format!("{:.2}x", a / b)),
+            ratio(ours.hits_per_s, other.hits_per_s),
+            ratio(ours.continues_per_s, other.continues_per_s),
         );
     }
     if let Some(x) = ours.dump_x {
@@ -398,14 +565,28 @@ fn main() {
     let pc = format!("{:#x}", symbol(GUEST_ELF, "level2"));
     let floor = Stub::start(
         &dir.join("null-stub"),
-        &["--pc", &pc, "--sp", &format!("{DUMP_BASE:#x}")],
+        &[
+            "--pc",
+            &pc,
+            "--sp",
+            &format!("{DUMP_BASE:#x}"),
+            "--exec-file",
+            GUEST_ELF,
+        ],
     );
-    let mut stubs = vec![("ours", &ours)];
-    stubs.extend(qemus.iter().map(|(name, q)| (*name, q)));
-    stubs.push(("floor", &floor));
+    // Breakpoint hits are measured on a second demo VM that gdb never
+    // single-steps: on kvm_pvm a vCPU single-stepped through the guest's
+    // `sti; hlt; cli` stops making progress when it is continued later
+    // (see the README's known problems).
+    let ours_bp = Stub::start(&dir.join("demo-vm"), &["--listen", "127.0.0.1:0"]);
+    let mut stubs = vec![("ours", &ours, &ours_bp)];
+    stubs.extend(qemus.iter().map(|(name, q)| (*name, q, q)));
+    stubs.push(("floor", &floor, &floor));
     println!("{ROUNDS} rounds, medians:");
-    let rows = measure_all(&stubs, gdb_x.as_deref());
+    write_scripts(&tmp);
+    let rows = measure_all(&stubs, gdb_x.as_deref(), &tmp);
     drop(floor);
+    drop(ours_bp);
     // Latency and idle CPU, each stub alone.
     let mut qemu_extra = Vec::new();
     qemus.iter().for_each(|(_, q)| q.freeze(true));
