@@ -173,9 +173,10 @@ impl<'d> VcpuHooks<'d> {
                 .zip(fd.get_sregs().ok())
                 .and_then(|(regs, sregs)| Origin::of(&regs, &sregs));
         }
-        // A step's registers come back in kvm_run (no ioctls) where the
-        // host offers KVM_CAP_SYNC_REGS.
-        if command.steps() && self.inner.sync_regs {
+        // A stop's registers come back in kvm_run (no ioctls) where the
+        // host offers KVM_CAP_SYNC_REGS: for steps, and for every run while
+        // gdb is attached (a breakpoint hit reads them twice).
+        if self.inner.sync_regs && (command.steps() || self.inner.attached()) {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
             self.synced = true;
@@ -399,7 +400,7 @@ impl<'d> VcpuHooks<'d> {
     /// is a crash.
     fn on_int3(&self, fd: &VcpuFd) -> Option<StopKind> {
         let index = self.vcpu.index;
-        let (Ok(mut regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {
+        let Some((mut regs, sregs)) = self.snapshot(fd) else {
             return Some(StopKind::Crashed(Signal::SIGILL));
         };
         let limits = self.inner.cpu_limits();
