@@ -28,6 +28,13 @@ pub struct RamRange {
     pub host: u64,
 }
 
+impl RamRange {
+    /// Whether `gpa` lies in this range.
+    pub fn contains(&self, gpa: PhysAddr) -> bool {
+        gpa >= self.gpa && gpa - self.gpa < self.size
+    }
+}
+
 /// What the stub needs of a guest memory: `vm-memory`'s trait, made
 /// object-safe so the debugger does not take a type parameter (and
 /// implemented by memory dumps too).

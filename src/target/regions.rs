@@ -7,9 +7,7 @@ use crate::arch::PageTableFormat;
 use crate::vmem::{self, Perms, TableReadOps};
 
 use super::memory::RamRange;
-
-/// Entries one map may read (as the monitor's walks).
-const BUDGET: u64 = 1 << 24;
+use super::monitor::WALK_BUDGET;
 
 /// A run of addresses with the same rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +22,7 @@ pub(crate) struct Region {
 pub(crate) fn mapped<O: TableReadOps>(fmt: &dyn PageTableFormat, tables: &O) -> Vec<Region> {
     let mut out: Vec<Region> = Vec::new();
     for m in vmem::virt_to_phys(fmt, tables, 0, u64::MAX)
-        .with_budget(BUDGET)
+        .with_budget(WALK_BUDGET)
         .flatten()
     {
         let perms = m.perms() & (Perms::READ | Perms::WRITE | Perms::EXEC);

@@ -109,7 +109,7 @@ enum Use {
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let roots: Vec<u64> = if args.option("all").is_some() {
-        ctx.spaces.iter().map(|(root, _)| *root).collect()
+        ctx.roots().collect()
     } else {
         vec![space_of(ctx, args)?]
     };

@@ -37,9 +37,13 @@ pub(crate) struct Snapshot {
 }
 
 /// The mappings of `roots` in `memory`.
-fn take_in(fmt: &dyn PageTableFormat, memory: &GuestRam, roots: &[u64]) -> Snapshot {
+fn take_in(
+    fmt: &dyn PageTableFormat,
+    memory: &GuestRam,
+    roots: impl IntoIterator<Item = u64>,
+) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    for &root in roots {
+    for root in roots {
         let (mut mappings, cut) = walk_space(fmt, &GuestTables::new(memory, root, None));
         for m in &mut mappings {
             m.flags.remove(Flags::ACCESSED | Flags::DIRTY);
@@ -52,14 +56,10 @@ fn take_in(fmt: &dyn PageTableFormat, memory: &GuestRam, roots: &[u64]) -> Snaps
     snapshot
 }
 
-fn known_roots(ctx: &Context<'_>) -> Vec<u64> {
-    ctx.spaces.iter().map(|(root, _)| *root).collect()
-}
-
 /// The mappings of every known space now.
 pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    Ok(take_in(fmt, ctx.memory, &known_roots(ctx)))
+    Ok(take_in(fmt, ctx.memory, ctx.roots()))
 }
 
 /// Changes shown per space unless `--limit` says otherwise.
@@ -113,7 +113,7 @@ pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resu
     let now = take(ctx)?;
     if let Some(file) = args.option("dump") {
         let dump = Dump::open(Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
-        let before = take_in(fmt, dump.ram(), &known_roots(ctx));
+        let before = take_in(fmt, dump.ram(), ctx.roots());
         report(&before, &now, &format!("dump {file}"), limit, out);
         return Ok(());
     }

@@ -42,6 +42,7 @@ impl fmt::Display for View {
 }
 
 pub(crate) use diff::{take as take_snapshot, Snapshot};
+pub(crate) use vmem::WALK_BUDGET;
 
 /// Why a command did nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +124,13 @@ pub(crate) struct Context<'a> {
     /// The tables as they were when the VM last stopped (taken as it
     /// resumed), with what that stop is called.
     pub last_stop: Option<&'a (Snapshot, String)>,
+}
+
+impl Context<'_> {
+    /// The roots of the known spaces, in walk order.
+    pub(crate) fn roots(&self) -> impl Iterator<Item = u64> + '_ {
+        self.spaces.iter().map(|(root, _)| *root)
+    }
 }
 
 /// The current vCPU's registers, read when a command asks.

@@ -7,6 +7,7 @@ use std::fmt::Write;
 use kvm_bindings::kvm_segment;
 
 use super::args;
+use super::vmem::WALK_BUDGET;
 use super::{usage, CmdError, Context, Effect};
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Flags, Perms};
@@ -30,15 +31,13 @@ ADDR and other numbers: hex, decimal, 4k/2m/1g, $pc/$sp/$rax/$cr3...,
     + - * & | and parentheses
 ";
 
-const BUDGET: u64 = 1 << 24;
-
 fn mappings<'a>(
     ctx: &'a Context<'_>,
     tables: &'a GuestTables<'a>,
 ) -> Result<impl Iterator<Item = vmem::Mapping> + 'a, CmdError> {
     let fmt = ctx.format.ok_or("PG disabled")?;
     Ok(vmem::virt_to_phys(fmt, tables, 0, u64::MAX)
-        .with_budget(BUDGET)
+        .with_budget(WALK_BUDGET)
         .filter_map(Result::ok))
 }
 
@@ -158,7 +157,7 @@ pub(crate) fn gpa2hva(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Re
         .memory
         .ranges()
         .iter()
-        .find(|r| gpa >= r.gpa && gpa - r.gpa < r.size && r.host != 0)
+        .find(|r| r.contains(gpa) && r.host != 0)
         .copied()
         .ok_or_else(|| format!("No memory is mapped at address {gpa:#x}"))?;
     let _ = writeln!(

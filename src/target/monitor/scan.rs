@@ -81,10 +81,7 @@ struct Scanner<'c> {
 
 impl Scanner<'_> {
     fn in_ram(&self, pa: PhysAddr) -> bool {
-        self.memory
-            .ranges()
-            .iter()
-            .any(|r| pa >= r.gpa && pa - r.gpa < r.size)
+        self.memory.ranges().iter().any(|r| r.contains(pa))
     }
 
     /// Whether `raw` is a root-level table entry pointing into RAM.
@@ -174,7 +171,7 @@ pub(crate) fn scan(
         budget: SCAN_BUDGET,
         cut: false,
     };
-    let known: BTreeSet<PhysAddr> = ctx.spaces.iter().map(|(root, _)| *root).collect();
+    let known: BTreeSet<PhysAddr> = ctx.roots().collect();
     let started = Instant::now();
     let half = fmt.linear_mask() / 2 + 1;
     let found = match mode {

@@ -294,7 +294,7 @@ fn edit(
 
 fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    let roots: Vec<u64> = ctx.spaces.iter().map(|(root, _)| *root).collect();
+    let roots: Vec<u64> = ctx.roots().collect();
     let walks = vmem::walk_va_spaces_bounded(
         fmt,
         &GuestTables::new(ctx.memory, 0, None),
