@@ -308,16 +308,11 @@ struct Sample {
     continues_per_s: f64,
 }
 
-/// What one stub was measured at (medians over the rounds).
+/// What one stub was measured at: the median of each number over the
+/// rounds.
 struct Row {
     name: &'static str,
-    dump: Duration,
-    dump_x: Option<Duration>,
-    steps_per_s: f64,
-    bare_steps_per_s: f64,
-    bare_steps_x_per_s: Option<f64>,
-    hits_per_s: f64,
-    continues_per_s: f64,
+    medians: Sample,
 }
 
 /// Rounds of measurements; the stubs take turns within each round, so a
@@ -455,8 +450,7 @@ fn measure_all(
         .zip(samples)
         .map(|((name, _, _), runs)| {
             let of = |f: &dyn Fn(&Sample) -> f64| median(runs.iter().map(f).collect());
-            Row {
-                name,
+            let medians = Sample {
                 dump: median(runs.iter().map(|r| r.dump).collect()),
                 dump_x: runs[0]
                     .dump_x
@@ -468,7 +462,8 @@ fn measure_all(
                     .map(|_| median(runs.iter().filter_map(|r| r.bare_steps_x_per_s).collect())),
                 hits_per_s: of(&|r| r.hits_per_s),
                 continues_per_s: of(&|r| r.continues_per_s),
-            }
+            };
+            Row { name, medians }
         })
         .collect()
 }
@@ -478,9 +473,9 @@ fn print_table(rows: &[Row]) {
     print!("{:<34}", "");
     rows.iter().for_each(|r| print!("{:>12}", r.name));
     println!();
-    let line = |label: &str, cell: &dyn Fn(&Row) -> String| {
+    let line = |label: &str, cell: &dyn Fn(&Sample) -> String| {
         print!("{label:<34}");
-        rows.iter().for_each(|r| print!("{:>12}", cell(r)));
+        rows.iter().for_each(|r| print!("{:>12}", cell(&r.medians)));
         println!();
     };
     line("dump 64 MiB, gdb 13 (m)", &|r| secs(r.dump));
@@ -506,12 +501,13 @@ fn print_table(rows: &[Row]) {
     line("continue->breakpoint /s", &|r| {
         format!("{:.0}", r.continues_per_s)
     });
-    let ours = &rows[0];
-    for other in &rows[1..] {
+    let ours = &rows[0].medians;
+    for row in &rows[1..] {
+        let other = &row.medians;
         let ratio = |a: f64, b: f64| a / b;
         println!(
             "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {:.2}x (no symbols: gdb 13 {:.2}x, gdb 18 {}), hits {:.2}x, continues {:.2}x",
-            other.name,
+            row.name,
             other.dump.as_secs_f64() / ours.dump.as_secs_f64(),
             ours.dump.as_secs_f64() / other.dump.as_secs_f64(),
             ratio(ours.steps_per_s, other.steps_per_s),
