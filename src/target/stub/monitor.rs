@@ -93,15 +93,13 @@ impl KvmTarget<'_> {
     /// (a conditional breakpoint) would cost more than the hit itself.
     /// Single steps never take them; the diff then says since which stop.
     pub(super) fn remember_tables(&mut self, stepping: bool) {
-        let armed = self.diff_armed && !stepping;
-        match &mut self.last_stop {
-            Some((_, what)) if !armed => {
-                if stepping && what == "the last stop" {
-                    *what = "the last stop before the single steps (vmem snapshot NAME marks a point between steps)".into();
-                }
+        if let Some((_, what)) = &mut self.last_stop {
+            if stepping && what == "the last stop" {
+                *what = "the last stop before the single steps (vmem snapshot NAME marks a point between steps)".into();
+            }
+            if stepping || !self.diff_armed {
                 return;
             }
-            _ => {}
         }
         let started = Instant::now();
         let mut mode = None;

@@ -167,12 +167,10 @@ impl MultiThreadResume for KvmTarget<'_> {
         // One vCPU steps, the others are held: wait for the step here (a
         // few microseconds), woken by the vCPU itself, so the stop is
         // reported without a trip through the session's socket and poll.
-        let steppers: Vec<usize> = (0..actions.len())
-            .filter(|&i| actions[i] == Action::Step)
-            .collect();
+        let mut steppers = (0..actions.len()).filter(|&i| actions[i] == Action::Step);
         let alone = hold || actions.iter().all(|a| *a != Action::Continue);
-        if let ([index], true) = (steppers.as_slice(), alone) {
-            if self.dbg.vcpus[*index].wait_stop(STEP_GRACE) {
+        if let (Some(index), None, true) = (steppers.next(), steppers.next(), alone) {
+            if self.dbg.vcpus[index].wait_stop(STEP_GRACE) {
                 self.collect_stops();
             }
         }
