@@ -119,3 +119,49 @@ fn gdb_killed_mid_session_leaves_no_int3_behind() {
     let after = number_after(&again, "$1 = ").unwrap();
     assert!(after > before, "the guest runs on: {before} -> {after}");
 }
+
+/// After a step, the stepped vCPU's own thread answers gdb (the session is
+/// lent to it) and blocks on gdb's socket alone: shutting the VM down
+/// (SIGTERM to the demo VMM) still ends its loop at once.
+#[test]
+fn the_vm_shuts_down_while_a_vcpu_thread_answers_gdb() {
+    let Some(mut vm) = DemoVm::start() else {
+        return;
+    };
+    let marker = std::env::temp_dir().join(format!("vmem-stepped-{}", vm.pid()));
+    let _ = std::fs::remove_file(&marker);
+    let mut gdb = vm
+        .gdb_command(&[
+            "thread 1",
+            "stepi",
+            &format!("shell touch {}", marker.display()),
+            "shell sleep 20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gdb");
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "gdb never stepped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) };
+    while vm.alive() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "the VMM did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("SIGTERM to exit: {:?}", sent.elapsed());
+    let _ = gdb.kill();
+    let _ = gdb.wait();
+    let _ = std::fs::remove_file(&marker);
+}

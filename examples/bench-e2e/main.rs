@@ -308,6 +308,22 @@ struct Sample {
     continues_per_s: f64,
 }
 
+impl Sample {
+    /// Some measurement failed (gdb timed out or printed the wrong count).
+    fn failed(&self) -> bool {
+        let rates = [
+            self.steps_per_s,
+            self.bare_steps_per_s,
+            self.hits_per_s,
+            self.continues_per_s,
+        ];
+        rates
+            .iter()
+            .chain(&self.bare_steps_x_per_s)
+            .any(|r| *r <= 0.0)
+    }
+}
+
 /// What one stub was measured at: the median of each number over the
 /// rounds.
 struct Row {
@@ -435,12 +451,18 @@ fn measure_all(
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stubs.len()];
     for round in 0..ROUNDS {
         for (i, (name, stub, bp)) in stubs.iter().enumerate() {
+            if samples[i].last().is_some_and(Sample::failed) {
+                continue;
+            }
             stub.freeze(false);
             bp.freeze(false);
             let sample = measure_once(stub.port, bp.port, gdb_x, scripts);
             stub.freeze(true);
             bp.freeze(true);
             println!("  round {round} {name:<9} {sample:.2?}");
+            if sample.failed() {
+                println!("  {name} failed a measurement: not measured again");
+            }
             samples[i].push(sample);
         }
     }
@@ -468,6 +490,24 @@ fn measure_all(
         .collect()
 }
 
+/// A rate for the table; a stub that failed the measurement (0) says so.
+fn per_s(rate: f64) -> String {
+    if rate > 0.0 {
+        format!("{rate:.0}")
+    } else {
+        "failed".into()
+    }
+}
+
+/// `a / b` for the summary lines, unless either failed.
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
 fn print_table(rows: &[Row]) {
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     print!("{:<34}", "");
@@ -485,28 +525,20 @@ fn print_table(rows: &[Row]) {
     line("dump 64 MiB, gdb 18 (x)", &|r| {
         r.dump_x.map_or("n/a".into(), secs)
     });
-    line("stepi/s, symbols, gdb 13", &|r| {
-        format!("{:.0}", r.steps_per_s)
-    });
+    line("stepi/s, symbols, gdb 13", &|r| per_s(r.steps_per_s));
     line("stepi/s, no symbols, gdb 13", &|r| {
-        format!("{:.0}", r.bare_steps_per_s)
+        per_s(r.bare_steps_per_s)
     });
     line("stepi/s, no symbols, gdb 18", &|r| {
-        r.bare_steps_x_per_s
-            .map_or("n/a".into(), |v| format!("{v:.0}"))
+        r.bare_steps_x_per_s.map_or("n/a".into(), per_s)
     });
-    line("cond. breakpoint hits/s", &|r| {
-        format!("{:.0}", r.hits_per_s)
-    });
-    line("continue->breakpoint /s", &|r| {
-        format!("{:.0}", r.continues_per_s)
-    });
+    line("cond. breakpoint hits/s", &|r| per_s(r.hits_per_s));
+    line("continue->breakpoint /s", &|r| per_s(r.continues_per_s));
     let ours = &rows[0].medians;
     for row in &rows[1..] {
         let other = &row.medians;
-        let ratio = |a: f64, b: f64| a / b;
         println!(
-            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {:.2}x (no symbols: gdb 13 {:.2}x, gdb 18 {}), hits {:.2}x, continues {:.2}x",
+            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {} (no symbols: gdb 13 {}, gdb 18 {}), hits {}, continues {}",
             row.name,
             other.dump.as_secs_f64() / ours.dump.as_secs_f64(),
             ours.dump.as_secs_f64() / other.dump.as_secs_f64(),
@@ -514,7 +546,7 @@ fn print_table(rows: &[Row]) {
             ratio(ours.bare_steps_per_s, other.bare_steps_per_s),
             ours.bare_steps_x_per_s
                 .zip(other.bare_steps_x_per_s)
-                .map_or("n/a".into(), |(a, b)| format!("{:.2}x", a / b)),
+                .map_or("n/a".into(), |(a, b)| ratio(a, b)),
             ratio(ours.hits_per_s, other.hits_per_s),
             ratio(ours.continues_per_s, other.continues_per_s),
         );

@@ -9,12 +9,13 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gdbstub::conn::Connection;
 use log::{debug, trace, warn};
 
+use super::lock;
 use super::memory_packets::{self, ReadRequest, WriteRequest};
 use super::qemu_packets::{self, QemuFlags};
 use super::rsp;
@@ -56,9 +57,18 @@ impl Stream {
 
     /// Close both directions.
     pub(crate) fn shutdown(&self) {
+        self.shut(std::net::Shutdown::Both);
+    }
+
+    /// End reading: a read blocked on it returns end-of-file.
+    pub(crate) fn shutdown_read(&self) {
+        self.shut(std::net::Shutdown::Read);
+    }
+
+    fn shut(&self, how: std::net::Shutdown) {
         let _ = match self {
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
         };
     }
 }
@@ -113,6 +123,12 @@ pub(crate) struct GdbConnection {
     last_packet: Vec<u8>,
     /// rip, rsp, rbp to add to the next stop reply.
     expedite: Option<[u64; 3]>,
+    /// Reused while amending a reply: its new payload, and the buffer the
+    /// whole output is rebuilt in (swapped with `output`).
+    amended: Vec<u8>,
+    spare_output: Vec<u8>,
+    /// The buffer of the last memory reply sent, reused for the next.
+    spare_reply: Vec<u8>,
     /// A console line gdb prints before the next stop reply.
     stop_note: Option<String>,
     qemu: Arc<QemuFlags>,
@@ -200,6 +216,9 @@ impl GdbConnection {
             last_packet: Vec::new(),
             expedite: None,
             stop_note: None,
+            amended: Vec::new(),
+            spare_output: Vec::new(),
+            spare_reply: Vec::new(),
             qemu,
             frozen,
         })
@@ -239,63 +258,73 @@ impl GdbConnection {
                 continue;
             }
             let packet = std::mem::take(&mut self.packet);
-            let payload = &packet[1..n - 3];
-            let read = memory_packets::parse_read(payload);
-            if read.is_none() {
-                // Anything but a read may change what a read returns.
-                self.prepared = None;
+            let routed = self.route(&packet);
+            self.packet = packet;
+            self.packet.clear();
+            routed?;
+        }
+        Ok(())
+    }
+
+    /// A whole packet from gdb (`$…#xx`): answered here or queued.
+    fn route(&mut self, packet: &[u8]) -> io::Result<()> {
+        let n = packet.len();
+        let payload = &packet[1..n - 3];
+        let read = memory_packets::parse_read(payload);
+        if read.is_none() {
+            // Anything but a read may change what a read returns.
+            self.prepared = None;
+        }
+        let sum_ok = rsp::parse_checksum(&packet[n - 2..]) == Some(rsp::checksum(payload));
+        if !sum_ok {
+            // gdbstub asks for it again.
+            self.forward(packet);
+            return Ok(());
+        }
+        if self.frozen && is_resume(payload) {
+            debug!("refused {}: a dump", String::from_utf8_lossy(payload));
+            self.refuse_resume()?;
+            return Ok(());
+        }
+        if let Some(write) = memory_packets::parse_write(payload) {
+            self.input.push_back(Input::Write(write));
+            return Ok(());
+        }
+        if let Some(addr) = payload.strip_prefix(b"qMemoryRegionInfo:") {
+            let addr = std::str::from_utf8(addr)
+                .ok()
+                .and_then(|a| u64::from_str_radix(a, 16).ok());
+            match addr {
+                Some(addr) => self.input.push_back(Input::Region(addr)),
+                None => self.send_reply(b"E01")?,
             }
-            let sum_ok = rsp::parse_checksum(&packet[n - 2..]) == Some(rsp::checksum(payload));
-            if !sum_ok {
-                // gdbstub asks for it again.
-                self.forward(&packet);
-                continue;
-            }
-            if self.frozen && is_resume(payload) {
-                debug!("refused {}: a dump", String::from_utf8_lossy(payload));
-                self.refuse_resume()?;
-                continue;
-            }
-            if let Some(write) = memory_packets::parse_write(payload) {
-                self.input.push_back(Input::Write(write));
-                continue;
-            }
-            if let Some(addr) = payload.strip_prefix(b"qMemoryRegionInfo:") {
-                let addr = std::str::from_utf8(addr)
-                    .ok()
-                    .and_then(|a| u64::from_str_radix(a, 16).ok());
-                match addr {
-                    Some(addr) => self.input.push_back(Input::Region(addr)),
-                    None => self.send_reply(b"E01")?,
+            return Ok(());
+        }
+        if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
+            debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
+            self.send_reply(reply.as_bytes())?;
+            return Ok(());
+        }
+        match read {
+            // `x0,0` (lldb's probe for its own `x`) stays with gdbstub,
+            // which says "unsupported"; gdb learns of ours from
+            // `binary-upload+` in the qSupported reply.
+            Some(read) => self.input.push_back(Input::Read(read)),
+            None => {
+                if payload == b"QStartNoAckMode" {
+                    self.no_ack = true;
                 }
-                continue;
-            }
-            if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
-                debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
-                self.send_reply(reply.as_bytes())?;
-                continue;
-            }
-            match read {
-                // `x0,0` (lldb's probe for its own `x`) stays with gdbstub,
-                // which says "unsupported"; gdb learns of ours from
-                // `binary-upload+` in the qSupported reply.
-                Some(read) => self.input.push_back(Input::Read(read)),
-                None => {
-                    if payload == b"QStartNoAckMode" {
-                        self.no_ack = true;
-                    }
-                    if let Some(thread) = payload.strip_prefix(b"Hg").and_then(memory_thread) {
-                        self.mem_thread = thread;
-                    }
-                    if payload == b"qSupported" {
-                        // A bare query (pwndbg's `maint packet qSupported`)
-                        // gets the features gdb's own query gets; gdbstub
-                        // only parses `qSupported:…`.
-                        self.forward(&rsp::frame(b"qSupported:xmlRegisters=i386"));
-                        continue;
-                    }
-                    self.forward(&packet);
+                if let Some(thread) = payload.strip_prefix(b"Hg").and_then(memory_thread) {
+                    self.mem_thread = thread;
                 }
+                if payload == b"qSupported" {
+                    // A bare query (pwndbg's `maint packet qSupported`)
+                    // gets the features gdb's own query gets; gdbstub
+                    // only parses `qSupported:…`.
+                    self.forward(&rsp::frame(b"qSupported:xmlRegisters=i386"));
+                    return Ok(());
+                }
+                self.forward(packet);
             }
         }
         Ok(())
@@ -303,7 +332,9 @@ impl GdbConnection {
 
     /// Queue a whole packet (`$…#xx`) for gdbstub.
     fn forward(&mut self, packet: &[u8]) {
-        self.last_packet = packet[1..packet.len() - 3].to_vec();
+        self.last_packet.clear();
+        self.last_packet
+            .extend_from_slice(&packet[1..packet.len() - 3]);
         self.input.extend(packet.iter().map(|&b| Input::Byte(b)));
     }
 
@@ -361,7 +392,9 @@ impl GdbConnection {
     /// done while gdb is still decoding the last reply). Any other input
     /// discards it.
     fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
-        let mut acked = vec![b'+'];
+        let mut acked = std::mem::take(&mut self.spare_reply);
+        acked.clear();
+        acked.push(b'+');
         frame_read(&mut acked, &mut self.hex, &read, data);
         self.prepared = Some((read, acked));
     }
@@ -375,8 +408,9 @@ impl GdbConnection {
             return Ok(false);
         }
         trace!("-> memory reply, {} bytes", acked.len());
-        self.send_own(&acked)?;
-        Ok(true)
+        let sent = self.send_own(&acked);
+        self.spare_reply = acked;
+        sent.map(|()| true)
     }
 
     /// Rewrite the one reply packet in the output: stop replies get rip
@@ -390,35 +424,26 @@ impl GdbConnection {
             return;
         };
         let payload = &self.output[start + 1..start + hash];
-        let amended = if payload.first() == Some(&b'T') && payload.len() >= 3 {
+        let mut new = std::mem::take(&mut self.amended);
+        new.clear();
+        let mut note = None;
+        if payload.first() == Some(&b'T') && payload.len() >= 3 {
             if let Some(thread) = stop_reply_thread(payload) {
                 self.mem_thread = thread;
             }
-            let note = self.stop_note.take();
+            note = self.stop_note.take();
             let Some([rip, rsp, rbp]) = self.expedite.take() else {
+                self.amended = new;
                 return;
             };
-            let hex =
-                |v: u64| -> String { v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect() };
-            let mut new = payload[..3].to_vec();
-            new.extend(format!("06:{};07:{};10:{};", hex(rbp), hex(rsp), hex(rip)).bytes());
-            new.extend_from_slice(&payload[3..]);
-            if let Some(note) = note {
-                // gdb prints `O` packets that come before the stop reply.
-                let mut console = b"O".to_vec();
-                memory_packets::push_hex(
-                    &mut console,
-                    &mut self.hex,
-                    format!("{note}\n").as_bytes(),
-                );
-                let mut framed = self.output[..start].to_vec();
-                framed.extend(rsp::frame(&console));
-                framed.extend(rsp::frame(&new));
-                framed.extend_from_slice(&self.output[start + hash + 3..]);
-                self.output = framed;
-                return;
+            new.extend_from_slice(&payload[..3]);
+            for (number, value) in [(b"06", rbp), (b"07", rsp), (b"10", rip)] {
+                new.extend_from_slice(number);
+                new.push(b':');
+                memory_packets::push_plain_hex(&mut new, &value.to_le_bytes());
+                new.push(b';');
             }
-            new
+            new.extend_from_slice(&payload[3..]);
         } else if let Some(features) = payload.strip_prefix(b"PacketSize=") {
             // gdbstub's own buffer is small (it scans all of it per
             // packet); the big packets, memory reads and writes, are ours.
@@ -426,19 +451,26 @@ impl GdbConnection {
                 .iter()
                 .position(|&b| b == b';')
                 .map_or(&[][..], |i| &features[i..]);
-            [
-                format!("PacketSize={PACKET_SIZE:x}").as_bytes(),
-                rest,
-                b";binary-upload+",
-            ]
-            .concat()
+            new.extend_from_slice(format!("PacketSize={PACKET_SIZE:x}").as_bytes());
+            new.extend_from_slice(rest);
+            new.extend_from_slice(b";binary-upload+");
         } else {
+            self.amended = new;
             return;
-        };
-        let mut framed = self.output[..start].to_vec();
-        framed.extend(rsp::frame(&amended));
+        }
+        let mut framed = std::mem::take(&mut self.spare_output);
+        framed.clear();
+        framed.extend_from_slice(&self.output[..start]);
+        if let Some(note) = note {
+            // gdb prints `O` packets that come before the stop reply.
+            let mut console = b"O".to_vec();
+            memory_packets::push_hex(&mut console, &mut self.hex, format!("{note}\n").as_bytes());
+            rsp::frame_into(&mut framed, &console);
+        }
+        rsp::frame_into(&mut framed, &new);
         framed.extend_from_slice(&self.output[start + hash + 3..]);
-        self.output = framed;
+        self.spare_output = std::mem::replace(&mut self.output, framed);
+        self.amended = new;
     }
 
     /// Answer a resume of a memory dump: a console line saying why (gdb and
@@ -503,16 +535,20 @@ impl GdbConnection {
     }
 
     /// Block for the next byte, memory read or vCPU wake-up, or until
-    /// `timeout` passes.
-    pub(crate) fn next_input(&mut self, timeout: Option<Duration>) -> io::Result<Input> {
+    /// `timeout` passes. `Wait::ForGdb` reads gdb's socket without
+    /// waiting for wake-ups too (one system call less per packet): for a
+    /// vCPU thread answering gdb, reached by ending the socket's reads.
+    pub(crate) fn next_input(&mut self, wait: Wait) -> io::Result<Input> {
         loop {
             if let Some(input) = self.input.pop_front() {
                 return Ok(input);
             }
-            match wait::wait(self.stream.raw_fd(), &self.wake, timeout)? {
-                Ready::Wake => return Ok(Input::Wake),
-                Ready::Timeout => return Ok(Input::Timeout),
-                Ready::Gdb => {}
+            if let Wait::AlsoForWakes(timeout) = wait {
+                match wait::wait(self.stream.raw_fd(), &self.wake, timeout)? {
+                    Ready::Wake => return Ok(Input::Wake),
+                    Ready::Timeout => return Ok(Input::Timeout),
+                    Ready::Gdb => {}
+                }
             }
             let mut buf = std::mem::take(&mut self.read_buf);
             let read = self.stream.read(&mut buf);
@@ -536,6 +572,12 @@ impl GdbConnection {
     /// The stream (to shut it down at the end of the session).
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream
+    }
+}
+
+impl Drop for GdbConnection {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -604,22 +646,32 @@ impl Connection for GdbConnection {
     }
 }
 
-/// A borrowed connection, so one gdb connection can outlive a gdbstub
-/// state machine that stopped on a packet it could not parse.
-pub(crate) struct ConnRef<'c>(pub &'c mut GdbConnection);
+/// What [`GdbConnection::next_input`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// gdb's next bytes only.
+    ForGdb,
+    /// gdb's next bytes, a vCPU's wake-up, or the timeout.
+    AlsoForWakes(Option<Duration>),
+}
 
-impl Connection for ConnRef<'_> {
+/// The session's connection as gdbstub holds it: shared, so it outlives a
+/// gdbstub state machine that stopped on a packet it could not parse, and
+/// moves with the session between threads (one drives it at a time).
+pub(crate) struct ConnRef(pub Arc<Mutex<GdbConnection>>);
+
+impl Connection for ConnRef {
     type Error = io::Error;
 
     fn write(&mut self, byte: u8) -> io::Result<()> {
-        self.0.write(byte)
+        lock(&self.0).write(byte)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+        lock(&self.0).write_all(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Connection::flush(self.0)
+        Connection::flush(&mut *lock(&self.0))
     }
 }

@@ -10,15 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use gdbstub::conn::Connection;
-use gdbstub::stub::state_machine::GdbStubStateMachine;
-use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubBuilder, GdbStubError};
 use log::{info, warn};
 
-use super::connection::{ConnRef, GdbConnection, Input, Stream, STUB_PACKET_SIZE};
-use super::error::StubError;
-use super::stub::KvmTarget;
-use super::vcpu::Command;
+use super::connection::Stream;
 use super::wait::{self, Ready};
 use super::{lock, Inner};
 
@@ -121,14 +115,14 @@ impl Drop for GdbListener {
 /// Accept gdb connections until `Debugger::stop_serving`: one session at
 /// a time; while one is attached, another client is told so and
 /// disconnected.
-pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
+pub(crate) fn serve(dbg: &Arc<Inner>, listener: GdbListener) -> io::Result<()> {
     info!("waiting for gdb on {}", listener.describe());
     let (waker, wake) = wait::wake_pair()?;
     *lock(&dbg.serving) = Some(waker);
     // Whether a session holds the VM. One whose gdb is gone (cleanup
     // running, however long that takes on a loaded host) is waited for;
     // one whose gdb is still connected makes a second client be refused.
-    let busy = (Mutex::new(Session::None), Condvar::new());
+    let busy = (Mutex::new(Attachment::None), Condvar::new());
     let served = std::thread::scope(|scope| loop {
         if dbg.stopping.load(Ordering::Acquire) {
             return Ok(());
@@ -142,27 +136,27 @@ pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
         // second, then wait out its cleanup, however long.
         let state_now = changed
             .wait_timeout_while(lock(state), Duration::from_secs(1), |s| {
-                *s == Session::Attached
+                *s == Attachment::Attached
             })
             .map(|(guard, _)| guard)
             .unwrap_or_else(|e| e.into_inner().0);
         let mut state_now = changed
-            .wait_while(state_now, |s| *s == Session::Ending)
+            .wait_while(state_now, |s| *s == Attachment::Ending)
             .unwrap_or_else(|e| e.into_inner());
-        if *state_now == Session::Attached {
+        if *state_now == Attachment::Attached {
             scope.spawn(move || refuse(stream));
             continue;
         }
-        *state_now = Session::Attached;
+        *state_now = Attachment::Attached;
         drop(state_now);
         let busy = &busy;
-        let set = move |to: Session| {
+        let set = move |to: Attachment| {
             *lock(&busy.0) = to;
             busy.1.notify_all();
         };
         scope.spawn(move || {
-            session(dbg, stream, || set(Session::Ending));
-            set(Session::None);
+            super::session::run(dbg, stream, || set(Attachment::Ending));
+            set(Attachment::None);
         });
     });
     *lock(&dbg.serving) = None;
@@ -173,7 +167,7 @@ pub(crate) fn serve(dbg: &Inner, listener: GdbListener) -> io::Result<()> {
 
 /// Where the one session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Session {
+enum Attachment {
     None,
     /// gdb is connected.
     Attached,
@@ -199,201 +193,6 @@ pub(crate) fn refuse(mut stream: Stream) {
     framed.extend(super::rsp::frame(reply));
     let _ = io::Write::write_all(&mut stream, &framed);
     stream.shutdown();
-}
-
-/// Why a gdbstub state machine stopped.
-enum Ended {
-    /// gdb detached, killed or disconnected cleanly.
-    Reason(DisconnectReason),
-    /// gdbstub failed: a packet it could not handle, the target, or the
-    /// connection.
-    Stub(GdbStubError<StubError, io::Error>),
-    /// The connection failed while we were waiting or answering.
-    Connection(io::Error),
-    /// The VMM stopped serving gdb.
-    Stopped,
-}
-
-impl From<GdbStubError<StubError, io::Error>> for Ended {
-    fn from(e: GdbStubError<StubError, io::Error>) -> Ended {
-        Ended::Stub(e)
-    }
-}
-
-/// Run one gdb session; afterwards the guest runs on without breakpoints.
-pub(crate) fn session(dbg: &Inner, stream: Stream, gdb_gone: impl FnOnce()) {
-    // A `Debugger::monitor` call in progress finishes first.
-    let _holder = lock(&dbg.holder);
-    dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
-    let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu), dbg.frozen.is_some())?;
-        Ok((waker, conn))
-    });
-    let (waker, mut conn) = match started {
-        Ok(started) => started,
-        Err(e) => {
-            warn!("cannot start the gdb session: {e}");
-            return;
-        }
-    };
-    *lock(&dbg.session) = Some(waker);
-    dbg.pause_all();
-    let mut target = KvmTarget::new(dbg);
-    target.collect_stops();
-    target.choose_layout();
-    for index in 0..dbg.vcpus.len() {
-        target.remember_space(index);
-    }
-    let shutdown_handle = conn.stream().try_clone().ok();
-    loop {
-        let stub = match GdbStubBuilder::new(ConnRef(&mut conn))
-            .packet_buffer_size(STUB_PACKET_SIZE)
-            .build()
-        {
-            Ok(stub) => stub,
-            Err(e) => {
-                warn!("cannot start gdbstub: {e}");
-                break;
-            }
-        };
-        match drive(stub, &mut target) {
-            Ended::Reason(DisconnectReason::Kill) => {
-                info!("gdb sent kill: detaching, the guest keeps running")
-            }
-            Ended::Reason(reason) => info!("gdb session ended: {reason:?}"),
-            Ended::Stub(e) if !e.is_connection_error() && !e.is_target_error() => {
-                // A packet gdbstub cannot handle must not end the session.
-                warn!("rejected a packet from gdb: {e}");
-                if conn.answer_rejected_packet().is_ok() {
-                    continue;
-                }
-            }
-            Ended::Stub(e) => info!("gdb session ended: {e}"),
-            Ended::Connection(e) => info!("gdb session ended: {e}"),
-            Ended::Stopped => info!("gdb session ended: the VMM stopped serving gdb"),
-        }
-        break;
-    }
-    gdb_gone();
-    target.clear_debug_state();
-    *lock(&dbg.session) = None;
-    if let Some(stream) = shutdown_handle {
-        stream.shutdown();
-    }
-    for v in &dbg.vcpus {
-        v.take_stop();
-        v.request(Command::Run, dbg);
-    }
-}
-
-/// Drive gdbstub's state machine: bytes go to gdbstub, memory reads are
-/// answered here (faster than gdbstub's encoder), vCPU stops are reported,
-/// and nothing polls — every wait sleeps in poll(2) on the gdb socket and
-/// the vCPUs' wake-up socket (with a timeout only while a step holds other
-/// vCPUs back).
-fn drive<'a>(stub: GdbStub<'_, KvmTarget<'a>, ConnRef<'_>>, target: &mut KvmTarget<'a>) -> Ended {
-    let mut gdb = match stub.run_state_machine(target) {
-        Ok(gdb) => gdb,
-        Err(e) => return e.into(),
-    };
-    loop {
-        let next = match gdb {
-            GdbStubStateMachine::Idle(mut idle) => match idle.borrow_conn().0.next_input(None) {
-                Ok(Input::Byte(b)) => idle.incoming_data(target, b),
-                Ok(Input::Read(read)) => match idle
-                    .borrow_conn()
-                    .0
-                    .serve_read(&read, |data, read, thread| {
-                        target.read_for_gdb(data, read, thread)
-                    }) {
-                    Ok(()) => Ok(idle.into()),
-                    Err(e) => return Ended::Connection(e),
-                },
-                Ok(Input::Write(write)) => {
-                    let thread = idle.borrow_conn().0.mem_thread();
-                    let result = target.write_for_gdb(&write, thread);
-                    match idle.borrow_conn().0.answer_write(result) {
-                        Ok(()) => Ok(idle.into()),
-                        Err(e) => return Ended::Connection(e),
-                    }
-                }
-                Ok(Input::Region(addr)) => {
-                    let reply = target.region_info(addr);
-                    match idle.borrow_conn().0.answer_region(Some(&reply)) {
-                        Ok(()) => Ok(idle.into()),
-                        Err(e) => return Ended::Connection(e),
-                    }
-                }
-                Ok(Input::Wake) if target.stopping() => return Ended::Stopped,
-                // vCPUs are parked between packets; a late wake-up's stop
-                // is collected at the next resume.
-                Ok(Input::Wake | Input::Timeout) => Ok(idle.into()),
-                Err(e) => return Ended::Connection(e),
-            },
-            GdbStubStateMachine::Running(mut running) => {
-                if let Some(stop) = target.next_pending() {
-                    running
-                        .borrow_conn()
-                        .0
-                        .expedite(target.take_stop_registers());
-                    running.report_stop(target, stop)
-                } else {
-                    let deadline = target.start_deadline();
-                    match running.borrow_conn().0.next_input(deadline) {
-                        Ok(Input::Byte(b)) => running.incoming_data(target, b),
-                        Ok(Input::Read(read)) => {
-                            // All-stop gdb never reads while the guest runs.
-                            if let Err(e) = running.borrow_conn().0.answer_read(&read, Err(1)) {
-                                return Ended::Connection(e);
-                            }
-                            Ok(running.into())
-                        }
-                        Ok(Input::Write(_)) => {
-                            if let Err(e) = running.borrow_conn().0.answer_write(Err(1)) {
-                                return Ended::Connection(e);
-                            }
-                            Ok(running.into())
-                        }
-                        Ok(Input::Region(_)) => {
-                            if let Err(e) = running.borrow_conn().0.answer_region(None) {
-                                return Ended::Connection(e);
-                            }
-                            Ok(running.into())
-                        }
-                        Ok(Input::Wake) if target.stopping() => return Ended::Stopped,
-                        Ok(Input::Wake) => {
-                            target.collect_stops();
-                            Ok(running.into())
-                        }
-                        Ok(Input::Timeout) => {
-                            target.start_deferred();
-                            Ok(running.into())
-                        }
-                        Err(e) => return Ended::Connection(e),
-                    }
-                }
-            }
-            GdbStubStateMachine::CtrlCInterrupt(mut interrupt) => {
-                let stop = target.interrupt();
-                interrupt
-                    .borrow_conn()
-                    .0
-                    .expedite(target.take_stop_registers());
-                interrupt.interrupt_handled(target, Some(stop))
-            }
-            GdbStubStateMachine::Disconnected(gone) => return Ended::Reason(gone.get_reason()),
-        };
-        gdb = match next {
-            Ok(gdb) => gdb,
-            Err(e) => return e.into(),
-        };
-    }
-}
-
-impl Drop for GdbConnection {
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
 }
 
 /// Remove a socket left at `path` by a process that is gone; refuse to

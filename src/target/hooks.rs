@@ -11,6 +11,9 @@
 //! kickable; a VMM that runs `KVM_RUN` itself gives the debugger its own
 //! kick instead ([`super::DebuggerBuilder::kick`]).
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use gdbstub::common::Signal;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
@@ -19,11 +22,16 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
 use super::irq_step::{Origin, MAX_HANDLER_STEPS};
+use super::kick::StepTimer;
 use super::paging::Paging;
+use super::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
 use super::x86::{BP_VECTOR, DB_VECTOR, INT3, RFLAGS_IF};
 use super::Inner;
+
+/// How many grace periods the step timer is set for at a time.
+const TIMER_SPAN: u32 = 4;
 
 /// `kvm_run.internal.suberror` for an emulation failure.
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -101,6 +109,21 @@ pub struct VcpuHooks<'d> {
     /// Silent steps taken in handlers for this step of gdb's (0: not in one).
     handler_steps: u32,
     pending: Option<Pending>,
+    /// The gdb session, lent to this thread while gdb starts this vCPU
+    /// alone.
+    session: Option<Box<Session>>,
+    /// When the lent step or run must have stopped (else the session goes
+    /// home).
+    lent_deadline: Instant,
+    /// Kicks a lent step out of `KVM_RUN` at its deadline.
+    timer: Option<StepTimer>,
+    /// When the step timer fires, if it is set. It stays set while the
+    /// thread answers gdb (only the VMM's code must never see its signal;
+    /// ours retries what it interrupts) and is set again only when a step
+    /// would get less than [`STEP_GRACE`]: a step lasts between one and
+    /// [`TIMER_SPAN`] grace periods before the session goes home, and a
+    /// run of steps costs a timer call every few milliseconds.
+    timer_fires: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for VcpuHooks<'_> {
@@ -125,6 +148,10 @@ impl<'d> VcpuHooks<'d> {
             origin: None,
             handler_steps: 0,
             pending: None,
+            session: None,
+            lent_deadline: Instant::now(),
+            timer: None,
+            timer_fires: Cell::new(None),
         }
     }
 
@@ -143,8 +170,14 @@ impl<'d> VcpuHooks<'d> {
             fd.clear_sync_valid_reg(SyncReg::SystemRegister);
             self.synced = false;
         }
-        let (command, parked) = self.vcpu.next_command(fd);
+        let answered = self.answer_gdb(fd);
+        let next = self.vcpu.next_command(fd);
+        if let Some(session) = next.lent {
+            self.take_session(session);
+        }
+        let (command, parked) = (next.command, next.parked || answered);
         if command == Command::Quit {
+            self.send_home();
             return Entry::Quit;
         }
         if parked || !command.steps() {
@@ -210,7 +243,29 @@ impl<'d> VcpuHooks<'d> {
     /// `immediate_exit` for a run about to start). Use it in place of
     /// `fd.run()` unless the VMM gave the debugger a kick of its own.
     pub fn run<'f>(&self, fd: &'f mut VcpuFd) -> Result<VcpuExit<'f>, kvm_ioctls::Error> {
+        if let Some(timer) = self.timer.as_ref().filter(|_| self.session.is_some()) {
+            let fires = self.timer_fires.get();
+            if fires.is_none_or(|at| at < self.lent_deadline) {
+                let span = STEP_GRACE * TIMER_SPAN;
+                timer.arm(span);
+                self.timer_fires.set(Some(Instant::now() + span));
+            }
+        }
         self.vcpu.kick.run(fd, || self.vcpu.stop_wanted())
+    }
+
+    /// The step timer must not fire any more (the session leaves, or an
+    /// exit goes to the VMM's code).
+    fn disarm(&self) {
+        let timer = self.timer.as_ref();
+        if let Some(timer) = timer.filter(|_| self.timer_fires.take().is_some()) {
+            timer.disarm();
+        }
+    }
+
+    /// A step or run of gdb's starts on this thread, with its deadline.
+    fn lent_start(&mut self) {
+        self.lent_deadline = Instant::now() + STEP_GRACE;
     }
 
     /// Call with the result of every `KVM_RUN`. `None`: the exit was the
@@ -225,6 +280,16 @@ impl<'d> VcpuHooks<'d> {
         self.interrupted = matches!(&exit, Err(e) if e.errno() == libc::EINTR);
         let pending = match exit {
             Err(e) if e.errno() == libc::EINTR && self.vcpu.stop_wanted() => return None,
+            Err(e) if e.errno() == libc::EINTR && self.session.is_some() => {
+                // The lent step's or run's deadline: it goes on without
+                // the session.
+                debug!(
+                    "vcpu {}: the step outlasted {STEP_GRACE:?}: the gdb thread takes over",
+                    self.vcpu.index
+                );
+                self.send_home();
+                return None;
+            }
             Err(e) if e.errno() != libc::EINTR && self.inner.attached() => {
                 warn!("vcpu {}: KVM_RUN failed: {e}", self.vcpu.index);
                 Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
@@ -248,7 +313,10 @@ impl<'d> VcpuHooks<'d> {
                 );
                 Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
             }
-            other => return Some(other),
+            other => {
+                self.disarm();
+                return Some(other);
+            }
         };
         self.pending = Some(pending);
         None
@@ -286,6 +354,8 @@ impl<'d> VcpuHooks<'d> {
     fn finish(&mut self, fd: &mut VcpuFd, pending: Pending) {
         let stop = match pending {
             Pending::Halted => {
+                // Idle without the session: gdb's Ctrl-C must be heard.
+                self.send_home();
                 let interruptible = fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF != 0);
                 let tick = self.inner.halt_tick;
                 self.vcpu.idle(interruptible.then_some(tick));
@@ -311,7 +381,74 @@ impl<'d> VcpuHooks<'d> {
         let snapshot = self.snapshot(fd);
         self.origin = None;
         self.handler_steps = 0;
-        self.vcpu.stop_self(stop, snapshot, self.inner);
+        self.vcpu
+            .stop_self(stop, snapshot, self.session.is_some(), self.inner);
+    }
+
+    /// A gdb session lent for a step of this vCPU arrived.
+    fn take_session(&mut self, session: Box<Session>) {
+        if self.timer.as_ref().is_none_or(|t| !t.is_this_threads()) {
+            self.timer = match StepTimer::for_this_thread() {
+                Ok(timer) => Some(timer),
+                Err(e) => {
+                    // Without a deadline a stuck step would keep gdb's
+                    // Ctrl-C unheard: the gdb thread keeps the session.
+                    warn!("vcpu {}: no step timer ({e})", self.vcpu.index);
+                    self.inner.home.send(session, Turn::Home);
+                    return;
+                }
+            };
+        }
+        self.session = Some(session);
+        self.lent_start();
+    }
+
+    /// With the gdb session lent: once this vCPU has stopped, answer gdb
+    /// from this thread until gdb starts more than this vCPU; a step or
+    /// run still going on past its deadline (the VMM's exits) sends the
+    /// session home. Whether gdb was answered.
+    fn answer_gdb(&mut self, fd: &VcpuFd) -> bool {
+        let Some(mut session) = self.session.take() else {
+            return false;
+        };
+        if !self.vcpu.paused() {
+            self.session = Some(session);
+            if Instant::now() >= self.lent_deadline {
+                self.send_home();
+            }
+            return false;
+        }
+        let index = self.vcpu.index;
+        match self
+            .vcpu
+            .answer_gdb(fd, || session.drive(Driver::Vcpu(index)))
+        {
+            Turn::Start(i, command) if i == index => {
+                self.vcpu.start_again(command);
+                self.session = Some(session);
+                self.lent_start();
+                return true;
+            }
+            Turn::Start(other, command) => {
+                self.disarm();
+                if let Some(session) = session::lend(self.inner, other, command, session) {
+                    self.inner.home.send(session, Turn::Home);
+                }
+            }
+            turn => {
+                self.disarm();
+                self.inner.home.send(session, turn);
+            }
+        }
+        true
+    }
+
+    /// Give a lent session back to the gdb thread.
+    fn send_home(&mut self) {
+        self.disarm();
+        if let Some(session) = self.session.take() {
+            self.inner.home.send(session, Turn::Home);
+        }
     }
 
     /// After a step, with interrupt handlers skipped: whether the vCPU is
@@ -445,7 +582,10 @@ impl<'d> VcpuHooks<'d> {
 impl Drop for VcpuHooks<'_> {
     fn drop(&mut self) {
         // The VMM's loop ended: nobody may wait for this vCPU any more.
-        self.vcpu.release();
+        self.send_home();
+        if let Some(session) = self.vcpu.release() {
+            self.inner.home.send(session, Turn::Home);
+        }
     }
 }
 

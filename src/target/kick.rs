@@ -93,3 +93,80 @@ impl KickSlot {
         }
     }
 }
+
+/// A one-shot timer that kicks the thread that made it out of `KVM_RUN`
+/// (the kick signal, sent to that thread only): the deadline of a step
+/// run with the gdb session lent to the vCPU thread. Armed only around
+/// `KVM_RUN` itself, so the signal never reaches the VMM's own code.
+#[derive(Debug)]
+pub(crate) struct StepTimer {
+    timer: libc::timer_t,
+    thread: libc::pid_t,
+}
+
+// SAFETY: a timer_t is a process-wide handle; any thread may arm or delete it.
+unsafe impl Send for StepTimer {}
+
+impl StepTimer {
+    /// A timer signalling the calling thread.
+    pub(crate) fn for_this_thread() -> std::io::Result<StepTimer> {
+        // SAFETY: gettid has no preconditions.
+        let thread = unsafe { libc::gettid() };
+        // SAFETY: a zeroed sigevent is valid; the fields that matter are set
+        // below, and timer_create writes the handle into `timer`.
+        unsafe {
+            let mut event: libc::sigevent = std::mem::zeroed();
+            event.sigev_notify = libc::SIGEV_THREAD_ID;
+            event.sigev_signo = kick_signal();
+            event.sigev_notify_thread_id = thread;
+            let mut timer: libc::timer_t = std::ptr::null_mut();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(StepTimer { timer, thread })
+        }
+    }
+
+    /// Whether the timer signals the calling thread.
+    pub(crate) fn is_this_threads(&self) -> bool {
+        // SAFETY: gettid has no preconditions.
+        self.thread == unsafe { libc::gettid() }
+    }
+
+    /// Fire once after `after` (at least a microsecond).
+    pub(crate) fn arm(&self, after: std::time::Duration) {
+        let after = after.max(std::time::Duration::from_micros(1));
+        self.set(libc::timespec {
+            tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: after.subsec_nanos().into(),
+        });
+    }
+
+    /// Not fire.
+    pub(crate) fn disarm(&self) {
+        self.set(libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        });
+    }
+
+    fn set(&self, value: libc::timespec) {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: value,
+        };
+        // SAFETY: `timer` is a live timer of this process (deleted only on
+        // drop) and `spec` a valid itimerspec.
+        unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for StepTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by timer_create and is deleted once.
+        unsafe { libc::timer_delete(self.timer) };
+    }
+}

@@ -102,6 +102,11 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// `repeats + 29` and must stay printable (≤ 126).
 const MAX_REPEATS: usize = 126 - 29;
 
+/// Append `data` as hex digits, two per byte, without run-length encoding.
+pub(crate) fn push_plain_hex(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend(data.iter().flat_map(|&b| HEX_PAIRS[usize::from(b)]));
+}
+
 /// Append `data` as lowercase hex, run-length encoded. `scratch` holds
 /// the plain hex between calls (so no allocation per packet).
 pub(crate) fn push_hex(out: &mut Vec<u8>, scratch: &mut Vec<u8>, data: &[u8]) {

@@ -67,6 +67,7 @@ mod qemu_packets;
 mod regions;
 mod regs;
 pub mod rsp;
+mod session;
 mod shared;
 mod stub;
 mod symbols;
@@ -115,7 +116,7 @@ pub enum ExitAction {
 /// A debugger for one VM.
 #[derive(Debug)]
 pub struct Debugger {
-    inner: Inner,
+    inner: Arc<Inner>,
 }
 
 /// Sets up a [`Debugger`]; every setting has a default.
@@ -153,6 +154,7 @@ impl DebuggerBuilder {
                 serving: Mutex::new(None),
                 stopping: AtomicBool::new(false),
                 session: Mutex::new(None),
+                home: Default::default(),
                 holder: Mutex::new(()),
                 halt_tick: Duration::from_millis(2),
                 sync_regs,
@@ -234,7 +236,9 @@ impl DebuggerBuilder {
 
     /// The debugger.
     pub fn build(self) -> Debugger {
-        Debugger { inner: self.inner }
+        Debugger {
+            inner: Arc::new(self.inner),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
 use super::qemu_packets::QemuFlags;
+use super::session::HomeSlot;
 use super::table_watch::{Remap, TableWatches};
 use super::traps::{PageTraps, Trap};
 use super::vcpu::{Command, Vcpu};
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) stopping: AtomicBool,
     /// Wakes the attached session's gdb thread.
     pub(crate) session: Mutex<Option<wait::Waker>>,
+    /// Where a session lent to a vCPU thread comes back to the gdb thread.
+    pub(crate) home: HomeSlot,
     /// Held by whoever has the VM stopped to look at it: a gdb session, or
     /// a `Debugger::monitor` call.
     pub(crate) holder: Mutex<()>,
@@ -225,6 +228,7 @@ impl Inner {
                 waker.wake();
             }
         }
+        self.home.end_lent_reads();
     }
 
     /// Whether a step under `command` keeps interrupts out (NOIRQ; a step
@@ -252,5 +256,7 @@ impl Inner {
         for v in &self.vcpus {
             v.request(Command::Quit, self);
         }
+        // A vCPU thread answering gdb reads gdb's socket alone: end it.
+        self.home.end_lent_reads();
     }
 }

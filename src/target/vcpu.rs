@@ -22,6 +22,7 @@ use log::debug;
 
 use super::error::StubError;
 use super::kick::KickSlot;
+use super::session::Session;
 use super::table_watch::Remap;
 use super::watchpoints::Watch;
 use super::{lock, Inner};
@@ -65,6 +66,12 @@ impl Command {
 /// An ioctl the gdb thread wants made on the parked vCPU's fd.
 type Call = Box<dyn FnOnce(&VcpuFd) + Send>;
 
+scoped_tls::scoped_thread_local!(
+    /// The fd of the vCPU whose thread answers gdb (a lent session): calls
+    /// on that vCPU are made inline.
+    static OWN_FD: VcpuFd
+);
+
 /// General and special registers.
 pub(crate) type Core = (kvm_regs, kvm_sregs);
 
@@ -82,6 +89,19 @@ struct Control {
     /// The gdb thread waits on the condvar for this vCPU's stop (a step):
     /// no wake-up through the session's socket then.
     gdb_waiting: bool,
+    /// The gdb session, lent for a step or run, on its way to the vCPU thread.
+    lent: Option<Box<Session>>,
+    /// The vCPU's own thread drives the session (calls run inline).
+    driving: bool,
+}
+
+/// What the vCPU thread does next, as [`Vcpu::next_command`] says.
+pub(crate) struct Next {
+    pub(crate) command: Command,
+    /// It parked first.
+    pub(crate) parked: bool,
+    /// The gdb session, lent for this step or run.
+    pub(crate) lent: Option<Box<Session>>,
 }
 
 /// A vCPU and its control block.
@@ -112,6 +132,8 @@ impl Vcpu {
                 snapshot: None,
                 call: None,
                 gdb_waiting: false,
+                lent: None,
+                driving: false,
             }),
             cv: Condvar::new(),
             kick: KickSlot::default(),
@@ -140,6 +162,47 @@ impl Vcpu {
     /// Whether the debugger wants this vCPU out of `KVM_RUN`.
     pub(crate) fn stop_wanted(&self) -> bool {
         matches!(self.control().command, Command::Pause | Command::Quit)
+    }
+
+    /// Whether the vCPU is told to stay parked (it stopped, or was paused).
+    pub(crate) fn paused(&self) -> bool {
+        self.control().command == Command::Pause
+    }
+
+    /// Give the parked vCPU the gdb session and `command` (a step or a
+    /// run) to run with it; the session comes back if the vCPU cannot take
+    /// it (its loop has ended, or it is not parked).
+    pub(crate) fn lend(&self, command: Command, session: Box<Session>) -> Result<(), Box<Session>> {
+        let mut ctl = self.control();
+        if ctl.finished || ctl.running {
+            return Err(session);
+        }
+        debug!("vcpu {}: {command:?} with the gdb session", self.index);
+        ctl.lent = Some(session);
+        ctl.command = command;
+        ctl.running = true;
+        ctl.snapshot = None;
+        drop(ctl);
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    /// Run `command` (a step or a run), asked by this vCPU's own thread
+    /// answering gdb (nobody waits on the vCPU then: no wake-up).
+    pub(crate) fn start_again(&self, command: Command) {
+        let mut ctl = self.control();
+        ctl.command = command;
+        ctl.running = true;
+        ctl.snapshot = None;
+    }
+
+    /// Run `f` (which drives the gdb session) on this vCPU's own thread,
+    /// with calls on this vCPU made inline on `fd`.
+    pub(crate) fn answer_gdb<R>(&self, fd: &VcpuFd, f: impl FnOnce() -> R) -> R {
+        self.control().driving = true;
+        let result = OWN_FD.set(fd, f);
+        self.control().driving = false;
+        result
     }
 
     /// Ask the vCPU to do `command`; pausing interrupts a running guest
@@ -194,8 +257,13 @@ impl Vcpu {
         &self,
         f: impl FnOnce(&VcpuFd) -> R + Send + 'static,
     ) -> Result<R, StubError> {
-        let (done, result) = mpsc::sync_channel(1);
         let mut ctl = self.control();
+        if ctl.driving && OWN_FD.is_set() {
+            // This thread is the vCPU's own, answering gdb.
+            drop(ctl);
+            return Ok(OWN_FD.with(|fd| f(fd)));
+        }
+        let (done, result) = mpsc::sync_channel(1);
         if ctl.running || ctl.finished {
             return Err(StubError::NotParked(self.index));
         }
@@ -210,8 +278,8 @@ impl Vcpu {
 
     /// The vCPU thread, between two `KVM_RUN`s: park while the debugger
     /// says so (making the calls it sends meanwhile), then return what to
-    /// do next, and whether it parked first.
-    pub(crate) fn next_command(&self, fd: &VcpuFd) -> (Command, bool) {
+    /// do next.
+    pub(crate) fn next_command(&self, fd: &VcpuFd) -> Next {
         let mut ctl = self.control();
         let mut parked = false;
         loop {
@@ -228,8 +296,13 @@ impl Vcpu {
                     ctl.running = false;
                     drop(ctl);
                     self.cv.notify_all();
+                    ctl = self.control();
                 }
-                return (command, parked);
+                return Next {
+                    command,
+                    parked,
+                    lent: ctl.lent.take(),
+                };
             }
             parked = true;
             if ctl.running {
@@ -241,8 +314,15 @@ impl Vcpu {
     }
 
     /// Park after stopping by itself, then tell the gdb thread (parked
-    /// first, so the gdb thread need not wait for it again).
-    pub(crate) fn stop_self(&self, kind: Option<StopKind>, snapshot: Option<Core>, inner: &Inner) {
+    /// first, so the gdb thread need not wait for it again) unless this
+    /// thread holds the session (`answering`) and reports the stop itself.
+    pub(crate) fn stop_self(
+        &self,
+        kind: Option<StopKind>,
+        snapshot: Option<Core>,
+        answering: bool,
+        inner: &Inner,
+    ) {
         let mut ctl = self.control();
         ctl.stop = kind;
         ctl.snapshot = snapshot;
@@ -250,10 +330,13 @@ impl Vcpu {
         ctl.running = false;
         let watched = ctl.gdb_waiting;
         drop(ctl);
-        self.cv.notify_all();
+        if !answering {
+            // (Nobody waits on a vCPU whose own thread answers gdb.)
+            self.cv.notify_all();
+        }
         if kind.is_some() {
             debug!("vcpu {} stopped: {kind:?}", self.index);
-            if !watched {
+            if !watched && !answering {
                 inner.wake();
             }
         }
@@ -274,21 +357,26 @@ impl Vcpu {
     }
 
     /// The hooks that held this vCPU are gone: its loop has ended, and
-    /// another `VcpuHooks` may take it.
-    pub(crate) fn release(&self) {
-        self.mark_finished();
+    /// another `VcpuHooks` may take it. Returns a gdb session lent to it
+    /// that it never took.
+    pub(crate) fn release(&self) -> Option<Box<Session>> {
+        let lent = self.mark_finished();
         self.claimed.store(false, Ordering::Release);
+        lent
     }
 
     /// The VMM's loop for this vCPU has ended (or will not run again):
-    /// nobody may wait for it to park or send it calls.
-    pub(crate) fn mark_finished(&self) {
+    /// nobody may wait for it to park, send it calls or lend it the
+    /// session. Returns a session lent to it that it never took.
+    pub(crate) fn mark_finished(&self) -> Option<Box<Session>> {
         let mut ctl = self.control();
         ctl.running = false;
         ctl.finished = true;
         ctl.call = None;
+        let lent = ctl.lent.take();
         drop(ctl);
         self.cv.notify_all();
+        lent
     }
 
     /// Wait out a `hlt`: `tick` stands in for the timer interrupt the VM

@@ -44,7 +44,7 @@ fn kernel_gs_base_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
     .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
 }
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// How gdb's addresses are translated for thread `tid`: its own space,
     /// the space chosen with `monitor vmem use`, or physical.
     fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<StubError>> {
@@ -119,7 +119,7 @@ impl KvmTarget<'_> {
     }
 }
 
-impl ExecFile for KvmTarget<'_> {
+impl ExecFile for KvmTarget {
     fn get_exec_file(
         &self,
         _pid: Option<Pid>,
@@ -137,7 +137,7 @@ impl ExecFile for KvmTarget<'_> {
     }
 }
 
-impl MultiThreadBase for KvmTarget<'_> {
+impl MultiThreadBase for KvmTarget {
     fn read_registers(&mut self, regs: &mut X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
         *regs = self.state(self.index(tid)?)?.to_gdb();
         regs.layout = self.layout;
@@ -236,7 +236,7 @@ impl MultiThreadBase for KvmTarget<'_> {
     }
 }
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// Whether vCPU `index` stopped in `hlt` (rip just past one): KVM's
     /// halted state, or the instruction before rip.
     fn halted(&self, index: usize) -> bool {
@@ -260,7 +260,7 @@ impl KvmTarget<'_> {
 /// The `hlt` instruction.
 const HLT: u8 = 0xf4;
 
-impl ThreadExtraInfo for KvmTarget<'_> {
+impl ThreadExtraInfo for KvmTarget {
     /// What `info threads` shows, as QEMU says it: `CPU#0 [running]` or
     /// `CPU#0 [halted]`.
     fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, StubError> {
@@ -277,7 +277,7 @@ impl ThreadExtraInfo for KvmTarget<'_> {
     }
 }
 
-impl SingleRegisterAccess<Tid> for KvmTarget<'_> {
+impl SingleRegisterAccess<Tid> for KvmTarget {
     fn read_register(
         &mut self,
         tid: Tid,

@@ -11,7 +11,7 @@ use log::{debug, warn};
 use super::KvmTarget;
 use crate::target::watchpoints::Watch;
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// Remove every breakpoint and watchpoint (detach, kill, disconnect).
     pub(crate) fn clear_debug_state(&mut self) {
         self.dbg.breakpoints_mut().clear(&self.dbg.memory);
@@ -24,7 +24,7 @@ impl KvmTarget<'_> {
     }
 }
 
-impl Breakpoints for KvmTarget<'_> {
+impl Breakpoints for KvmTarget {
     fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
         Some(self)
     }
@@ -38,7 +38,7 @@ impl Breakpoints for KvmTarget<'_> {
     }
 }
 
-impl SwBreakpoint for KvmTarget<'_> {
+impl SwBreakpoint for KvmTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         // A dump's memory refuses the int3, so insert_sw says no there.
         let Some(gpa) = self.gpa_of(self.current, addr) else {
@@ -55,7 +55,7 @@ impl SwBreakpoint for KvmTarget<'_> {
     }
 }
 
-impl HwBreakpoint for KvmTarget<'_> {
+impl HwBreakpoint for KvmTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self.dbg.frozen.is_some() {
             return Ok(false);
@@ -68,7 +68,7 @@ impl HwBreakpoint for KvmTarget<'_> {
     }
 }
 
-impl HwWatchpoint for KvmTarget<'_> {
+impl HwWatchpoint for KvmTarget {
     fn add_hw_watchpoint(
         &mut self,
         addr: u64,

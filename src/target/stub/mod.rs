@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use gdbstub::common::Tid;
@@ -34,7 +35,8 @@ use super::error::StubError;
 use super::monitor::View;
 use super::paging::Paging;
 use super::regs::{KvmState, RegLayout, X86_64Kvm};
-use super::vcpu::StopKind;
+use super::session::Driver;
+use super::vcpu::{Command, StopKind};
 use super::{lock, Inner};
 use crate::arch::controls::{CR0_PE, EFER_LMA};
 use log::debug;
@@ -45,10 +47,12 @@ use resume::Action;
 
 /// One gdb session's view of the VM.
 #[derive(Debug)]
-pub(crate) struct KvmTarget<'a> {
-    dbg: &'a Inner,
+pub(crate) struct KvmTarget {
+    dbg: Arc<Inner>,
     actions: Vec<Option<Action>>,
     default_action: Action,
+    /// What each vCPU does at the resume being made (reused).
+    resolved: Vec<Action>,
     pending: VecDeque<(usize, StopKind)>,
     /// The vCPU of the last stop (whose tables breakpoints are set in).
     current: usize,
@@ -80,6 +84,15 @@ pub(crate) struct KvmTarget<'a> {
     last_stop: Option<(super::monitor::Snapshot, String)>,
     /// `vmem diff` was used: the tables are taken at every continue.
     diff_armed: bool,
+    /// Which thread drives the session now.
+    pub(crate) driver: Driver,
+    /// The one vCPU that starts at this resume (the others stay or are
+    /// held back) and its command, not yet given: its own thread runs it
+    /// with the session.
+    lone: Option<(usize, Command)>,
+    /// The last resume must be made by the gdb thread (it steps the
+    /// driving vCPU over a breakpoint, which its own thread cannot wait for).
+    resume_at_home: bool,
 }
 
 /// gdb's thread id of vCPU `index`.
@@ -93,8 +106,8 @@ impl From<StubError> for TargetError<StubError> {
     }
 }
 
-impl<'a> KvmTarget<'a> {
-    pub(crate) fn new(dbg: &'a Inner) -> KvmTarget<'a> {
+impl KvmTarget {
+    pub(crate) fn new(dbg: Arc<Inner>) -> KvmTarget {
         KvmTarget {
             core: RefCell::new(vec![None; dbg.vcpus.len()]),
             cache: RefCell::new(vec![None; dbg.vcpus.len()]),
@@ -107,12 +120,16 @@ impl<'a> KvmTarget<'a> {
             snapshots: Default::default(),
             last_stop: None,
             diff_armed: false,
-            dbg,
+            driver: Driver::Home,
+            lone: None,
+            resume_at_home: false,
             actions: vec![None; dbg.vcpus.len()],
+            resolved: Vec::new(),
             default_action: Action::Continue,
             pending: VecDeque::new(),
             current: 0,
             view: View::Current,
+            dbg,
         }
     }
 
@@ -233,7 +250,7 @@ impl<'a> KvmTarget<'a> {
     }
 }
 
-impl Target for KvmTarget<'_> {
+impl Target for KvmTarget {
     type Arch = X86_64Kvm;
     type Error = StubError;
 
@@ -264,7 +281,7 @@ impl Target for KvmTarget<'_> {
     }
 }
 
-impl TargetDescriptionXmlOverride for KvmTarget<'_> {
+impl TargetDescriptionXmlOverride for KvmTarget {
     fn target_description_xml(
         &self,
         _annex: &[u8],

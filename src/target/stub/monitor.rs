@@ -2,7 +2,7 @@
 //! and the effects they ask for.
 
 use std::collections::btree_map::Entry;
-use std::sync::TryLockError;
+use std::sync::{Arc, TryLockError};
 use std::time::Instant;
 
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
@@ -17,7 +17,7 @@ use crate::target::regs::KvmState;
 use crate::target::vcpu::Command;
 use crate::target::Inner;
 
-impl monitor::Registers for KvmTarget<'_> {
+impl monitor::Registers for KvmTarget {
     fn all_registers(&self) -> Option<KvmState> {
         self.state(self.current).ok()
     }
@@ -29,7 +29,7 @@ impl monitor::Registers for KvmTarget<'_> {
     }
 }
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// Everything a monitor command may need about the current vCPU.
     fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
         let limits = self.dbg.cpu_limits();
@@ -158,7 +158,7 @@ impl KvmTarget<'_> {
 
 /// `Debugger::monitor`: one command with the vCPUs paused, outside any gdb
 /// session.
-pub(crate) fn run_monitor(dbg: &Inner, line: &str) -> Result<String, StubError> {
+pub(crate) fn run_monitor(dbg: &Arc<Inner>, line: &str) -> Result<String, StubError> {
     let _holder = match dbg.holder.try_lock() {
         Ok(guard) => guard,
         Err(TryLockError::WouldBlock) => return Err(StubError::Attached),
@@ -168,7 +168,7 @@ pub(crate) fn run_monitor(dbg: &Inner, line: &str) -> Result<String, StubError> 
     if live {
         dbg.pause_all();
     }
-    let text = KvmTarget::new(dbg).monitor_text(line);
+    let text = KvmTarget::new(Arc::clone(dbg)).monitor_text(line);
     if live {
         for v in dbg.vcpus.iter().filter(|v| !v.has_stop()) {
             v.request(Command::Run, dbg);
@@ -177,7 +177,7 @@ pub(crate) fn run_monitor(dbg: &Inner, line: &str) -> Result<String, StubError> 
     Ok(text)
 }
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// Run one monitor command line; what it prints.
     fn monitor_text(&mut self, line: &str) -> String {
         // A command may change tables or what gdb reads through.
@@ -237,7 +237,7 @@ impl KvmTarget<'_> {
     }
 }
 
-impl MonitorCmd for KvmTarget<'_> {
+impl MonitorCmd for KvmTarget {
     fn handle_monitor_cmd(
         &mut self,
         cmd: &[u8],

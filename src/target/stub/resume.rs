@@ -8,16 +8,13 @@ use gdbstub::target::ext::base::multithread::{
     MultiThreadResume, MultiThreadSchedulerLocking, MultiThreadSchedulerLockingOps,
     MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
-use log::debug;
+use log::{debug, warn};
 
 use super::KvmTarget;
 use crate::target::error::StubError;
+use crate::target::session::{Driver, STEP_GRACE};
 use crate::target::vcpu::{Command, StopKind};
-
-/// How long a single step may run before the vCPUs gdb lets continue
-/// alongside it are started (a step normally ends in microseconds; one
-/// that waits for another vCPU gets it running after this).
-const STEP_GRACE: Duration = Duration::from_millis(1);
+use crate::vmem::PhysAddr;
 
 /// The longest run of back-to-back steps that holds the other vCPUs back.
 const MAX_HOLD: Duration = Duration::from_millis(20);
@@ -30,7 +27,7 @@ pub(super) enum Action {
     Step,
 }
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// What gdb wants of thread `tid` at the next resume (unknown threads
     /// are ignored).
     fn set_action(&mut self, tid: Tid, action: Action) {
@@ -54,7 +51,7 @@ impl KvmTarget<'_> {
                 Some(Some(kind)) => self.pending.push_back((index, kind)),
                 _ => {
                     self.forget(index);
-                    self.dbg.vcpus[index].request(Command::Run, self.dbg);
+                    self.dbg.vcpus[index].request(Command::Run, &self.dbg);
                 }
             }
         }
@@ -65,22 +62,25 @@ impl KvmTarget<'_> {
         }
     }
 
+    /// If vCPU `index` sits on one of our breakpoints: `Some`, with the
+    /// software breakpoint's address if it is one.
+    fn breakpoint_under(&self, index: usize) -> Option<Option<PhysAddr>> {
+        let rip = self.core(index).ok()?.0.rip;
+        let gpa = self.sw_breakpoint_at_rip(index);
+        (gpa.is_some() || self.dbg.debug_regs().exec_at(rip)).then_some(gpa)
+    }
+
     /// If vCPU `index` sits on one of our breakpoints, execute that one
     /// instruction with the breakpoint lifted (RF is not honoured on every
     /// host). Returns the stop the step itself produced, if any.
     pub(super) fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
+        let gpa = self.breakpoint_under(index)?;
         let vcpu = &self.dbg.vcpus[index];
-        let rip = self.core(index).ok()?.0.rip;
-        let gpa = self.sw_breakpoint_at_rip(index);
-        let on_hw = self.dbg.debug_regs().exec_at(rip);
-        if gpa.is_none() && !on_hw {
-            return None;
-        }
-        debug!("vcpu {index}: stepping over the breakpoint at {rip:#x}");
+        debug!("vcpu {index}: stepping over the breakpoint at its rip");
         if let Some(gpa) = gpa {
             self.dbg.breakpoints().lift(&self.dbg.memory, gpa);
         }
-        vcpu.request(Command::StepOver, self.dbg);
+        vcpu.request(Command::StepOver, &self.dbg);
         vcpu.wait_parked();
         self.forget(index);
         self.core.borrow_mut()[index] = vcpu.take_snapshot();
@@ -89,17 +89,36 @@ impl KvmTarget<'_> {
         }
         Some(vcpu.take_stop())
     }
-}
 
-impl MultiThreadResume for KvmTarget<'_> {
-    fn resume(&mut self) -> Result<(), StubError> {
-        // Stops recorded after the last report are reported first.
-        self.collect_stops();
-        let actions: Vec<Action> = self
-            .actions
-            .iter()
-            .map(|a| a.unwrap_or(self.default_action))
-            .collect();
+    /// The one vCPU that starts at this resume, and how (a step or a
+    /// run): its own thread runs it with the session (taken once).
+    pub(crate) fn take_lone(&mut self) -> Option<(usize, Command)> {
+        self.lone.take()
+    }
+
+    /// Make the resume a vCPU thread left to the gdb thread.
+    pub(crate) fn resume_left_for_home(&mut self) {
+        if std::mem::take(&mut self.resume_at_home) {
+            debug!("resuming from the gdb thread");
+            if let Err(e) = MultiThreadResume::resume(self) {
+                warn!("resume: {e}");
+            }
+        }
+    }
+
+    /// Whether the driving vCPU thread must leave this resume to the gdb
+    /// thread: its own vCPU moves from a breakpoint, and stepping over it
+    /// means waiting for that vCPU.
+    fn leave_for_home(&self) -> bool {
+        let Driver::Vcpu(own) = self.driver else {
+            return false;
+        };
+        let action = self.actions[own].unwrap_or(self.default_action);
+        action != Action::Stay && self.breakpoint_under(own).is_some()
+    }
+
+    /// Start the vCPUs as `actions` say (one per vCPU).
+    fn start(&mut self, actions: &[Action]) {
         // While a step runs (a few microseconds), the vCPUs gdb lets
         // continue are held back: they start (stepping over a breakpoint
         // of theirs then) only if the step has not ended within
@@ -144,7 +163,7 @@ impl MultiThreadResume for KvmTarget<'_> {
             self.pending.push_back((self.current, StopKind::Step));
         }
         if !self.pending.is_empty() {
-            return Ok(());
+            return;
         }
         debug!("resume: {actions:?}");
         self.remember_tables(stepping);
@@ -156,24 +175,60 @@ impl MultiThreadResume for KvmTarget<'_> {
                 self.forget(index);
             }
         }
-        for (index, (vcpu, &action)) in self.dbg.vcpus.iter().zip(&actions).enumerate() {
-            match action {
-                Action::Stay => {}
-                _ if deferred(index, action) => self.deferred.push(index),
-                Action::Continue => vcpu.request(Command::Run, self.dbg),
-                Action::Step => vcpu.request(Command::Step, self.dbg),
+        // Exactly one vCPU starts (a step, or a continue with the others
+        // held): its own thread runs it and reports the stop (the session
+        // is lent to it), so a step or a conditional breakpoint's hit costs
+        // no hand-off between threads. Where the VMM kicks its vCPUs
+        // itself, a lone step is waited for here instead, woken by the
+        // vCPU itself: no trip through the session's socket and poll.
+        let mut starting =
+            (0..actions.len()).filter(|&i| actions[i] != Action::Stay && !deferred(i, actions[i]));
+        let lone = match (starting.next(), starting.next()) {
+            (Some(index), None) => Some(index),
+            _ => None,
+        };
+        let lend = lone.filter(|_| self.dbg.vmm_kick.is_none());
+        for (index, (vcpu, &action)) in self.dbg.vcpus.iter().zip(actions).enumerate() {
+            let command = match action {
+                Action::Stay => continue,
+                _ if deferred(index, action) => {
+                    self.deferred.push(index);
+                    continue;
+                }
+                Action::Continue => Command::Run,
+                Action::Step => Command::Step,
+            };
+            if lend == Some(index) {
+                self.lone = Some((index, command));
+            } else {
+                vcpu.request(command, &self.dbg);
             }
         }
-        // One vCPU steps, the others are held: wait for the step here (a
-        // few microseconds), woken by the vCPU itself, so the stop is
-        // reported without a trip through the session's socket and poll.
-        let mut steppers = (0..actions.len()).filter(|&i| actions[i] == Action::Step);
-        let alone = hold || actions.iter().all(|a| *a != Action::Continue);
-        if let (Some(index), None, true) = (steppers.next(), steppers.next(), alone) {
-            if self.dbg.vcpus[index].wait_stop(STEP_GRACE) {
+        if let (Some(index), None) = (lone, lend) {
+            if actions[index] == Action::Step && self.dbg.vcpus[index].wait_stop(STEP_GRACE) {
                 self.collect_stops();
             }
         }
+    }
+}
+
+impl MultiThreadResume for KvmTarget {
+    fn resume(&mut self) -> Result<(), StubError> {
+        if self.leave_for_home() {
+            self.resume_at_home = true;
+            return Ok(());
+        }
+        // Stops recorded after the last report are reported first.
+        self.collect_stops();
+        let mut actions = std::mem::take(&mut self.resolved);
+        actions.clear();
+        actions.extend(
+            self.actions
+                .iter()
+                .map(|a| a.unwrap_or(self.default_action)),
+        );
+        self.start(&actions);
+        self.resolved = actions;
         Ok(())
     }
 
@@ -201,7 +256,7 @@ impl MultiThreadResume for KvmTarget<'_> {
     }
 }
 
-impl MultiThreadSingleStep for KvmTarget<'_> {
+impl MultiThreadSingleStep for KvmTarget {
     fn set_resume_action_step(
         &mut self,
         tid: Tid,
@@ -212,7 +267,7 @@ impl MultiThreadSingleStep for KvmTarget<'_> {
     }
 }
 
-impl MultiThreadSchedulerLocking for KvmTarget<'_> {
+impl MultiThreadSchedulerLocking for KvmTarget {
     fn set_resume_action_scheduler_lock(&mut self) -> Result<(), StubError> {
         self.default_action = Action::Stay;
         Ok(())

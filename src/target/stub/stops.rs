@@ -9,7 +9,7 @@ use super::{tid, KvmTarget};
 use crate::target::vcpu::StopKind;
 use crate::vmem::PhysAddr;
 
-impl KvmTarget<'_> {
+impl KvmTarget {
     /// Take the stops vCPUs recorded; if any, stop everyone.
     pub(crate) fn collect_stops(&mut self) {
         if !self.dbg.vcpus.iter().any(|v| v.has_stop()) {
