@@ -151,6 +151,7 @@ impl Vcpu {
         if ctl.finished {
             ctl.finished = false;
             ctl.running = true;
+            ctl.command = Command::Run;
         }
         true
     }
@@ -174,7 +175,7 @@ impl Vcpu {
     /// it (its loop has ended, or it is not parked).
     pub(crate) fn lend(&self, command: Command, session: Box<Session>) -> Result<(), Box<Session>> {
         let mut ctl = self.control();
-        if ctl.finished || ctl.running {
+        if ctl.finished || ctl.running || ctl.command == Command::Quit {
             return Err(session);
         }
         debug!("vcpu {}: {command:?} with the gdb session", self.index);
@@ -191,6 +192,9 @@ impl Vcpu {
     /// answering gdb (nobody waits on the vCPU then: no wake-up).
     pub(crate) fn start_again(&self, command: Command) {
         let mut ctl = self.control();
+        if ctl.command == Command::Quit {
+            return;
+        }
         ctl.command = command;
         ctl.running = true;
         ctl.snapshot = None;
@@ -206,9 +210,14 @@ impl Vcpu {
     }
 
     /// Ask the vCPU to do `command`; pausing interrupts a running guest
-    /// (a parked one is not disturbed).
+    /// (a parked one is not disturbed). Quitting is final: nothing
+    /// replaces it until a new loop claims the vCPU (a session ending as
+    /// the VM shuts down must not start its vCPUs again).
     pub(crate) fn request(&self, command: Command, inner: &Inner) {
         let mut ctl = self.control();
+        if ctl.command == Command::Quit {
+            return;
+        }
         let previous = std::mem::replace(&mut ctl.command, command);
         if command == Command::Pause && previous == Command::Pause {
             return; // parked or parking already: nothing to tell it
@@ -326,7 +335,9 @@ impl Vcpu {
         let mut ctl = self.control();
         ctl.stop = kind;
         ctl.snapshot = snapshot;
-        ctl.command = Command::Pause;
+        if ctl.command != Command::Quit {
+            ctl.command = Command::Pause;
+        }
         ctl.running = false;
         let watched = ctl.gdb_waiting;
         drop(ctl);

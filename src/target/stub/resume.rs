@@ -21,7 +21,7 @@ const MAX_HOLD: Duration = Duration::from_millis(20);
 
 /// What gdb asked one vCPU to do at the next resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Action {
+pub(crate) enum Action {
     Stay,
     Continue,
     Step,
@@ -156,13 +156,13 @@ impl KvmTarget {
                 _ => {}
             }
         }
-        if actions.iter().all(|a| *a == Action::Stay) && self.pending.is_empty() {
+        if actions.iter().all(|a| *a == Action::Stay) && !self.has_reportable(actions) {
             // Nothing would run (e.g. only unknown threads named): report
             // a stop at once instead of waiting forever.
             debug!("resume: no vCPU to run");
             self.pending.push_back((self.current, StopKind::Step));
         }
-        if !self.pending.is_empty() {
+        if self.has_reportable(actions) {
             return;
         }
         debug!("resume: {actions:?}");

@@ -5,9 +5,20 @@ use gdbstub::common::Signal;
 use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
 use log::debug;
 
+use super::resume::Action;
 use super::{tid, KvmTarget};
 use crate::target::vcpu::StopKind;
 use crate::vmem::PhysAddr;
+
+/// Whether a stop of vCPU `index` may be reported after a resume with
+/// `actions`: gdb resumed that vCPU, or none (gdb stepping one thread over
+/// a breakpoint takes no other thread's event; a stop of a vCPU gdb left
+/// stopped waits, recorded, until gdb resumes it, as gdbserver keeps it).
+/// Before any resume (`actions` empty) every stop is.
+fn reportable(actions: &[Action], index: usize) -> bool {
+    actions.get(index).is_none_or(|a| *a != Action::Stay)
+        || actions.iter().all(|a| *a == Action::Stay)
+}
 
 impl KvmTarget {
     /// Take the stops vCPUs recorded; if any, stop everyone.
@@ -30,7 +41,12 @@ impl KvmTarget {
     /// The next stop to report; breakpoint stops whose breakpoint gdb has
     /// removed since are dropped (the vCPU simply resumes on that byte).
     pub(crate) fn next_pending(&mut self) -> Option<MultiThreadStopReason<u64>> {
-        while let Some((index, kind)) = self.pending.pop_front() {
+        loop {
+            let at = self
+                .pending
+                .iter()
+                .position(|&(index, _)| reportable(&self.resolved, index))?;
+            let (index, kind) = self.pending.remove(at)?;
             if kind == StopKind::SwBreak && !self.still_at_sw_breakpoint(index) {
                 continue;
             }
@@ -44,7 +60,13 @@ impl KvmTarget {
             }
             return Some(self.reason(index, kind));
         }
-        None
+    }
+
+    /// Whether a stop recorded for a vCPU gdb may hear of at this resume.
+    pub(super) fn has_reportable(&self, actions: &[Action]) -> bool {
+        self.pending
+            .iter()
+            .any(|&(index, _)| reportable(actions, index))
     }
 
     /// rip, rsp and rbp for the stop reply about to be sent, if the stop
@@ -98,5 +120,23 @@ impl KvmTarget {
                 tid: tid(self.current),
                 signal: Signal::SIGINT,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_of_a_vcpu_gdb_left_stopped_waits_until_gdb_resumes_it() {
+        use Action::{Continue, Stay, Step};
+        // gdb steps thread 1 over a breakpoint: thread 2's stop waits.
+        assert!(reportable(&[Step, Stay], 0));
+        assert!(!reportable(&[Step, Stay], 1));
+        // gdb continues both: it is reported.
+        assert!(reportable(&[Continue, Continue], 1));
+        // Nothing resumed (only unknown threads named), or no resume yet.
+        assert!(reportable(&[Stay, Stay], 1));
+        assert!(reportable(&[], 1));
     }
 }
