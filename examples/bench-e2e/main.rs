@@ -217,7 +217,76 @@ fn timed_checked(
     symbols: bool,
     expect: &str,
 ) -> Duration {
+    costed(gdb_path, port, None, commands, symbols, expect).map_or(Duration::MAX, |c| c.wall)
+}
+
+/// What a gdb run cost beyond connecting and detaching: wall time, gdb's
+/// CPU time, and the stub's (user and system: KVM_RUN is system time).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    wall: Duration,
+    gdb: Duration,
+    stub_user: Duration,
+    stub_system: Duration,
+}
+
+impl Cost {
+    fn minus(self, base: Cost) -> Cost {
+        Cost {
+            wall: self.wall.saturating_sub(base.wall),
+            gdb: self.gdb.saturating_sub(base.gdb),
+            stub_user: self.stub_user.saturating_sub(base.stub_user),
+            stub_system: self.stub_system.saturating_sub(base.stub_system),
+        }
+    }
+}
+
+/// CPU time used so far by the children this process has waited for.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// User and system CPU time of process `pid` so far (clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map_or("", |end| &stat[end + 2..])
+        .split(' ')
+        .collect();
+    let ticks = |i: usize| {
+        Duration::from_millis(
+            10 * fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0),
+        )
+    };
+    (ticks(11), ticks(12))
+}
+
+/// [`timed_checked`] with what the run cost (the stub's CPU if its `pid`
+/// is given); `None` if gdb failed.
+fn costed(
+    gdb_path: &str,
+    port: u16,
+    stub: Option<u32>,
+    commands: &[String],
+    symbols: bool,
+    expect: &str,
+) -> Option<Cost> {
     let run = |cmds: &[String], expect: &str| {
+        let stub_before = stub.map(process_cpu).unwrap_or_default();
+        let gdb_before = children_cpu();
         let start = Instant::now();
         let child = gdb_with(gdb_path, port, cmds, symbols)
             .spawn()
@@ -226,18 +295,25 @@ fn timed_checked(
         watchdog(child.id(), &done);
         let out = child.wait_with_output().expect("gdb");
         done.store(true, std::sync::atomic::Ordering::Release);
+        let wall = start.elapsed();
         let printed = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || !printed.contains(expect) {
             eprintln!("gdb failed, timed out or did not print {expect:?}");
-            return Duration::MAX;
+            return None;
         }
-        start.elapsed()
+        let stub_after = stub.map(process_cpu).unwrap_or_default();
+        Some(Cost {
+            wall,
+            gdb: children_cpu().saturating_sub(gdb_before),
+            stub_user: stub_after.0.saturating_sub(stub_before.0),
+            stub_system: stub_after.1.saturating_sub(stub_before.1),
+        })
     };
-    let base = (0..3).map(|_| run(&[], "")).min().unwrap_or_default();
-    match run(commands, expect) {
-        Duration::MAX => Duration::MAX,
-        took => took.saturating_sub(base),
-    }
+    let base = (0..3)
+        .filter_map(|_| run(&[], ""))
+        .min_by_key(|c| c.wall)
+        .unwrap_or_default();
+    Some(run(commands, expect)?.minus(base))
 }
 
 fn ctrl_c_latency(port: u16) -> Duration {
@@ -306,6 +382,11 @@ struct Sample {
     bare_steps_x_per_s: Option<f64>,
     hits_per_s: f64,
     continues_per_s: f64,
+    /// Per step (symbols, gdb 13), in µs: gdb's CPU, the stub's user and
+    /// system CPU.
+    step_gdb_us: f64,
+    step_stub_user_us: f64,
+    step_stub_system_us: f64,
 }
 
 impl Sample {
@@ -333,7 +414,7 @@ struct Row {
 
 /// Rounds of measurements; the stubs take turns within each round, so a
 /// drift of the machine's speed touches them all alike.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -375,15 +456,28 @@ fn random_file(dir: &Path) -> PathBuf {
 /// One round for one stub: dump with gdb 13 (and gdb 18), steps with and
 /// without symbols, conditional-breakpoint hits, continues to a
 /// breakpoint.
-fn measure_once(port: u16, bp_port: u16, gdb_x: Option<&str>, scripts: &Path) -> Sample {
+fn measure_once(stub: &Stub, bp_port: u16, gdb_x: Option<&str>, scripts: &Path) -> Sample {
+    let port = stub.port;
     let dump = [format!(
         "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
         DUMP_BASE + DUMP_BYTES
     )];
-    let rate = |n: u32, d: Duration| f64::from(n) / d.as_secs_f64();
+    let rate = |n: u32, d: Duration| match d {
+        Duration::MAX => 0.0,
+        d => f64::from(n) / d.as_secs_f64(),
+    };
     let m = timed(GDB, port, &dump);
     let x = gdb_x.map(|g| timed(g, port, &dump));
-    let steps = timed(GDB, port, &["thread 1".into(), format!("stepi {STEPS}")]);
+    let step_cost = costed(
+        GDB,
+        port,
+        Some(stub.child.id()),
+        &["thread 1".into(), format!("stepi {STEPS}")],
+        true,
+        "",
+    );
+    let steps = step_cost.map_or(Duration::MAX, |c| c.wall);
+    let per_step = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(STEPS);
     let bare = ["thread 1".to_string(), format!("stepi {BARE_STEPS}")];
     let bare_steps = timed_with(GDB, port, &bare, false);
     let bare_steps_x = gdb_x.map(|g| timed_with(g, port, &bare, false));
@@ -425,6 +519,9 @@ fn measure_once(port: u16, bp_port: u16, gdb_x: Option<&str>, scripts: &Path) ->
         bare_steps_x_per_s: bare_steps_x.map(|d| rate(BARE_STEPS, d)),
         hits_per_s: rate(HITS, hits),
         continues_per_s: rate(CONTINUES, continues),
+        step_gdb_us: step_cost.map_or(0.0, |c| per_step(c.gdb)),
+        step_stub_user_us: step_cost.map_or(0.0, |c| per_step(c.stub_user)),
+        step_stub_system_us: step_cost.map_or(0.0, |c| per_step(c.stub_system)),
     }
 }
 
@@ -456,7 +553,7 @@ fn measure_all(
             }
             stub.freeze(false);
             bp.freeze(false);
-            let sample = measure_once(stub.port, bp.port, gdb_x, scripts);
+            let sample = measure_once(stub, bp.port, gdb_x, scripts);
             stub.freeze(true);
             bp.freeze(true);
             println!("  round {round} {name:<9} {sample:.2?}");
@@ -484,6 +581,9 @@ fn measure_all(
                     .map(|_| median(runs.iter().filter_map(|r| r.bare_steps_x_per_s).collect())),
                 hits_per_s: of(&|r| r.hits_per_s),
                 continues_per_s: of(&|r| r.continues_per_s),
+                step_gdb_us: of(&|r| r.step_gdb_us),
+                step_stub_user_us: of(&|r| r.step_stub_user_us),
+                step_stub_system_us: of(&|r| r.step_stub_system_us),
             };
             Row { name, medians }
         })
@@ -549,6 +649,23 @@ fn print_table(rows: &[Row]) {
                 .map_or("n/a".into(), |(a, b)| ratio(a, b)),
             ratio(ours.hits_per_s, other.hits_per_s),
             ratio(ours.continues_per_s, other.continues_per_s),
+        );
+    }
+    println!("where a step's time goes (symbols, gdb 13; µs per step, medians):");
+    for row in rows {
+        let r = &row.medians;
+        if r.steps_per_s <= 0.0 {
+            continue;
+        }
+        let wall = 1e6 / r.steps_per_s;
+        let stub = r.step_stub_user_us + r.step_stub_system_us;
+        println!(
+            "  {:<10} wall {wall:>4.0} = gdb CPU {:>4.0} + stub CPU {stub:>4.0} (user {:.0}, system {:.0}) + neither {:.0}",
+            row.name,
+            r.step_gdb_us,
+            r.step_stub_user_us,
+            r.step_stub_system_us,
+            (wall - r.step_gdb_us - stub).max(0.0),
         );
     }
     if let Some(x) = ours.dump_x {

@@ -115,7 +115,7 @@ pub struct VcpuHooks<'d> {
     /// When the lent step or run must have stopped (else the session goes
     /// home).
     lent_deadline: Instant,
-    /// Kicks a lent step out of `KVM_RUN` at its deadline.
+    /// Kicks a lent step or run out of `KVM_RUN` at its deadline.
     timer: Option<StepTimer>,
     /// When the step timer fires, if it is set. It stays set while the
     /// thread answers gdb (only the VMM's code must never see its signal;
@@ -284,7 +284,7 @@ impl<'d> VcpuHooks<'d> {
                 // The lent step's or run's deadline: it goes on without
                 // the session.
                 debug!(
-                    "vcpu {}: the step outlasted {STEP_GRACE:?}: the gdb thread takes over",
+                    "vcpu {}: ran past its deadline ({STEP_GRACE:?} or more) with the session: the gdb thread takes over",
                     self.vcpu.index
                 );
                 self.send_home();
