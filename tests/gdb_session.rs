@@ -250,3 +250,42 @@ fn packets_gdbstub_rejects_do_not_end_the_session() {
     assert!(number_after(&out, "$1 = ").is_some(), "{out}");
     assert!(out.contains("\"Hello from the higher half!\""), "{out}");
 }
+
+/// rip of a stop reply (our stop replies expedite it as register 0x10).
+fn stop_rip(reply: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(reply);
+    let at = text.find("10:").expect("rip in the stop reply") + 3;
+    let bytes = demo::rsp_decode::unhex(text[at..at + 16].as_bytes());
+    u64::from_le_bytes(bytes.try_into().unwrap())
+}
+
+/// After a step, vCPU 0's own thread answers gdb. A breakpoint planted
+/// under its rip must still be stepped over at the next step (its thread
+/// cannot wait for its own step: the gdb thread does it), the step must
+/// leave the breakpoint byte hidden, and the session goes on.
+#[test]
+fn a_breakpoint_under_the_answering_vcpu_is_stepped_over() {
+    use demo::rsp::{Reply, Rsp};
+    let Some(vm) = DemoVm::start() else { return };
+    let mut rsp = Rsp::connect(vm.port);
+    let step = |rsp: &mut Rsp| match rsp.request(b"vCont;s:1") {
+        Reply::Packet(p) if p.starts_with(b"T05") => p,
+        other => panic!("step: {other:?}"),
+    };
+    step(&mut rsp);
+    let rip = stop_rip(&step(&mut rsp));
+    let read = |rsp: &mut Rsp| match rsp.request(format!("m{rip:x},1").as_bytes()) {
+        Reply::Packet(p) => p,
+        other => panic!("read: {other:?}"),
+    };
+    let byte = read(&mut rsp);
+    let planted = rsp.request(format!("Z0,{rip:x},1").as_bytes());
+    assert_eq!(planted, Reply::Packet(b"OK".to_vec()));
+    let next = stop_rip(&step(&mut rsp));
+    assert_ne!(next, rip, "the step went past the breakpoint");
+    assert_eq!(read(&mut rsp), byte, "the int3 stays hidden");
+    let removed = rsp.request(format!("z0,{rip:x},1").as_bytes());
+    assert_eq!(removed, Reply::Packet(b"OK".to_vec()));
+    step(&mut rsp);
+    assert_eq!(rsp.request(b"D"), Reply::Packet(b"OK".to_vec()));
+}

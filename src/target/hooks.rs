@@ -3,7 +3,9 @@
 //!
 //! [`VcpuHooks::before_run`] parks the vCPU while gdb holds the VM (making
 //! the register ioctls gdb needs meanwhile), finishes what the last exit
-//! left to do, and applies the debug settings of the next run.
+//! left to do, and applies the debug settings of the next run; while gdb
+//! starts this vCPU alone it also answers gdb (the session is lent to this
+//! thread, see `session.rs`).
 //! [`VcpuHooks::after_exit`] takes the exits that are the debugger's
 //! (debug exits, accesses to trapped pages, kvm_pvm's emulation failures
 //! at an `int3`, `hlt` without an interrupt controller) and hands every

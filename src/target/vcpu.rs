@@ -8,7 +8,10 @@
 //! vCPU's registers with [`Vcpu::call`]: the parked thread makes the ioctl
 //! itself (KVM wants vCPU ioctls from the vCPU's thread, and the VMM keeps
 //! its `VcpuFd`). A vCPU that stops by itself (breakpoint, step,
-//! watchpoint) records why and wakes the gdb thread.
+//! watchpoint) records why and wakes the gdb thread. When gdb starts one
+//! vCPU alone, the gdb session itself is handed over with the command
+//! ([`Vcpu::lend`]); the vCPU's thread then answers gdb
+//! ([`Vcpu::answer_gdb`]) and its own calls run inline.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
