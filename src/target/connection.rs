@@ -127,7 +127,7 @@ pub(crate) struct GdbConnection {
     /// whole output is rebuilt in (swapped with `output`).
     amended: Vec<u8>,
     spare_output: Vec<u8>,
-    /// The buffer of the last memory reply sent, reused for the next.
+    /// The buffer of the last reply of our own sent, reused for the next.
     spare_reply: Vec<u8>,
     /// A console line gdb prints before the next stop reply.
     stop_note: Option<String>,
@@ -392,9 +392,7 @@ impl GdbConnection {
     /// done while gdb is still decoding the last reply). Any other input
     /// discards it.
     fn prepare_read(&mut self, read: ReadRequest, data: Result<&[u8], u8>) {
-        let mut acked = std::mem::take(&mut self.spare_reply);
-        acked.clear();
-        acked.push(b'+');
+        let mut acked = self.acked_buffer();
         frame_read(&mut acked, &mut self.hex, &read, data);
         self.prepared = Some((read, acked));
     }
@@ -408,9 +406,7 @@ impl GdbConnection {
             return Ok(false);
         }
         trace!("-> memory reply, {} bytes", acked.len());
-        let sent = self.send_own(&acked);
-        self.spare_reply = acked;
-        sent.map(|()| true)
+        self.send_and_keep(acked).map(|()| true)
     }
 
     /// Rewrite the one reply packet in the output: stop replies get rip
@@ -509,9 +505,25 @@ impl GdbConnection {
 
     /// Send one reply packet of our own, `reply` unframed.
     fn send_reply(&mut self, reply: &[u8]) -> io::Result<()> {
-        let mut acked = vec![b'+'];
-        acked.extend(rsp::frame(reply));
-        self.send_own(&acked)
+        let mut acked = self.acked_buffer();
+        rsp::frame_into(&mut acked, reply);
+        self.send_and_keep(acked)
+    }
+
+    /// A buffer holding `+`, for a reply of our own (the last reply's
+    /// buffer, reused).
+    fn acked_buffer(&mut self) -> Vec<u8> {
+        let mut acked = std::mem::take(&mut self.spare_reply);
+        acked.clear();
+        acked.push(b'+');
+        acked
+    }
+
+    /// [`Self::send_own`], keeping the buffer for the next reply.
+    fn send_and_keep(&mut self, acked: Vec<u8>) -> io::Result<()> {
+        let sent = self.send_own(&acked);
+        self.spare_reply = acked;
+        sent
     }
 
     /// Send `acked` (`+` then a framed packet) after whatever gdbstub left

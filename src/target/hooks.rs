@@ -387,7 +387,7 @@ impl<'d> VcpuHooks<'d> {
             .stop_self(stop, snapshot, self.session.is_some(), self.inner);
     }
 
-    /// A gdb session lent for a step of this vCPU arrived.
+    /// A gdb session lent for a step or run of this vCPU arrived.
     fn take_session(&mut self, session: Box<Session>) {
         if self.timer.as_ref().is_none_or(|t| !t.is_this_threads()) {
             self.timer = match StepTimer::for_this_thread() {
@@ -410,16 +410,18 @@ impl<'d> VcpuHooks<'d> {
     /// run still going on past its deadline (the VMM's exits) sends the
     /// session home. Whether gdb was answered.
     fn answer_gdb(&mut self, fd: &VcpuFd) -> bool {
-        let Some(mut session) = self.session.take() else {
+        if self.session.is_none() {
             return false;
-        };
+        }
         if !self.vcpu.paused() {
-            self.session = Some(session);
             if Instant::now() >= self.lent_deadline {
                 self.send_home();
             }
             return false;
         }
+        let Some(mut session) = self.session.take() else {
+            return false;
+        };
         let index = self.vcpu.index;
         match self
             .vcpu

@@ -151,7 +151,7 @@ pub(crate) fn run(dbg: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
             return;
         }
     };
-    let shutdown_handle = conn.stream().try_clone().ok();
+    // Kept to end a lent reader's reads, and to close the socket at the end.
     *lock(&dbg.home.socket) = conn.stream().try_clone().ok();
     *lock(&dbg.session) = Some(waker);
     dbg.pause_all();
@@ -191,10 +191,10 @@ pub(crate) fn run(dbg: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
         };
     }
     gdb_gone();
-    *lock(&dbg.home.socket) = None;
+    let socket = lock(&dbg.home.socket).take();
     session.target.clear_debug_state();
     *lock(&dbg.session) = None;
-    if let Some(stream) = shutdown_handle {
+    if let Some(stream) = socket {
         stream.shutdown();
     }
     for v in &dbg.vcpus {
@@ -283,45 +283,47 @@ impl Session {
             // The lent vCPU's step ended: its stop is reported from here.
             target.collect_stops();
         }
+        // A vCPU thread answering gdb waits for gdb's bytes alone.
+        let wait = match at {
+            Driver::Home => Wait::AlsoForWakes(None),
+            Driver::Vcpu(_) => Wait::ForGdb,
+        };
         loop {
             let next = match gdb {
                 GdbStubStateMachine::Idle(idle) => {
-                    let wait = match at {
-                        Driver::Home => Wait::AlsoForWakes(None),
-                        Driver::Vcpu(_) => Wait::ForGdb,
-                    };
+                    // (The lock must not outlive this statement: gdbstub
+                    // writes through it.)
                     let input = lock(conn).next_input(wait);
-                    match input {
-                        Ok(Input::Byte(b)) => idle.incoming_data(target, b),
-                        Ok(Input::Read(read)) => {
-                            let served = lock(conn).serve_read(&read, |data, read, thread| {
-                                target.read_for_gdb(data, read, thread)
-                            });
-                            match served {
-                                Ok(()) => Ok(idle.into()),
-                                Err(e) => return Turn::Ended(Ended::Connection(e)),
-                            }
+                    let answered = match input {
+                        Ok(Input::Byte(b)) => {
+                            gdb = match idle.incoming_data(target, b) {
+                                Ok(gdb) => gdb,
+                                Err(e) => return Turn::Ended(e.into()),
+                            };
+                            continue;
                         }
+                        Ok(Input::Read(read)) => lock(conn)
+                            .serve_read(&read, |data, read, thread| {
+                                target.read_for_gdb(data, read, thread)
+                            }),
                         Ok(Input::Write(write)) => {
                             let thread = lock(conn).mem_thread();
                             let result = target.write_for_gdb(&write, thread);
-                            match lock(conn).answer_write(result) {
-                                Ok(()) => Ok(idle.into()),
-                                Err(e) => return Turn::Ended(Ended::Connection(e)),
-                            }
+                            lock(conn).answer_write(result)
                         }
                         Ok(Input::Region(addr)) => {
                             let reply = target.region_info(addr);
-                            match lock(conn).answer_region(Some(&reply)) {
-                                Ok(()) => Ok(idle.into()),
-                                Err(e) => return Turn::Ended(Ended::Connection(e)),
-                            }
+                            lock(conn).answer_region(Some(&reply))
                         }
                         Ok(Input::Wake) if target.stopping() => return Turn::Ended(Ended::Stopped),
                         // vCPUs are parked between packets; a late wake-up's
                         // stop is collected at the next resume.
-                        Ok(Input::Wake | Input::Timeout) => Ok(idle.into()),
+                        Ok(Input::Wake | Input::Timeout) => Ok(()),
                         Err(_) if target.stopping() => return Turn::Ended(Ended::Stopped),
+                        Err(e) => Err(e),
+                    };
+                    match answered {
+                        Ok(()) => Ok(idle.into()),
                         Err(e) => return Turn::Ended(Ended::Connection(e)),
                     }
                 }

@@ -98,6 +98,16 @@ struct Control {
     driving: bool,
 }
 
+impl Control {
+    /// The vCPU is to run `command` (not a pause): it counts as running
+    /// from now on, and its saved registers are stale.
+    fn start(&mut self, command: Command) {
+        self.command = command;
+        self.running = true;
+        self.snapshot = None;
+    }
+}
+
 /// What the vCPU thread does next, as [`Vcpu::next_command`] says.
 pub(crate) struct Next {
     pub(crate) command: Command,
@@ -183,9 +193,7 @@ impl Vcpu {
         }
         debug!("vcpu {}: {command:?} with the gdb session", self.index);
         ctl.lent = Some(session);
-        ctl.command = command;
-        ctl.running = true;
-        ctl.snapshot = None;
+        ctl.start(command);
         drop(ctl);
         self.cv.notify_all();
         Ok(())
@@ -195,12 +203,9 @@ impl Vcpu {
     /// answering gdb (nobody waits on the vCPU then: no wake-up).
     pub(crate) fn start_again(&self, command: Command) {
         let mut ctl = self.control();
-        if ctl.command == Command::Quit {
-            return;
+        if ctl.command != Command::Quit {
+            ctl.start(command);
         }
-        ctl.command = command;
-        ctl.running = true;
-        ctl.snapshot = None;
     }
 
     /// Run `f` (which drives the gdb session) on this vCPU's own thread,
@@ -226,8 +231,7 @@ impl Vcpu {
             return; // parked or parking already: nothing to tell it
         }
         if command != Command::Pause && !ctl.finished {
-            ctl.running = true;
-            ctl.snapshot = None;
+            ctl.start(command);
         }
         drop(ctl);
         self.cv.notify_all();
