@@ -168,8 +168,24 @@ fn gdb(gdb: &str, port: u16, commands: &[String]) -> Command {
 /// `gdb` connected to `port`, running `commands`; with `symbols` false it
 /// loads no symbols at all (not the exec-file a stub names either).
 fn gdb_with(gdb: &str, port: u16, commands: &[String], symbols: bool) -> Command {
+    gdb_logged(gdb, port, commands, symbols, None)
+}
+
+/// [`gdb_with`], logging the remote protocol to `log` if given.
+fn gdb_logged(
+    gdb: &str,
+    port: u16,
+    commands: &[String],
+    symbols: bool,
+    log: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new(gdb);
-    cmd.args(["-batch", "-nx", "-ex", "set pagination off", "-ex"]);
+    cmd.args(["-batch", "-nx", "-ex", "set pagination off"]);
+    if let Some(log) = log {
+        cmd.arg("-ex")
+            .arg(format!("set remotelogfile {}", log.display()));
+    }
+    cmd.arg("-ex");
     if symbols {
         cmd.arg(format!("file {GUEST_ELF}"));
     } else {
@@ -375,7 +391,8 @@ fn symbol(path: &str, name: &str) -> u64 {
 /// One round's numbers for one stub.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
-    dump: Duration,
+    /// `None` for the replaying floor (a 64 MiB log would measure the log).
+    dump: Option<Duration>,
     dump_x: Option<Duration>,
     steps_per_s: f64,
     bare_steps_per_s: f64,
@@ -401,7 +418,7 @@ impl Sample {
         rates
             .iter()
             .chain(&self.bare_steps_x_per_s)
-            .any(|r| *r <= 0.0)
+            .any(|r| *r == 0.0)
     }
 }
 
@@ -453,76 +470,186 @@ fn random_file(dir: &Path) -> PathBuf {
     file
 }
 
-/// One round for one stub: dump with gdb 13 (and gdb 18), steps with and
-/// without symbols, conditional-breakpoint hits, continues to a
-/// breakpoint.
-fn measure_once(stub: &Stub, bp_port: u16, gdb_x: Option<&str>, scripts: &Path) -> Sample {
-    let port = stub.port;
+/// The gdb sessions measured on every stub besides the dump, each
+/// against a fresh connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Run {
+    /// `stepi` with the guest's symbols, gdb 13 (with the CPU breakdown).
+    Steps,
+    /// `stepi` without symbols, gdb 13.
+    Bare,
+    /// `stepi` without symbols, gdb 18.
+    BareX,
+    /// A conditional breakpoint that matches at the last of its hits.
+    Hits,
+    /// `continue` to a breakpoint, over and over.
+    Continues,
+}
+
+impl Run {
+    const ALL: [Run; 5] = [Run::Steps, Run::Bare, Run::BareX, Run::Hits, Run::Continues];
+
+    /// The gdb that runs it (`None`: gdb 18 is not installed).
+    fn gdb(self, gdb_x: Option<&str>) -> Option<String> {
+        match self {
+            Run::BareX => gdb_x.map(str::to_string),
+            _ => Some(GDB.to_string()),
+        }
+    }
+
+    fn symbols(self) -> bool {
+        !matches!(self, Run::Bare | Run::BareX)
+    }
+
+    /// Runs on the VM gdb never single-steps (see `main`).
+    fn on_breakpoint_vm(self) -> bool {
+        matches!(self, Run::Hits | Run::Continues)
+    }
+
+    /// Steps, hits or continues made.
+    fn count(self) -> u32 {
+        match self {
+            Run::Steps => STEPS,
+            Run::Bare | Run::BareX => BARE_STEPS,
+            Run::Hits => HITS,
+            Run::Continues => CONTINUES,
+        }
+    }
+
+    fn commands(self, scripts: &Path) -> Vec<String> {
+        let spin = |on: u8| format!("set var bench_spin = {on}");
+        match self {
+            Run::Steps | Run::Bare | Run::BareX => {
+                vec!["thread 1".into(), format!("stepi {}", self.count())]
+            }
+            Run::Hits => vec![
+                spin(1),
+                "set $n = 0".into(),
+                format!("break bump if ++$n == {HITS}"),
+                "continue".into(),
+                "print $n".into(),
+                "delete".into(),
+                spin(0),
+            ],
+            Run::Continues => vec![
+                spin(1),
+                "break bump".into(),
+                format!("source {}", scripts.join("continues.gdb").display()),
+                "print $i".into(),
+                "delete".into(),
+                spin(0),
+            ],
+        }
+    }
+
+    /// What gdb must print (the breakpoint runs count their stops).
+    fn expect(self) -> String {
+        match self {
+            Run::Hits | Run::Continues => format!("= {}", self.count()),
+            _ => String::new(),
+        }
+    }
+}
+
+/// What one column's measurements talk to.
+enum Serving<'a> {
+    /// A real stub: its VM, and a second VM for the breakpoint runs.
+    Stub { main: &'a Stub, breakpoints: &'a Stub },
+    /// The replaying floor: a do-nothing stub per run, each replaying
+    /// what ours answered in that run (no dump).
+    Replay(Vec<(Run, Stub)>),
+}
+
+impl Serving<'_> {
+    fn stub(&self, run: Run) -> Option<&Stub> {
+        match self {
+            Serving::Stub { breakpoints, .. } if run.on_breakpoint_vm() => Some(breakpoints),
+            Serving::Stub { main, .. } => Some(main),
+            Serving::Replay(stubs) => stubs.iter().find(|(r, _)| *r == run).map(|(_, s)| s),
+        }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        match self {
+            Serving::Stub { main, breakpoints } => {
+                main.freeze(frozen);
+                breakpoints.freeze(frozen);
+            }
+            Serving::Replay(stubs) => stubs.iter().for_each(|(_, s)| s.freeze(frozen)),
+        }
+    }
+}
+
+/// One round for one column: dump with gdb 13 (and gdb 18), then every
+/// [`Run`].
+fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sample {
     let dump = [format!(
         "dump binary memory /dev/null {DUMP_BASE:#x} {:#x}",
         DUMP_BASE + DUMP_BYTES
     )];
-    let rate = |n: u32, d: Duration| match d {
-        Duration::MAX => 0.0,
-        d => f64::from(n) / d.as_secs_f64(),
+    let dumping = match serving {
+        Serving::Stub { main, .. } => Some(main.port),
+        Serving::Replay(_) => None,
     };
-    let m = timed(GDB, port, &dump);
-    let x = gdb_x.map(|g| timed(g, port, &dump));
-    let step_cost = costed(
-        GDB,
-        port,
-        Some(stub.child.id()),
-        &["thread 1".into(), format!("stepi {STEPS}")],
-        true,
-        "",
-    );
-    let steps = step_cost.map_or(Duration::MAX, |c| c.wall);
+    // -1: not measured (no replay of this run), 0: failed.
+    let rate = |run: Run, d: Duration| match d {
+        _ if serving.stub(run).is_none() => -1.0,
+        Duration::MAX => 0.0,
+        d => f64::from(run.count()) / d.as_secs_f64(),
+    };
+    let measure = |run: Run| -> Option<Cost> {
+        let gdb = run.gdb(gdb_x)?;
+        let stub = serving.stub(run)?;
+        let pid = (run == Run::Steps).then(|| stub.child.id());
+        let commands = run.commands(scripts);
+        costed(&gdb, stub.port, pid, &commands, run.symbols(), &run.expect())
+    };
+    let wall = |run: Run| measure(run).map_or(Duration::MAX, |c| c.wall);
+    let step_cost = measure(Run::Steps);
     let per_step = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(STEPS);
-    let bare = ["thread 1".to_string(), format!("stepi {BARE_STEPS}")];
-    let bare_steps = timed_with(GDB, port, &bare, false);
-    let bare_steps_x = gdb_x.map(|g| timed_with(g, port, &bare, false));
-    let spin = |on: u8| format!("set var bench_spin = {on}");
-    let hits = timed_checked(
-        GDB,
-        bp_port,
-        &[
-            spin(1),
-            "set $n = 0".into(),
-            format!("break bump if ++$n == {HITS}"),
-            "continue".into(),
-            "print $n".into(),
-            "delete".into(),
-            spin(0),
-        ],
-        true,
-        &format!("= {HITS}"),
-    );
-    let continues = timed_checked(
-        GDB,
-        bp_port,
-        &[
-            spin(1),
-            "break bump".into(),
-            format!("source {}", scripts.join("continues.gdb").display()),
-            "print $i".into(),
-            "delete".into(),
-            spin(0),
-        ],
-        true,
-        &format!("= {CONTINUES}"),
-    );
     Sample {
-        dump: m,
-        dump_x: x,
-        steps_per_s: rate(STEPS, steps),
-        bare_steps_per_s: rate(BARE_STEPS, bare_steps),
-        bare_steps_x_per_s: bare_steps_x.map(|d| rate(BARE_STEPS, d)),
-        hits_per_s: rate(HITS, hits),
-        continues_per_s: rate(CONTINUES, continues),
+        dump: dumping.map(|port| timed(GDB, port, &dump)),
+        dump_x: dumping.and_then(|port| gdb_x.map(|g| timed(g, port, &dump))),
+        steps_per_s: rate(Run::Steps, step_cost.map_or(Duration::MAX, |c| c.wall)),
+        bare_steps_per_s: rate(Run::Bare, wall(Run::Bare)),
+        bare_steps_x_per_s: gdb_x.map(|_| rate(Run::BareX, wall(Run::BareX))),
+        hits_per_s: rate(Run::Hits, wall(Run::Hits)),
+        continues_per_s: rate(Run::Continues, wall(Run::Continues)),
         step_gdb_us: step_cost.map_or(0.0, |c| per_step(c.gdb)),
         step_stub_user_us: step_cost.map_or(0.0, |c| per_step(c.stub_user)),
         step_stub_system_us: step_cost.map_or(0.0, |c| per_step(c.stub_system)),
     }
+}
+
+/// Log `run` against ours (`serving`) with gdb's `remotelogfile`, then
+/// start a do-nothing stub replaying that log and check that gdb, run
+/// the same way against it, prints exactly what it printed against ours
+/// (same stops, same pcs, same symbols).
+fn record_and_replay(
+    run: Run,
+    ours: &Serving,
+    gdb_x: Option<&str>,
+    scripts: &Path,
+    null_stub: &Path,
+) -> Option<(Run, Stub)> {
+    let gdb = run.gdb(gdb_x)?;
+    let stub = ours.stub(run)?;
+    let log = scripts.join(format!("{run:?}.log"));
+    let commands = run.commands(scripts);
+    let output = |port: u16, log: Option<&Path>| {
+        gdb_logged(&gdb, port, &commands, run.symbols(), log)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let recorded = output(stub.port, Some(&log));
+    let replay = Stub::start(null_stub, &["--replay", &log.display().to_string()]);
+    let replayed = output(replay.port, None);
+    if replayed != recorded || !recorded.contains(&run.expect()) {
+        println!("  {run:?}: the replay differs from ours' session; no replay floor for it");
+        return None;
+    }
+    Some((run, replay))
 }
 
 /// The gdb script of [`CONTINUES`] continues.
@@ -532,53 +659,42 @@ fn write_scripts(dir: &Path) {
     std::fs::write(dir.join("continues.gdb"), script).expect("script");
 }
 
-/// Every stub measured `ROUNDS` times, in turns, each alone on the machine.
-fn measure_all(
-    stubs: &[(&'static str, &Stub, &Stub)],
-    gdb_x: Option<&str>,
-    scripts: &Path,
-) -> Vec<Row> {
-    let freeze = |frozen: bool| {
-        stubs.iter().for_each(|(_, s, bp)| {
-            s.freeze(frozen);
-            bp.freeze(frozen);
-        })
-    };
-    freeze(true);
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stubs.len()];
+/// Every column measured `ROUNDS` times, in turns, each alone on the
+/// machine.
+fn measure_all(columns: &[(&'static str, Serving)], gdb_x: Option<&str>, scripts: &Path) -> Vec<Row> {
+    columns.iter().for_each(|(_, s)| s.freeze(true));
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); columns.len()];
     for round in 0..ROUNDS {
-        for (i, (name, stub, bp)) in stubs.iter().enumerate() {
+        for (i, (name, serving)) in columns.iter().enumerate() {
             if samples[i].last().is_some_and(Sample::failed) {
                 continue;
             }
-            stub.freeze(false);
-            bp.freeze(false);
-            let sample = measure_once(stub, bp.port, gdb_x, scripts);
-            stub.freeze(true);
-            bp.freeze(true);
-            println!("  round {round} {name:<9} {sample:.2?}");
+            serving.freeze(false);
+            let sample = measure_once(serving, gdb_x, scripts);
+            serving.freeze(true);
+            println!("  round {round} {name:<12} {sample:.2?}");
             if sample.failed() {
                 println!("  {name} failed a measurement: not measured again");
             }
             samples[i].push(sample);
         }
     }
-    freeze(false);
-    stubs
+    columns.iter().for_each(|(_, s)| s.freeze(false));
+    columns
         .iter()
         .zip(samples)
-        .map(|((name, _, _), runs)| {
+        .map(|((name, _), runs)| {
             let of = |f: &dyn Fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+            let some = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                let values: Vec<f64> = runs.iter().filter_map(f).collect();
+                (!values.is_empty()).then(|| median(values))
+            };
             let medians = Sample {
-                dump: median(runs.iter().map(|r| r.dump).collect()),
-                dump_x: runs[0]
-                    .dump_x
-                    .map(|_| median(runs.iter().filter_map(|r| r.dump_x).collect())),
+                dump: some(&|r| r.dump.map(|d| d.as_secs_f64())).map(Duration::from_secs_f64),
+                dump_x: some(&|r| r.dump_x.map(|d| d.as_secs_f64())).map(Duration::from_secs_f64),
                 steps_per_s: of(&|r| r.steps_per_s),
                 bare_steps_per_s: of(&|r| r.bare_steps_per_s),
-                bare_steps_x_per_s: runs[0]
-                    .bare_steps_x_per_s
-                    .map(|_| median(runs.iter().filter_map(|r| r.bare_steps_x_per_s).collect())),
+                bare_steps_x_per_s: some(&|r| r.bare_steps_x_per_s),
                 hits_per_s: of(&|r| r.hits_per_s),
                 continues_per_s: of(&|r| r.continues_per_s),
                 step_gdb_us: of(&|r| r.step_gdb_us),
@@ -594,6 +710,8 @@ fn measure_all(
 fn per_s(rate: f64) -> String {
     if rate > 0.0 {
         format!("{rate:.0}")
+    } else if rate < 0.0 {
+        "n/a".into()
     } else {
         "failed".into()
     }
@@ -611,16 +729,18 @@ fn ratio(a: f64, b: f64) -> String {
 fn print_table(rows: &[Row]) {
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     print!("{:<34}", "");
-    rows.iter().for_each(|r| print!("{:>12}", r.name));
+    rows.iter().for_each(|r| print!("{:>14}", r.name));
     println!();
     let line = |label: &str, cell: &dyn Fn(&Sample) -> String| {
         print!("{label:<34}");
-        rows.iter().for_each(|r| print!("{:>12}", cell(&r.medians)));
+        rows.iter().for_each(|r| print!("{:>14}", cell(&r.medians)));
         println!();
     };
-    line("dump 64 MiB, gdb 13 (m)", &|r| secs(r.dump));
+    line("dump 64 MiB, gdb 13 (m)", &|r| r.dump.map_or("n/a".into(), secs));
     line("  MB/s", &|r| {
-        format!("{:.1}", DUMP_BYTES as f64 / 1e6 / r.dump.as_secs_f64())
+        r.dump.map_or("n/a".into(), |d| {
+            format!("{:.1}", DUMP_BYTES as f64 / 1e6 / d.as_secs_f64())
+        })
     });
     line("dump 64 MiB, gdb 18 (x)", &|r| {
         r.dump_x.map_or("n/a".into(), secs)
@@ -635,13 +755,20 @@ fn print_table(rows: &[Row]) {
     line("cond. breakpoint hits/s", &|r| per_s(r.hits_per_s));
     line("continue->breakpoint /s", &|r| per_s(r.continues_per_s));
     let ours = &rows[0].medians;
+    let dump_ratios = |other: &Sample| match ours.dump.zip(other.dump) {
+        Some((a, b)) => format!(
+            "dump {:.2}x the throughput ({:.2}x the time), ",
+            b.as_secs_f64() / a.as_secs_f64(),
+            a.as_secs_f64() / b.as_secs_f64()
+        ),
+        None => String::new(),
+    };
     for row in &rows[1..] {
         let other = &row.medians;
         println!(
-            "ours vs {:<10}: dump {:.2}x the throughput ({:.2}x the time), stepi {} (no symbols: gdb 13 {}, gdb 18 {}), hits {}, continues {}",
+            "ours vs {:<12}: {}stepi {} (no symbols: gdb 13 {}, gdb 18 {}), hits {}, continues {}",
             row.name,
-            other.dump.as_secs_f64() / ours.dump.as_secs_f64(),
-            ours.dump.as_secs_f64() / other.dump.as_secs_f64(),
+            dump_ratios(other),
             ratio(ours.steps_per_s, other.steps_per_s),
             ratio(ours.bare_steps_per_s, other.bare_steps_per_s),
             ours.bare_steps_x_per_s
@@ -660,7 +787,7 @@ fn print_table(rows: &[Row]) {
         let wall = 1e6 / r.steps_per_s;
         let stub = r.step_stub_user_us + r.step_stub_system_us;
         println!(
-            "  {:<10} wall {wall:>4.0} = gdb CPU {:>4.0} + stub CPU {stub:>4.0} (user {:.0}, system {:.0}) + neither {:.0}",
+            "  {:<12} wall {wall:>4.0} = gdb CPU {:>4.0} + stub CPU {stub:>4.0} (user {:.0}, system {:.0}) + neither {:.0}",
             row.name,
             r.step_gdb_us,
             r.step_stub_user_us,
@@ -668,10 +795,10 @@ fn print_table(rows: &[Row]) {
             (wall - r.step_gdb_us - stub).max(0.0),
         );
     }
-    if let Some(x) = ours.dump_x {
+    if let Some((m, x)) = ours.dump.zip(ours.dump_x) {
         println!(
             "ours, gdb 18 x vs gdb 13 m: {:.2}x faster",
-            ours.dump.as_secs_f64() / x.as_secs_f64()
+            m.as_secs_f64() / x.as_secs_f64()
         );
     }
 }
@@ -719,17 +846,50 @@ fn main() {
             GUEST_ELF,
         ],
     );
-    // Breakpoint hits are measured on a second demo VM that gdb never
+    // Breakpoint runs are measured on a second demo VM that gdb never
     // single-steps: on kvm_pvm a vCPU single-stepped through the guest's
     // `sti; hlt; cli` stops making progress when it is continued later
     // (see the README's known problems).
     let ours_bp = Stub::start(&dir.join("demo-vm"), &["--listen", "127.0.0.1:0"]);
-    let mut stubs = vec![("ours", &ours, &ours_bp)];
-    stubs.extend(qemus.iter().map(|(name, q)| (*name, q, q)));
-    stubs.push(("floor", &floor, &floor));
-    println!("{ROUNDS} rounds, medians:");
     write_scripts(&tmp);
-    let rows = measure_all(&stubs, gdb_x.as_deref(), &tmp);
+    let mut columns = vec![(
+        "ours",
+        Serving::Stub {
+            main: &ours,
+            breakpoints: &ours_bp,
+        },
+    )];
+    // The replaying floor: what ours answered in each run, logged once
+    // here and replayed by a do-nothing stub, so gdb does exactly the
+    // work it does against ours (the static floor's pc never moves).
+    ours.freeze(false);
+    ours_bp.freeze(false);
+    let replays = Run::ALL
+        .iter()
+        .filter_map(|&run| {
+            record_and_replay(run, &columns[0].1, gdb_x.as_deref(), &tmp, &dir.join("null-stub"))
+        })
+        .collect();
+    columns.extend(qemus.iter().map(|(name, q)| {
+        (
+            *name,
+            Serving::Stub {
+                main: q,
+                breakpoints: q,
+            },
+        )
+    }));
+    columns.push((
+        "static floor",
+        Serving::Stub {
+            main: &floor,
+            breakpoints: &floor,
+        },
+    ));
+    columns.push(("replay floor", Serving::Replay(replays)));
+    println!("{ROUNDS} rounds, medians:");
+    let rows = measure_all(&columns, gdb_x.as_deref(), &tmp);
+    drop(columns);
     drop(floor);
     drop(ours_bp);
     // Latency and idle CPU, each stub alone.

@@ -1,8 +1,11 @@
 //! A gdb stub that does no work: canned registers and memory, steps that
 //! finish at once. It measures gdb's own floor for the end-to-end
 //! benchmark (`examples/bench-e2e`), which passes a `--pc` inside the
-//! guest's code so gdb unwinds as it does against the real stubs. Prints
-//! its port and serves one client at a time.
+//! guest's code so gdb unwinds as it does against the real stubs. With
+//! `--replay LOG` it answers as a real stub did in a session gdb logged
+//! (see `replay.rs`). Prints its port and serves one client at a time.
+
+mod replay;
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
@@ -22,6 +25,11 @@ struct Args {
     /// as it does from ours).
     #[arg(long)]
     exec_file: Option<String>,
+    /// A gdb remote log (`set remotelogfile`) whose replies to give, in
+    /// order, each connection from its start; requests it lacks get the
+    /// canned replies.
+    #[arg(long)]
+    replay: Option<std::path::PathBuf>,
 }
 
 fn parse_hex(text: &str) -> Result<u64, std::num::ParseIntError> {
@@ -138,7 +146,15 @@ fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     println!("gdb stub listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let memory = Canned::new(&<Args as clap::Parser>::parse());
+    let args = <Args as clap::Parser>::parse();
+    let memory = Canned::new(&args);
+    let transcript = match &args.replay {
+        Some(log) => Some(replay::Transcript::parse(&std::fs::read_to_string(log)?)),
+        None => None,
+    };
+    if let Some(t) = &transcript {
+        eprintln!("replaying {} requests", t.len());
+    }
     loop {
         let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
@@ -147,6 +163,7 @@ fn main() -> std::io::Result<()> {
         let mut no_ack = false;
         // The breakpoint gdb inserted last: a continue "hits" it at once.
         let mut breakpoint: Option<u64> = None;
+        let mut cursor = replay::Cursor::default();
         let mut byte = [0u8];
         'session: loop {
             // Skip to a packet start; an interrupt while "running" stops.
@@ -175,37 +192,53 @@ fn main() -> std::io::Result<()> {
             if !no_ack {
                 writer.write_all(b"+")?;
             }
-            let text = String::from_utf8_lossy(&payload).into_owned();
-            let address = |t: &str| {
-                t.split(',')
-                    .nth(1)
-                    .and_then(|a| u64::from_str_radix(a, 16).ok())
-            };
-            if text.starts_with("Z0,") {
-                breakpoint = address(&text);
-                writer.write_all(&rsp::frame(b"OK"))?;
-                continue;
+            match transcript.as_ref().and_then(|t| t.answer(&mut cursor, &payload)) {
+                Some(replies) => writer.write_all(replies)?,
+                None => answer_canned(&payload, &memory, &mut breakpoint, &mut writer)?,
             }
-            if text.starts_with("z0,") {
-                if breakpoint == address(&text) {
-                    breakpoint = None;
-                }
-                writer.write_all(&rsp::frame(b"OK"))?;
-                continue;
-            }
-            if text.starts_with("vCont;c") || text == "c" {
-                // Without a breakpoint: "running" until 0x03.
-                if let Some(pc) = breakpoint {
-                    let stop = format!("{}swbreak:;", stop_reply(pc, memory.sp));
-                    writer.write_all(&rsp::frame(stop.as_bytes()))?;
-                }
-                continue;
-            }
-            writer.write_all(&reply(&payload, &memory))?;
             no_ack |= payload == b"QStartNoAckMode";
             if payload.starts_with(b"D") {
                 break;
             }
         }
+        if cursor.misses > 0 {
+            eprintln!("{} requests were not next in the log", cursor.misses);
+        }
     }
+}
+
+/// The canned answer to `payload`: breakpoints remembered, a continue that
+/// "hits" the last one at once (or "runs" until 0x03 without one).
+fn answer_canned(
+    payload: &[u8],
+    memory: &Canned,
+    breakpoint: &mut Option<u64>,
+    writer: &mut impl Write,
+) -> std::io::Result<()> {
+    let text = String::from_utf8_lossy(payload);
+    let address = |t: &str| {
+        t.split(',')
+            .nth(1)
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+    };
+    if text.starts_with("Z0,") {
+        *breakpoint = address(&text);
+        return writer.write_all(&rsp::frame(b"OK"));
+    }
+    if text.starts_with("z0,") {
+        if *breakpoint == address(&text) {
+            *breakpoint = None;
+        }
+        return writer.write_all(&rsp::frame(b"OK"));
+    }
+    if text.starts_with("vCont;c") || text == "c" {
+        return match breakpoint {
+            Some(pc) => {
+                let stop = format!("{}swbreak:;", stop_reply(*pc, memory.sp));
+                writer.write_all(&rsp::frame(stop.as_bytes()))
+            }
+            None => Ok(()),
+        };
+    }
+    writer.write_all(&reply(payload, memory))
 }
