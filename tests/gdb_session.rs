@@ -252,6 +252,14 @@ fn packets_gdbstub_rejects_do_not_end_the_session() {
 }
 
 /// rip of a stop reply (our stop replies expedite it as register 0x10).
+/// One step of vCPU 0 with a raw client; its stop reply.
+fn step(rsp: &mut demo::rsp::Rsp) -> Vec<u8> {
+    match rsp.request(b"vCont;s:1") {
+        demo::rsp::Reply::Packet(p) if p.starts_with(b"T05") => p,
+        other => panic!("step: {other:?}"),
+    }
+}
+
 fn stop_rip(reply: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(reply);
     let at = text.find("10:").expect("rip in the stop reply") + 3;
@@ -268,10 +276,6 @@ fn a_breakpoint_under_the_answering_vcpu_is_stepped_over() {
     use demo::rsp::{Reply, Rsp};
     let Some(vm) = DemoVm::start() else { return };
     let mut rsp = Rsp::connect(vm.port);
-    let step = |rsp: &mut Rsp| match rsp.request(b"vCont;s:1") {
-        Reply::Packet(p) if p.starts_with(b"T05") => p,
-        other => panic!("step: {other:?}"),
-    };
     step(&mut rsp);
     let rip = stop_rip(&step(&mut rsp));
     let read = |rsp: &mut Rsp| match rsp.request(format!("m{rip:x},1").as_bytes()) {
@@ -287,5 +291,33 @@ fn a_breakpoint_under_the_answering_vcpu_is_stepped_over() {
     let removed = rsp.request(format!("z0,{rip:x},1").as_bytes());
     assert_eq!(removed, Reply::Packet(b"OK".to_vec()));
     step(&mut rsp);
+    assert_eq!(rsp.request(b"D"), Reply::Packet(b"OK".to_vec()));
+}
+
+/// KVM puts a step's trap flag into RFLAGS when it is given the guest
+/// debug, and KVM_SET_REGS can take it out again: a register write between
+/// two steps (gdb's `set $rax = …` then `stepi`) must leave the next step a
+/// step, not a free run of the guest. rax is changed and put back.
+#[test]
+fn a_register_write_between_steps_leaves_the_next_a_step() {
+    use demo::rsp::{Reply, Rsp};
+    let Some(vm) = DemoVm::start() else { return };
+    let mut rsp = Rsp::connect(vm.port);
+    step(&mut rsp);
+    let from = stop_rip(&step(&mut rsp));
+    assert_eq!(rsp.request(b"Hg1"), Reply::Packet(b"OK".to_vec()));
+    let Reply::Packet(wire) = rsp.request(b"p0") else {
+        panic!("no rax")
+    };
+    let rax = demo::rsp_decode::expand_runs(&wire);
+    let mut flipped = rax.clone();
+    flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+    for value in [&flipped, &rax] {
+        let write = [b"P0=".as_slice(), value].concat();
+        assert_eq!(rsp.request(&write), Reply::Packet(b"OK".to_vec()));
+    }
+    // A free run never reports a stop (`step` panics on the timeout).
+    let to = stop_rip(&step(&mut rsp));
+    assert_ne!(to, from, "the step moved");
     assert_eq!(rsp.request(b"D"), Reply::Packet(b"OK".to_vec()));
 }

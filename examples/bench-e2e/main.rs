@@ -554,7 +554,10 @@ impl Run {
 /// What one column's measurements talk to.
 enum Serving<'a> {
     /// A real stub: its VM, and a second VM for the breakpoint runs.
-    Stub { main: &'a Stub, breakpoints: &'a Stub },
+    Stub {
+        main: &'a Stub,
+        breakpoints: &'a Stub,
+    },
     /// The replaying floor: a do-nothing stub per run, each replaying
     /// what ours answered in that run (no dump).
     Replay(Vec<(Run, Stub)>),
@@ -602,7 +605,14 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         let stub = serving.stub(run)?;
         let pid = (run == Run::Steps).then(|| stub.child.id());
         let commands = run.commands(scripts);
-        costed(&gdb, stub.port, pid, &commands, run.symbols(), &run.expect())
+        costed(
+            &gdb,
+            stub.port,
+            pid,
+            &commands,
+            run.symbols(),
+            &run.expect(),
+        )
     };
     let wall = |run: Run| measure(run).map_or(Duration::MAX, |c| c.wall);
     let step_cost = measure(Run::Steps);
@@ -661,7 +671,11 @@ fn write_scripts(dir: &Path) {
 
 /// Every column measured `ROUNDS` times, in turns, each alone on the
 /// machine.
-fn measure_all(columns: &[(&'static str, Serving)], gdb_x: Option<&str>, scripts: &Path) -> Vec<Row> {
+fn measure_all(
+    columns: &[(&'static str, Serving)],
+    gdb_x: Option<&str>,
+    scripts: &Path,
+) -> Vec<Row> {
     columns.iter().for_each(|(_, s)| s.freeze(true));
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); columns.len()];
     for round in 0..ROUNDS {
@@ -736,7 +750,9 @@ fn print_table(rows: &[Row]) {
         rows.iter().for_each(|r| print!("{:>14}", cell(&r.medians)));
         println!();
     };
-    line("dump 64 MiB, gdb 13 (m)", &|r| r.dump.map_or("n/a".into(), secs));
+    line("dump 64 MiB, gdb 13 (m)", &|r| {
+        r.dump.map_or("n/a".into(), secs)
+    });
     line("  MB/s", &|r| {
         r.dump.map_or("n/a".into(), |d| {
             format!("{:.1}", DUMP_BYTES as f64 / 1e6 / d.as_secs_f64())
@@ -867,7 +883,13 @@ fn main() {
     let replays = Run::ALL
         .iter()
         .filter_map(|&run| {
-            record_and_replay(run, &columns[0].1, gdb_x.as_deref(), &tmp, &dir.join("null-stub"))
+            record_and_replay(
+                run,
+                &columns[0].1,
+                gdb_x.as_deref(),
+                &tmp,
+                &dir.join("null-stub"),
+            )
         })
         .collect();
     columns.extend(qemus.iter().map(|(name, q)| {

@@ -192,7 +192,10 @@ fn main() -> std::io::Result<()> {
             if !no_ack {
                 writer.write_all(b"+")?;
             }
-            match transcript.as_ref().and_then(|t| t.answer(&mut cursor, &payload)) {
+            match transcript
+                .as_ref()
+                .and_then(|t| t.answer(&mut cursor, &payload))
+            {
                 Some(replies) => writer.write_all(replies)?,
                 None => answer_canned(&payload, &memory, &mut breakpoint, &mut writer)?,
             }

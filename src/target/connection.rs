@@ -581,6 +581,11 @@ impl GdbConnection {
         }
     }
 
+    /// gdb's next input is here already (reading it would not wait).
+    pub(crate) fn has_input(&self) -> bool {
+        !self.input.is_empty()
+    }
+
     /// The stream (to shut it down at the end of the session).
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream

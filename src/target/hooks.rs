@@ -187,17 +187,12 @@ impl<'d> VcpuHooks<'d> {
             self.handler_steps = 0;
         }
         self.command = command;
-        let wanted = self.inner.guest_debug(command);
-        if self
-            .applied
-            .as_ref()
-            .is_none_or(|a| !same_debug(a, &wanted))
-        {
-            if let Err(e) = fd.set_guest_debug(&wanted) {
-                warn!("vcpu {}: KVM_SET_GUEST_DEBUG failed: {e}", self.vcpu.index);
-            }
-            self.applied = Some(wanted);
+        if self.vcpu.take_registers_written() {
+            // KVM_SET_REGS may have dropped a step's trap flag.
+            self.applied = None;
         }
+        let wanted = self.inner.guest_debug(command);
+        apply_debug(fd, &mut self.applied, wanted, self.vcpu.index);
         if command.steps() && std::mem::take(&mut self.interrupted) {
             self.wake_for_step(fd);
         }
@@ -423,10 +418,17 @@ impl<'d> VcpuHooks<'d> {
             return false;
         };
         let index = self.vcpu.index;
-        match self
+        let (inner, applied) = (self.inner, &mut self.applied);
+        // What gdb will likely ask next is set up while it reads our reply
+        // (a wrong guess costs one KVM_SET_GUEST_DEBUG in before_run).
+        let mut ahead = |command: Command| {
+            debug!("vcpu {index}: set up for a {command:?} gdb will likely ask for");
+            apply_debug(fd, applied, inner.guest_debug(command), index);
+        };
+        let turn = self
             .vcpu
-            .answer_gdb(fd, || session.drive(Driver::Vcpu(index)))
-        {
+            .answer_gdb(fd, || session.drive_with(Driver::Vcpu(index), &mut ahead));
+        match turn {
             Turn::Start(i, command) if i == index => {
                 self.vcpu.start_again(command);
                 self.session = Some(session);
@@ -565,6 +567,7 @@ impl<'d> VcpuHooks<'d> {
             regs.rip
         );
         regs.rip += 1;
+        self.vcpu.mark_registers_written();
         let delivered = fd.set_regs(&regs).and_then(|()| {
             let mut events = fd.get_vcpu_events()?;
             events.exception.injected = 1;
@@ -591,6 +594,22 @@ impl Drop for VcpuHooks<'_> {
             self.inner.home.send(session, Turn::Home);
         }
     }
+}
+
+/// Give KVM `wanted` for vCPU `index` unless `applied` says it has it.
+fn apply_debug(
+    fd: &VcpuFd,
+    applied: &mut Option<kvm_guest_debug>,
+    wanted: kvm_guest_debug,
+    index: usize,
+) {
+    if applied.as_ref().is_some_and(|a| same_debug(a, &wanted)) {
+        return;
+    }
+    if let Err(e) = fd.set_guest_debug(&wanted) {
+        warn!("vcpu {index}: KVM_SET_GUEST_DEBUG failed: {e}");
+    }
+    *applied = Some(wanted);
 }
 
 fn same_debug(a: &kvm_guest_debug, b: &kvm_guest_debug) -> bool {

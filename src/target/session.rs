@@ -271,6 +271,13 @@ impl Session {
     /// the gdb socket and the vCPUs' wake-up socket (with a timeout only
     /// while vCPUs are held back).
     pub(crate) fn drive(&mut self, at: Driver) -> Turn {
+        self.drive_with(at, &mut |_| {})
+    }
+
+    /// [`Session::drive`]; `ahead` is given the command gdb will likely
+    /// start the driving vCPU with next, each time the target guesses one,
+    /// while gdb reads the reply that led to the guess.
+    pub(crate) fn drive_with(&mut self, at: Driver, ahead: &mut dyn FnMut(Command)) -> Turn {
         let Some(mut gdb) = self.machine.take() else {
             return Turn::Ended(Ended::Stopped);
         };
@@ -291,6 +298,11 @@ impl Session {
         loop {
             let next = match gdb {
                 GdbStubStateMachine::Idle(idle) => {
+                    if let Some(command) = target.take_guess() {
+                        if !lock(conn).has_input() {
+                            ahead(command);
+                        }
+                    }
                     // (The lock must not outlive this statement: gdbstub
                     // writes through it.)
                     let input = lock(conn).next_input(wait);

@@ -125,6 +125,10 @@ pub(crate) struct Vcpu {
     pub(crate) kick: KickSlot,
     /// A `VcpuHooks` holds this vCPU.
     claimed: AtomicBool,
+    /// Registers were written since KVM was last given this vCPU's guest
+    /// debug: KVM sets single-step's trap flag in RFLAGS when given it, so
+    /// a register write can drop it and the guest debug must be given again.
+    registers_written: AtomicBool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -151,7 +155,18 @@ impl Vcpu {
             cv: Condvar::new(),
             kick: KickSlot::default(),
             claimed: AtomicBool::new(false),
+            registers_written: AtomicBool::new(false),
         }
+    }
+
+    /// The debugger wrote this vCPU's general registers (KVM_SET_REGS).
+    pub(crate) fn mark_registers_written(&self) {
+        self.registers_written.store(true, Ordering::Release);
+    }
+
+    /// Whether registers were written since the last call.
+    pub(crate) fn take_registers_written(&self) -> bool {
+        self.registers_written.swap(false, Ordering::AcqRel)
     }
 
     /// Take this vCPU for a `VcpuHooks` (false: another holds it). A

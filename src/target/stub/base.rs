@@ -161,6 +161,9 @@ impl MultiThreadBase for KvmTarget {
             self.on_vcpu(index, "KVM_SET_SREGS", move |fd| fd.set_sregs(&sregs))
                 .map_err(|_| TargetError::NonFatal)?;
         }
+        if changed.regs {
+            self.dbg.vcpus[index].mark_registers_written();
+        }
         self.on_vcpu(index, "KVM_SET_REGS/FPU/MSRS", move |fd| {
             if changed.regs {
                 fd.set_regs(&state.regs)?;

@@ -8,7 +8,10 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::TargetResult;
 use log::{debug, warn};
 
+use super::resume::Action;
 use super::KvmTarget;
+use crate::target::session::Driver;
+use crate::target::vcpu::Command;
 use crate::target::watchpoints::Watch;
 
 impl KvmTarget {
@@ -21,6 +24,30 @@ impl KvmTarget {
         if let Err(e) = self.dbg.apply_traps() {
             warn!("{e}");
         }
+    }
+
+    /// gdb removes (`lifted`) or puts back a breakpoint at `addr` while a
+    /// vCPU thread answers it: a breakpoint lifted under that vCPU is
+    /// stepped over next, and one put back after its step is left with a
+    /// continue (gdb's step over a breakpoint: z0, step, Z0, continue).
+    /// The guess only lets that thread set up KVM while gdb reads the
+    /// reply; whatever gdb does next is done as asked.
+    fn guess_after_breakpoint(&mut self, addr: u64, lifted: bool) {
+        let Driver::Vcpu(own) = self.driver else {
+            return;
+        };
+        self.guess = if lifted {
+            let under = self.core(own).is_ok_and(|(regs, _)| regs.rip == addr);
+            under.then_some(Command::Step)
+        } else {
+            let stepped = self.resolved.get(own) == Some(&Action::Step);
+            stepped.then_some(Command::Run)
+        };
+    }
+
+    /// The guess of [`Self::guess_after_breakpoint`], taken.
+    pub(crate) fn take_guess(&mut self) -> Option<Command> {
+        self.guess.take()
     }
 }
 
@@ -44,6 +71,7 @@ impl SwBreakpoint for KvmTarget {
         let Some(gpa) = self.gpa_of(self.current, addr) else {
             return Ok(false);
         };
+        self.guess_after_breakpoint(addr, false);
         Ok(self.dbg.breakpoints_mut().insert_sw(&self.dbg.memory, gpa))
     }
 
@@ -51,6 +79,7 @@ impl SwBreakpoint for KvmTarget {
         let Some(gpa) = self.gpa_of(self.current, addr) else {
             return Ok(false);
         };
+        self.guess_after_breakpoint(addr, true);
         Ok(self.dbg.breakpoints_mut().remove_sw(&self.dbg.memory, gpa))
     }
 }
@@ -60,10 +89,12 @@ impl HwBreakpoint for KvmTarget {
         if self.dbg.frozen.is_some() {
             return Ok(false);
         }
+        self.guess_after_breakpoint(addr, false);
         Ok(self.dbg.debug_regs_mut().insert_exec(addr))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.guess_after_breakpoint(addr, true);
         Ok(self.dbg.debug_regs_mut().remove_exec(addr))
     }
 }

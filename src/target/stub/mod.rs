@@ -93,6 +93,10 @@ pub(crate) struct KvmTarget {
     /// The last resume must be made by the gdb thread (it steps the
     /// driving vCPU over a breakpoint, which its own thread cannot wait for).
     resume_at_home: bool,
+    /// How gdb will most likely start the driving vCPU next, guessed from
+    /// its last packet, so that vCPU's thread can set KVM up for it while
+    /// gdb reads the reply (see [`KvmTarget::guess_after_breakpoint`]).
+    guess: Option<Command>,
 }
 
 /// gdb's thread id of vCPU `index`.
@@ -123,6 +127,7 @@ impl KvmTarget {
             driver: Driver::Home,
             lone: None,
             resume_at_home: false,
+            guess: None,
             actions: vec![None; dbg.vcpus.len()],
             resolved: Vec::new(),
             default_action: Action::Continue,
