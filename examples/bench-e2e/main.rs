@@ -1,8 +1,11 @@
 //! End-to-end benchmark: the real gdb against the demo VM's stub, against
 //! QEMU's gdbstub (the same guest ELF booted by `qemu-system-x86_64` via
 //! PVH, under TCG and under KVM; skipped if QEMU is not installed) and
-//! against a do-nothing stub (gdb's own floor), in one run. gdb loads the
-//! guest's ELF in every case, so it does the same work against each stub.
+//! against two do-nothing stubs (gdb's own floor), in one run: a static
+//! one (canned replies at one pc) and one replaying, per run, what ours
+//! answered in that run (logged with gdb's `remotelogfile` at the start,
+//! checked to make gdb print the same), so gdb does exactly the same work
+//! against it as against ours. gdb loads the guest's ELF in every case.
 //!
 //! ```sh
 //! cargo build --release --examples && ./target/release/examples/bench-e2e
@@ -827,7 +830,7 @@ fn main() {
     let random = random_file(&tmp);
     let gdb_x = gdb_with_x();
     println!(
-        "gdb 13 (and gdb 18: {}) with the guest's symbols, against the demo VM (ours), QEMU on the same guest and a do-nothing stub (floor): {} MiB dump of random bytes, {STEPS} steps",
+        "gdb 13 (and gdb 18: {}) with the guest's symbols, against the demo VM (ours), QEMU on the same guest and do-nothing stubs (static, and replaying ours): {} MiB dump of random bytes, {STEPS} steps",
         gdb_x.as_deref().unwrap_or("not found"),
         DUMP_BYTES >> 20
     );
