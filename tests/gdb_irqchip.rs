@@ -137,3 +137,46 @@ fn a_vcpu_halted_with_an_interrupt_pending_still_steps() {
     let out = vm.gdb_script("halted-steps", script, Duration::from_secs(30));
     assert!(out.contains("stepped: 500"), "the steps finished: {out}");
 }
+
+/// Steps through the guest's idle `sti; hlt; cli` (vCPU 0 passes it about
+/// every 120 instructions) must leave the vCPU running afterwards: each
+/// step of a `hlt` ends past it, and a later continue reaches the guest's
+/// loop again. (On kvm_pvm a vCPU that KVM itself stepped through that
+/// `hlt` halted again later, with interrupts off, for good.)
+#[test]
+fn steps_through_the_idle_hlt_leave_the_vcpu_running() {
+    let Some(vm) = DemoVm::start() else { return };
+    let script = "\
+thread 1
+set $hlts = 0
+set $i = 0
+while $i < 600
+  if *(unsigned char *)$pc == 0xf4
+    set $at = $pc
+    stepi
+    if $pc != $at + 1
+      printf \"hlt at %p stepped to %p\\n\", $at, $pc
+    end
+    set $hlts = $hlts + 1
+  else
+    stepi
+  end
+  set $i = $i + 1
+end
+printf \"hlts stepped: %d\\n\", $hlts
+break level1
+continue
+";
+    let out = vm.gdb_script("idle-hlt", script, Duration::from_secs(60));
+    let hlts: u32 = out
+        .split("hlts stepped: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the steps finished: {out}"));
+    assert!(hlts >= 2, "the steps went through the idle hlt: {out}");
+    assert!(
+        !out.contains("stepped to"),
+        "a hlt's step ends past it: {out}"
+    );
+    assert!(out.contains("Breakpoint 1, level1"), "vCPU 0 ran on: {out}");
+}

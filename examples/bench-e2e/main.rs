@@ -504,11 +504,6 @@ impl Run {
         !matches!(self, Run::Bare | Run::BareX)
     }
 
-    /// Runs on the VM gdb never single-steps (see `main`).
-    fn on_breakpoint_vm(self) -> bool {
-        matches!(self, Run::Hits | Run::Continues)
-    }
-
     /// Steps, hits or continues made.
     fn count(self) -> u32 {
         match self {
@@ -556,11 +551,8 @@ impl Run {
 
 /// What one column's measurements talk to.
 enum Serving<'a> {
-    /// A real stub: its VM, and a second VM for the breakpoint runs.
-    Stub {
-        main: &'a Stub,
-        breakpoints: &'a Stub,
-    },
+    /// A real stub (or the static floor): every run.
+    Stub(&'a Stub),
     /// The replaying floor: a do-nothing stub per run, each replaying
     /// what ours answered in that run (no dump).
     Replay(Vec<(Run, Stub)>),
@@ -569,18 +561,14 @@ enum Serving<'a> {
 impl Serving<'_> {
     fn stub(&self, run: Run) -> Option<&Stub> {
         match self {
-            Serving::Stub { breakpoints, .. } if run.on_breakpoint_vm() => Some(breakpoints),
-            Serving::Stub { main, .. } => Some(main),
+            Serving::Stub(stub) => Some(stub),
             Serving::Replay(stubs) => stubs.iter().find(|(r, _)| *r == run).map(|(_, s)| s),
         }
     }
 
     fn freeze(&self, frozen: bool) {
         match self {
-            Serving::Stub { main, breakpoints } => {
-                main.freeze(frozen);
-                breakpoints.freeze(frozen);
-            }
+            Serving::Stub(stub) => stub.freeze(frozen),
             Serving::Replay(stubs) => stubs.iter().for_each(|(_, s)| s.freeze(frozen)),
         }
     }
@@ -594,7 +582,7 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         DUMP_BASE + DUMP_BYTES
     )];
     let dumping = match serving {
-        Serving::Stub { main, .. } => Some(main.port),
+        Serving::Stub(stub) => Some(stub.port),
         Serving::Replay(_) => None,
     };
     // -1: not measured (no replay of this run), 0: failed.
@@ -865,24 +853,12 @@ fn main() {
             GUEST_ELF,
         ],
     );
-    // Breakpoint runs are measured on a second demo VM that gdb never
-    // single-steps: on kvm_pvm a vCPU single-stepped through the guest's
-    // `sti; hlt; cli` stops making progress when it is continued later
-    // (see the README's known problems).
-    let ours_bp = Stub::start(&dir.join("demo-vm"), &["--listen", "127.0.0.1:0"]);
     write_scripts(&tmp);
-    let mut columns = vec![(
-        "ours",
-        Serving::Stub {
-            main: &ours,
-            breakpoints: &ours_bp,
-        },
-    )];
+    let mut columns = vec![("ours", Serving::Stub(&ours))];
     // The replaying floor: what ours answered in each run, logged once
     // here and replayed by a do-nothing stub, so gdb does exactly the
     // work it does against ours (the static floor's pc never moves).
     ours.freeze(false);
-    ours_bp.freeze(false);
     let replays = Run::ALL
         .iter()
         .filter_map(|&run| {
@@ -895,28 +871,13 @@ fn main() {
             )
         })
         .collect();
-    columns.extend(qemus.iter().map(|(name, q)| {
-        (
-            *name,
-            Serving::Stub {
-                main: q,
-                breakpoints: q,
-            },
-        )
-    }));
-    columns.push((
-        "static floor",
-        Serving::Stub {
-            main: &floor,
-            breakpoints: &floor,
-        },
-    ));
+    columns.extend(qemus.iter().map(|(name, q)| (*name, Serving::Stub(q))));
+    columns.push(("static floor", Serving::Stub(&floor)));
     columns.push(("replay floor", Serving::Replay(replays)));
     println!("{ROUNDS} rounds, medians:");
     let rows = measure_all(&columns, gdb_x.as_deref(), &tmp);
     drop(columns);
     drop(floor);
-    drop(ours_bp);
     // Latency and idle CPU, each stub alone.
     let mut qemu_extra = Vec::new();
     qemus.iter().for_each(|(_, q)| q.freeze(true));

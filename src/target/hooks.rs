@@ -29,7 +29,7 @@ use super::paging::Paging;
 use super::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
-use super::x86::{BP_VECTOR, DB_VECTOR, INT3, RFLAGS_IF};
+use super::x86::{BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};
 use super::Inner;
 
 /// How many grace periods the step timer is set for at a time.
@@ -119,6 +119,9 @@ pub struct VcpuHooks<'d> {
     lent_deadline: Instant,
     /// Kicks a lent step or run out of `KVM_RUN` at its deadline.
     timer: Option<StepTimer>,
+    /// The step's instruction was a `hlt`, stepped here: the run about to
+    /// be made only returns (`immediate_exit`), and ends the step.
+    stepped_hlt: bool,
     /// When the step timer fires, if it is set. It stays set while the
     /// thread answers gdb (only the VMM's code must never see its signal;
     /// ours retries what it interrupts) and is set again only when a step
@@ -154,6 +157,7 @@ impl<'d> VcpuHooks<'d> {
             lent_deadline: Instant::now(),
             timer: None,
             timer_fires: Cell::new(None),
+            stepped_hlt: false,
         }
     }
 
@@ -167,10 +171,11 @@ impl<'d> VcpuHooks<'d> {
         if let Some(pending) = self.pending.take() {
             self.finish(fd, pending);
         }
-        if self.synced {
+        // kvm_run holds the last exit's registers until the next run.
+        let exit_regs = std::mem::take(&mut self.synced);
+        if exit_regs {
             fd.clear_sync_valid_reg(SyncReg::Register);
             fd.clear_sync_valid_reg(SyncReg::SystemRegister);
-            self.synced = false;
         }
         let answered = self.answer_gdb(fd);
         let next = self.vcpu.next_command(fd);
@@ -187,12 +192,16 @@ impl<'d> VcpuHooks<'d> {
             self.handler_steps = 0;
         }
         self.command = command;
-        if self.vcpu.take_registers_written() {
+        let written = self.vcpu.take_registers_written();
+        if written {
             // KVM_SET_REGS may have dropped a step's trap flag.
             self.applied = None;
         }
         let wanted = self.inner.guest_debug(command);
         apply_debug(fd, &mut self.applied, wanted, self.vcpu.index);
+        if command.steps() && exit_regs && !written && self.step_hlt(fd) {
+            return Entry::Run;
+        }
         if command.steps() && std::mem::take(&mut self.interrupted) {
             self.wake_for_step(fd);
         }
@@ -212,6 +221,46 @@ impl<'d> VcpuHooks<'d> {
             self.synced = true;
         }
         Entry::Run
+    }
+
+    /// A step whose instruction is `hlt` is made here, not by KVM: rip
+    /// moves past it and the run about to be made only returns
+    /// (`immediate_exit`), ending the step. A step takes no interrupt, so
+    /// its `hlt` ends at once, as it does where KVM gives `hlt` to the VMM;
+    /// with the in-kernel irqchip, kvm_pvm halted a vCPU that had stepped a
+    /// `hlt` again later, past it with interrupts off, for good. Uses the
+    /// last exit's registers in `kvm_run` (unchanged since: no register
+    /// write); false if the instruction is anything else.
+    fn step_hlt(&mut self, fd: &mut VcpuFd) -> bool {
+        let sync = fd.sync_regs();
+        let (mut regs, sregs) = (sync.regs, sync.sregs);
+        let limits = self.inner.cpu_limits();
+        let paging = Paging::of(&sregs, &limits);
+        let Ok((gpa, _)) = paging.translate(&self.inner.memory, regs.rip) else {
+            return false;
+        };
+        let mut byte = [0u8];
+        if self.inner.memory.read(gpa, &mut byte).is_err() || byte[0] != HLT {
+            return false;
+        }
+        debug!(
+            "vcpu {}: steps the hlt at {:#x} itself",
+            self.vcpu.index, regs.rip
+        );
+        regs.rip += 1;
+        if let Err(e) = fd.set_regs(&regs) {
+            warn!("vcpu {}: KVM_SET_REGS failed: {e}", self.vcpu.index);
+            return false;
+        }
+        self.vcpu.mark_registers_written();
+        if self.inner.sync_regs {
+            fd.set_sync_valid_reg(SyncReg::Register);
+            fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.synced = true;
+        }
+        fd.set_kvm_immediate_exit(1);
+        self.stepped_hlt = true;
+        true
     }
 
     /// A vCPU halted in KVM (in-kernel irqchip) when the debugger stopped
@@ -274,8 +323,10 @@ impl<'d> VcpuHooks<'d> {
         exit: Result<VcpuExit<'a>, kvm_ioctls::Error>,
     ) -> Option<Result<VcpuExit<'a>, kvm_ioctls::Error>> {
         let stepping = self.command.steps();
-        self.interrupted = matches!(&exit, Err(e) if e.errno() == libc::EINTR);
+        let stepped_hlt = std::mem::take(&mut self.stepped_hlt);
+        self.interrupted = !stepped_hlt && matches!(&exit, Err(e) if e.errno() == libc::EINTR);
         let pending = match exit {
+            Err(e) if stepped_hlt && e.errno() == libc::EINTR => Pending::StepDone,
             Err(e) if e.errno() == libc::EINTR && self.vcpu.stop_wanted() => return None,
             Err(e) if e.errno() == libc::EINTR && self.session.is_some() => {
                 // The lent step's or run's deadline: it goes on without

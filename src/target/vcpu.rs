@@ -159,7 +159,7 @@ impl Vcpu {
         }
     }
 
-    /// The debugger wrote this vCPU's general registers (KVM_SET_REGS).
+    /// The debugger wrote this vCPU's general or special registers.
     pub(crate) fn mark_registers_written(&self) {
         self.registers_written.store(true, Ordering::Release);
     }

@@ -7,6 +7,8 @@ pub(crate) const DB_VECTOR: u32 = 1;
 pub(crate) const BP_VECTOR: u32 = 3;
 /// The `int3` opcode.
 pub(crate) const INT3: u8 = 0xcc;
+/// The `hlt` instruction.
+pub(crate) const HLT: u8 = 0xf4;
 /// RFLAGS.IF: maskable interrupts enabled.
 pub(crate) const RFLAGS_IF: u64 = 1 << 9;
 /// IA32_KERNEL_GS_BASE (the `swapgs` partner of GS.base).

@@ -161,7 +161,7 @@ impl MultiThreadBase for KvmTarget {
             self.on_vcpu(index, "KVM_SET_SREGS", move |fd| fd.set_sregs(&sregs))
                 .map_err(|_| TargetError::NonFatal)?;
         }
-        if changed.regs {
+        if changed.regs || changed.sregs {
             self.dbg.vcpus[index].mark_registers_written();
         }
         self.on_vcpu(index, "KVM_SET_REGS/FPU/MSRS", move |fd| {
