@@ -19,6 +19,7 @@ use std::time::Instant;
 use gdbstub::common::Signal;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+    KVM_VCPUEVENT_VALID_SHADOW,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
@@ -253,6 +254,7 @@ impl<'d> VcpuHooks<'d> {
             return false;
         }
         self.vcpu.mark_registers_written();
+        self.end_interrupt_shadow(fd);
         if self.inner.sync_regs {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
@@ -261,6 +263,24 @@ impl<'d> VcpuHooks<'d> {
         fd.set_kvm_immediate_exit(1);
         self.stepped_hlt = true;
         true
+    }
+
+    /// The `sti` before a `hlt` stepped by [`Self::step_hlt`] blocks
+    /// interrupts for one instruction, which KVM still counts as to come:
+    /// end it, so that a step allowed to take interrupts takes the one
+    /// pending before the next instruction (a `cli`, in an idle loop).
+    fn end_interrupt_shadow(&self, fd: &VcpuFd) {
+        let Ok(mut events) = fd.get_vcpu_events() else {
+            return;
+        };
+        if events.interrupt.shadow == 0 {
+            return;
+        }
+        events.interrupt.shadow = 0;
+        events.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+        if let Err(e) = fd.set_vcpu_events(&events) {
+            warn!("vcpu {}: KVM_SET_VCPU_EVENTS failed: {e}", self.vcpu.index);
+        }
     }
 
     /// A vCPU halted in KVM (in-kernel irqchip) when the debugger stopped
