@@ -224,11 +224,12 @@ fn answer_canned(
             .nth(1)
             .and_then(|a| u64::from_str_radix(a, 16).ok())
     };
-    if text.starts_with("Z0,") {
+    // Software or hardware breakpoints alike.
+    if text.starts_with("Z0,") || text.starts_with("Z1,") {
         *breakpoint = address(&text);
         return writer.write_all(&rsp::frame(b"OK"));
     }
-    if text.starts_with("z0,") {
+    if text.starts_with("z0,") || text.starts_with("z1,") {
         if *breakpoint == address(&text) {
             *breakpoint = None;
         }
