@@ -30,7 +30,7 @@ use super::paging::Paging;
 use super::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
-use super::x86::{BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};
+use super::x86::{code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};
 use super::Inner;
 
 /// How many grace periods the step timer is set for at a time.
@@ -237,7 +237,8 @@ impl<'d> VcpuHooks<'d> {
         let (mut regs, sregs) = (sync.regs, sync.sregs);
         let limits = self.inner.cpu_limits();
         let paging = Paging::of(&sregs, &limits);
-        let Ok((gpa, _)) = paging.translate(&self.inner.memory, regs.rip) else {
+        let linear = code_address(regs.rip, &sregs.cs);
+        let Ok((gpa, _)) = paging.translate(&self.inner.memory, linear) else {
             return false;
         };
         let mut byte = [0u8];
@@ -618,8 +619,8 @@ impl<'d> VcpuHooks<'d> {
             return Some(StopKind::Crashed(Signal::SIGILL));
         };
         let limits = self.inner.cpu_limits();
-        let Ok((gpa, _)) = Paging::of(&sregs, &limits).translate(&self.inner.memory, regs.rip)
-        else {
+        let linear = code_address(regs.rip, &sregs.cs);
+        let Ok((gpa, _)) = Paging::of(&sregs, &limits).translate(&self.inner.memory, linear) else {
             return Some(StopKind::Crashed(Signal::SIGSEGV));
         };
         if self.inner.breakpoints().has_sw(gpa) {

@@ -18,6 +18,16 @@ pub(crate) const DR6_HIT_MASK: u64 = 0xf;
 /// DR7 bit 10 reads as one.
 pub(crate) const DR7_FIXED_1: u64 = 1 << 10;
 
+/// The linear address of the instruction at rip: CS.base counts outside
+/// 64-bit code (and the address wraps at 4 GiB there).
+pub(crate) fn code_address(rip: u64, cs: &kvm_bindings::kvm_segment) -> u64 {
+    if cs.l != 0 {
+        rip
+    } else {
+        cs.base.wrapping_add(rip) & 0xffff_ffff
+    }
+}
+
 /// DR7's local-enable bit of `slot`.
 pub(crate) fn dr7_enable(slot: usize) -> u64 {
     1 << (slot * 2)
