@@ -51,7 +51,7 @@ impl Transcript {
     }
 
     /// The logged replies to `request`, if it is the next one logged (or,
-    /// after gdb strayed, the next logged anywhere later).
+    /// after gdb strayed, the next logged anywhere later) and was answered.
     pub fn answer(&self, cursor: &mut Cursor, request: &[u8]) -> Option<&[u8]> {
         let at = self.exchanges[cursor.next.min(self.exchanges.len())..]
             .iter()
@@ -61,7 +61,8 @@ impl Transcript {
             cursor.misses += 1;
         }
         cursor.next = at + 1;
-        Some(&self.exchanges[at].1)
+        // A request the log ends before answering gets the canned reply.
+        Some(self.exchanges[at].1.as_slice()).filter(|replies| !replies.is_empty())
     }
 }
 
@@ -131,5 +132,77 @@ impl Framer {
             }
         }
         frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log as gdb 13 writes it: acks, an escaped binary reply, one of
+    /// gdb's timeout marks, a command line, a request answered twice.
+    const LOG: &str = r#"
+w +$qSupported:multiprocess+#c6
+r +$PacketSize=20000#75
+w +$QStartNoAckMode#b0
+r +$OK#9a
+c stepi
+w $vCont;s:p1.1#f2
+r <Timeout: 0 seconds>$T05thread:p01.01;#06
+w $xffffffff80400341,1#99
+r $b\\x\xfa\n#5c
+w $qRcmd,00#00
+r $O4142#00$OK#9a
+End of log
+"#;
+
+    #[test]
+    fn gdbs_log_becomes_requests_and_framed_replies() {
+        let t = Transcript::parse(LOG);
+        assert_eq!(t.len(), 5);
+        let mut cursor = Cursor::default();
+        let reply = |c: &mut Cursor, req: &[u8]| t.answer(c, req).map(<[u8]>::to_vec);
+        assert_eq!(
+            reply(&mut cursor, b"qSupported:multiprocess+"),
+            Some(b"$PacketSize=20000#75".to_vec())
+        );
+        assert_eq!(
+            reply(&mut cursor, b"QStartNoAckMode"),
+            Some(b"$OK#9a".to_vec())
+        );
+        assert_eq!(
+            reply(&mut cursor, b"vCont;s:p1.1"),
+            Some(b"$T05thread:p01.01;#06".to_vec())
+        );
+        assert_eq!(
+            reply(&mut cursor, b"xffffffff80400341,1"),
+            Some(b"$b\\x\xfa\n#5c".to_vec())
+        );
+        assert_eq!(
+            reply(&mut cursor, b"qRcmd,00"),
+            Some(b"$O4142#00$OK#9a".to_vec())
+        );
+        assert_eq!(cursor.misses, 0);
+    }
+
+    #[test]
+    fn a_request_out_of_turn_skips_ahead_and_an_unknown_one_gets_none() {
+        let t = Transcript::parse(LOG);
+        let mut cursor = Cursor::default();
+        assert!(t.answer(&mut cursor, b"vCont;s:p1.1").is_some());
+        assert_eq!(cursor.misses, 1);
+        assert!(t.answer(&mut cursor, b"QStartNoAckMode").is_none());
+        assert!(t.answer(&mut cursor, b"D;1").is_none());
+        assert!(t.answer(&mut cursor, b"xffffffff80400341,1").is_some());
+        assert_eq!(cursor.misses, 1);
+    }
+
+    #[test]
+    fn a_truncated_log_keeps_the_whole_packets() {
+        let t = Transcript::parse("w $g#67\nr $0011#c2\nw $m0,1#fa\nr $0");
+        assert_eq!(t.len(), 2);
+        let mut cursor = Cursor::default();
+        assert_eq!(t.answer(&mut cursor, b"g"), Some(&b"$0011#c2"[..]));
+        assert_eq!(t.answer(&mut cursor, b"m0,1"), None);
     }
 }
