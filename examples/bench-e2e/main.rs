@@ -205,14 +205,10 @@ fn gdb_logged(
     cmd
 }
 
-/// Wall time of a gdb run minus the time of connecting and detaching.
+/// Wall time of a gdb run (with symbols) minus the time of connecting
+/// and detaching; `Duration::MAX` if gdb failed.
 fn timed(gdb_path: &str, port: u16, commands: &[String]) -> Duration {
-    timed_with(gdb_path, port, commands, true)
-}
-
-/// [`timed`], with or without symbols.
-fn timed_with(gdb_path: &str, port: u16, commands: &[String], symbols: bool) -> Duration {
-    timed_checked(gdb_path, port, commands, symbols, "")
+    costed(gdb_path, port, None, commands, true, "").map_or(Duration::MAX, |c| c.wall)
 }
 
 /// Kill process `pid` after [`GDB_LIMIT`] unless `done` is set by then.
@@ -224,19 +220,6 @@ fn watchdog(pid: u32, done: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     });
-}
-
-/// [`timed_with`], counting the run as endless unless gdb printed
-/// `expect` (a stub whose breakpoints do not work ends `continue` early,
-/// or never).
-fn timed_checked(
-    gdb_path: &str,
-    port: u16,
-    commands: &[String],
-    symbols: bool,
-    expect: &str,
-) -> Duration {
-    costed(gdb_path, port, None, commands, symbols, expect).map_or(Duration::MAX, |c| c.wall)
 }
 
 /// What a gdb run cost beyond connecting and detaching: wall time, gdb's
@@ -293,8 +276,10 @@ fn process_cpu(pid: u32) -> (Duration, Duration) {
     (ticks(11), ticks(12))
 }
 
-/// [`timed_checked`] with what the run cost (the stub's CPU if its `pid`
-/// is given); `None` if gdb failed.
+/// What a gdb run cost beyond connecting and detaching (the stub's CPU
+/// if its `pid` is given); `None` if gdb failed, timed out or did not print
+/// `expect` (a stub whose breakpoints do not work ends `continue` early,
+/// or never).
 fn costed(
     gdb_path: &str,
     port: u16,

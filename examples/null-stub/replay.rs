@@ -161,27 +161,16 @@ End of log
         let t = Transcript::parse(LOG);
         assert_eq!(t.len(), 5);
         let mut cursor = Cursor::default();
-        let reply = |c: &mut Cursor, req: &[u8]| t.answer(c, req).map(<[u8]>::to_vec);
-        assert_eq!(
-            reply(&mut cursor, b"qSupported:multiprocess+"),
-            Some(b"$PacketSize=20000#75".to_vec())
-        );
-        assert_eq!(
-            reply(&mut cursor, b"QStartNoAckMode"),
-            Some(b"$OK#9a".to_vec())
-        );
-        assert_eq!(
-            reply(&mut cursor, b"vCont;s:p1.1"),
-            Some(b"$T05thread:p01.01;#06".to_vec())
-        );
-        assert_eq!(
-            reply(&mut cursor, b"xffffffff80400341,1"),
-            Some(b"$b\\x\xfa\n#5c".to_vec())
-        );
-        assert_eq!(
-            reply(&mut cursor, b"qRcmd,00"),
-            Some(b"$O4142#00$OK#9a".to_vec())
-        );
+        let logged: [(&[u8], &[u8]); 5] = [
+            (b"qSupported:multiprocess+", b"$PacketSize=20000#75"),
+            (b"QStartNoAckMode", b"$OK#9a"),
+            (b"vCont;s:p1.1", b"$T05thread:p01.01;#06"),
+            (b"xffffffff80400341,1", b"$b\\x\xfa\n#5c"),
+            (b"qRcmd,00", b"$O4142#00$OK#9a"),
+        ];
+        for (request, replies) in logged {
+            assert_eq!(t.answer(&mut cursor, request), Some(replies));
+        }
         assert_eq!(cursor.misses, 0);
     }
 

@@ -458,10 +458,7 @@ impl GdbConnection {
         framed.clear();
         framed.extend_from_slice(&self.output[..start]);
         if let Some(note) = note {
-            // gdb prints `O` packets that come before the stop reply.
-            let mut console = b"O".to_vec();
-            memory_packets::push_hex(&mut console, &mut self.hex, format!("{note}\n").as_bytes());
-            rsp::frame_into(&mut framed, &console);
+            self.frame_console(&mut framed, format!("{note}\n").as_bytes());
         }
         rsp::frame_into(&mut framed, &new);
         framed.extend_from_slice(&self.output[start + hash + 3..]);
@@ -474,15 +471,22 @@ impl GdbConnection {
     /// client simply stays stopped (lldb drops a session whose resume gets
     /// an error reply, and resumes again after a stop without a signal).
     fn refuse_resume(&mut self) -> io::Result<()> {
-        let text = b"this is a memory dump: it cannot run or step\n";
+        let mut acked = self.acked_buffer();
+        self.frame_console(
+            &mut acked,
+            b"this is a memory dump: it cannot run or step\n",
+        );
+        let stop = format!("T05thread:{:x};", self.mem_thread);
+        rsp::frame_into(&mut acked, stop.as_bytes());
+        self.send_and_keep(acked)
+    }
+
+    /// Append an `O` packet: `text` printed on gdb's console (before the
+    /// stop reply it precedes).
+    fn frame_console(&mut self, out: &mut Vec<u8>, text: &[u8]) {
         let mut console = b"O".to_vec();
         memory_packets::push_hex(&mut console, &mut self.hex, text);
-        let mut acked = vec![b'+'];
-        acked.extend(rsp::frame(&console));
-        acked.extend(rsp::frame(
-            format!("T05thread:{:x};", self.mem_thread).as_bytes(),
-        ));
-        self.send_own(&acked)
+        rsp::frame_into(out, &console);
     }
 
     /// The gdb thread id memory accesses refer to now.

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use gdbstub::common::Signal;
 use kvm_bindings::{
-    kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
-    KVM_VCPUEVENT_VALID_SHADOW,
+    kvm_debug_exit_arch, kvm_guest_debug, kvm_mp_state, kvm_regs, kvm_sregs, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
@@ -32,6 +32,7 @@ use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
 use super::x86::{code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};
 use super::Inner;
+use crate::vmem::PhysAddr;
 
 /// How many grace periods the step timer is set for at a time.
 const TIMER_SPAN: u32 = 4;
@@ -216,12 +217,29 @@ impl<'d> VcpuHooks<'d> {
         // A stop's registers come back in kvm_run (no ioctls) where the
         // host offers KVM_CAP_SYNC_REGS: for steps, and for every run while
         // gdb is attached (a breakpoint hit reads them twice).
-        if self.inner.sync_regs && (command.steps() || self.inner.attached()) {
+        if command.steps() || self.inner.attached() {
+            self.sync_registers(fd);
+        }
+        Entry::Run
+    }
+
+    /// Have the next exit put the registers in `kvm_run`, where the host
+    /// offers KVM_CAP_SYNC_REGS.
+    fn sync_registers(&mut self, fd: &mut VcpuFd) {
+        if self.inner.sync_regs {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
             self.synced = true;
         }
-        Entry::Run
+    }
+
+    /// The guest-physical address of the instruction at rip, through the
+    /// vCPU's own tables.
+    fn code_gpa(&self, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<PhysAddr> {
+        let limits = self.inner.cpu_limits();
+        let linear = code_address(regs.rip, &sregs.cs);
+        let translated = Paging::of(sregs, &limits).translate(&self.inner.memory, linear);
+        translated.ok().map(|(gpa, _)| gpa)
     }
 
     /// A step whose instruction is `hlt` is made here, not by KVM: rip
@@ -235,10 +253,7 @@ impl<'d> VcpuHooks<'d> {
     fn step_hlt(&mut self, fd: &mut VcpuFd) -> bool {
         let sync = fd.sync_regs();
         let (mut regs, sregs) = (sync.regs, sync.sregs);
-        let limits = self.inner.cpu_limits();
-        let paging = Paging::of(&sregs, &limits);
-        let linear = code_address(regs.rip, &sregs.cs);
-        let Ok((gpa, _)) = paging.translate(&self.inner.memory, linear) else {
+        let Some(gpa) = self.code_gpa(&regs, &sregs) else {
             return false;
         };
         let mut byte = [0u8];
@@ -256,11 +271,7 @@ impl<'d> VcpuHooks<'d> {
         }
         self.vcpu.mark_registers_written();
         self.end_interrupt_shadow(fd);
-        if self.inner.sync_regs {
-            fd.set_sync_valid_reg(SyncReg::Register);
-            fd.set_sync_valid_reg(SyncReg::SystemRegister);
-            self.synced = true;
-        }
+        self.sync_registers(fd);
         fd.set_kvm_immediate_exit(1);
         self.stepped_hlt = true;
         true
@@ -618,9 +629,7 @@ impl<'d> VcpuHooks<'d> {
         let Some((mut regs, sregs)) = self.snapshot(fd) else {
             return Some(StopKind::Crashed(Signal::SIGILL));
         };
-        let limits = self.inner.cpu_limits();
-        let linear = code_address(regs.rip, &sregs.cs);
-        let Ok((gpa, _)) = Paging::of(&sregs, &limits).translate(&self.inner.memory, linear) else {
+        let Some(gpa) = self.code_gpa(&regs, &sregs) else {
             return Some(StopKind::Crashed(Signal::SIGSEGV));
         };
         if self.inner.breakpoints().has_sw(gpa) {

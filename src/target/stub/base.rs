@@ -24,7 +24,7 @@ use crate::target::monitor::View;
 use crate::target::paging::Paging;
 use crate::target::regions;
 use crate::target::regs::{X86_64RegId, X86_64Regs};
-use crate::target::x86::MSR_KERNEL_GS_BASE;
+use crate::target::x86::{HLT, MSR_KERNEL_GS_BASE};
 
 /// The registers beyond the general and special ones: x87/SSE and
 /// IA32_KERNEL_GS_BASE.
@@ -259,9 +259,6 @@ impl KvmTarget {
             .is_some_and(|gpa| self.dbg.memory.read(gpa, &mut byte).is_ok() && byte[0] == HLT)
     }
 }
-
-/// The `hlt` instruction.
-const HLT: u8 = 0xf4;
 
 impl ThreadExtraInfo for KvmTarget {
     /// What `info threads` shows, as QEMU says it: `CPU#0 [running]` or

@@ -62,6 +62,11 @@ impl KvmTarget {
         }
     }
 
+    /// What gdb asked vCPU `index` to do at this resume.
+    fn action(&self, index: usize) -> Action {
+        self.actions[index].unwrap_or(self.default_action)
+    }
+
     /// If vCPU `index` sits on one of our breakpoints: `Some`, with the
     /// software breakpoint's address if it is one.
     fn breakpoint_under(&self, index: usize) -> Option<Option<PhysAddr>> {
@@ -113,8 +118,7 @@ impl KvmTarget {
         let Driver::Vcpu(own) = self.driver else {
             return false;
         };
-        let action = self.actions[own].unwrap_or(self.default_action);
-        action != Action::Stay && self.breakpoint_under(own).is_some()
+        self.action(own) != Action::Stay && self.breakpoint_under(own).is_some()
     }
 
     /// Start the vCPUs as `actions` say (one per vCPU).
@@ -222,11 +226,7 @@ impl MultiThreadResume for KvmTarget {
         self.collect_stops();
         let mut actions = std::mem::take(&mut self.resolved);
         actions.clear();
-        actions.extend(
-            self.actions
-                .iter()
-                .map(|a| a.unwrap_or(self.default_action)),
-        );
+        actions.extend((0..self.actions.len()).map(|index| self.action(index)));
         self.start(&actions);
         self.resolved = actions;
         Ok(())
