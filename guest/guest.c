@@ -58,6 +58,14 @@ volatile u64 remap_to;
 volatile u64 touch_neighbour;
 volatile u64 neighbour_touches;
 volatile u64 remaps;
+/* Set by a debugger: vCPU 0 copies the page table holding the user page's
+ * entry (space A) to this free physical page and points the directory
+ * entry above at the copy, then clears it: the tables move, the
+ * translation stays. */
+volatile u64 move_table_to;
+volatile u64 table_moves;
+/* Set by a debugger: vCPU 1 runs (no hlt) until it is cleared. */
+volatile u64 vcpu1_spin;
 
 /* Set by a debugger (bench-e2e): vCPU 0 calls bump() in a tight loop, for
  * breakpoint hits per second. */
@@ -171,18 +179,25 @@ static inline u64 read_cr3(void)
     return value;
 }
 
-/* The 4 KiB page-table entry of va in the current space, read and written
- * through the direct map (0 if a level above is missing or huge). */
-static volatile u64 *pte_of(u64 va)
+/* The entry of va at the level translating bits shift.. (12: the 4 KiB
+ * page-table entry, 21: the directory entry) in the current space, read
+ * and written through the direct map (0 if a level above is missing or
+ * huge). */
+static volatile u64 *entry_of(u64 va, int last_shift)
 {
     u64 table = read_cr3() & ENTRY_ADDR;
-    for (int shift = 39; shift > 12; shift -= 9) {
+    for (int shift = 39; shift > last_shift; shift -= 9) {
         u64 entry = ((volatile u64 *)(DIRECT_MAP + table))[(va >> shift) & 511];
         if (!(entry & 1) || (entry & 0x80))
             return 0;
         table = entry & ENTRY_ADDR;
     }
-    return (volatile u64 *)(DIRECT_MAP + table) + ((va >> 12) & 511);
+    return (volatile u64 *)(DIRECT_MAP + table) + ((va >> last_shift) & 511);
+}
+
+static volatile u64 *pte_of(u64 va)
+{
+    return entry_of(va, 12);
 }
 
 __attribute__((noinline)) void touch_neighbour_entry(void)
@@ -202,6 +217,20 @@ __attribute__((noinline)) void remap_user_page(u64 pa)
         *pte = (*pte & ~ENTRY_ADDR) | pa;
         __asm__ volatile("invlpg (%0)" : : "r"(USER_PAGE) : "memory");
         remaps++;
+    }
+}
+
+__attribute__((noinline)) void move_user_table(u64 pa)
+{
+    volatile u64 *pde = entry_of((u64)USER_PAGE, 21);
+    if (pde && (*pde & 1) && !(*pde & 0x80)) {
+        volatile u64 *from = (volatile u64 *)(DIRECT_MAP + (*pde & ENTRY_ADDR));
+        volatile u64 *to = (volatile u64 *)(DIRECT_MAP + pa);
+        for (int i = 0; i < 512; i++)
+            to[i] = from[i];
+        *pde = (*pde & ~ENTRY_ADDR) | pa;
+        write_cr3(read_cr3());
+        table_moves++;
     }
 }
 
@@ -266,6 +295,10 @@ static void vcpu0_main(void)
                     touch_neighbour_entry();
                     touch_neighbour = 0;
                 }
+                if (move_table_to) {
+                    move_user_table(move_table_to);
+                    move_table_to = 0;
+                }
                 if (remap_to) {
                     remap_user_page(remap_to);
                     remap_to = 0;
@@ -295,6 +328,8 @@ static void vcpu1_main(void)
         vcpu1_iterations = iteration;
         if (iteration % 16 == 0)
             __asm__ volatile("int3");
+        while (vcpu1_spin)
+            __asm__ volatile("pause");
         halt();
     }
 }

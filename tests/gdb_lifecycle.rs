@@ -56,7 +56,7 @@ fn gdb_killed_mid_session_leaves_no_int3_behind() {
         return;
     };
     let long = std::env::var("VMEM_GDBSTUB_LONG").is_ok_and(|v| v == "1");
-    let rounds = if long { 40 } else { 4 };
+    let rounds = if long { 40 } else { 10 };
     // The guest's code page, before any breakpoint.
     let code = |out: &str| -> Vec<String> {
         out.lines()

@@ -692,17 +692,7 @@ fn watch_stops_when_the_guest_remaps_the_page() {
         "{out}"
     );
     assert!(out.contains("1 watched translation(s)"), "{out}");
-    let note = format!("vmem watch: the translation of 0x400000 in space {a:#x} changed");
-    assert_eq!(out.matches(&note).count(), 1, "{out}");
-    assert!(
-        out.contains("was PA 0x1000000 rw-u (4K page), now PA 0x1003000 rw-u (4K page)"),
-        "{out}"
-    );
-    assert!(out.contains("received signal SIGTRAP"), "{out}");
-    assert!(
-        out.contains("remap_user_page ("),
-        "stopped after the store: {out}"
-    );
+    assert_one_remap_stop(&out, a);
     // The neighbour was written twice before, without a stop; the remap
     // has not reached its count yet.
     assert!(out.contains("$1 = 1\n$2 = 0"), "{out}");
@@ -726,6 +716,57 @@ fn watch_stops_when_the_guest_remaps_the_page() {
     assert!(again.contains("trapped for writes"), "{again}");
     let listed = vm.gdb(&["monitor vmem watch"]);
     assert!(listed.contains("0 watched translation(s)"), "{listed}");
+}
+
+/// gdb stopped once for `vmem watch` of 0x400000 in space `a`, when the
+/// guest re-pointed it from PA 0x1000000 to 0x1003000: a SIGTRAP right
+/// after the store, in `remap_user_page`.
+fn assert_one_remap_stop(out: &str, a: u64) {
+    let note = format!("vmem watch: the translation of 0x400000 in space {a:#x} changed");
+    assert_eq!(out.matches(&note).count(), 1, "{out}");
+    assert!(
+        out.contains("was PA 0x1000000 rw-u (4K page), now PA 0x1003000 rw-u (4K page)"),
+        "{out}"
+    );
+    assert!(out.contains("received signal SIGTRAP"), "{out}");
+    assert!(
+        out.contains("remap_user_page ("),
+        "stopped after the store: {out}"
+    );
+}
+
+/// `vmem watch` follows tables that move: vCPU 0 copies the user page's
+/// page table elsewhere and re-points the directory entry (the
+/// translation stays: no stop), then remaps the page through the moved
+/// table (a stop: the new table is trapped). Re-trapping lays the
+/// memslots out again while vCPU 1 runs code without a pause: it must
+/// wait outside KVM_RUN meanwhile, else it fetches code from a hole
+/// between two slots (a crash gdb would report).
+#[test]
+fn watch_follows_a_moved_table_while_the_other_vcpu_runs() {
+    let Some(vm) = DemoVm::start() else { return };
+    let a = vm.spaces[0];
+    let out = vm.gdb(&[
+        &format!("monitor vmem watch 0x400000 --space {a:#x}"),
+        "set var vcpu1_spin = 1",
+        "set var move_table_to = 0x1006000",
+        "set var remap_to = 0x1003000",
+        "continue",
+        "print table_moves",
+        "print remaps",
+        &format!("monitor vmem translate 0x400000 --space {a:#x}"),
+        "set var vcpu1_spin = 0",
+    ]);
+    assert_one_remap_stop(&out, a);
+    assert!(
+        out.contains("$1 = 1\n$2 = 0"),
+        "moved once, no remap counted yet: {out}"
+    );
+    assert!(
+        out.contains("0x1006000"),
+        "the walk goes through the moved table: {out}"
+    );
+    assert!(!out.contains("SIGILL") && !out.contains("SIGSEGV"), "{out}");
 }
 
 /// Without page traps from the VMM, `vmem watch` says why it cannot.

@@ -27,6 +27,7 @@ use log::{debug, trace, warn};
 use super::irq_step::{Origin, MAX_HANDLER_STEPS};
 use super::kick::StepTimer;
 use super::paging::Paging;
+use super::run_gate::Pass;
 use super::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
@@ -131,6 +132,8 @@ pub struct VcpuHooks<'d> {
     /// [`TIMER_SPAN`] grace periods before the session goes home, and a
     /// run of steps costs a timer call every few milliseconds.
     timer_fires: Cell<Option<Instant>>,
+    /// Inside the memslot gate, from `before_run` to `after_exit`.
+    pass: Option<Pass>,
 }
 
 impl std::fmt::Debug for VcpuHooks<'_> {
@@ -160,14 +163,34 @@ impl<'d> VcpuHooks<'d> {
             timer: None,
             timer_fires: Cell::new(None),
             stepped_hlt: false,
+            pass: None,
         }
     }
 
     /// Call before every `KVM_RUN` of this vCPU. Parks while gdb holds
     /// the VM (serving gdb's register accesses on `fd` meanwhile), finishes
     /// the debugger's part of the last exit, and applies breakpoints and
-    /// stepping for the next run. [`Entry::Quit`]: the VM is shutting down.
+    /// stepping for the next run; waits while the debugger changes
+    /// memslots. [`Entry::Quit`]: the VM is shutting down.
     pub fn before_run(&mut self, fd: &mut VcpuFd) -> Entry {
+        // (A pass still held: the last run's exit never came back.)
+        self.leave_gate();
+        let entry = self.prepare(fd);
+        if entry == Entry::Run {
+            self.pass = Some(self.inner.run_gate.enter());
+        }
+        entry
+    }
+
+    /// The run is over (or never came): out of the memslot gate. Whether
+    /// the gate closed during it.
+    fn leave_gate(&mut self) -> bool {
+        let pass = self.pass.take();
+        pass.is_some_and(|pass| self.inner.run_gate.leave(pass))
+    }
+
+    /// [`Self::before_run`] up to the gate.
+    fn prepare(&mut self, fd: &mut VcpuFd) -> Entry {
         fd.set_kvm_immediate_exit(0);
         self.inner.learn_cpuid(fd);
         if let Some(pending) = self.pending.take() {
@@ -329,7 +352,8 @@ impl<'d> VcpuHooks<'d> {
                 self.timer_fires.set(Some(Instant::now() + span));
             }
         }
-        self.vcpu.kick.run(fd, || self.vcpu.stop_wanted())
+        let stop_wanted = || self.vcpu.stop_wanted() || self.inner.run_gate.closing();
+        self.vcpu.kick.run(fd, stop_wanted)
     }
 
     /// The step timer must not fire any more (the session leaves, or an
@@ -354,6 +378,7 @@ impl<'d> VcpuHooks<'d> {
         &mut self,
         exit: Result<VcpuExit<'a>, kvm_ioctls::Error>,
     ) -> Option<Result<VcpuExit<'a>, kvm_ioctls::Error>> {
+        let gate_closed = self.leave_gate();
         let stepping = self.command.steps();
         let stepped_hlt = std::mem::take(&mut self.stepped_hlt);
         self.interrupted = !stepped_hlt && matches!(&exit, Err(e) if e.errno() == libc::EINTR);
@@ -368,6 +393,13 @@ impl<'d> VcpuHooks<'d> {
                     self.vcpu.index
                 );
                 self.send_home();
+                return None;
+            }
+            Err(e) if e.errno() == libc::EINTR && gate_closed => {
+                debug!(
+                    "vcpu {}: out of KVM_RUN for a memslot change; runs on",
+                    self.vcpu.index
+                );
                 return None;
             }
             Err(e) if e.errno() != libc::EINTR && self.inner.attached() => {
@@ -589,11 +621,16 @@ impl<'d> VcpuHooks<'d> {
     }
 
     /// Run the trapped instruction to its end (so rip is past it, as
-    /// after a hardware watchpoint), serving its further trapped accesses.
+    /// after a hardware watchpoint), serving its further trapped accesses
+    /// (each run inside the memslot gate, each access served outside: it
+    /// may move the traps).
     fn complete_trapped_instruction(&self, fd: &mut VcpuFd) {
         fd.set_kvm_immediate_exit(1);
         loop {
-            match fd.run() {
+            let pass = self.inner.run_gate.enter();
+            let exit = fd.run();
+            self.inner.run_gate.leave(pass);
+            match exit {
                 Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.traps(gpa) => {
                     self.serve_trapped(gpa, data, false);
                 }
@@ -670,6 +707,7 @@ impl<'d> VcpuHooks<'d> {
 impl Drop for VcpuHooks<'_> {
     fn drop(&mut self) {
         // The VMM's loop ended: nobody may wait for this vCPU any more.
+        self.leave_gate();
         self.send_home();
         if let Some(session) = self.vcpu.release() {
             self.inner.home.send(session, Turn::Home);

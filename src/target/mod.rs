@@ -67,6 +67,7 @@ mod qemu_packets;
 mod regions;
 mod regs;
 pub mod rsp;
+mod run_gate;
 mod session;
 mod shared;
 mod stub;
@@ -151,6 +152,7 @@ impl DebuggerBuilder {
                 debug_regs: RwLock::default(),
                 page_traps: None,
                 vmm_kick: None,
+                run_gate: Default::default(),
                 serving: Mutex::new(None),
                 stopping: AtomicBool::new(false),
                 session: Mutex::new(None),

@@ -192,6 +192,10 @@ pub(crate) fn run(dbg: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
     }
     gdb_gone();
     let socket = lock(&dbg.home.socket).take();
+    // gdb may have gone with the guest running (killed mid-continue):
+    // every vCPU parks first, so none hits a breakpoint being lifted or
+    // stops for the session after its end, which would park it for good.
+    dbg.pause_all();
     session.target.clear_debug_state();
     *lock(&dbg.session) = None;
     if let Some(stream) = socket {

@@ -20,6 +20,7 @@ use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
 use super::qemu_packets::QemuFlags;
+use super::run_gate::RunGate;
 use super::session::HomeSlot;
 use super::table_watch::{Remap, TableWatches};
 use super::traps::{PageTraps, Trap};
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) debug_regs: RwLock<DebugRegs>,
     pub(crate) page_traps: Option<Box<dyn PageTraps>>,
     pub(crate) vmm_kick: Option<VmmKick>,
+    /// Memslot changes wait for every vCPU to be out of `KVM_RUN`.
+    pub(crate) run_gate: RunGate,
     /// Wakes the thread accepting gdb connections.
     pub(crate) serving: Mutex<Option<wait::Waker>>,
     /// The VMM asked to stop serving gdb.
@@ -183,7 +186,10 @@ impl Inner {
         for page in self.table_watches().pages() {
             pages.entry(page).or_insert(Trap::Writes);
         }
-        traps.set_traps(&pages).map_err(StubError::PageTraps)
+        let kick_all = || self.vcpus.iter().for_each(|v| v.kick_out(self));
+        self.run_gate
+            .closed(kick_all, || traps.set_traps(&pages))
+            .map_err(StubError::PageTraps)
     }
 
     pub(crate) fn attached(&self) -> bool {

@@ -38,7 +38,10 @@ pub enum Trap {
 pub trait PageTraps: Send + Sync {
     /// Make exactly `pages` (4 KiB-aligned guest-physical addresses) trap
     /// as given, and every other page plain RAM again. Called only while
-    /// every vCPU is parked. An error leaves the watchpoint unset.
+    /// no vCPU is inside `KVM_RUN` (the others wait before their next run),
+    /// from the gdb thread or a vCPU thread handling a trapped write that
+    /// moved watched tables; a slot may be deleted before its replacement
+    /// is added. An error leaves the watchpoint unset.
     fn set_traps(&self, pages: &BTreeMap<PhysAddr, Trap>) -> io::Result<()>;
 }
 

@@ -251,10 +251,16 @@ impl Vcpu {
         drop(ctl);
         self.cv.notify_all();
         if matches!(command, Command::Pause | Command::Quit) && previous != Command::Pause {
-            self.kick.kick();
-            if let Some(kick) = &inner.vmm_kick {
-                kick(self.index);
-            }
+            self.kick_out(inner);
+        }
+    }
+
+    /// Make the vCPU leave `KVM_RUN` if it is inside (our kick, or the
+    /// VMM's where it runs `KVM_RUN` itself).
+    pub(crate) fn kick_out(&self, inner: &Inner) {
+        self.kick.kick();
+        if let Some(kick) = &inner.vmm_kick {
+            kick(self.index);
         }
     }
 
