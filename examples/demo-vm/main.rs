@@ -6,6 +6,7 @@
 //! gdb -ex "target remote :9001"
 //! ```
 
+mod kick;
 mod layout;
 mod loader;
 mod vm;
@@ -65,6 +66,12 @@ struct Args {
     /// VMM's own loop with the hooks.
     #[arg(long)]
     turnkey: bool,
+    /// Run `KVM_RUN` in this VMM's own loop (not `VcpuHooks::run`) and
+    /// give the debugger this VMM's kick: a signal whose handler sets the
+    /// vCPU's `immediate_exit`, as VMMs like Firecracker have. Ignored
+    /// with --turnkey.
+    #[arg(long)]
+    own_kick: bool,
     /// Do not let the debugger trap watched pages through memslots (then
     /// watchpoints use debug registers, as in a VMM that keeps its slots).
     #[arg(long)]
@@ -180,6 +187,7 @@ fn run(args: Args) -> Result<(), String> {
         irqchip: !args.no_irqchip,
         page_traps: !args.no_page_traps,
         skip_irq_handlers: args.skip_irq_handlers,
+        own_kick: args.own_kick && !args.turnkey,
     })?;
     let listener = listener(&args)?;
     let spaces: Vec<String> = vm.spaces.iter().map(|s| format!("{s:#x}")).collect();
@@ -196,14 +204,17 @@ fn run(args: Args) -> Result<(), String> {
     for (index, fd) in vm.vcpus.into_iter().enumerate() {
         let dbg = Arc::clone(&debugger);
         let turnkey = args.turnkey;
+        let kicker = vm.kicker.clone();
         let handle = thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let ended = if turnkey {
-                    let mut fd = fd;
-                    dbg.run_vcpu(index, &mut fd, handle_exit)
-                } else {
-                    vcpu_loop(&dbg, index, fd)
+                let mut fd = fd;
+                let ended = match &kicker {
+                    None if turnkey => dbg.run_vcpu(index, &mut fd, handle_exit),
+                    Some(kicker) => {
+                        kicker.serve(index, &mut fd, |fd| vcpu_loop(&dbg, index, fd, true))
+                    }
+                    None => vcpu_loop(&dbg, index, &mut fd, false),
                 };
                 if let Err(e) = ended {
                     error!("vcpu {index}: {e}");
@@ -336,15 +347,17 @@ fn write_symbol_file(listing: &Path) -> Result<PathBuf, String> {
 }
 
 /// This VMM's vCPU loop: its own `KVM_RUN` loop with the debugger's hooks
-/// around each run, as any VMM would embed the stub.
+/// around each run, as any VMM would embed the stub. `own_run`: `KVM_RUN`
+/// itself (the debugger has this VMM's kick), else `VcpuHooks::run`.
 fn vcpu_loop(
     debugger: &Debugger,
     index: usize,
-    mut fd: VcpuFd,
+    fd: &mut VcpuFd,
+    own_run: bool,
 ) -> Result<(), vmem_gdbstub::target::StubError> {
     let mut hooks = debugger.vcpu(index)?;
-    while hooks.before_run(&mut fd) == Entry::Run {
-        let exit = hooks.run(&mut fd);
+    while hooks.before_run(fd) == Entry::Run {
+        let exit = if own_run { fd.run() } else { hooks.run(fd) };
         let action = match hooks.after_exit(exit) {
             None => ExitAction::Continue,
             Some(Ok(exit)) => handle_exit(index, exit),

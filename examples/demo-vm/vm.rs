@@ -10,6 +10,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
 use vmem_gdbstub::target::{flat_segment, vcpu_mmu, Debugger, GuestRam, KvmMemslots, StepIrqs};
 
+use crate::kick::VcpuKicker;
 use crate::layout::{self, GDT_ADDR};
 use crate::loader;
 
@@ -36,6 +37,8 @@ pub struct Vm {
     pub debugger: Arc<Debugger>,
     pub spaces: Vec<u64>,
     pub vcpus: Vec<VcpuFd>,
+    /// This VMM's own kick (`--own-kick`), given to the debugger too.
+    pub kicker: Option<Arc<VcpuKicker>>,
     /// Kept alive as long as the vCPUs run.
     pub _vm: Arc<VmFd>,
 }
@@ -57,6 +60,8 @@ pub struct Config<'a> {
     /// Steps run interrupt handlers they enter instead of holding
     /// interrupts back.
     pub skip_irq_handlers: bool,
+    /// This VMM runs `KVM_RUN` itself and gives the debugger its own kick.
+    pub own_kick: bool,
 }
 
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
@@ -71,6 +76,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         irqchip,
         page_traps,
         skip_irq_handlers,
+        own_kick,
     } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
@@ -156,6 +162,11 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     if skip_irq_handlers {
         builder = builder.step_irqs(StepIrqs::SkipHandlers);
     }
+    let kicker = own_kick.then(|| Arc::new(VcpuKicker::new(vcpus)));
+    if let Some(kicker) = &kicker {
+        let kicker = Arc::clone(kicker);
+        builder = builder.kick(move |index| kicker.kick(index));
+    }
     if mode == GuestMode::Long {
         // gdb would take a 32-bit ELF's architecture over our x86-64 one.
         builder = builder.exec_file(elf_path);
@@ -170,6 +181,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         debugger: Arc::new(builder.build()),
         spaces,
         vcpus: fds,
+        kicker,
         _vm: vm,
     })
 }
