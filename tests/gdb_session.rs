@@ -3,6 +3,8 @@
 
 mod demo;
 
+use std::time::{Duration, Instant};
+
 use demo::{hex_after, number_after, DemoVm};
 
 #[test]
@@ -149,6 +151,44 @@ fn watch_reports_old_and_new_values() {
     assert_eq!(new, old + 1, "{out}");
     assert!(out.contains("write_watched"), "{out}");
     assert_eq!(number_after(&out, "$1 = "), Some(new + 1), "{out}");
+}
+
+/// gdb lifts its watchpoints at every stop and puts them back when it
+/// resumes: the memslots are laid out again only when the trapped pages
+/// really change (`RUST_LOG=debug` logs each layout), not twice per stop;
+/// once gdb is gone and the guest runs on, the page traps no more.
+#[test]
+fn watch_stops_lay_out_no_memslots() {
+    let Some(vm) = DemoVm::start_logging("vmem_gdbstub=debug") else {
+        return;
+    };
+    let mut commands = vec!["watch counter"];
+    commands.extend(std::iter::repeat_n("continue", 20));
+    let out = vm.gdb(&commands);
+    assert_eq!(
+        out.matches("hit Hardware watchpoint 1: counter").count(),
+        20,
+        "{out}"
+    );
+    let layouts = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split("memslots: ").nth(1))
+            .map(String::from)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while layouts(&vm.log()).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        layouts(&vm.log()),
+        [
+            "1 slots, 0 trapped pages",
+            "3 slots, 1 trapped pages",
+            "1 slots, 0 trapped pages"
+        ],
+        "at boot, at the first Z2, after the session"
+    );
 }
 
 #[test]

@@ -177,6 +177,7 @@ impl<'d> VcpuHooks<'d> {
         self.leave_gate();
         let entry = self.prepare(fd);
         if entry == Entry::Run {
+            self.inner.sync_traps();
             self.pass = Some(self.inner.run_gate.enter());
         }
         entry

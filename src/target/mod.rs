@@ -153,6 +153,8 @@ impl DebuggerBuilder {
                 page_traps: None,
                 vmm_kick: None,
                 run_gate: Default::default(),
+                applied_traps: Mutex::default(),
+                traps_stale: AtomicBool::new(false),
                 serving: Mutex::new(None),
                 stopping: AtomicBool::new(false),
                 session: Mutex::new(None),

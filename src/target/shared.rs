@@ -27,6 +27,7 @@ use super::traps::{PageTraps, Trap};
 use super::vcpu::{Command, Vcpu};
 use super::wait;
 use super::watchpoints::Watchpoints;
+use crate::vmem::PhysAddr;
 
 /// How the VMM's own kick reaches vCPU `index`.
 pub(crate) type VmmKick = Box<dyn Fn(usize) + Send + Sync>;
@@ -44,6 +45,10 @@ pub(crate) struct Inner {
     pub(crate) vmm_kick: Option<VmmKick>,
     /// Memslot changes wait for every vCPU to be out of `KVM_RUN`.
     pub(crate) run_gate: RunGate,
+    /// The pages `page_traps` traps now.
+    pub(crate) applied_traps: Mutex<BTreeMap<PhysAddr, Trap>>,
+    /// A watch was removed: the traps change before any vCPU runs next.
+    pub(crate) traps_stale: AtomicBool,
     /// Wakes the thread accepting gdb connections.
     pub(crate) serving: Mutex<Option<wait::Waker>>,
     /// The VMM asked to stop serving gdb.
@@ -177,7 +182,8 @@ impl Inner {
     }
 
     /// Ask the VMM to trap the pages of the current watchpoints and
-    /// watched translations (the table pages on their paths, for writes).
+    /// watched translations (the table pages on their paths, for writes),
+    /// unless it traps exactly those already.
     pub(crate) fn apply_traps(&self) -> Result<(), StubError> {
         let Some(traps) = &self.page_traps else {
             return Ok(());
@@ -186,10 +192,34 @@ impl Inner {
         for page in self.table_watches().pages() {
             pages.entry(page).or_insert(Trap::Writes);
         }
+        let mut applied = lock(&self.applied_traps);
+        self.traps_stale.store(false, Ordering::Release);
+        if *applied == pages {
+            return Ok(());
+        }
         let kick_all = || self.vcpus.iter().for_each(|v| v.kick_out(self));
         self.run_gate
             .closed(kick_all, || traps.set_traps(&pages))
-            .map_err(StubError::PageTraps)
+            .map_err(StubError::PageTraps)?;
+        *applied = pages;
+        Ok(())
+    }
+
+    /// A watch was removed: its pages stop trapping before any vCPU runs
+    /// next ([`Self::sync_traps`]). gdb lifts its watchpoints at every
+    /// stop and puts them back when it resumes, which then changes
+    /// nothing.
+    pub(crate) fn untrap_later(&self) {
+        self.traps_stale.store(true, Ordering::Release);
+    }
+
+    /// Before a vCPU runs: make the traps of watches removed since.
+    pub(crate) fn sync_traps(&self) {
+        if self.traps_stale.load(Ordering::Acquire) {
+            if let Err(e) = self.apply_traps() {
+                warn!("{e}");
+            }
+        }
     }
 
     pub(crate) fn attached(&self) -> bool {

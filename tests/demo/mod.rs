@@ -11,6 +11,7 @@ pub mod rsp_decode;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A running demo VM with its gdb port.
@@ -22,6 +23,8 @@ pub struct DemoVm {
     pub spaces: Vec<u64>,
     /// What the demo printed before it served gdb.
     pub startup: String,
+    /// What the demo has logged so far (its stderr).
+    log: Arc<Mutex<String>>,
 }
 
 fn demo_binary() -> PathBuf {
@@ -93,13 +96,30 @@ impl DemoVm {
         Some(Self::try_start_with(args).unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// Boot with the stub's log at `filter` (RUST_LOG), kept for
+    /// [`DemoVm::log`].
+    pub fn start_logging(filter: &str) -> Option<DemoVm> {
+        if !available() {
+            return None;
+        }
+        Some(Self::spawn(&[], Some(filter)).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     /// Boot, or say why the demo VM exited instead (its error message).
     pub fn try_start_with(args: &[&str]) -> Result<DemoVm, String> {
+        Self::spawn(args, None)
+    }
+
+    fn spawn(args: &[&str], log_filter: Option<&str>) -> Result<DemoVm, String> {
         // VMEM_GDBSTUB_DEMO_ARGS: e.g. "--turnkey" or "--no-irqchip", to
         // run every gdb test through the other vCPU loop or without an
         // interrupt controller.
         let extra = std::env::var("VMEM_GDBSTUB_DEMO_ARGS").unwrap_or_default();
-        let mut child = Command::new(demo_binary())
+        let mut demo = Command::new(demo_binary());
+        if let Some(filter) = log_filter {
+            demo.env("RUST_LOG", filter);
+        }
+        let mut child = demo
             .args(["--listen", "127.0.0.1:0"])
             .args(extra.split_whitespace().filter(|e| !args.contains(e)))
             .args(args)
@@ -108,12 +128,19 @@ impl DemoVm {
             .spawn()
             .expect("starting the demo VM (built by cargo test as an example)");
         let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take().expect("stderr");
         // Keep draining stderr so the VM never blocks on a full pipe.
-        let errors = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-            text
+        let log = Arc::new(Mutex::new(String::new()));
+        let errors = std::thread::spawn({
+            let log = Arc::clone(&log);
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            }
         });
         let mut lines = BufReader::new(stdout).lines();
         let (mut port, mut elf, mut spaces) = (None, None, Vec::new());
@@ -147,7 +174,13 @@ impl DemoVm {
             elf: elf.expect("guest ELF line"),
             spaces,
             startup,
+            log,
         })
+    }
+
+    /// What the demo has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The demo VMM's process id.

@@ -21,9 +21,7 @@ impl KvmTarget {
         self.dbg.watchpoints_mut().clear();
         self.dbg.table_watches_mut().clear();
         self.dbg.debug_regs_mut().clear();
-        if let Err(e) = self.dbg.apply_traps() {
-            warn!("{e}");
-        }
+        self.dbg.untrap_later();
     }
 
     /// gdb removes (`lifted`) or puts back a breakpoint at `addr` while a
@@ -146,7 +144,7 @@ impl HwWatchpoint for KvmTarget {
             return Ok(self.dbg.debug_regs_mut().remove_watch(addr, len, kind));
         }
         let removed = self.dbg.watchpoints_mut().remove(addr, len, kind);
-        self.dbg.apply_traps()?;
+        self.dbg.untrap_later();
         Ok(removed)
     }
 }

@@ -202,10 +202,8 @@ impl KvmTarget {
             Effect::DiffUsed => self.diff_armed = true,
             Effect::Unwatch(va) => {
                 let removed = self.dbg.table_watches_mut().remove(va);
-                match self.dbg.apply_traps() {
-                    Ok(()) => text.push_str(&format!("{removed} watch(es) removed\n")),
-                    Err(e) => text.push_str(&format!("error: cannot untrap the tables: {e}\n")),
-                }
+                self.dbg.untrap_later();
+                text.push_str(&format!("{removed} watch(es) removed\n"));
             }
             Effect::ChardevAdd { id, path } => match lock(&self.dbg.chardevs).entry(id) {
                 Entry::Occupied(e) => {
