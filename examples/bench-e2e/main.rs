@@ -387,6 +387,7 @@ struct Sample {
     bare_steps_x_per_s: Option<f64>,
     hits_per_s: f64,
     continues_per_s: f64,
+    watches_per_s: f64,
     /// Per step (symbols, gdb 13), in µs: gdb's CPU, the stub's user and
     /// system CPU.
     step_gdb_us: f64,
@@ -402,6 +403,7 @@ impl Sample {
             self.bare_steps_per_s,
             self.hits_per_s,
             self.continues_per_s,
+            self.watches_per_s,
         ];
         rates
             .iter()
@@ -472,10 +474,19 @@ enum Run {
     Hits,
     /// `continue` to a breakpoint, over and over.
     Continues,
+    /// `continue` to a write watchpoint's trigger, over and over.
+    Watches,
 }
 
 impl Run {
-    const ALL: [Run; 5] = [Run::Steps, Run::Bare, Run::BareX, Run::Hits, Run::Continues];
+    const ALL: [Run; 6] = [
+        Run::Steps,
+        Run::Bare,
+        Run::BareX,
+        Run::Hits,
+        Run::Continues,
+        Run::Watches,
+    ];
 
     /// The gdb that runs it (`None`: gdb 18 is not installed).
     fn gdb(self, gdb_x: Option<&str>) -> Option<String> {
@@ -495,7 +506,7 @@ impl Run {
             Run::Steps => STEPS,
             Run::Bare | Run::BareX => BARE_STEPS,
             Run::Hits => HITS,
-            Run::Continues => CONTINUES,
+            Run::Continues | Run::Watches => CONTINUES,
         }
     }
 
@@ -521,9 +532,13 @@ impl Run {
                 "delete".into(),
                 spin(0),
             ],
-            Run::Continues => vec![
+            Run::Continues | Run::Watches => vec![
                 spin(1),
-                "break bump".into(),
+                if self == Run::Watches {
+                    "watch bumps".into()
+                } else {
+                    "break bump".into()
+                },
                 format!("source {}", scripts.join("continues.gdb").display()),
                 "print $i".into(),
                 "delete".into(),
@@ -535,7 +550,7 @@ impl Run {
     /// What gdb must print (the breakpoint runs count their stops).
     fn expect(self) -> String {
         match self {
-            Run::Hits | Run::Continues => format!("= {}", self.count()),
+            Run::Hits | Run::Continues | Run::Watches => format!("= {}", self.count()),
             _ => String::new(),
         }
     }
@@ -543,8 +558,12 @@ impl Run {
 
 /// What one column's measurements talk to.
 enum Serving<'a> {
-    /// A real stub (or the static floor): every run.
+    /// A real stub: every run.
     Stub(&'a Stub),
+    /// The static floor: every run but [`Run::Watches`] (its memory never
+    /// changes, and gdb resumes from a write watchpoint whose value stayed
+    /// the same without a stop).
+    Canned(&'a Stub),
     /// The replaying floor: a do-nothing stub per run, each replaying
     /// what ours answered in that run (no dump).
     Replay(Vec<(Run, Stub)>),
@@ -554,13 +573,14 @@ impl Serving<'_> {
     fn stub(&self, run: Run) -> Option<&Stub> {
         match self {
             Serving::Stub(stub) => Some(stub),
+            Serving::Canned(stub) => (run != Run::Watches).then_some(*stub),
             Serving::Replay(stubs) => stubs.iter().find(|(r, _)| *r == run).map(|(_, s)| s),
         }
     }
 
     fn freeze(&self, frozen: bool) {
         match self {
-            Serving::Stub(stub) => stub.freeze(frozen),
+            Serving::Stub(stub) | Serving::Canned(stub) => stub.freeze(frozen),
             Serving::Replay(stubs) => stubs.iter().for_each(|(_, s)| s.freeze(frozen)),
         }
     }
@@ -574,7 +594,7 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         DUMP_BASE + DUMP_BYTES
     )];
     let dumping = match serving {
-        Serving::Stub(stub) => Some(stub.port),
+        Serving::Stub(stub) | Serving::Canned(stub) => Some(stub.port),
         Serving::Replay(_) => None,
     };
     // -1: not measured (no replay of this run), 0: failed.
@@ -608,6 +628,7 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         bare_steps_x_per_s: gdb_x.map(|_| rate(Run::BareX, wall(Run::BareX))),
         hits_per_s: rate(Run::Hits, wall(Run::Hits)),
         continues_per_s: rate(Run::Continues, wall(Run::Continues)),
+        watches_per_s: rate(Run::Watches, wall(Run::Watches)),
         step_gdb_us: step_cost.map_or(0.0, |c| per_step(c.gdb)),
         step_stub_user_us: step_cost.map_or(0.0, |c| per_step(c.stub_user)),
         step_stub_system_us: step_cost.map_or(0.0, |c| per_step(c.stub_system)),
@@ -694,6 +715,7 @@ fn measure_all(
                 bare_steps_x_per_s: some(&|r| r.bare_steps_x_per_s),
                 hits_per_s: of(&|r| r.hits_per_s),
                 continues_per_s: of(&|r| r.continues_per_s),
+                watches_per_s: of(&|r| r.watches_per_s),
                 step_gdb_us: of(&|r| r.step_gdb_us),
                 step_stub_user_us: of(&|r| r.step_stub_user_us),
                 step_stub_system_us: of(&|r| r.step_stub_system_us),
@@ -753,6 +775,7 @@ fn print_table(rows: &[Row]) {
     });
     line("cond. breakpoint hits/s", &|r| per_s(r.hits_per_s));
     line("continue->breakpoint /s", &|r| per_s(r.continues_per_s));
+    line("continue->watchpoint /s", &|r| per_s(r.watches_per_s));
     let ours = &rows[0].medians;
     let dump_ratios = |other: &Sample| match ours.dump.zip(other.dump) {
         Some((a, b)) => format!(
@@ -765,7 +788,7 @@ fn print_table(rows: &[Row]) {
     for row in &rows[1..] {
         let other = &row.medians;
         println!(
-            "ours vs {:<12}: {}stepi {} (no symbols: gdb 13 {}, gdb 18 {}), hits {}, continues {}",
+            "ours vs {:<12}: {}stepi {} (no symbols: gdb 13 {}, gdb 18 {}), hits {}, continues {}, watch triggers {}",
             row.name,
             dump_ratios(other),
             ratio(ours.steps_per_s, other.steps_per_s),
@@ -775,6 +798,7 @@ fn print_table(rows: &[Row]) {
                 .map_or("n/a".into(), |(a, b)| ratio(a, b)),
             ratio(ours.hits_per_s, other.hits_per_s),
             ratio(ours.continues_per_s, other.continues_per_s),
+            ratio(ours.watches_per_s, other.watches_per_s),
         );
     }
     println!("where a step's time goes (symbols, gdb 13; µs per step, medians):");
@@ -864,7 +888,7 @@ fn main() {
         })
         .collect();
     columns.extend(qemus.iter().map(|(name, q)| (*name, Serving::Stub(q))));
-    columns.push(("static floor", Serving::Stub(&floor)));
+    columns.push(("static floor", Serving::Canned(&floor)));
     columns.push(("replay floor", Serving::Replay(replays)));
     println!("{ROUNDS} rounds, medians:");
     let rows = measure_all(&columns, gdb_x.as_deref(), &tmp);
