@@ -120,6 +120,34 @@ fn gdb_killed_mid_session_leaves_no_int3_behind() {
     assert!(after > before, "the guest runs on: {before} -> {after}");
 }
 
+/// A reply later than gdb's remotetimeout (2 s; here the VMM is frozen
+/// for 3 s, as a loaded host or a long monitor command would make it):
+/// gdb sends `-` while it waits, and every reply still reaches the
+/// command it answers.
+#[test]
+fn a_reply_past_gdbs_timeout_leaves_the_replies_in_order() {
+    let Some(vm) = DemoVm::start() else { return };
+    let pid = vm.pid();
+    let out = vm.gdb(&[
+        &format!("shell kill -STOP {pid}; (sleep 3; kill -CONT {pid}) &"),
+        "monitor vmem use phys",
+        "monitor vmem use current",
+        "print counter",
+        "detach",
+    ]);
+    assert!(
+        out.contains("gdb memory accesses now go through physical addresses"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gdb memory accesses now go through the current vCPU's address space"),
+        "{out}"
+    );
+    assert!(number_after(&out, "$1 = ").is_some(), "{out}");
+    assert!(out.contains("[Inferior 1 (process 1) detached]"), "{out}");
+    assert!(!out.contains("Target does not support"), "{out}");
+}
+
 /// After a step, the stepped vCPU's own thread answers gdb (the session is
 /// lent to it) and blocks on gdb's socket alone: shutting the VM down
 /// (SIGTERM to the demo VMM) still ends its loop at once.

@@ -238,8 +238,20 @@ impl GdbConnection {
                 continue;
             }
             if self.packet.is_empty() && b != b'$' {
-                if b != b'+' {
-                    self.prepared = None;
+                match b {
+                    b'+' => {}
+                    b'-' => {
+                        // gdb's nudge when a reply is late (past its
+                        // remotetimeout, 2 s by default: a long monitor
+                        // command, a loaded host), sent even without acks.
+                        // Over a stream nothing is lost: the reply comes
+                        // when it is ready. (gdbstub would end with
+                        // ClientSentNack, and gdb get every later reply
+                        // one late.)
+                        debug!("gdb sent '-': a reply is late; it comes when ready");
+                        continue;
+                    }
+                    _ => self.prepared = None,
                 }
                 self.input.push_back(Input::Byte(b));
                 continue;
