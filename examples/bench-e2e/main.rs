@@ -302,7 +302,14 @@ fn costed(
         let wall = start.elapsed();
         let printed = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || !printed.contains(expect) {
-            eprintln!("gdb failed, timed out or did not print {expect:?}");
+            let said = String::from_utf8_lossy(&out.stderr);
+            let last = |text: &str| text.lines().last().unwrap_or("").to_string();
+            eprintln!(
+                "gdb ({}) failed, timed out or did not print {expect:?}; last lines: {:?} / {:?}",
+                out.status,
+                last(&printed),
+                last(&said)
+            );
             return None;
         }
         let stub_after = stub.map(process_cpu).unwrap_or_default();
@@ -708,8 +715,11 @@ fn measure_all(
                 (!values.is_empty()).then(|| median(values))
             };
             let medians = Sample {
-                dump: some(&|r| r.dump.map(|d| d.as_secs_f64())).map(Duration::from_secs_f64),
-                dump_x: some(&|r| r.dump_x.map(|d| d.as_secs_f64())).map(Duration::from_secs_f64),
+                // (A failed dump is Duration::MAX, beyond a float's reach.)
+                dump: some(&|r| r.dump.map(|d| d.as_secs_f64()))
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                dump_x: some(&|r| r.dump_x.map(|d| d.as_secs_f64()))
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                 steps_per_s: of(&|r| r.steps_per_s),
                 bare_steps_per_s: of(&|r| r.bare_steps_per_s),
                 bare_steps_x_per_s: some(&|r| r.bare_steps_x_per_s),

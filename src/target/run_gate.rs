@@ -58,7 +58,9 @@ impl RunGate {
     pub(crate) fn leave(&self, pass: Pass) -> bool {
         let mut state = lock(&self.state);
         state.inside = state.inside.saturating_sub(1);
-        if state.inside == 0 {
+        // Only a change waits for the last run to leave (a notify is a
+        // system call, ~7 µs on kvm_pvm: not one per run).
+        if state.inside == 0 && state.closed {
             self.cv.notify_all();
         }
         state.closings != pass.closings
