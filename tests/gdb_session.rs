@@ -156,11 +156,27 @@ fn watch_reports_old_and_new_values() {
 /// gdb lifts its watchpoints at every stop and puts them back when it
 /// resumes: the memslots are laid out again only when the trapped pages
 /// really change (`RUST_LOG=debug` logs each layout), not twice per stop;
-/// once gdb is gone and the guest runs on, the page traps no more.
+/// once gdb is gone and the guest runs on, the page traps no more. A
+/// second watched page above the first keeps the slots below it.
 #[test]
 fn watch_stops_lay_out_no_memslots() {
     let Some(vm) = DemoVm::start_logging("vmem_gdbstub=debug") else {
         return;
+    };
+    let layouts = |count: usize| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = vm.log();
+            let found: Vec<String> = log
+                .lines()
+                .filter_map(|l| l.split("memslots: ").nth(1))
+                .map(String::from)
+                .collect();
+            if found.len() >= count || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     };
     let mut commands = vec!["watch counter"];
     commands.extend(std::iter::repeat_n("continue", 20));
@@ -170,24 +186,30 @@ fn watch_stops_lay_out_no_memslots() {
         20,
         "{out}"
     );
-    let layouts = |log: &str| -> Vec<String> {
-        log.lines()
-            .filter_map(|l| l.split("memslots: ").nth(1))
-            .map(String::from)
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while layouts(&vm.log()).len() < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(
-        layouts(&vm.log()),
+        layouts(3),
         [
-            "1 slots, 0 trapped pages",
-            "3 slots, 1 trapped pages",
-            "1 slots, 0 trapped pages"
+            "1 slots, 0 trapped pages (0 kept, 0 deleted, 1 added)",
+            "3 slots, 1 trapped pages (0 kept, 1 deleted, 3 added)",
+            "1 slots, 0 trapped pages (0 kept, 3 deleted, 1 added)"
         ],
         "at boot, at the first Z2, after the session"
+    );
+    // 32 MiB into RAM, far above the kernel's data: never written.
+    let out = vm.gdb(&[
+        "watch counter",
+        "watch *(long *)0xffff888002000000",
+        "continue",
+    ]);
+    assert!(out.contains("hit Hardware watchpoint 1: counter"), "{out}");
+    assert_eq!(
+        layouts(6)[3..],
+        [
+            "3 slots, 1 trapped pages (0 kept, 1 deleted, 3 added)",
+            "5 slots, 2 trapped pages (2 kept, 1 deleted, 3 added)",
+            "1 slots, 0 trapped pages (0 kept, 5 deleted, 1 added)"
+        ],
+        "the first Z2, the second Z2, after the session"
     );
 }
 

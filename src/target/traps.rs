@@ -2,7 +2,7 @@
 //! VMM (memslots are its own), and a ready implementation for a VMM that
 //! lets the debugger lay out the slots of its RAM.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -45,15 +45,28 @@ pub trait PageTraps: Send + Sync {
     fn set_traps(&self, pages: &BTreeMap<PhysAddr, Trap>) -> io::Result<()>;
 }
 
-/// [`PageTraps`] by re-laying out the memslots of all guest RAM: for a
-/// VMM whose RAM slots are the debugger's to manage (slot numbers from
-/// `first_slot` up; the VMM uses none of them).
+/// [`PageTraps`] by laying out the memslots of all guest RAM: for a VMM
+/// whose RAM slots are the debugger's to manage (slot numbers from
+/// `first_slot` up; the VMM uses none of them). A change deletes and adds
+/// only the slots that differ: a slot deleted makes KVM drop every guest
+/// mapping it held, which the guest then faults back in.
 pub struct KvmMemslots {
     vm: Arc<VmFd>,
     ranges: Vec<RamRange>,
     first_slot: u32,
-    /// Slots registered now.
-    registered: Mutex<u32>,
+    /// The slots registered now, by number (counted from `first_slot`).
+    registered: Mutex<BTreeMap<u32, Slot>>,
+}
+
+/// What one memslot maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    gpa: PhysAddr,
+    size: u64,
+    /// Its host address in this process.
+    host: u64,
+    /// `KVM_MEM_*` flags.
+    flags: u32,
 }
 
 impl fmt::Debug for KvmMemslots {
@@ -73,19 +86,20 @@ impl KvmMemslots {
             vm,
             ranges: ram.ranges().to_vec(),
             first_slot,
-            registered: Mutex::new(0),
+            registered: Mutex::new(BTreeMap::new()),
         };
         slots.set_traps(&BTreeMap::new())?;
         Ok(slots)
     }
 
-    fn set_slot(&self, slot: u32, gpa: u64, size: u64, host: u64, flags: u32) -> io::Result<()> {
+    /// Register `slot` as number `number` (a size of 0 deletes it).
+    fn set_slot(&self, number: u32, slot: Slot) -> io::Result<()> {
         let region = kvm_userspace_memory_region {
-            slot: self.first_slot + slot,
-            flags,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host,
+            slot: self.first_slot + number,
+            flags: slot.flags,
+            guest_phys_addr: slot.gpa,
+            memory_size: slot.size,
+            userspace_addr: slot.host,
         };
         // SAFETY: `host .. host + size` lies inside a RAM range of the
         // guest memory the VMM registered with the same VM (size 0 deletes
@@ -96,43 +110,84 @@ impl KvmMemslots {
 
 impl PageTraps for KvmMemslots {
     fn set_traps(&self, pages: &BTreeMap<PhysAddr, Trap>) -> io::Result<()> {
+        let wanted: BTreeSet<Slot> = self
+            .ranges
+            .iter()
+            .flat_map(|range| slots(range, pages))
+            .collect();
         let mut registered = lock(&self.registered);
-        for slot in 0..*registered {
-            self.set_slot(slot, 0, 0, 0, 0)?;
+        // Deleted first: KVM refuses a slot overlapping another.
+        let stale: Vec<u32> = registered
+            .iter()
+            .filter(|(_, slot)| !wanted.contains(slot))
+            .map(|(&number, _)| number)
+            .collect();
+        for number in &stale {
+            self.set_slot(*number, Slot::DELETED)?;
+            registered.remove(number);
         }
-        *registered = 0;
-        for range in &self.ranges {
-            for (gpa, size, flags) in pieces(range, pages) {
-                let host = range.host + (gpa - range.gpa);
-                self.set_slot(*registered, gpa, size, host, flags)?;
-                *registered += 1;
-            }
+        let kept = registered.len();
+        let current: BTreeSet<Slot> = registered.values().copied().collect();
+        for &slot in wanted.difference(&current) {
+            let number = lowest_free(&registered);
+            self.set_slot(number, slot)?;
+            registered.insert(number, slot);
         }
         debug!(
-            "memslots: {} slots, {} trapped pages",
-            *registered,
-            pages.len()
+            "memslots: {} slots, {} trapped pages ({kept} kept, {} deleted, {} added)",
+            registered.len(),
+            pages.len(),
+            stale.len(),
+            registered.len() - kept
         );
         Ok(())
     }
 }
 
-/// The slots covering `range`: (gpa, size, flags), holes left out.
-fn pieces(range: &RamRange, pages: &BTreeMap<PhysAddr, Trap>) -> Vec<(PhysAddr, u64, u32)> {
+impl Slot {
+    /// What deletes a slot.
+    const DELETED: Slot = Slot {
+        gpa: 0,
+        size: 0,
+        host: 0,
+        flags: 0,
+    };
+}
+
+/// The lowest slot number not in `registered`.
+fn lowest_free(registered: &BTreeMap<u32, Slot>) -> u32 {
+    let mut number = 0;
+    for &used in registered.keys() {
+        if used != number {
+            break;
+        }
+        number += 1;
+    }
+    number
+}
+
+/// The slots covering `range`, holes left out.
+fn slots(range: &RamRange, pages: &BTreeMap<PhysAddr, Trap>) -> Vec<Slot> {
     let end = range.gpa + range.size;
+    let slot = |gpa: PhysAddr, size: u64, flags: u32| Slot {
+        gpa,
+        size,
+        host: range.host + (gpa - range.gpa),
+        flags,
+    };
     let mut out = Vec::new();
     let mut at = range.gpa;
     for (&page, &trap) in pages.range(range.gpa..end) {
         if page > at {
-            out.push((at, page - at, 0));
+            out.push(slot(at, page - at, 0));
         }
         if trap == Trap::Writes {
-            out.push((page, PAGE.min(end - page), KVM_MEM_READONLY));
+            out.push(slot(page, PAGE.min(end - page), KVM_MEM_READONLY));
         }
         at = page + PAGE;
     }
     if at < end {
-        out.push((at, end - at, 0));
+        out.push(slot(at, end - at, 0));
     }
     out
 }
@@ -146,18 +201,36 @@ mod tests {
         let range = RamRange {
             gpa: 0x1000,
             size: 0x5000,
-            host: 0,
+            host: 0x7000_0000,
         };
         let pages = BTreeMap::from([(0x2000, Trap::Writes), (0x4000, Trap::All)]);
+        let found: Vec<(u64, u64, u64, u32)> = slots(&range, &pages)
+            .iter()
+            .map(|s| (s.gpa, s.size, s.host, s.flags))
+            .collect();
         assert_eq!(
-            pieces(&range, &pages),
+            found,
             [
-                (0x1000, 0x1000, 0),
-                (0x2000, 0x1000, KVM_MEM_READONLY),
-                (0x3000, 0x1000, 0),
-                (0x5000, 0x1000, 0)
+                (0x1000, 0x1000, 0x7000_0000, 0),
+                (0x2000, 0x1000, 0x7000_1000, KVM_MEM_READONLY),
+                (0x3000, 0x1000, 0x7000_2000, 0),
+                (0x5000, 0x1000, 0x7000_4000, 0)
             ]
         );
-        assert_eq!(pieces(&range, &BTreeMap::new()), [(0x1000, 0x5000, 0)]);
+        let whole = slots(&range, &BTreeMap::new());
+        assert_eq!(whole.len(), 1);
+        assert_eq!((whole[0].gpa, whole[0].size), (0x1000, 0x5000));
+    }
+
+    #[test]
+    fn a_new_slot_takes_the_lowest_free_number() {
+        let slot = |gpa| Slot {
+            gpa,
+            ..Slot::DELETED
+        };
+        let registered = BTreeMap::from([(0, slot(0)), (1, slot(1)), (3, slot(3))]);
+        assert_eq!(lowest_free(&registered), 2);
+        assert_eq!(lowest_free(&BTreeMap::from([(1, slot(1))])), 0);
+        assert_eq!(lowest_free(&BTreeMap::new()), 0);
     }
 }
