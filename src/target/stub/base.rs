@@ -249,12 +249,9 @@ impl KvmTarget {
                 return true;
             }
         }
-        let Ok((regs, _)) = self.core(index) else {
-            return false;
-        };
         let mut byte = [0u8];
-        regs.rip
-            .checked_sub(1)
+        self.linear_pc(index)
+            .and_then(|pc| pc.checked_sub(1))
             .and_then(|at| self.gpa_of(index, at))
             .is_some_and(|gpa| self.dbg.memory.read(gpa, &mut byte).is_ok() && byte[0] == HLT)
     }

@@ -35,7 +35,7 @@ impl KvmTarget {
             return;
         };
         self.guess = if lifted {
-            let under = self.core(own).is_ok_and(|(regs, _)| regs.rip == addr);
+            let under = self.linear_pc(own) == Some(addr);
             under.then_some(Command::Step)
         } else {
             let stepped = self.resolved.get(own) == Some(&Action::Step);

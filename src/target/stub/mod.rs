@@ -37,6 +37,7 @@ use super::paging::Paging;
 use super::regs::{KvmState, RegLayout, X86_64Kvm};
 use super::session::Driver;
 use super::vcpu::{Command, StopKind};
+use super::x86::code_address;
 use super::{lock, Inner};
 use crate::arch::controls::{CR0_PE, EFER_LMA};
 use log::debug;
@@ -179,6 +180,13 @@ impl KvmTarget {
         })?;
         self.core.borrow_mut()[index] = Some(core);
         Ok(core)
+    }
+
+    /// The linear address of vCPU `index`'s next instruction (rip is an
+    /// offset in CS outside long mode; gdb's addresses are linear).
+    pub(super) fn linear_pc(&self, index: usize) -> Option<u64> {
+        let (regs, sregs) = self.core(index).ok()?;
+        Some(code_address(regs.rip, &sregs.cs))
     }
 
     /// All of vCPU `index`'s registers, read once per stop.

@@ -70,9 +70,9 @@ impl KvmTarget {
     /// If vCPU `index` sits on one of our breakpoints: `Some`, with the
     /// software breakpoint's address if it is one.
     fn breakpoint_under(&self, index: usize) -> Option<Option<PhysAddr>> {
-        let rip = self.core(index).ok()?.0.rip;
+        let pc = self.linear_pc(index)?;
         let gpa = self.sw_breakpoint_at_rip(index);
-        (gpa.is_some() || self.dbg.debug_regs().exec_at(rip)).then_some(gpa)
+        (gpa.is_some() || self.dbg.debug_regs().exec_at(pc)).then_some(gpa)
     }
 
     /// If vCPU `index` sits on one of our breakpoints, execute that one

@@ -82,8 +82,7 @@ impl KvmTarget {
 
     /// Where our `int3` under vCPU `index`'s rip is, if one is.
     pub(super) fn sw_breakpoint_at_rip(&self, index: usize) -> Option<PhysAddr> {
-        let rip = self.core(index).ok()?.0.rip;
-        self.gpa_of(index, rip)
+        self.gpa_of(index, self.linear_pc(index)?)
             .filter(|&gpa| self.dbg.breakpoints().has_sw(gpa))
     }
 
