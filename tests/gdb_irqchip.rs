@@ -46,9 +46,13 @@ fn step_around_the_timer(
     } else {
         ""
     };
+    // The attach may have stopped vCPU 0 inside the handler: out first.
     let script = format!(
         "\
 {setup}
+while $pc >= (unsigned long)&timer_stub && $pc < (unsigned long)&spurious_stub
+  stepi
+end
 set $start = timer_ticks
 set $inside = 0
 set $steps = 0

@@ -259,7 +259,13 @@ fn the_guests_own_int3_reaches_the_guest() {
         hits1 > hits0,
         "the guest kept taking its own #BP: {hits0} -> {hits1}"
     );
-    assert_eq!(hits1, iterations / 16, "one #BP per 16 iterations");
+    // One #BP per 16 iterations; the attach may stop vCPU 1 between
+    // counting its 16th iteration and its handler counting the #BP.
+    let reached = iterations / 16;
+    assert!(
+        hits1 == reached || (iterations.is_multiple_of(16) && hits1 + 1 == reached),
+        "one #BP per 16 iterations: {hits1} after {iterations}"
+    );
     assert_eq!(
         number_after(&second, "$3 = "),
         Some(0),
