@@ -69,6 +69,16 @@ struct Slot {
     flags: u32,
 }
 
+impl Slot {
+    /// What deletes a slot.
+    const DELETED: Slot = Slot {
+        gpa: 0,
+        size: 0,
+        host: 0,
+        flags: 0,
+    };
+}
+
 impl fmt::Debug for KvmMemslots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KvmMemslots")
@@ -142,16 +152,6 @@ impl PageTraps for KvmMemslots {
         );
         Ok(())
     }
-}
-
-impl Slot {
-    /// What deletes a slot.
-    const DELETED: Slot = Slot {
-        gpa: 0,
-        size: 0,
-        host: 0,
-        flags: 0,
-    };
 }
 
 /// The lowest slot number not in `registered`.
