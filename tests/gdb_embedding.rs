@@ -1,7 +1,8 @@
 //! The VMM keeps its own exits: port I/O and MMIO to the demo VMM's device
 //! reach the VMM exactly once and untouched while gdb is attached, also
 //! while gdb single-steps over the accessing instructions, through the
-//! hooks (the demo's own loop) and through the turnkey loop.
+//! hooks (the demo's own loop) and through the turnkey loop. And the
+//! VMM's RAM as VMMs lay it out: split around the 32-bit MMIO gap.
 
 mod demo;
 
@@ -148,4 +149,80 @@ fn the_vmm_runs_monitor_commands_itself() {
         number_after(&second, "$1 = ").unwrap(),
     );
     assert!(b > a, "the guest runs between sessions: {a} then {b}");
+}
+
+/// RAM as VMMs lay it out past 3 GiB: split around the 32-bit MMIO gap
+/// (the demo's `--mem 3200`: 0-3 GiB and 4 GiB-4.125 GiB). gdb reads and
+/// writes above the gap, the gap itself is no memory, the reverse map
+/// finds high RAM in the direct map of both spaces, a watchpoint in low
+/// RAM leaves the high range's memslot in place, and the guest reads
+/// what gdb wrote above the gap after that.
+#[test]
+fn ram_split_around_the_mmio_gap() {
+    let Some(vm) = DemoVm::start_logging("vmem_gdbstub::target::traps=debug", &["--mem", "3200"])
+    else {
+        return;
+    };
+    let out = vm.gdb(&[
+        "set {unsigned long}0xffff888100000008 = 0x1122334455667788",
+        "monitor xp /2gx 0x100000000",
+        "x/gx 0xffff8880c0000000",
+        "monitor xp /1gx 0xc0000000",
+        "monitor gpa2hva 0x100000008",
+        "monitor gpa2hva 0xc0000000",
+        "monitor vmem find 0x100000008",
+        "set var probe_va = 0xffff888100000008",
+        "watch counter",
+        "continue",
+    ]);
+    assert!(
+        out.contains("0000000100000000: 0x0000000000000000 0x1122334455667788"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Cannot access memory at address 0xffff8880c0000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: Cannot access memory at 0xc0000000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Host virtual address for 0x100000008 (ram) is 0x"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: No memory is mapped at address 0xc0000000"),
+        "{out}"
+    );
+    assert!(out.contains("2 mappings in 2 spaces"), "{out}");
+    assert_eq!(
+        out.matches("  ffff888100000008-ffff888100000008  0000000100000008-")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("hit Hardware watchpoint 1: counter"), "{out}");
+    // The guest (vCPU 0) reads high RAM through its own tables and the
+    // memslot the watch kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let probed = loop {
+        let out = vm.gdb(&["print/x probe_value", "print probe_count"]);
+        if number_after(&out, "$2 = ") == Some(1) || std::time::Instant::now() >= deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(probed.contains("$1 = 0x1122334455667788"), "{probed}");
+    let layouts = vm.memslot_layouts(3);
+    assert!(layouts.len() >= 3, "{layouts:?}");
+    assert_eq!(
+        layouts[..3],
+        [
+            "2 slots, 0 trapped pages (0 kept, 0 deleted, 2 added)",
+            "4 slots, 1 trapped pages (1 kept, 1 deleted, 3 added)",
+            "2 slots, 0 trapped pages (1 kept, 3 deleted, 1 added)"
+        ],
+        "at boot, at the Z2, after the session: the slot above the gap stays"
+    );
 }

@@ -3,8 +3,6 @@
 
 mod demo;
 
-use std::time::{Duration, Instant};
-
 use demo::{hex_after, number_after, DemoVm};
 
 #[test]
@@ -160,23 +158,8 @@ fn watch_reports_old_and_new_values() {
 /// second watched page above the first keeps the slots below it.
 #[test]
 fn watch_stops_lay_out_no_memslots() {
-    let Some(vm) = DemoVm::start_logging("vmem_gdbstub=debug") else {
+    let Some(vm) = DemoVm::start_logging("vmem_gdbstub=debug", &[]) else {
         return;
-    };
-    let layouts = |count: usize| -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = vm.log();
-            let found: Vec<String> = log
-                .lines()
-                .filter_map(|l| l.split("memslots: ").nth(1))
-                .map(String::from)
-                .collect();
-            if found.len() >= count || Instant::now() >= deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     };
     let mut commands = vec!["watch counter"];
     commands.extend(std::iter::repeat_n("continue", 20));
@@ -187,7 +170,7 @@ fn watch_stops_lay_out_no_memslots() {
         "{out}"
     );
     assert_eq!(
-        layouts(3),
+        vm.memslot_layouts(3),
         [
             "1 slots, 0 trapped pages (0 kept, 0 deleted, 1 added)",
             "3 slots, 1 trapped pages (0 kept, 1 deleted, 3 added)",
@@ -203,7 +186,7 @@ fn watch_stops_lay_out_no_memslots() {
     ]);
     assert!(out.contains("hit Hardware watchpoint 1: counter"), "{out}");
     assert_eq!(
-        layouts(6)[3..],
+        vm.memslot_layouts(6)[3..],
         [
             "3 slots, 1 trapped pages (0 kept, 1 deleted, 3 added)",
             "5 slots, 2 trapped pages (2 kept, 1 deleted, 3 added)",

@@ -103,22 +103,23 @@ fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Res
 }
 
 /// Build the long-mode address spaces in `mode` (which says whether the
-/// vCPU has 1 GiB pages); returns the CR3 values of the two the vCPUs run
-/// in and of a third none loads.
+/// vCPU has 1 GiB pages) over RAM ending at `ram_end` (the direct map
+/// covers it all, a gap between RAM ranges included); returns the CR3
+/// values of the two the vCPUs run in and of a third none loads.
 pub fn build_spaces(
     mode: &Amd64,
     mem: &GuestRam,
-    ram: u64,
+    ram_end: u64,
     segments: &[Segment],
 ) -> Result<[u64; 3], MapError> {
     let pool = TablePool::new(BOOT_TABLES);
     let first = new_space(mem, &pool)?;
     let a = GuestTables::new(mem, first, Some(&pool));
-    let window = (ram.min(G1) & !((2 << 20) - 1)).max(2 << 20);
+    let window = (ram_end.min(G1) & !((2 << 20) - 1)).max(2 << 20);
     // Kernel window in 2 MiB pages, RAM's direct map in the largest pages
     // the vCPU has (`map` uses only leaves the format allows).
     map_window(mode, &a, KERNEL_BASE, window, PageSize::SIZE_2M)?;
-    let direct = ram.div_ceil(G1) * G1;
+    let direct = ram_end.div_ceil(G1) * G1;
     vmem::map(
         mode,
         &a,

@@ -41,7 +41,8 @@ struct Args {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
     vcpus: u8,
-    /// Guest RAM in MiB.
+    /// Guest RAM in MiB; over 3 GiB it is split around the 32-bit MMIO
+    /// gap (3-4 GiB), as VMMs lay RAM out.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(32..=4096))]
     mem: u64,
     /// TCP address for gdb (port 0 picks a free port).

@@ -64,6 +64,24 @@ pub struct Config<'a> {
     pub own_kick: bool,
 }
 
+/// Where RAM stops below 4 GiB and where it goes on: the 32-bit MMIO gap
+/// VMMs leave for devices (RAM over 3 GiB is split around it).
+const MMIO_GAP: std::ops::Range<u64> = 0xc000_0000..0x1_0000_0000;
+
+/// `size` bytes of RAM from address 0, split around [`MMIO_GAP`]: the
+/// ranges, and the end of the last.
+fn ram_layout(size: u64) -> (Vec<(GuestAddress, usize)>, u64) {
+    if size <= MMIO_GAP.start {
+        return (vec![(GuestAddress(0), size as usize)], size);
+    }
+    let above = size - MMIO_GAP.start;
+    let ranges = vec![
+        (GuestAddress(0), MMIO_GAP.start as usize),
+        (GuestAddress(MMIO_GAP.end), above as usize),
+    ];
+    (ranges, MMIO_GAP.end + above)
+}
+
 /// Build the VM with `vcpus` vCPUs and `mem_mib` MiB of RAM, running `elf`.
 pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     let Config {
@@ -86,9 +104,9 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
             .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
         info!("in-kernel irqchip; LAPIC timer at {TIMER_HZ} Hz per vCPU");
     }
-    let ram_size = mem_mib << 20;
-    let guest_memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram_size as usize)])
-        .map_err(|e| format!("guest RAM: {e}"))?;
+    let (ranges, ram_end) = ram_layout(mem_mib << 20);
+    let guest_memory =
+        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| format!("guest RAM: {e}"))?;
     let memory = GuestRam::new(guest_memory);
 
     let image = loader::load(elf, &memory)?;
@@ -106,11 +124,10 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     let spaces = match mode {
         // The third space is left for `monitor vmem spaces --scan` to find:
         // neither registered nor given to the guest.
-        GuestMode::Long => layout::build_spaces(&long, &memory, ram_size, &image.segments)
+        GuestMode::Long => layout::build_spaces(&long, &memory, ram_end, &image.segments)
             .map(|[a, b, _hidden]| vec![a, b]),
         GuestMode::Protected(paging) => {
-            layout::build_space_32(&memory, ram_size, &image.segments, paging)
-                .map(|root| vec![root])
+            layout::build_space_32(&memory, ram_end, &image.segments, paging).map(|root| vec![root])
         }
     }
     .map_err(|e| format!("page tables: {e}"))?;

@@ -96,13 +96,13 @@ impl DemoVm {
         Some(Self::try_start_with(args).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    /// Boot with the stub's log at `filter` (RUST_LOG), kept for
-    /// [`DemoVm::log`].
-    pub fn start_logging(filter: &str) -> Option<DemoVm> {
+    /// Boot with `args` and the stub's log at `filter` (RUST_LOG), kept
+    /// for [`DemoVm::log`].
+    pub fn start_logging(filter: &str, args: &[&str]) -> Option<DemoVm> {
         if !available() {
             return None;
         }
-        Some(Self::spawn(&[], Some(filter)).unwrap_or_else(|e| panic!("{e}")))
+        Some(Self::spawn(args, Some(filter)).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Boot, or say why the demo VM exited instead (its error message).
@@ -181,6 +181,25 @@ impl DemoVm {
     /// What the demo has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The memslot layouts the stub logged (`memslots: …`, at debug level
+    /// for `vmem_gdbstub::target::traps`), once there are `count` of them
+    /// or after 10 s.
+    pub fn memslot_layouts(&self, count: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = self
+                .log()
+                .lines()
+                .filter_map(|l| l.split("memslots: ").nth(1))
+                .map(String::from)
+                .collect();
+            if found.len() >= count || std::time::Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The demo VMM's process id.
