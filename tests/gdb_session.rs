@@ -303,7 +303,6 @@ fn packets_gdbstub_rejects_do_not_end_the_session() {
     assert!(out.contains("\"Hello from the higher half!\""), "{out}");
 }
 
-/// rip of a stop reply (our stop replies expedite it as register 0x10).
 /// One step of vCPU 0 with a raw client; its stop reply.
 fn step(rsp: &mut demo::rsp::Rsp) -> Vec<u8> {
     match rsp.request(b"vCont;s:1") {
@@ -312,6 +311,16 @@ fn step(rsp: &mut demo::rsp::Rsp) -> Vec<u8> {
     }
 }
 
+/// A raw client that has stepped vCPU 0 twice (after the first step,
+/// vCPU 0's own thread answers), and vCPU 0's rip.
+fn stepped_client(port: u16) -> (demo::rsp::Rsp, u64) {
+    let mut rsp = demo::rsp::Rsp::connect(port);
+    step(&mut rsp);
+    let rip = stop_rip(&step(&mut rsp));
+    (rsp, rip)
+}
+
+/// rip of a stop reply (our stop replies expedite it as register 0x10).
 fn stop_rip(reply: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(reply);
     let at = text.find("10:").expect("rip in the stop reply") + 3;
@@ -327,9 +336,7 @@ fn stop_rip(reply: &[u8]) -> u64 {
 fn a_breakpoint_under_the_answering_vcpu_is_stepped_over() {
     use demo::rsp::{Reply, Rsp};
     let Some(vm) = DemoVm::start() else { return };
-    let mut rsp = Rsp::connect(vm.port);
-    step(&mut rsp);
-    let rip = stop_rip(&step(&mut rsp));
+    let (mut rsp, rip) = stepped_client(vm.port);
     let read = |rsp: &mut Rsp| match rsp.request(format!("m{rip:x},1").as_bytes()) {
         Reply::Packet(p) => p,
         other => panic!("read: {other:?}"),
@@ -352,11 +359,9 @@ fn a_breakpoint_under_the_answering_vcpu_is_stepped_over() {
 /// step, not a free run of the guest. rax is changed and put back.
 #[test]
 fn a_register_write_between_steps_leaves_the_next_a_step() {
-    use demo::rsp::{Reply, Rsp};
+    use demo::rsp::Reply;
     let Some(vm) = DemoVm::start() else { return };
-    let mut rsp = Rsp::connect(vm.port);
-    step(&mut rsp);
-    let from = stop_rip(&step(&mut rsp));
+    let (mut rsp, from) = stepped_client(vm.port);
     assert_eq!(rsp.request(b"Hg1"), Reply::Packet(b"OK".to_vec()));
     let Reply::Packet(wire) = rsp.request(b"p0") else {
         panic!("no rax")
