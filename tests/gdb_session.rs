@@ -3,6 +3,8 @@
 
 mod demo;
 
+use std::time::Duration;
+
 use demo::{hex_after, number_after, DemoVm};
 
 #[test]
@@ -377,4 +379,45 @@ fn a_register_write_between_steps_leaves_the_next_a_step() {
     let to = stop_rip(&step(&mut rsp));
     assert_ne!(to, from, "the step moved");
     assert_eq!(rsp.request(b"D"), Reply::Packet(b"OK".to_vec()));
+}
+
+/// A VM with more vCPUs than host cores (8 on this 2-core machine): gdb
+/// sees each as a thread named as QEMU does, unwinds any of them, stops
+/// all of them at a breakpoint on one, and after the detach all run on.
+#[test]
+fn eight_vcpus_stop_and_run_together() {
+    let Some(vm) = DemoVm::start_with(&["--vcpus", "8"]) else {
+        return;
+    };
+    let out = vm.gdb(&[
+        "info threads",
+        "thread 6",
+        "bt",
+        "break level3",
+        "continue",
+        "print vcpu1_iterations",
+        "print bp_hits",
+    ]);
+    for cpu in 0..8 {
+        assert!(
+            out.contains(&format!("Thread 1.{} (CPU#{cpu} [", cpu + 1)),
+            "{out}"
+        );
+    }
+    assert!(out.contains("in kmain (vcpu=5)"), "thread 6 unwinds: {out}");
+    assert!(out.contains("Thread 1 hit Breakpoint 1, level3"), "{out}");
+    let (iterations, hits) = (
+        number_after(&out, "$1 = ").expect("iterations"),
+        number_after(&out, "$2 = ").expect("hits"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let later = vm.gdb(&["print vcpu1_iterations", "print bp_hits"]);
+    let (iterations_later, hits_later) = (
+        number_after(&later, "$1 = ").expect("iterations"),
+        number_after(&later, "$2 = ").expect("hits"),
+    );
+    assert!(
+        iterations_later > iterations && hits_later > hits,
+        "the vCPUs run on: iterations {iterations} -> {iterations_later}, #BP {hits} -> {hits_later}"
+    );
 }
