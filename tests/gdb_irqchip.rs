@@ -191,3 +191,99 @@ continue
     );
     assert!(out.contains("Breakpoint 1, level1"), "vCPU 0 ran on: {out}");
 }
+
+/// The handler of IDT gate `vector` in the guest, as gdb names it.
+fn idt_handler(vm: &DemoVm, vector: u64) -> String {
+    vm.gdb(&[&format!(
+        "print (void (*)(void))(((unsigned long)idt[{vector}].offset_high << 32) \
+         | ((unsigned long)idt[{vector}].offset_mid << 16) | idt[{vector}].offset_low)"
+    )])
+}
+
+/// `monitor info lapic` shows a vCPU's local APIC as QEMU's monitor does,
+/// from KVM's in-kernel irqchip: the timer the guest programmed (periodic,
+/// divide by 16, 10^9 / 16 / timer_hz counts; its vector's IDT gate is
+/// `timer_stub`), the spurious vector's gate `spurious_stub`, x2APIC mode
+/// with the logical IDs KVM derives from the APIC IDs (1 << ID); a bad CPU
+/// is a one-line error, and without an irqchip there is no APIC to show.
+#[test]
+fn info_lapic_shows_the_timer_the_guest_programmed() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "print timer_hz",
+        "monitor info lapic",
+        "monitor info lapic 1",
+        "monitor info lapic 2",
+        "monitor info lapic one",
+    ]);
+    let hz = number_after(&out, "$1 = ").expect("timer_hz");
+    let initial = 1_000_000_000 / 16 / hz;
+    for cpu in 0..2u64 {
+        let dump = out
+            .split(&format!("dumping local APIC state for CPU {cpu} \n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("CPU {cpu}: {out}"));
+        let line = |name: &str| {
+            dump.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name}: {dump}"))
+                .to_string()
+        };
+        assert!(
+            line("LVTT\t").starts_with("LVTT\t 0x00020020 active-hi edge "),
+            "{dump}"
+        );
+        assert!(
+            line("LVTT\t").ends_with(" periodic     Fixed  (vec 32)"),
+            "{dump}"
+        );
+        let timer = line("Timer\t");
+        assert!(
+            timer.starts_with(&format!(
+                "Timer\t DCR=0x3 (divide by 16) initial_count = {initial} current_count = "
+            )),
+            "{dump}"
+        );
+        let current: u64 = timer.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(current <= initial, "{timer}");
+        assert_eq!(
+            line("SPIV\t"),
+            "SPIV\t 0x0000013f APIC enabled, focus=off, spurious vec 63",
+            "{dump}"
+        );
+        assert!(line("ICR2\t").ends_with("(X2APIC ID)"), "{dump}");
+        assert!(
+            dump.contains(&format!(
+                "LDR 0x{:02x}(cluster 0: id {:#x})",
+                1 << cpu,
+                1 << cpu
+            )),
+            "x2APIC logical ID of APIC ID {cpu}: {dump}"
+        );
+    }
+    assert!(out.contains("error: no CPU 2: this VM has 2\n"), "{out}");
+    assert!(
+        out.contains("error: bad CPU 'one' (a vCPU index)\nusage: info lapic [CPU]"),
+        "{out}"
+    );
+    assert!(
+        idt_handler(&vm, 32).contains("<timer_stub>"),
+        "the timer's gate"
+    );
+    assert!(
+        idt_handler(&vm, 63).contains("<spurious_stub>"),
+        "the spurious gate"
+    );
+    drop(vm);
+    let Some(plain) = DemoVm::start_with(&["--no-irqchip"]) else {
+        return;
+    };
+    let out = plain.gdb(&["monitor info lapic", "print timer_hz"]);
+    assert!(
+        out.contains(
+            "error: no local APIC for CPU 0 (KVM keeps one only with an in-kernel irqchip)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("$1 = 0"), "the session goes on: {out}");
+}

@@ -487,6 +487,7 @@ fn help_lists_every_command() {
         "gva2gpa",
         "xp /FMT",
         "info registers",
+        "info lapic [CPU]",
     ] {
         assert!(out.contains(cmd), "{cmd} missing: {out}");
     }

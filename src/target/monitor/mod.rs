@@ -1,6 +1,6 @@
 //! `monitor` commands: see and change the guest's page tables (`vmem …`)
 //! and QEMU's commands (`info mem`, `info tlb`, `gva2gpa`, `xp`,
-//! `info registers`).
+//! `info registers`, `info lapic`).
 //!
 //! A command never fails the gdb session: every error is printed as text
 //! with the command's usage, and changes nothing.
@@ -10,6 +10,7 @@ mod audit;
 mod diff;
 mod expr;
 mod find;
+mod lapic;
 mod qemu;
 mod scan;
 mod vmem;
@@ -42,6 +43,7 @@ impl fmt::Display for View {
 }
 
 pub(crate) use diff::{take as take_snapshot, Snapshot};
+pub(crate) use lapic::Lapic;
 pub(crate) use vmem::WALK_BUDGET;
 
 /// Why a command did nothing.
@@ -139,6 +141,9 @@ pub(crate) trait Registers {
     fn all_registers(&self) -> Option<KvmState>;
     /// DR0-DR3, DR6, DR7.
     fn debug_registers(&self) -> [u64; 6];
+    /// The local APIC of vCPU `cpu` (`None`: the current one), or why
+    /// there is none to show.
+    fn local_apic(&self, cpu: Option<usize>) -> Result<Lapic, String>;
 }
 
 const HELP: &str = "\
@@ -185,6 +190,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(diff::USAGE);
             out.push_str(vmem::WATCH_USAGE);
             out.push_str(qemu::USAGE);
+            out.push_str(lapic::USAGE);
             (Ok(Effect::None), "", String::new())
         }
         ["vmem", rest @ ..] => {
@@ -213,6 +219,11 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             none(qemu::info_registers(ctx, &mut out)),
             qemu::USAGE,
             "info registers".into(),
+        ),
+        ["info", "lapic", rest @ ..] => (
+            none(lapic::info_lapic(ctx, rest, &mut out)),
+            lapic::USAGE,
+            "info lapic".into(),
         ),
         ["gva2gpa", rest @ ..] => (
             none(qemu::gva2gpa(ctx, rest, &mut out)),

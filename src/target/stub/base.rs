@@ -29,15 +29,22 @@ use crate::target::x86::{HLT, MSR_KERNEL_GS_BASE};
 /// The registers beyond the general and special ones: x87/SSE and
 /// IA32_KERNEL_GS_BASE.
 pub(super) fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
-    let mut msrs = kernel_gs_base_msr(0)?;
-    fd.get_msrs(&mut msrs)?;
-    Ok((fd.get_fpu()?, msrs.as_slice()[0].data))
+    Ok((fd.get_fpu()?, read_msr(fd, MSR_KERNEL_GS_BASE)?))
 }
 
-/// IA32_KERNEL_GS_BASE as an MSR list for KVM_GET/SET_MSRS.
-fn kernel_gs_base_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
+/// The value of MSR `index` (KVM_GET_MSRS).
+pub(super) fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64, kvm_ioctls::Error> {
+    let mut msrs = msr_list(index, 0)?;
+    match fd.get_msrs(&mut msrs)? {
+        1 => Ok(msrs.as_slice()[0].data),
+        _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
+    }
+}
+
+/// MSR `index` = `data` as an MSR list for KVM_GET/SET_MSRS.
+fn msr_list(index: u32, data: u64) -> Result<Msrs, kvm_ioctls::Error> {
     Msrs::from_entries(&[kvm_msr_entry {
-        index: MSR_KERNEL_GS_BASE,
+        index,
         data,
         ..Default::default()
     }])
@@ -172,7 +179,7 @@ impl MultiThreadBase for KvmTarget {
                 fd.set_fpu(&state.fpu)?;
             }
             if changed.k_gs_base {
-                fd.set_msrs(&kernel_gs_base_msr(state.k_gs_base)?)?;
+                fd.set_msrs(&msr_list(MSR_KERNEL_GS_BASE, state.k_gs_base)?)?;
             }
             Ok(())
         })?;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 use log::{debug, warn};
 
+use super::base::read_msr;
 use super::KvmTarget;
 use crate::target::error::StubError;
 use crate::target::lock;
@@ -15,6 +16,7 @@ use crate::target::monitor::{self, Effect};
 use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
 use crate::target::regs::KvmState;
 use crate::target::vcpu::Command;
+use crate::target::x86::{APIC_BASE_EXTD, MSR_APIC_BASE};
 use crate::target::Inner;
 
 impl monitor::Registers for KvmTarget {
@@ -26,6 +28,36 @@ impl monitor::Registers for KvmTarget {
         self.on_vcpu(self.current, "KVM_GET_DEBUGREGS", |fd| fd.get_debug_regs())
             .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
             .unwrap_or_default()
+    }
+
+    fn local_apic(&self, cpu: Option<usize>) -> Result<monitor::Lapic, String> {
+        let index = cpu.unwrap_or(self.current);
+        let count = self.dbg.vcpus.len();
+        if index >= count {
+            return Err(format!("no CPU {index}: this VM has {count}"));
+        }
+        if self.dbg.frozen.is_some() {
+            return Err("a memory dump holds no local APIC state".into());
+        }
+        let (lapic, base) = self
+            .on_vcpu(index, "KVM_GET_LAPIC", |fd| {
+                Ok((fd.get_lapic()?, read_msr(fd, MSR_APIC_BASE)?))
+            })
+            .map_err(|e| {
+                debug!("info lapic: {e}");
+                format!(
+                    "no local APIC for CPU {index} (KVM keeps one only with an in-kernel irqchip)"
+                )
+            })?;
+        let mut page = [0u8; 1024];
+        for (byte, &reg) in page.iter_mut().zip(lapic.regs.iter()) {
+            *byte = reg as u8;
+        }
+        Ok(monitor::Lapic {
+            cpu: index,
+            page,
+            x2apic: base & APIC_BASE_EXTD != 0,
+        })
     }
 }
 
