@@ -415,3 +415,44 @@ fn gdb_reads_both_register_layouts_as_the_codec_writes_them() {
         assert_eq!(seen, expected, "{arch}: every register: {out}");
     }
 }
+
+/// QEMU's `info registers` line `RIP=… CPL=0 II=… A20=1 SMM=0 HLT=…` says
+/// what the CPU itself holds: at the `hlt` right after the guest's `sti`
+/// the interrupt shadow is up (II=1: the SDM's one-instruction block after
+/// STI) and the vCPU is not halted yet; stepped past the `hlt`, it is
+/// halted (HLT=1) and the shadow is gone; at a breakpoint in `level3`
+/// neither.
+#[test]
+fn info_registers_shows_the_interrupt_shadow_and_hlt() {
+    let Some(vm) = DemoVm::start() else { return };
+    let script = "\
+set $p = (unsigned char *)halt
+while *$p != 0xf4
+  set $p = $p + 1
+end
+hbreak *$p
+continue
+monitor info registers
+delete
+stepi
+monitor info registers
+break level3
+continue
+monitor info registers
+";
+    let out = vm.gdb_script("run-state", script, std::time::Duration::from_secs(60));
+    let states: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("RIP="))
+        .map(|l| &l[l.find(" CPL=").expect("CPL") + 1..])
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "CPL=0 II=1 A20=1 SMM=0 HLT=0",
+            "CPL=0 II=0 A20=1 SMM=0 HLT=1",
+            "CPL=0 II=0 A20=1 SMM=0 HLT=0"
+        ],
+        "at the hlt after sti, past the hlt, in level3: {out}"
+    );
+}

@@ -384,8 +384,13 @@ fn a_dump_refuses_to_run_and_stays_usable() {
         "continue",
         "print 6 * 7",
         &format!("x/s {banner:#x}"),
+        "monitor info lapic",
     ]);
     assert!(out.contains("memory dump: it cannot run or step"), "{out}");
+    assert!(
+        out.contains("error: a memory dump holds no local APIC state\n"),
+        "{out}"
+    );
     assert!(out.contains("$1 = 42"), "the session goes on: {out}");
     assert!(out.contains("Linux version"), "{out}");
 }

@@ -144,6 +144,19 @@ pub(crate) trait Registers {
     /// The local APIC of vCPU `cpu` (`None`: the current one), or why
     /// there is none to show.
     fn local_apic(&self, cpu: Option<usize>) -> Result<Lapic, String>;
+    /// The current vCPU's run state beside its registers.
+    fn run_state(&self) -> RunState;
+}
+
+/// What QEMU's `info registers` shows of a CPU beside its registers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RunState {
+    /// Interrupts blocked for one instruction (after `sti` or `mov ss`).
+    pub interrupt_shadow: bool,
+    /// In system-management mode.
+    pub smm: bool,
+    /// Stopped in `hlt`.
+    pub halted: bool,
 }
 
 const HELP: &str = "\

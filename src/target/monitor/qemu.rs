@@ -402,9 +402,10 @@ pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), 
     }
     let f = r.rflags;
     let bit = |mask: u64, c: char| if f & mask != 0 { c } else { '-' };
+    let run = ctx.registers.run_state();
     let _ = writeln!(
         out,
-        "RIP={:016x} RFL={:08x} [{}{}{}{}{}{}{}] CPL={} II=0 A20=1 SMM=0 HLT=0",
+        "RIP={:016x} RFL={:08x} [{}{}{}{}{}{}{}] CPL={} II={} A20=1 SMM={} HLT={}",
         r.rip,
         f as u32,
         bit(1 << 10, 'D'),
@@ -414,7 +415,10 @@ pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), 
         bit(1 << 4, 'A'),
         bit(1 << 2, 'P'),
         bit(1, 'C'),
-        s.cs.selector & 3
+        s.cs.selector & 3,
+        u8::from(run.interrupt_shadow),
+        u8::from(run.smm),
+        u8::from(run.halted)
     );
     for (name, seg) in [
         ("ES", &s.es),

@@ -249,7 +249,7 @@ impl MultiThreadBase for KvmTarget {
 impl KvmTarget {
     /// Whether vCPU `index` stopped in `hlt` (rip just past one): KVM's
     /// halted state, or the instruction before rip.
-    fn halted(&self, index: usize) -> bool {
+    pub(super) fn halted(&self, index: usize) -> bool {
         if self.dbg.frozen.is_none() {
             let state = self.on_vcpu(index, "KVM_GET_MP_STATE", |fd| fd.get_mp_state());
             if state.is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED) {

@@ -30,6 +30,25 @@ impl monitor::Registers for KvmTarget {
             .unwrap_or_default()
     }
 
+    fn run_state(&self) -> monitor::RunState {
+        let events = self
+            .dbg
+            .frozen
+            .is_none()
+            .then(|| {
+                self.on_vcpu(self.current, "KVM_GET_VCPU_EVENTS", |fd| {
+                    fd.get_vcpu_events()
+                })
+                .ok()
+            })
+            .flatten();
+        monitor::RunState {
+            interrupt_shadow: events.is_some_and(|e| e.interrupt.shadow != 0),
+            smm: events.is_some_and(|e| e.smi.smm != 0),
+            halted: self.halted(self.current),
+        }
+    }
+
     fn local_apic(&self, cpu: Option<usize>) -> Result<monitor::Lapic, String> {
         let index = cpu.unwrap_or(self.current);
         let count = self.dbg.vcpus.len();
