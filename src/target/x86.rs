@@ -13,10 +13,8 @@ pub(crate) const HLT: u8 = 0xf4;
 pub(crate) const RFLAGS_IF: u64 = 1 << 9;
 /// IA32_KERNEL_GS_BASE (the `swapgs` partner of GS.base).
 pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-
 /// IA32_APIC_BASE: where the local APIC is and how it is addressed.
 pub(crate) const MSR_APIC_BASE: u32 = 0x1b;
-
 /// IA32_APIC_BASE.EXTD: the local APIC is in x2APIC mode.
 pub(crate) const APIC_BASE_EXTD: u64 = 1 << 10;
 /// DR6 bits 0-3: which debug-register slot matched.

@@ -135,9 +135,10 @@ impl Context<'_> {
     }
 }
 
-/// The current vCPU's registers, read when a command asks.
+/// The vCPUs' state (the current one's registers, any one's local APIC),
+/// read when a command asks.
 pub(crate) trait Registers {
-    /// All of them (`None`: they cannot be read).
+    /// All of the current vCPU's registers (`None`: they cannot be read).
     fn all_registers(&self) -> Option<KvmState>;
     /// DR0-DR3, DR6, DR7.
     fn debug_registers(&self) -> [u64; 6];

@@ -31,17 +31,15 @@ impl monitor::Registers for KvmTarget {
     }
 
     fn run_state(&self) -> monitor::RunState {
-        let events = self
-            .dbg
-            .frozen
-            .is_none()
-            .then(|| {
-                self.on_vcpu(self.current, "KVM_GET_VCPU_EVENTS", |fd| {
+        // A dump keeps no events.
+        let events = match self.dbg.frozen {
+            Some(_) => None,
+            None => self
+                .on_vcpu(self.current, "KVM_GET_VCPU_EVENTS", |fd| {
                     fd.get_vcpu_events()
                 })
-                .ok()
-            })
-            .flatten();
+                .ok(),
+        };
         monitor::RunState {
             interrupt_shadow: events.is_some_and(|e| e.interrupt.shadow != 0),
             smm: events.is_some_and(|e| e.smi.smm != 0),
