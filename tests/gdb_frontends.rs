@@ -456,3 +456,46 @@ monitor info registers
         "at the hlt after sti, past the hlt, in level3: {out}"
     );
 }
+
+/// `monitor info cpus` as QEMU prints it: each vCPU with the host thread
+/// that runs it — the demo names its vCPU threads `vcpu0`, `vcpu1`, and
+/// the kernel's /proc says so of each thread_id — and `*` on the vCPU the
+/// monitor commands use, which follows the stop (vCPU 1 stops in
+/// `write_watched`, which only it calls).
+#[test]
+fn info_cpus_names_each_vcpus_host_thread() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor info cpus",
+        "break write_watched",
+        "continue",
+        "monitor info cpus",
+    ]);
+    assert!(
+        out.contains("Thread 2 hit Breakpoint 1, write_watched"),
+        "{out}"
+    );
+    // gdb prints monitor output on its own stream: two listings in order.
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" CPU #")).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for (listing, current) in lines.chunks(2).zip([None, Some(1)]) {
+        for (cpu, line) in listing.iter().enumerate() {
+            let prefix = format!(" CPU #{cpu}: thread_id=");
+            let tid = line
+                .split_once(&prefix)
+                .and_then(|(mark, tid)| (mark == "*" || mark == " ").then_some(tid))
+                .unwrap_or_else(|| panic!("{line}: {out}"));
+            let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", vm.pid()))
+                .unwrap_or_else(|e| panic!("thread {tid}: {e}"));
+            assert_eq!(comm.trim(), format!("vcpu{cpu}"), "{out}");
+            if current == Some(cpu) {
+                assert!(line.starts_with('*'), "{out}");
+            }
+        }
+        assert_eq!(
+            listing.iter().filter(|l| l.starts_with('*')).count(),
+            1,
+            "{out}"
+        );
+    }
+}

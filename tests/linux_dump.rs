@@ -385,12 +385,19 @@ fn a_dump_refuses_to_run_and_stays_usable() {
         "print 6 * 7",
         &format!("x/s {banner:#x}"),
         "monitor info lapic",
+        "monitor info cpus",
     ]);
     assert!(out.contains("memory dump: it cannot run or step"), "{out}");
     assert!(
         out.contains("error: a memory dump holds no local APIC state\n"),
         "{out}"
     );
+    for cpu in 0..2 {
+        assert!(
+            out.contains(&format!(" CPU #{cpu}: no host thread has run it\n")),
+            "{out}"
+        );
+    }
     assert!(out.contains("$1 = 42"), "the session goes on: {out}");
     assert!(out.contains("Linux version"), "{out}");
 }

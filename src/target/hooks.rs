@@ -125,6 +125,9 @@ pub struct VcpuHooks<'d> {
     /// The step's instruction was a `hlt`, stepped here: the run about to
     /// be made only returns (`immediate_exit`), and ends the step.
     stepped_hlt: bool,
+    /// The thread that last called `before_run` (`pthread_self`), whose
+    /// TID the vCPU records for `monitor info cpus`.
+    thread: Option<libc::pthread_t>,
     /// When the step timer fires, if it is set. It stays set while the
     /// thread answers gdb (only the VMM's code must never see its signal;
     /// ours retries what it interrupts) and is set again only when a step
@@ -163,6 +166,7 @@ impl<'d> VcpuHooks<'d> {
             timer: None,
             timer_fires: Cell::new(None),
             stepped_hlt: false,
+            thread: None,
             pass: None,
         }
     }
@@ -190,10 +194,23 @@ impl<'d> VcpuHooks<'d> {
         pass.is_some_and(|pass| self.inner.run_gate.leave(pass))
     }
 
+    /// Record which host thread runs this vCPU (a TLS read per run; the
+    /// system call only when the thread changed).
+    fn note_thread(&mut self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if self.thread != Some(me) {
+            self.thread = Some(me);
+            // SAFETY: gettid has no preconditions.
+            self.vcpu.set_host_thread(unsafe { libc::gettid() });
+        }
+    }
+
     /// [`Self::before_run`] up to the gate.
     fn prepare(&mut self, fd: &mut VcpuFd) -> Entry {
         fd.set_kvm_immediate_exit(0);
         self.inner.learn_cpuid(fd);
+        self.note_thread();
         if let Some(pending) = self.pending.take() {
             self.finish(fd, pending);
         }

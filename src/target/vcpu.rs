@@ -13,7 +13,7 @@
 //! ([`Vcpu::lend`]); the vCPU's thread then answers gdb
 //! ([`Vcpu::answer_gdb`]) and its own calls run inline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -129,6 +129,8 @@ pub(crate) struct Vcpu {
     /// debug: KVM sets single-step's trap flag in RFLAGS when given it, so
     /// a register write can drop it and the guest debug must be given again.
     registers_written: AtomicBool,
+    /// The host thread (Linux TID) that last ran this vCPU (0: none yet).
+    host_thread: AtomicI32,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -156,7 +158,18 @@ impl Vcpu {
             kick: KickSlot::default(),
             claimed: AtomicBool::new(false),
             registers_written: AtomicBool::new(false),
+            host_thread: AtomicI32::new(0),
         }
+    }
+
+    /// The host thread (Linux TID) that runs this vCPU, once it has run.
+    pub(crate) fn host_thread(&self) -> Option<i32> {
+        Some(self.host_thread.load(Ordering::Relaxed)).filter(|&tid| tid != 0)
+    }
+
+    /// Host thread `tid` runs this vCPU now.
+    pub(crate) fn set_host_thread(&self, tid: i32) {
+        self.host_thread.store(tid, Ordering::Relaxed);
     }
 
     /// The debugger wrote this vCPU's general or special registers.

@@ -1,6 +1,6 @@
 //! `monitor` commands: see and change the guest's page tables (`vmem …`)
 //! and QEMU's commands (`info mem`, `info tlb`, `gva2gpa`, `xp`,
-//! `info registers`, `info lapic`).
+//! `info registers`, `info cpus`, `info lapic`).
 //!
 //! A command never fails the gdb session: every error is printed as text
 //! with the command's usage, and changes nothing.
@@ -147,6 +147,10 @@ pub(crate) trait Registers {
     fn local_apic(&self, cpu: Option<usize>) -> Result<Lapic, String>;
     /// The current vCPU's run state beside its registers.
     fn run_state(&self) -> RunState;
+    /// The vCPU the commands use (the one that stopped last), and the
+    /// host thread (Linux TID) running each vCPU (`None`: none has run
+    /// it, as in a memory dump).
+    fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>);
 }
 
 /// What QEMU's `info registers` shows of a CPU beside its registers.
@@ -234,6 +238,10 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             qemu::USAGE,
             "info registers".into(),
         ),
+        ["info", "cpus"] => {
+            qemu::info_cpus(ctx, &mut out);
+            (Ok(Effect::None), qemu::USAGE, "info cpus".into())
+        }
         ["info", "lapic", rest @ ..] => (
             none(lapic::info_lapic(ctx, rest, &mut out)),
             lapic::USAGE,

@@ -17,6 +17,8 @@ pub(crate) const USAGE: &str = "\
 info mem            ranges of equal protection: start-end size [u-]r[w-]
 info tlb            every page: va: pa XGPDACTUW
 info registers      the current vCPU's registers, QEMU layout
+info cpus           every vCPU and the host thread that runs it; * marks
+    the one the other commands use (the vCPU that stopped last)
 gva2gpa ADDR        physical address of ADDR in the current space
 gpa2hva ADDR        where this process holds guest-physical ADDR
 chardev-add file,id=ID,path=PATH
@@ -365,6 +367,19 @@ fn seg_line(out: &mut String, name: &str, s: &kvm_segment) {
         }
     }
     out.push('\n');
+}
+
+/// `info cpus`: `* CPU #0: thread_id=TID`, `*` on the vCPU the monitor
+/// commands use.
+pub(crate) fn info_cpus(ctx: &Context<'_>, out: &mut String) {
+    let (current, threads) = ctx.registers.vcpu_threads();
+    for (index, thread) in threads.iter().enumerate() {
+        let mark = if index == current { '*' } else { ' ' };
+        let _ = match thread {
+            Some(tid) => writeln!(out, "{mark} CPU #{index}: thread_id={tid}"),
+            None => writeln!(out, "{mark} CPU #{index}: no host thread has run it"),
+        };
+    }
 }
 
 /// `info registers`.

@@ -47,6 +47,11 @@ impl monitor::Registers for KvmTarget {
         }
     }
 
+    fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>) {
+        let threads = self.dbg.vcpus.iter().map(|v| v.host_thread()).collect();
+        (self.current, threads)
+    }
+
     fn local_apic(&self, cpu: Option<usize>) -> Result<monitor::Lapic, String> {
         let index = cpu.unwrap_or(self.current);
         let count = self.dbg.vcpus.len();
