@@ -488,6 +488,7 @@ fn help_lists_every_command() {
         "xp /FMT",
         "info registers",
         "info lapic [CPU]",
+        "info cpus",
     ] {
         assert!(out.contains(cmd), "{cmd} missing: {out}");
     }
