@@ -499,3 +499,50 @@ fn info_cpus_names_each_vcpus_host_thread() {
         );
     }
 }
+
+/// `monitor cpu N` (QEMU's) makes vCPU N the one the monitor commands use
+/// until the VM next stops: `info cpus` marks it, `info registers` and
+/// `$pc` in arguments are that vCPU's (gdb's own `$pc` of thread 2 agrees),
+/// and the next stop hands the commands to the vCPU that stopped.
+#[test]
+fn monitor_cpu_selects_the_vcpu_the_commands_use() {
+    let Some(vm) = DemoVm::start() else { return };
+    let out = vm.gdb(&[
+        "monitor cpu 1",
+        "monitor info cpus",
+        "monitor info registers",
+        "monitor gva2gpa $pc",
+        "thread 2",
+        "print/x $pc",
+        "monitor cpu 2",
+        "monitor cpu",
+        "thread 1",
+        "break level3",
+        "continue",
+        "monitor info cpus",
+    ]);
+    assert!(
+        out.contains("monitor commands now use CPU #1 (until the VM next stops)"),
+        "{out}"
+    );
+    let marks: Vec<&str> = out.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(marks.len(), 2, "{out}");
+    assert!(marks[0].starts_with("* CPU #1: "), "{out}");
+    assert!(
+        marks[1].starts_with("* CPU #0: "),
+        "after the stop in level3: {out}"
+    );
+    let rip = hex_after(&out, "\nRIP=").expect("RIP");
+    assert_eq!(hex_after(&out, "$1 = "), Some(rip), "thread 2's pc: {out}");
+    // The kernel window: VA 0xffffffff80000000 + x is PA x.
+    assert_eq!(
+        hex_after(&out, "gpa: "),
+        Some(rip - 0xffff_ffff_8000_0000),
+        "{out}"
+    );
+    assert!(out.contains("error: no CPU 2: this VM has 2\n"), "{out}");
+    assert!(
+        out.contains("error: expected one CPU index\nusage: cpu N"),
+        "{out}"
+    );
+}

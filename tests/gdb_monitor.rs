@@ -489,6 +489,7 @@ fn help_lists_every_command() {
         "info registers",
         "info lapic [CPU]",
         "info cpus",
+        "cpu N",
     ] {
         assert!(out.contains(cmd), "{cmd} missing: {out}");
     }

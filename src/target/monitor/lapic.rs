@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{usage, CmdError, Context};
+use super::{cpu_index, usage, CmdError, Context};
 
 /// Usage line of `info lapic` (shown with QEMU's other commands).
 pub(crate) const USAGE: &str = "\
@@ -228,10 +228,7 @@ pub(crate) fn info_lapic(
 ) -> Result<(), CmdError> {
     let cpu = match words {
         [] => None,
-        [cpu] => Some(
-            cpu.parse::<usize>()
-                .map_err(|_| usage(format!("bad CPU '{cpu}' (a vCPU index)")))?,
-        ),
+        [cpu] => Some(cpu_index(ctx, cpu)?),
         _ => return Err(usage("expected at most one CPU")),
     };
     let apic = ctx.registers.local_apic(cpu)?;

@@ -57,6 +57,18 @@ pub(crate) enum CmdError {
     Failed(String),
 }
 
+/// The vCPU index `word` names, if this VM has it.
+fn cpu_index(ctx: &Context<'_>, word: &str) -> Result<usize, CmdError> {
+    let index: usize = word
+        .parse()
+        .map_err(|_| usage(format!("bad CPU '{word}' (a vCPU index)")))?;
+    let count = ctx.registers.vcpu_threads().1.len();
+    if index >= count {
+        return Err(format!("no CPU {index}: this VM has {count}").into());
+    }
+    Ok(index)
+}
+
 /// A usage error.
 pub(crate) fn usage(why: impl Into<String>) -> CmdError {
     CmdError::Usage(why.into())
@@ -78,6 +90,8 @@ impl From<&str> for CmdError {
 #[derive(Debug, Clone)]
 pub(crate) enum Effect {
     None,
+    /// The vCPU the commands use from now until the next stop.
+    SelectCpu(usize),
     /// Page tables changed: make every vCPU drop cached translations.
     TablesChanged,
     /// Switch gdb's memory view.
@@ -238,6 +252,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             qemu::USAGE,
             "info registers".into(),
         ),
+        ["cpu", rest @ ..] => (qemu::cpu(ctx, rest), qemu::USAGE, "cpu".into()),
         ["info", "cpus"] => {
             qemu::info_cpus(ctx, &mut out);
             (Ok(Effect::None), qemu::USAGE, "info cpus".into())

@@ -8,7 +8,7 @@ use kvm_bindings::kvm_segment;
 
 use super::args;
 use super::vmem::WALK_BUDGET;
-use super::{usage, CmdError, Context, Effect};
+use super::{cpu_index, usage, CmdError, Context, Effect};
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Flags, Perms};
 
@@ -19,6 +19,8 @@ info tlb            every page: va: pa XGPDACTUW
 info registers      the current vCPU's registers, QEMU layout
 info cpus           every vCPU and the host thread that runs it; * marks
     the one the other commands use (the vCPU that stopped last)
+cpu N               make vCPU N the one the commands use, until the VM
+    next stops
 gva2gpa ADDR        physical address of ADDR in the current space
 gpa2hva ADDR        where this process holds guest-physical ADDR
 chardev-add file,id=ID,path=PATH
@@ -367,6 +369,14 @@ fn seg_line(out: &mut String, name: &str, s: &kvm_segment) {
         }
     }
     out.push('\n');
+}
+
+/// `cpu N`: the vCPU the commands use until the next stop.
+pub(crate) fn cpu(ctx: &Context<'_>, words: &[&str]) -> Result<Effect, CmdError> {
+    let [index] = words else {
+        return Err(usage("expected one CPU index"));
+    };
+    Ok(Effect::SelectCpu(cpu_index(ctx, index)?))
 }
 
 /// `info cpus`: `* CPU #0: thread_id=TID`, `*` on the vCPU the monitor

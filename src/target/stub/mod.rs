@@ -57,6 +57,9 @@ pub(crate) struct KvmTarget {
     pending: VecDeque<(usize, StopKind)>,
     /// The vCPU of the last stop (whose tables breakpoints are set in).
     current: usize,
+    /// The vCPU `monitor cpu N` chose for the monitor commands, until the
+    /// next stop.
+    monitor_cpu: Option<usize>,
     /// What gdb's memory accesses go through (`monitor vmem use`).
     view: View,
     /// Each parked vCPU's general and special registers, read once per stop.
@@ -134,6 +137,7 @@ impl KvmTarget {
             default_action: Action::Continue,
             pending: VecDeque::new(),
             current: 0,
+            monitor_cpu: None,
             view: View::Current,
             dbg,
         }

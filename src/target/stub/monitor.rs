@@ -21,13 +21,15 @@ use crate::target::Inner;
 
 impl monitor::Registers for KvmTarget {
     fn all_registers(&self) -> Option<KvmState> {
-        self.state(self.current).ok()
+        self.state(self.monitor_vcpu()).ok()
     }
 
     fn debug_registers(&self) -> [u64; 6] {
-        self.on_vcpu(self.current, "KVM_GET_DEBUGREGS", |fd| fd.get_debug_regs())
-            .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
-            .unwrap_or_default()
+        self.on_vcpu(self.monitor_vcpu(), "KVM_GET_DEBUGREGS", |fd| {
+            fd.get_debug_regs()
+        })
+        .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
+        .unwrap_or_default()
     }
 
     fn run_state(&self) -> monitor::RunState {
@@ -35,7 +37,7 @@ impl monitor::Registers for KvmTarget {
         let events = match self.dbg.frozen {
             Some(_) => None,
             None => self
-                .on_vcpu(self.current, "KVM_GET_VCPU_EVENTS", |fd| {
+                .on_vcpu(self.monitor_vcpu(), "KVM_GET_VCPU_EVENTS", |fd| {
                     fd.get_vcpu_events()
                 })
                 .ok(),
@@ -43,17 +45,17 @@ impl monitor::Registers for KvmTarget {
         monitor::RunState {
             interrupt_shadow: events.is_some_and(|e| e.interrupt.shadow != 0),
             smm: events.is_some_and(|e| e.smi.smm != 0),
-            halted: self.halted(self.current),
+            halted: self.halted(self.monitor_vcpu()),
         }
     }
 
     fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>) {
         let threads = self.dbg.vcpus.iter().map(|v| v.host_thread()).collect();
-        (self.current, threads)
+        (self.monitor_vcpu(), threads)
     }
 
     fn local_apic(&self, cpu: Option<usize>) -> Result<monitor::Lapic, String> {
-        let index = cpu.unwrap_or(self.current);
+        let index = cpu.unwrap_or(self.monitor_vcpu());
         let count = self.dbg.vcpus.len();
         if index >= count {
             return Err(format!("no CPU {index}: this VM has {count}"));
@@ -84,16 +86,22 @@ impl monitor::Registers for KvmTarget {
 }
 
 impl KvmTarget {
+    /// The vCPU the monitor commands use: `monitor cpu N`'s, else the one
+    /// that stopped last.
+    fn monitor_vcpu(&self) -> usize {
+        self.monitor_cpu.unwrap_or(self.current)
+    }
+
     /// Everything a monitor command may need about the current vCPU.
     fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
         let limits = self.dbg.cpu_limits();
-        let paging = self.core(self.current).ok().map(|(_, sregs)| {
+        let paging = self.core(self.monitor_vcpu()).ok().map(|(_, sregs)| {
             let paging = Paging::of(&sregs, &limits);
             if sregs.cr4 & CR4_PKE == 0 {
                 return paging;
             }
             // Protection keys: the rights of user pages depend on PKRU.
-            let xsave = self.on_vcpu(self.current, "KVM_GET_XSAVE", |fd| fd.get_xsave());
+            let xsave = self.on_vcpu(self.monitor_vcpu(), "KVM_GET_XSAVE", |fd| fd.get_xsave());
             match xsave.ok().and_then(|x| limits.pkru(&x)) {
                 Some(pkru) => paging.with_pkru(pkru),
                 None => paging,
@@ -241,6 +249,12 @@ impl KvmTarget {
         let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), line);
         match effect {
             Effect::None => {}
+            Effect::SelectCpu(index) => {
+                self.monitor_cpu = Some(index);
+                text.push_str(&format!(
+                    "monitor commands now use CPU #{index} (until the VM next stops)\n"
+                ));
+            }
             Effect::TablesChanged => self.reload_cr3(),
             Effect::Use(view) => self.view = view,
             Effect::Snapshot(name, snapshot) => {

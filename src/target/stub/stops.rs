@@ -51,6 +51,7 @@ impl KvmTarget {
                 continue;
             }
             self.current = index;
+            self.monitor_cpu = None;
             self.remember_space(index);
             if let Ok((r, _)) = self.core(index) {
                 self.expedite = Some([r.rip, r.rsp, r.rbp]);
