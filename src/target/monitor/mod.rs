@@ -161,9 +161,9 @@ pub(crate) trait Registers {
     fn local_apic(&self, cpu: Option<usize>) -> Result<Lapic, String>;
     /// The current vCPU's run state beside its registers.
     fn run_state(&self) -> RunState;
-    /// The vCPU the commands use (the one that stopped last), and the
-    /// host thread (Linux TID) running each vCPU (`None`: none has run
-    /// it, as in a memory dump).
+    /// The vCPU the commands use (`cpu N`'s, else the one that stopped
+    /// last), and the host thread (Linux TID) running each vCPU (`None`:
+    /// none has run it, as in a memory dump).
     fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>);
 }
 

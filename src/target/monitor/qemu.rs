@@ -18,7 +18,7 @@ info mem            ranges of equal protection: start-end size [u-]r[w-]
 info tlb            every page: va: pa XGPDACTUW
 info registers      the current vCPU's registers, QEMU layout
 info cpus           every vCPU and the host thread that runs it; * marks
-    the one the other commands use (the vCPU that stopped last)
+    the one the other commands use (cpu N's, else the one that stopped)
 cpu N               make vCPU N the one the commands use, until the VM
     next stops
 gva2gpa ADDR        physical address of ADDR in the current space
