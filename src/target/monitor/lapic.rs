@@ -8,9 +8,9 @@ use super::{cpu_index, usage, CmdError, Context};
 
 /// Usage line of `info lapic` (shown with QEMU's other commands).
 pub(crate) const USAGE: &str = "\
-info lapic [CPU]    the local APIC of vCPU CPU (default: gdb's current
-    thread): LVTs, timer, SPIV, ICR, ISR/IRR, priorities (KVM's in-kernel
-    irqchip only)
+info lapic [CPU]    the local APIC of vCPU CPU (default: the one marked
+    in info cpus): LVTs, timer, SPIV, ICR, ISR/IRR, priorities (KVM's
+    in-kernel irqchip only)
 ";
 
 /// One vCPU's local APIC as KVM keeps it.
