@@ -227,8 +227,8 @@ pub(crate) fn info_lapic(
     out: &mut String,
 ) -> Result<(), CmdError> {
     let cpu = match words {
-        [] => None,
-        [cpu] => Some(cpu_index(ctx, cpu)?),
+        [] => ctx.cpu,
+        [cpu] => cpu_index(ctx, cpu)?,
         _ => return Err(usage("expected at most one CPU")),
     };
     let apic = ctx.registers.local_apic(cpu)?;

@@ -62,9 +62,8 @@ fn cpu_index(ctx: &Context<'_>, word: &str) -> Result<usize, CmdError> {
     let index: usize = word
         .parse()
         .map_err(|_| usage(format!("bad CPU '{word}' (a vCPU index)")))?;
-    let count = ctx.registers.vcpu_threads().1.len();
-    if index >= count {
-        return Err(format!("no CPU {index}: this VM has {count}").into());
+    if index >= ctx.cpu_count {
+        return Err(format!("no CPU {index}: this VM has {}", ctx.cpu_count).into());
     }
     Ok(index)
 }
@@ -132,6 +131,11 @@ pub(crate) struct Context<'a> {
     pub root_mask: u64,
     /// Known spaces with how they are known, in walk order.
     pub spaces: Vec<(u64, String)>,
+    /// The vCPU the commands use (`cpu N`'s, else the one that stopped
+    /// last).
+    pub cpu: usize,
+    /// How many vCPUs the VM has.
+    pub cpu_count: usize,
     /// The current vCPU's registers, read only by the commands that show
     /// them (a `help` costs no ioctl).
     pub registers: &'a dyn Registers,
@@ -156,15 +160,14 @@ pub(crate) trait Registers {
     fn all_registers(&self) -> Option<KvmState>;
     /// DR0-DR3, DR6, DR7.
     fn debug_registers(&self) -> [u64; 6];
-    /// The local APIC of vCPU `cpu` (`None`: the current one), or why
-    /// there is none to show.
-    fn local_apic(&self, cpu: Option<usize>) -> Result<Lapic, String>;
+    /// The local APIC of vCPU `cpu` (an index the VM has), or why there
+    /// is none to show.
+    fn local_apic(&self, cpu: usize) -> Result<Lapic, String>;
     /// The current vCPU's run state beside its registers.
     fn run_state(&self) -> RunState;
-    /// The vCPU the commands use (`cpu N`'s, else the one that stopped
-    /// last), and the host thread (Linux TID) running each vCPU (`None`:
-    /// none has run it, as in a memory dump).
-    fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>);
+    /// The host thread (Linux TID) running each vCPU (`None`: none has
+    /// run it, as in a memory dump).
+    fn vcpu_threads(&self) -> Vec<Option<i32>>;
 }
 
 /// What QEMU's `info registers` shows of a CPU beside its registers.

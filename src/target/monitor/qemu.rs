@@ -382,9 +382,9 @@ pub(crate) fn cpu(ctx: &Context<'_>, words: &[&str]) -> Result<Effect, CmdError>
 /// `info cpus`: `* CPU #0: thread_id=TID`, `*` on the vCPU the monitor
 /// commands use.
 pub(crate) fn info_cpus(ctx: &Context<'_>, out: &mut String) {
-    let (current, threads) = ctx.registers.vcpu_threads();
+    let threads = ctx.registers.vcpu_threads();
     for (index, thread) in threads.iter().enumerate() {
-        let mark = if index == current { '*' } else { ' ' };
+        let mark = if index == ctx.cpu { '*' } else { ' ' };
         let _ = match thread {
             Some(tid) => writeln!(out, "{mark} CPU #{index}: thread_id={tid}"),
             None => writeln!(out, "{mark} CPU #{index}: no host thread has run it"),

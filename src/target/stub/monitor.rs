@@ -49,17 +49,11 @@ impl monitor::Registers for KvmTarget {
         }
     }
 
-    fn vcpu_threads(&self) -> (usize, Vec<Option<i32>>) {
-        let threads = self.dbg.vcpus.iter().map(|v| v.host_thread()).collect();
-        (self.monitor_vcpu(), threads)
+    fn vcpu_threads(&self) -> Vec<Option<i32>> {
+        self.dbg.vcpus.iter().map(|v| v.host_thread()).collect()
     }
 
-    fn local_apic(&self, cpu: Option<usize>) -> Result<monitor::Lapic, String> {
-        let index = cpu.unwrap_or(self.monitor_vcpu());
-        let count = self.dbg.vcpus.len();
-        if index >= count {
-            return Err(format!("no CPU {index}: this VM has {count}"));
-        }
+    fn local_apic(&self, index: usize) -> Result<monitor::Lapic, String> {
         if self.dbg.frozen.is_some() {
             return Err("a memory dump holds no local APIC state".into());
         }
@@ -142,6 +136,8 @@ impl KvmTarget {
             root,
             root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
             spaces,
+            cpu: self.monitor_vcpu(),
+            cpu_count: self.dbg.vcpus.len(),
             registers: self,
             snapshots: &self.snapshots,
             last_stop: self.last_stop.as_ref(),
