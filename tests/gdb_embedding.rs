@@ -171,6 +171,7 @@ fn ram_split_around_the_mmio_gap() {
         "monitor gpa2hva 0x100000008",
         "monitor gpa2hva 0xc0000000",
         "monitor vmem find 0x100000008",
+        "monitor info mtree -f",
         "set var probe_va = 0xffff888100000008",
         "watch counter",
         "continue",
@@ -196,6 +197,15 @@ fn ram_split_around_the_mmio_gap() {
         "{out}"
     );
     assert!(out.contains("2 mappings in 2 spaces"), "{out}");
+    // QEMU's flat view: RAM below the gap, the gap, RAM above it.
+    assert!(
+        out.contains(
+            "  0000000000000000-00000000bfffffff (prio 0, ram): ram0 KVM\n  \
+             00000000c0000000-00000000ffffffff (prio 0, i/o): hole (no RAM)\n  \
+             0000000100000000-0000000107ffffff (prio 0, ram): ram1 KVM\n"
+        ),
+        "{out}"
+    );
     assert_eq!(
         out.matches("  ffff888100000008-ffff888100000008  0000000100000008-")
             .count(),

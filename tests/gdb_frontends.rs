@@ -546,3 +546,71 @@ fn monitor_cpu_selects_the_vcpu_the_commands_use() {
         "{out}"
     );
 }
+
+/// A gdb client controls the guest, not the host: host paths it names
+/// (`chardev-add file,…,path=P`, `vmem diff --dump P`) open only if they
+/// are regular files — a FIFO (which would block the stub for good), a
+/// device, a directory and a symbolic link are refused at once, in one
+/// line that reads the same whatever the path is, and the session goes
+/// on. With `--no-host-files` even a regular file is refused.
+#[test]
+fn host_paths_a_client_names_open_only_as_regular_files() {
+    let Some(vm) = DemoVm::start() else { return };
+    let dir = std::env::temp_dir().join(format!("vmem-host-paths-{}", vm.pid()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let file = dir.join("file");
+    std::fs::write(&file, b"").unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let refused = [
+        fifo.display().to_string(),
+        "/dev/null".to_string(),
+        dir.display().to_string(),
+        link.display().to_string(),
+        dir.join("missing").display().to_string(),
+    ];
+    let mut commands = Vec::new();
+    for (i, path) in refused.iter().enumerate() {
+        commands.push(format!("monitor chardev-add file,id=c{i},path={path}"));
+        commands.push(format!("monitor vmem diff --dump {path}"));
+    }
+    commands.push(format!("monitor chardev-add file,id=ok,path={}", file.display()));
+    commands.push("monitor chardev-remove ok".into());
+    commands.push("monitor info registers".into());
+    let started = std::time::Instant::now();
+    let out = vm.gdb(&commands.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "nothing blocks: {out}"
+    );
+    for path in &refused {
+        let line = format!(
+            "error: {path}: not opened (only existing regular files, not links, devices or FIFOs)"
+        );
+        assert_eq!(out.matches(&line).count(), 2, "{line}\n{out}");
+    }
+    assert!(!out.contains("error: no chardev 'ok'"), "{out}");
+    assert!(out.contains("RIP="), "the session went on: {out}");
+
+    let Some(closed) = DemoVm::start_with(&["--no-host-files"]) else {
+        return;
+    };
+    let out = closed.gdb(&[
+        &format!("monitor chardev-add file,id=x,path={}", file.display()),
+        &format!("monitor vmem diff --dump {}", file.display()),
+    ]);
+    assert_eq!(
+        out.matches("error: this VMM does not let gdb name host files")
+            .count(),
+        2,
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -113,12 +113,22 @@ struct Args {
     #[arg(long, default_value = "0xd01", value_parser = parse_u64)]
     efer: u64,
     /// With --dump or --raw: the kernel's System.map or /proc/kallsyms of
-    /// that boot; gdb loads it as the exec-file, so addresses get names.
+    /// that boot; gdb loads the symbol file made of it by itself (as the
+    /// exec-file, read through the stub), so addresses get names.
     #[arg(long)]
     symbols: Option<PathBuf>,
+    /// With --symbols: also write the symbol file to FILE (a new file;
+    /// an existing one or a link is refused), for debuggers that need a
+    /// local copy: `lldb FILE -o "gdb-remote 9001"`.
+    #[arg(long, value_name = "FILE", requires = "symbols")]
+    save_symbols: Option<PathBuf>,
+    /// Refuse gdb's monitor commands that name host files
+    /// (`chardev-add file,…`, `vmem diff --dump`).
+    #[arg(long)]
+    no_host_files: bool,
     /// Run this monitor command once the guest runs, as the VMM itself
     /// (`Debugger::monitor`), and print what it says before serving gdb;
-    /// may be repeated. E.g. --monitor "vmem audit --all 1"
+    /// may be repeated. E.g. --monitor "vmem audit --all"
     #[arg(long = "monitor", value_name = "COMMAND")]
     monitor: Vec<String>,
     /// Name this process (at most 15 bytes) as tools that look for a VMM
@@ -189,6 +199,7 @@ fn run(args: Args) -> Result<(), String> {
         page_traps: !args.no_page_traps,
         skip_irq_handlers: args.skip_irq_handlers,
         own_kick: args.own_kick && !args.turnkey,
+        host_files: !args.no_host_files,
     })?;
     let listener = listener(&args)?;
     let spaces: Vec<String> = vm.spaces.iter().map(|s| format!("{s:#x}")).collect();
@@ -306,14 +317,14 @@ fn serve_dump(
     let ram_mib = dump.ram().total_size() >> 20;
     let vcpus = dump.cpus().len();
     let mut builder = Debugger::from_dump(dump);
-    let symbol_file = match &args.symbols {
-        Some(listing) => {
-            let file = write_symbol_file(listing)?;
-            builder = builder.exec_file(file.display().to_string());
-            Some(file)
+    builder = builder.host_files(!args.no_host_files);
+    if let Some(listing) = &args.symbols {
+        let elf = symbol_elf(listing)?;
+        if let Some(path) = &args.save_symbols {
+            save_symbol_file(path, &elf)?;
         }
-        None => None,
-    };
+        builder = builder.exec_file_bytes(symbols_name(listing), elf);
+    }
     let debugger = Arc::new(builder.build());
     let listener = listener(args)?;
     println!(
@@ -323,28 +334,56 @@ fn serve_dump(
         took.as_secs_f64() * 1e3
     );
     run_monitor_commands(&debugger, &args.monitor);
+    if let Some(listing) = &args.symbols {
+        println!(
+            "symbols of {}: gdb loads them by itself; lldb needs a local copy: {}",
+            listing.display(),
+            match &args.save_symbols {
+                Some(path) => format!("lldb {} -o \"gdb-remote PORT\"", path.display()),
+                None => "write one with --save-symbols FILE".into(),
+            }
+        );
+    }
+    // The last line: whoever starts the demo may stop reading here.
     println!("gdb stub listening on {}", listener.describe());
     let _ = std::io::stdout().flush();
     spawn_gdb_server(&debugger, listener)?;
     wait_for_termination(&signals, &debugger);
     debugger.stop_serving();
-    if let Some(file) = symbol_file {
-        let _ = std::fs::remove_file(file);
-    }
     Ok(())
 }
 
-/// The symbol file gdb loads for a kernel `listing` (System.map format),
-/// written next to the other temporary files.
-fn write_symbol_file(listing: &Path) -> Result<PathBuf, String> {
+/// The symbol file (an ELF) for a kernel `listing` (System.map format).
+fn symbol_elf(listing: &Path) -> Result<Vec<u8>, String> {
     let text =
         std::fs::read_to_string(listing).map_err(|e| format!("{}: {e}", listing.display()))?;
-    let elf = symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))?;
-    let path =
-        std::env::temp_dir().join(format!("vmem-gdbstub-symbols-{}.elf", std::process::id()));
-    std::fs::write(&path, elf).map_err(|e| format!("{}: {e}", path.display()))?;
-    info!("symbols of {} in {}", listing.display(), path.display());
-    Ok(path)
+    symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))
+}
+
+/// The name gdb is given for the symbol file of `listing`: it exists
+/// only in the stub, which serves it over the protocol.
+fn symbols_name(listing: &Path) -> String {
+    let base = listing
+        .file_name()
+        .map_or("symbols".into(), |n| n.to_string_lossy());
+    format!("/vmem-gdbstub/{base}.elf")
+}
+
+/// Write the symbol file to `path`, which must not exist yet (never
+/// through a link, never over another file).
+fn save_symbol_file(path: &Path, elf: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
+    file.write_all(elf)
+        .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
+    info!("symbols written to {}", path.display());
+    Ok(())
 }
 
 /// This VMM's vCPU loop: its own `KVM_RUN` loop with the debugger's hooks

@@ -62,6 +62,8 @@ pub struct Config<'a> {
     pub skip_irq_handlers: bool,
     /// This VMM runs `KVM_RUN` itself and gives the debugger its own kick.
     pub own_kick: bool,
+    /// gdb's monitor commands may open host files the client names.
+    pub host_files: bool,
 }
 
 /// Where RAM stops below 4 GiB and where it goes on: the 32-bit MMIO gap
@@ -95,6 +97,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
         page_traps,
         skip_irq_handlers,
         own_kick,
+        host_files,
     } = *config;
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
@@ -191,6 +194,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     if table_pool {
         builder = builder.table_pool(layout::SPARE_TABLES);
     }
+    builder = builder.host_files(host_files);
     for &space in &spaces {
         builder = builder.space(space);
     }

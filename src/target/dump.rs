@@ -52,13 +52,48 @@ pub enum DumpError {
     NoCpus,
     /// A note is cut short or has an unknown layout.
     BadNote(String),
+    /// A dump format recognised by its magic bytes, but not read.
+    Unsupported(&'static str),
+}
+
+/// What the formats we read are, for errors about those we do not.
+const READABLE: &str = "readable: ELF cores (QEMU dump-guest-memory without -z/-l/-s, \
+                        virsh dump --memory-only) and raw RAM images (--raw)";
+
+/// Dump and image formats known by their first bytes, which this target
+/// does not read.
+const UNSUPPORTED_MAGICS: &[(&[u8], &str)] = &[
+    (
+        b"makedumpfile\0",
+        "a kdump-compressed dump in makedumpfile's flattened form (QEMU \
+         dump-guest-memory -z/-l/-s, virsh dump --format=kdump-*)",
+    ),
+    (
+        b"KDUMP   ",
+        "a kdump-compressed dump (makedumpfile -c/-l/-p/-z, virsh dump --format=kdump-*)",
+    ),
+    (b"DISKDUMP", "a diskdump file"),
+    (b"QEVM", "a QEMU migration stream or savevm state"),
+    (b"QFI\xfb", "a qcow2 disk image (a savevm snapshot inside?)"),
+    (b"PAGEDU64", "a Windows 64-bit crash dump"),
+    (b"PAGEDUMP", "a Windows 32-bit crash dump"),
+];
+
+/// The unsupported format `data` starts like, if any.
+fn unsupported_format(data: &[u8]) -> Option<&'static str> {
+    UNSUPPORTED_MAGICS
+        .iter()
+        .find(|(magic, _)| data.starts_with(magic))
+        .map(|(_, what)| *what)
 }
 
 impl fmt::Display for DumpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DumpError::Io(path, e) => write!(f, "{}: {e}", path.display()),
-            DumpError::NotACore(why) => write!(f, "not a QEMU memory dump: {why}"),
+            DumpError::NotACore(why) => {
+                write!(f, "not a QEMU memory dump: {why} ({READABLE})")
+            }
             DumpError::Truncated { gpa, end, file_len } => write!(
                 f,
                 "the RAM at {gpa:#x} ends at byte {end:#x} of a {file_len:#x}-byte file (truncated dump?)"
@@ -66,6 +101,7 @@ impl fmt::Display for DumpError {
             DumpError::Overlap(gpa) => write!(f, "two RAM segments both hold {gpa:#x}"),
             DumpError::NoCpus => f.write_str("the dump has no QEMU CPU-state notes"),
             DumpError::BadNote(why) => write!(f, "bad note: {why}"),
+            DumpError::Unsupported(what) => write!(f, "{what}: not read ({READABLE})"),
         }
     }
 }
@@ -124,12 +160,18 @@ impl Dump {
     /// Map and check QEMU's ELF dump at `path` (milliseconds, whatever its
     /// size: nothing is read but the headers and notes).
     pub fn open(path: &Path) -> Result<Dump, DumpError> {
+        let file = File::open(path).map_err(|e| DumpError::Io(path.to_path_buf(), e))?;
+        Dump::open_file(&file, path)
+    }
+
+    /// As [`Dump::open`], for a file already open (`path` names it in
+    /// errors).
+    pub(crate) fn open_file(file: &File, path: &Path) -> Result<Dump, DumpError> {
         let io = |e| DumpError::Io(path.to_path_buf(), e);
-        let file = File::open(path).map_err(io)?;
         // SAFETY: a private (copy-on-write) mapping: writes through it never
         // reach the file. The dump must not be truncated while served (as
         // with any mapped file, that would fault).
-        let map = unsafe { MmapOptions::new().map_copy_read_only(&file) }.map_err(io)?;
+        let map = unsafe { MmapOptions::new().map_copy_read_only(file) }.map_err(io)?;
         let ElfHeaders { pieces, cpus } = ElfHeaders::parse(&map)?;
         Ok(Dump {
             ram: GuestRam::from_access(DumpMemory { map, pieces }),
@@ -180,6 +222,9 @@ struct ElfHeaders {
 
 impl ElfHeaders {
     fn parse(data: &[u8]) -> Result<ElfHeaders, DumpError> {
+        if let Some(what) = unsupported_format(data) {
+            return Err(DumpError::Unsupported(what));
+        }
         let not_core = |e: elf::ParseError| DumpError::NotACore(e.to_string());
         let file = ElfBytes::<LittleEndian>::minimal_parse(data).map_err(not_core)?;
         if file.ehdr.e_type != elf::abi::ET_CORE {
@@ -430,6 +475,13 @@ impl RamAccess for DumpMemory {
                 host: self.at(p.gpa).map_or(0, |bytes| bytes.as_ptr() as u64),
             })
             .collect()
+    }
+
+    fn describe(&self, index: usize) -> String {
+        match self.pieces.get(index) {
+            Some(piece) => format!("dump @file+{:#x}", piece.offset),
+            None => "dump".into(),
+        }
     }
 }
 

@@ -49,6 +49,11 @@ pub(crate) trait RamAccess: Send + Sync {
     fn load_u64(&self, gpa: PhysAddr) -> Option<u64>;
     /// The RAM ranges.
     fn ranges(&self) -> Vec<RamRange>;
+    /// What holds range `index` of [`RamAccess::ranges`], in a word or
+    /// two (`monitor info mtree`).
+    fn describe(&self, index: usize) -> String {
+        format!("ram{index} KVM")
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> RamAccess for M {
@@ -178,6 +183,12 @@ impl GuestRam {
     /// The RAM ranges, by address.
     pub fn ranges(&self) -> &[RamRange] {
         &self.ranges
+    }
+
+    /// What holds range `index` of [`GuestRam::ranges`] (a memslot, a
+    /// piece of a dump file), in a word or two.
+    pub fn describe(&self, index: usize) -> String {
+        self.mem.describe(index)
     }
 
     /// Total bytes of RAM.

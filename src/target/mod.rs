@@ -57,6 +57,7 @@ mod dump;
 mod error;
 mod event_loop;
 mod hooks;
+mod host_file;
 mod irq_step;
 mod kick;
 mod memory;
@@ -103,6 +104,7 @@ pub use traps::{KvmMemslots, PageTraps, Trap};
 pub use x86::flat_segment;
 
 pub(crate) use shared::{lock, Inner};
+use host_file::ExecFile;
 use vcpu::Vcpu;
 
 /// What the VMM's exit handler tells the turnkey vCPU loop.
@@ -165,6 +167,7 @@ impl DebuggerBuilder {
                 step_irqs,
                 qemu: Arc::default(),
                 exec_file: None,
+                host_files: true,
                 table_pool: None,
                 spaces: Mutex::default(),
                 chardevs: Mutex::default(),
@@ -175,9 +178,29 @@ impl DebuggerBuilder {
     }
 
     /// Tell gdb where the guest's ELF (with symbols) is, so a plain
-    /// `target remote` loads it (`qXfer:exec-file`).
+    /// `target remote` loads it (`qXfer:exec-file`). gdb reads it through
+    /// the stub (`vFile`), so a gdb on another machine gets it too; the
+    /// stub serves this one file and no other.
     pub fn exec_file(mut self, path: impl Into<String>) -> Self {
-        self.inner.exec_file = Some(path.into());
+        self.inner.exec_file = Some(ExecFile::host(path.into()));
+        self
+    }
+
+    /// Hand gdb `bytes` (an ELF, e.g. from [`symbol_file`]) as the guest's
+    /// exec-file under the name `name`, without writing it anywhere: gdb
+    /// reads it through the stub (`vFile`).
+    pub fn exec_file_bytes(mut self, name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        self.inner.exec_file = Some(ExecFile::bytes(name.into(), bytes));
+        self
+    }
+
+    /// Whether gdb's monitor commands may open host files the client names
+    /// (default: yes): `chardev-add file,…,path=P` (pwndbg's way of finding
+    /// the VMM's process) and `vmem diff --dump P`. Even when allowed, only
+    /// existing regular files are opened, read-only, never through a
+    /// symbolic link, never blocking.
+    pub fn host_files(mut self, allowed: bool) -> Self {
+        self.inner.host_files = allowed;
         self
     }
 

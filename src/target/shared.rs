@@ -16,6 +16,7 @@ use super::breakpoints::Breakpoints;
 use super::debugregs::DebugRegs;
 use super::dump::DumpCpu;
 use super::error::StubError;
+use super::host_file::ExecFile;
 use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
@@ -67,7 +68,11 @@ pub(crate) struct Inner {
     pub(crate) step_irqs: StepIrqs,
     /// What QEMU's packets set (`Qqemu.sstep`, `Qqemu.PhyMemMode`).
     pub(crate) qemu: Arc<QemuFlags>,
-    pub(crate) exec_file: Option<String>,
+    /// The file gdb is told to load (`qXfer:exec-file`), served over
+    /// `vFile`.
+    pub(crate) exec_file: Option<ExecFile>,
+    /// Whether monitor commands may open host files the client names.
+    pub(crate) host_files: bool,
     pub(crate) table_pool: Option<TablePool>,
     /// Files opened by `monitor chardev-add`, by id (kept across sessions,
     /// as QEMU keeps chardevs).

@@ -26,15 +26,23 @@ impl fmt::Display for SymbolsError {
 
 impl std::error::Error for SymbolsError {}
 
-/// One symbol: address, whether it is code, name.
+/// One symbol: address, whether it is code, whether it is absolute (an
+/// offset such as a per-CPU variable's, not an address), name.
 struct Symbol<'a> {
     addr: u64,
     code: bool,
+    absolute: bool,
     name: &'a str,
 }
 
+/// The kernel half of a 64-bit address space starts here: a kernel
+/// listing's symbols below it (per-CPU offsets from 0) are not addresses.
+const KERNEL_HALF: u64 = 1 << 63;
+
 /// Parse a `System.map` / kallsyms listing; zero addresses (kallsyms with
-/// addresses hidden) and placeholder lines are left out.
+/// addresses hidden) and placeholder lines are left out. `A` symbols, and
+/// symbols in the lower half of a listing that has kernel-half ones (the
+/// per-CPU offsets `System.map` lists as data), are absolute.
 fn parse(listing: &str) -> Result<Vec<Symbol<'_>>, SymbolsError> {
     let mut symbols = Vec::new();
     for (n, line) in listing.lines().enumerate() {
@@ -54,33 +62,98 @@ fn parse(listing: &str) -> Result<Vec<Symbol<'_>>, SymbolsError> {
         symbols.push(Symbol {
             addr,
             code: matches!(kind, "T" | "t" | "W" | "w"),
+            absolute: matches!(kind, "A" | "a"),
             name,
         });
     }
-    if symbols.is_empty() {
+    if symbols.iter().any(|s| s.addr >= KERNEL_HALF) {
+        for s in symbols.iter_mut().filter(|s| s.addr < KERNEL_HALF) {
+            s.absolute = true;
+        }
+    }
+    if symbols.iter().all(|s| s.absolute) {
         return Err(SymbolsError::Empty);
     }
     Ok(symbols)
 }
 
+/// Symbols further apart than this start a new section: addresses in
+/// between belong to nothing the listing describes (the image and the
+/// module area are far apart; the image has no gap this large).
+const SECTION_GAP: u64 = 16 << 20;
+
+/// The address ranges the symbols cover, page-aligned: one section each.
+fn sections(symbols: &[Symbol<'_>]) -> Vec<std::ops::Range<u64>> {
+    let mut addrs: Vec<u64> = symbols
+        .iter()
+        .filter(|s| !s.absolute)
+        .map(|s| s.addr)
+        .collect();
+    addrs.sort_unstable();
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    for addr in addrs {
+        let page_end = (addr | 0xfff).saturating_add(1);
+        match ranges.last_mut() {
+            Some(last) if addr.saturating_sub(last.end) < SECTION_GAP => {
+                last.end = last.end.max(page_end);
+            }
+            _ => ranges.push(addr & !0xfff..page_end),
+        }
+    }
+    ranges
+}
+
 const ELF_HEADER: usize = 64;
 const SECTION_HEADER: usize = 64;
 const SYMBOL: usize = 24;
-const SHT_PROGBITS_NONE: u32 = 0;
+const SHT_NULL: u32 = 0;
 const SHT_SYMTAB: u32 = 2;
 const SHT_STRTAB: u32 = 3;
 const SHT_NOBITS: u32 = 8;
 const SHF_ALLOC_EXEC: u64 = 0x2 | 0x4;
+const SHN_ABS: u16 = 0xfff1;
 const STT_OBJECT: u8 = 1;
 const STT_FUNC: u8 = 2;
 const STB_GLOBAL: u8 = 1;
 
-/// An ELF64 x86-64 symbol file for the symbols of `listing`.
+/// One section header's fields.
+struct SectionHeader {
+    name: u32,
+    kind: u32,
+    flags: u64,
+    addr: u64,
+    offset: usize,
+    size: u64,
+    link: u32,
+    entsize: u64,
+}
+
+impl SectionHeader {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend(self.name.to_le_bytes());
+        out.extend(self.kind.to_le_bytes());
+        out.extend(self.flags.to_le_bytes());
+        out.extend(self.addr.to_le_bytes());
+        out.extend((self.offset as u64).to_le_bytes());
+        out.extend(self.size.to_le_bytes());
+        out.extend(self.link.to_le_bytes());
+        // sh_info of .symtab: index of the first global symbol (1).
+        out.extend(u32::from(self.kind == SHT_SYMTAB).to_le_bytes());
+        out.extend(if self.kind == SHT_NOBITS { 4096u64 } else { 8 }.to_le_bytes());
+        out.extend(self.entsize.to_le_bytes());
+    }
+}
+
+/// An ELF64 x86-64 symbol file for the symbols of `listing`: one `NOBITS`
+/// section per stretch of addresses the symbols cover (`.kernel`, then
+/// `.kernel.1` … for the module area), so gdb names only addresses inside
+/// them; absolute symbols (per-CPU offsets) belong to no section.
 pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
     let symbols = parse(listing)?;
-    let low = symbols.iter().map(|s| s.addr).min().unwrap_or(0) & !0xfff;
-    let high = symbols.iter().map(|s| s.addr).max().unwrap_or(0);
-    let span = (high - low).saturating_add(0x1000);
+    let ranges = sections(&symbols);
+    // Section indices: 0 null, 1.. the ranges, then symtab, strtab, shstrtab.
+    let first_range = 1usize;
+    let symtab_index = first_range + ranges.len();
 
     let mut strtab = vec![0u8];
     let mut symtab = vec![0u8; SYMBOL]; // the null symbol
@@ -89,22 +162,42 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
         strtab.extend_from_slice(s.name.as_bytes());
         strtab.push(0);
         let kind = if s.code { STT_FUNC } else { STT_OBJECT };
+        let section = if s.absolute {
+            SHN_ABS
+        } else {
+            let i = ranges.partition_point(|r| r.end <= s.addr);
+            (first_range + i) as u16
+        };
         symtab.extend(name_at.to_le_bytes());
         symtab.push(STB_GLOBAL << 4 | kind);
         symtab.push(0);
-        symtab.extend(1u16.to_le_bytes()); // section 1: .kernel
+        symtab.extend(section.to_le_bytes());
         symtab.extend(s.addr.to_le_bytes());
         symtab.extend(0u64.to_le_bytes());
     }
-    let shstrtab = b"\0.kernel\0.symtab\0.strtab\0.shstrtab\0";
-    let (name_kernel, name_symtab, name_strtab, name_shstrtab) = (1u32, 9u32, 17u32, 25u32);
+    let mut shstrtab = vec![0u8];
+    let mut name = |text: &str| {
+        let at = shstrtab.len() as u32;
+        shstrtab.extend_from_slice(text.as_bytes());
+        shstrtab.push(0);
+        at
+    };
+    let range_names: Vec<u32> = (0..ranges.len())
+        .map(|i| match i {
+            0 => name(".kernel"),
+            i => name(&format!(".kernel.{i}")),
+        })
+        .collect();
+    let (name_symtab, name_strtab, name_shstrtab) =
+        (name(".symtab"), name(".strtab"), name(".shstrtab"));
 
     let symtab_at = ELF_HEADER;
     let strtab_at = symtab_at + symtab.len();
     let shstrtab_at = strtab_at + strtab.len();
     let sections_at = (shstrtab_at + shstrtab.len()).next_multiple_of(8);
-    let mut out = Vec::with_capacity(sections_at + 5 * SECTION_HEADER);
-    // ELF header: ELF64, little endian, ET_EXEC, x86-64, 5 sections.
+    let section_count = symtab_index + 3;
+    let mut out = Vec::with_capacity(sections_at + section_count * SECTION_HEADER);
+    // ELF header: ELF64, little endian, ET_EXEC, x86-64.
     out.extend(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     out.extend(2u16.to_le_bytes());
     out.extend(62u16.to_le_bytes());
@@ -117,73 +210,41 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
     out.extend(0u16.to_le_bytes()); // phentsize
     out.extend(0u16.to_le_bytes()); // phnum
     out.extend((SECTION_HEADER as u16).to_le_bytes());
-    out.extend(5u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes()); // shstrndx
+    out.extend((section_count as u16).to_le_bytes());
+    out.extend(((symtab_index + 2) as u16).to_le_bytes()); // shstrndx
     out.extend(&symtab);
     out.extend(&strtab);
-    out.extend(shstrtab);
+    out.extend(&shstrtab);
     out.resize(sections_at, 0);
-    let mut section = |name: u32,
-                       kind: u32,
-                       flags: u64,
-                       addr: u64,
-                       offset: usize,
-                       size: u64,
-                       link: u32,
-                       entsize: u64| {
-        out.extend(name.to_le_bytes());
-        out.extend(kind.to_le_bytes());
-        out.extend(flags.to_le_bytes());
-        out.extend(addr.to_le_bytes());
-        out.extend((offset as u64).to_le_bytes());
-        out.extend(size.to_le_bytes());
-        out.extend(link.to_le_bytes());
-        // sh_info of .symtab: index of the first global symbol (1).
-        out.extend(u32::from(kind == SHT_SYMTAB).to_le_bytes());
-        out.extend(if kind == SHT_NOBITS { 4096u64 } else { 8 }.to_le_bytes());
-        out.extend(entsize.to_le_bytes());
+    let table = |name, kind, offset, size: usize, link, entsize| SectionHeader {
+        name,
+        kind,
+        flags: 0,
+        addr: 0,
+        offset,
+        size: size as u64,
+        link,
+        entsize,
     };
-    section(0, SHT_PROGBITS_NONE, 0, 0, 0, 0, 0, 0);
-    section(
-        name_kernel,
-        SHT_NOBITS,
-        SHF_ALLOC_EXEC,
-        low,
-        sections_at,
-        span,
-        0,
-        0,
-    );
-    section(
-        name_symtab,
-        SHT_SYMTAB,
-        0,
-        0,
-        symtab_at,
-        symtab.len() as u64,
-        3,
-        SYMBOL as u64,
-    );
-    section(
-        name_strtab,
-        SHT_STRTAB,
-        0,
-        0,
-        strtab_at,
-        strtab.len() as u64,
-        0,
-        0,
-    );
-    section(
-        name_shstrtab,
-        SHT_STRTAB,
-        0,
-        0,
-        shstrtab_at,
-        shstrtab.len() as u64,
-        0,
-        0,
-    );
+    table(0, SHT_NULL, 0, 0, 0, 0).write(&mut out);
+    for (range, &name) in ranges.iter().zip(&range_names) {
+        SectionHeader {
+            name,
+            kind: SHT_NOBITS,
+            flags: SHF_ALLOC_EXEC,
+            addr: range.start,
+            offset: sections_at,
+            size: range.end - range.start,
+            link: 0,
+            entsize: 0,
+        }
+        .write(&mut out);
+    }
+    let strtab_index = (symtab_index + 1) as u32;
+    table(name_symtab, SHT_SYMTAB, symtab_at, symtab.len(), strtab_index, SYMBOL as u64)
+        .write(&mut out);
+    table(name_strtab, SHT_STRTAB, strtab_at, strtab.len(), 0, 0).write(&mut out);
+    table(name_shstrtab, SHT_STRTAB, shstrtab_at, shstrtab.len(), 0, 0).write(&mut out);
     Ok(out)
 }
 
@@ -193,11 +254,11 @@ mod tests {
 
     #[test]
     fn listings_become_symbol_tables_elf_readers_accept() {
-        let listing = "ffffffff81000000 T _stext\r\nffffffff81000010 t helper\nffffffff82000000 D jiffies_64\n0000000000000000 A hidden\nffffffffc0001000 t mod_fn [ext4]\n";
+        let listing = "ffffffff81000000 T _stext\r\nffffffff81000010 t helper\nffffffff82000000 D jiffies_64\n0000000000000000 A hidden\n0000000000001000 A cpu_debug_store\n0000000000006000 D cpu_tss_rw\nffffffffc0001000 t mod_fn [ext4]\n";
         let file = symbol_file(listing).unwrap();
         let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
         let (symbols, strings) = elf.symbol_table().unwrap().unwrap();
-        let named: Vec<(String, u64, u8)> = symbols
+        let named: Vec<(String, u64, u8, u16)> = symbols
             .iter()
             .skip(1)
             .map(|s| {
@@ -205,16 +266,38 @@ mod tests {
                     strings.get(s.st_name as usize).unwrap().to_string(),
                     s.st_value,
                     s.st_symtype(),
+                    s.st_shndx,
                 )
             })
             .collect();
         assert_eq!(
             named,
             [
-                ("_stext".to_string(), 0xffff_ffff_8100_0000, STT_FUNC),
-                ("helper".to_string(), 0xffff_ffff_8100_0010, STT_FUNC),
-                ("jiffies_64".to_string(), 0xffff_ffff_8200_0000, STT_OBJECT),
-                ("mod_fn".to_string(), 0xffff_ffff_c000_1000, STT_FUNC),
+                ("_stext".to_string(), 0xffff_ffff_8100_0000, STT_FUNC, 1),
+                ("helper".to_string(), 0xffff_ffff_8100_0010, STT_FUNC, 1),
+                ("jiffies_64".to_string(), 0xffff_ffff_8200_0000, STT_OBJECT, 1),
+                // Per-CPU offsets, as kallsyms (A) and System.map (D) list them.
+                ("cpu_debug_store".to_string(), 0x1000, STT_OBJECT, SHN_ABS),
+                ("cpu_tss_rw".to_string(), 0x6000, STT_OBJECT, SHN_ABS),
+                ("mod_fn".to_string(), 0xffff_ffff_c000_1000, STT_FUNC, 2),
+            ]
+        );
+        // The sections span the image and the module, nothing else.
+        let (headers, names) = elf.section_headers_with_strtab().unwrap();
+        let spans: Vec<(String, u64, u64)> = headers
+            .unwrap()
+            .iter()
+            .filter(|h| h.sh_type == SHT_NOBITS)
+            .map(|h| {
+                let name = names.unwrap().get(h.sh_name as usize).unwrap();
+                (name.to_string(), h.sh_addr, h.sh_addr + h.sh_size)
+            })
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (".kernel".to_string(), 0xffff_ffff_8100_0000, 0xffff_ffff_8200_1000),
+                (".kernel.1".to_string(), 0xffff_ffff_c000_1000, 0xffff_ffff_c000_2000),
             ]
         );
         assert_eq!(

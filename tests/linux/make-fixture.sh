@@ -3,6 +3,8 @@
 #   OUT/vmlinuz       Debian's cloud kernel (apt-get download, no install)
 #   OUT/kallsyms      its symbols, from /proc/kallsyms of the very boot dumped
 #   OUT/dump.elf      QEMU's dump-guest-memory of that boot, 2 vCPUs, 256 MiB
+#   OUT/dump.kdump    the same moment as dump.elf, in QEMU's kdump-zlib
+#                     (`dump-guest-memory -z`, the flattened format)
 #   OUT/dump2.elf     a second dump, after the mapper mapped and mprotected more
 #   OUT/registers     QEMU's own `info registers -a` at the moment of the dump
 #   OUT/console.log   the guest's console
@@ -15,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../target/linux-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-[ -s "$out/dump.elf" ] && [ -s "$out/dump2.elf" ] && [ -s "$out/kallsyms" ] && [ -s "$out/registers" ] && exit 0
+[ -s "$out/dump.elf" ] && [ -s "$out/dump.kdump" ] && [ -s "$out/dump2.elf" ] && [ -s "$out/kallsyms" ] && [ -s "$out/registers" ] && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -64,7 +66,8 @@ for _ in $(seq 1 600); do
 done
 grep -q READY "$out/console.log" || { kill $qemu; echo "the guest never said READY" >&2; exit 1; }
 python3 "$here/hmp.py" "$work/monitor.sock" stop "info registers -a" > "$out/registers"
-python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" cont
+python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" \
+    "dump-guest-memory -z $out/dump.kdump.part" cont
 # The mapper's second step, then the second dump.
 python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n"); s.close()' "$work/trigger.sock"
 for _ in $(seq 1 300); do
@@ -80,5 +83,6 @@ kill $qemu 2>/dev/null || true
 wait $qemu || true
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/dump.part" "$out/dump.elf"
+mv "$out/dump.kdump.part" "$out/dump.kdump"
 mv "$out/dump2.part" "$out/dump2.elf"
 echo "Linux fixture in $out"

@@ -3,32 +3,69 @@
 use super::{expr, usage, CmdError};
 use crate::vmem::{BasicMapping, CowMapping, MappingKind, PageSize};
 
-/// Positional words and `--name value` options of one command.
+/// Positional words and `--name [value]` options of one command.
 #[derive(Debug, Default)]
 pub(crate) struct Args<'a> {
     pub positional: Vec<&'a str>,
     options: Vec<(&'a str, &'a str)>,
 }
 
+/// An option a command knows, and whether it takes a value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Opt {
+    /// `--name VALUE`: the value is required.
+    Value(&'static str),
+    /// `--name`: on or off, no value.
+    Flag(&'static str),
+    /// `--name [VALUE]`: takes the next word unless it is an option.
+    MaybeValue(&'static str),
+}
+
+impl Opt {
+    fn name(self) -> &'static str {
+        match self {
+            Opt::Value(name) | Opt::Flag(name) | Opt::MaybeValue(name) => name,
+        }
+    }
+}
+
 impl<'a> Args<'a> {
-    /// Split `words`; every option must be one of `known` and take a value.
-    pub(crate) fn parse(words: &[&'a str], known: &[&str]) -> Result<Args<'a>, CmdError> {
+    /// Split `words`; every option must be one of `known`.
+    pub(crate) fn parse(words: &[&'a str], known: &[Opt]) -> Result<Args<'a>, CmdError> {
         let mut args = Args::default();
-        let mut rest = words.iter();
+        let mut rest = words.iter().peekable();
         while let Some(&word) = rest.next() {
-            if let Some(name) = word.strip_prefix("--") {
-                if !known.contains(&name) {
-                    return Err(usage(format!("unknown option --{name}")));
-                }
-                let value = rest
-                    .next()
-                    .ok_or_else(|| usage(format!("--{name} needs a value")))?;
-                args.options.push((name, value));
-            } else {
+            let Some(name) = word.strip_prefix("--") else {
                 args.positional.push(word);
-            }
+                continue;
+            };
+            let spec = known
+                .iter()
+                .find(|opt| opt.name() == name)
+                .ok_or_else(|| usage(format!("unknown option --{name}")))?;
+            let value = match spec {
+                Opt::Flag(_) => "",
+                Opt::Value(_) => rest
+                    .next()
+                    .ok_or_else(|| usage(format!("--{name} needs a value")))?,
+                Opt::MaybeValue(_) => rest.next_if(|w| !w.starts_with("--")).unwrap_or(&""),
+            };
+            args.options.push((name, value));
         }
         Ok(args)
+    }
+
+    /// Whether `--name` was given.
+    pub(crate) fn flag(&self, name: &str) -> bool {
+        self.options.iter().any(|(n, _)| *n == name)
+    }
+
+    /// Refuse positional words where a command takes none.
+    pub(crate) fn no_positional(&self) -> Result<(), CmdError> {
+        match self.positional.first() {
+            Some(word) => Err(usage(format!("unexpected argument '{word}'"))),
+            None => Ok(()),
+        }
     }
 
     /// The value of `--name`, if given.
@@ -144,10 +181,25 @@ mod tests {
         assert!(rights("rw").is_ok());
         assert!(rights("rq").is_err());
         assert!(rights("cw").is_err());
-        let args = Args::parse(&["1", "--space", "0x1000", "2"], &["space"]).unwrap();
+        let known = [Opt::Value("space"), Opt::Flag("all"), Opt::MaybeValue("scan")];
+        let args = Args::parse(&["1", "--space", "0x1000", "2"], &known).unwrap();
         assert_eq!(args.positional, vec!["1", "2"]);
         assert_eq!(args.option("space"), Some("0x1000"));
-        assert!(Args::parse(&["--bogus", "1"], &["space"]).is_err());
-        assert!(Args::parse(&["--space"], &["space"]).is_err());
+        assert!(!args.flag("all"));
+        assert!(Args::parse(&["--bogus", "1"], &known).is_err());
+        assert!(Args::parse(&["--space"], &known).is_err());
+        // A flag takes no value: the next word stays positional.
+        let args = Args::parse(&["--all", "--limit"], &[Opt::Flag("all"), Opt::Value("limit")]);
+        assert!(args.is_err(), "--limit still needs its value");
+        let args = Args::parse(&["--all", "1"], &known).unwrap();
+        assert!(args.flag("all"));
+        assert_eq!(args.positional, vec!["1"]);
+        assert!(args.no_positional().is_err());
+        // An optional value is taken unless the next word is an option.
+        let args = Args::parse(&["--scan", "--all"], &known).unwrap();
+        assert_eq!(args.option("scan"), Some(""));
+        assert!(args.flag("all"));
+        let args = Args::parse(&["--scan", "any"], &known).unwrap();
+        assert_eq!(args.option("scan"), Some("any"));
     }
 }

@@ -16,11 +16,11 @@ use crate::target::memory::GuestTables;
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
 
 pub(crate) const USAGE: &str = "\
-vmem audit [--space CR3|--all 1] [--limit N]
+vmem audit [--space CR3|--all] [--limit N]
     writable+executable mappings, user pages in the kernel half, user pages
     the kernel may execute, page tables mapped writable, W^X broken
     through an alias (default: the current space; N findings per kind)
-    e.g. monitor vmem audit --all 1
+    e.g. monitor vmem audit --all
 ";
 
 /// Findings shown per kind unless `--limit` says otherwise.
@@ -108,7 +108,8 @@ enum Use {
 
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    let roots: Vec<u64> = if args.option("all").is_some() {
+    args.no_positional()?;
+    let roots: Vec<u64> = if args.flag("all") {
         ctx.roots().collect()
     } else {
         vec![space_of(ctx, args)?]

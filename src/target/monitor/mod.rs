@@ -141,6 +141,9 @@ pub(crate) struct Context<'a> {
     pub registers: &'a dyn Registers,
     /// Snapshots taken with `vmem snapshot`, by name.
     pub snapshots: &'a std::collections::BTreeMap<String, Snapshot>,
+    /// Whether commands may open host files the client names (`vmem diff
+    /// --dump`; `chardev-add` is checked where it takes effect).
+    pub host_files: bool,
     /// The tables as they were when the VM last stopped (taken as it
     /// resumed), with what that stop is called.
     pub last_stop: Option<&'a (Snapshot, String)>,
@@ -158,8 +161,8 @@ impl Context<'_> {
 pub(crate) trait Registers {
     /// All of the current vCPU's registers (`None`: they cannot be read).
     fn all_registers(&self) -> Option<KvmState>;
-    /// DR0-DR3, DR6, DR7.
-    fn debug_registers(&self) -> [u64; 6];
+    /// DR0-DR3, DR6, DR7 (`None`: not known, as in a memory dump).
+    fn debug_registers(&self) -> Option<[u64; 6]>;
     /// The local APIC of vCPU `cpu` (an index the VM has), or why there
     /// is none to show.
     fn local_apic(&self, cpu: usize) -> Result<Lapic, String>;
@@ -249,6 +252,11 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             none(qemu::info_tlb(ctx, &mut out)),
             qemu::USAGE,
             "info tlb".into(),
+        ),
+        ["info", "mtree", rest @ ..] => (
+            none(qemu::info_mtree(ctx, rest, &mut out)),
+            qemu::USAGE,
+            "info mtree".into(),
         ),
         ["info", "registers"] => (
             none(qemu::info_registers(ctx, &mut out)),

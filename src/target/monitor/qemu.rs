@@ -23,6 +23,8 @@ cpu N               make vCPU N the one the commands use, until the VM
     next stops
 gva2gpa ADDR        physical address of ADDR in the current space
 gpa2hva ADDR        where this process holds guest-physical ADDR
+info mtree [-f]     guest-physical memory as QEMU's flat view: RAM
+    ranges (memslots; a dump's pieces) and the holes between them
 chardev-add file,id=ID,path=PATH
                     open an existing file read-only (nothing is written;
                     the handshake gdb-pt-dump uses to find the VMM)
@@ -172,6 +174,45 @@ pub(crate) fn gpa2hva(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Re
     Ok(())
 }
 
+/// `info mtree [-f]`: QEMU's flat view of the system address space, as
+/// far as the debugger knows it (pwndbg reads the RAM lines): each RAM
+/// range and each hole between two of them (the VMM's MMIO lives there).
+pub(crate) fn info_mtree(
+    ctx: &Context<'_>,
+    words: &[&str],
+    out: &mut String,
+) -> Result<(), CmdError> {
+    match words {
+        [] | ["-f"] => {}
+        _ => return Err(usage("only -f (the flat view) is known")),
+    }
+    out.push_str("FlatView #0\n AS \"memory\", root: system\n");
+    for cpu in 0..ctx.cpu_count {
+        let _ = writeln!(out, " AS \"cpu-memory-{cpu}\", root: system");
+    }
+    out.push_str(" Root memory region: system\n");
+    let mut end_of_last: Option<u64> = None;
+    for (index, range) in ctx.memory.ranges().iter().enumerate() {
+        if let Some(hole) = end_of_last.filter(|&end| end < range.gpa) {
+            let _ = writeln!(
+                out,
+                "  {hole:016x}-{:016x} (prio 0, i/o): hole (no RAM)",
+                range.gpa - 1
+            );
+        }
+        let last = range.gpa.saturating_add(range.size.saturating_sub(1));
+        let _ = writeln!(
+            out,
+            "  {:016x}-{last:016x} (prio 0, ram): {}",
+            range.gpa,
+            ctx.memory.describe(index)
+        );
+        end_of_last = last.checked_add(1);
+    }
+    out.push('\n');
+    Ok(())
+}
+
 /// `chardev-add file,id=ID,path=PATH`: what to open (only the `file`
 /// backend: gdb-pt-dump's way of finding the VMM's process).
 pub(crate) fn chardev_add(words: &[&str]) -> Result<Effect, CmdError> {
@@ -310,8 +351,12 @@ fn printable(c: u8) -> String {
     }
 }
 
+/// The high word of the segment's descriptor as QEMU keeps it: type, S,
+/// DPL, P, limit bits 19:16 (from the byte limit and G), AVL, L, D/B, G.
 fn seg_flags(s: &kvm_segment) -> u32 {
+    let raw_limit = if s.g != 0 { s.limit >> 12 } else { s.limit };
     (u32::from(s.type_) << 8)
+        | (raw_limit & 0xf_0000)
         | (u32::from(s.s) << 12)
         | (u32::from(s.dpl) << 13)
         | (u32::from(s.present) << 15)
@@ -392,6 +437,10 @@ pub(crate) fn info_cpus(ctx: &Context<'_>, out: &mut String) {
     }
 }
 
+/// DR0-DR3, DR6, DR7 after a reset (what QEMU shows of a CPU that never
+/// set them): DR6's reserved bits read as ones, DR7's bit 10 as one.
+const DEBUG_REGISTERS_AT_RESET: [u64; 6] = [0, 0, 0, 0, 0xffff_0ff0, 0x400];
+
 /// `info registers`.
 pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
     let state = ctx
@@ -464,13 +513,17 @@ pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), 
         "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}",
         s.cr0, s.cr2, s.cr3, s.cr4
     );
-    let dr = ctx.registers.debug_registers();
+    let known = ctx.registers.debug_registers();
+    let dr = known.unwrap_or(DEBUG_REGISTERS_AT_RESET);
     let _ = writeln!(
         out,
         "DR0={:016x} DR1={:016x} DR2={:016x} DR3={:016x}",
         dr[0], dr[1], dr[2], dr[3]
     );
     let _ = writeln!(out, "DR6={:016x} DR7={:016x}", dr[4], dr[5]);
+    if known.is_none() {
+        out.push_str("(DR0-DR7 unknown here, as in a memory dump: shown at their reset values)\n");
+    }
     let _ = writeln!(out, "EFER={:016x}", s.efer);
     Ok(())
 }

@@ -51,7 +51,7 @@ pub(crate) enum ScanMode {
 impl ScanMode {
     pub(crate) fn parse(word: &str) -> Result<ScanMode, CmdError> {
         match word {
-            "1" | "shared" => Ok(ScanMode::Shared),
+            "" | "shared" => Ok(ScanMode::Shared),
             "any" => Ok(ScanMode::Any),
             other => Err(usage(format!(
                 "--scan takes shared (roots sharing the kernel half) or any, not '{other}'"

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::args::{self, Args};
+use super::args::{self, Args, Opt};
 use super::{audit, diff, find, scan, usage, CmdError, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
@@ -59,12 +59,13 @@ vmem unmap VA LEN [--space CR3]
 vmem protect VA LEN [rwxuc] [--space CR3]
     change the rights of mapped pages (default r: read-only)
     e.g. monitor vmem protect 0x400000 4k ru
-vmem spaces [--scan shared|any]
+vmem spaces [--scan [shared|any]]
     every known address space, walked together; shared sub-tables shown once
-    --scan first finds, in guest RAM, the roots no vCPU has loaded: shared:
-    by the kernel half they share with this space (KPTI pairs as pairs);
-    any: by their structure alone (guests without a shared kernel half)
-    e.g. monitor vmem spaces --scan shared
+    --scan first finds, in guest RAM, the roots no vCPU has loaded: shared
+    (the default): by the kernel half they share with this space (KPTI
+    pairs as pairs); any: by their structure alone (guests without a
+    shared kernel half)
+    e.g. monitor vmem spaces --scan
 vmem space add CR3
     remember another address space for `vmem spaces`
 vmem use CR3|current|phys
@@ -364,7 +365,15 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         .ok_or_else(|| usage("missing vmem command"))?;
     let args = Args::parse(
         rest,
-        &["space", "limit", "page", "va", "all", "scan", "dump"],
+        &[
+            Opt::Value("space"),
+            Opt::Value("limit"),
+            Opt::Value("page"),
+            Opt::Value("va"),
+            Opt::Flag("all"),
+            Opt::MaybeValue("scan"),
+            Opt::Value("dump"),
+        ],
     )?;
     match *command {
         "help" => {
@@ -401,11 +410,15 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "translate" => translate(ctx, &args, out).map(|()| Effect::None),
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
         "spaces" if args.option("scan").is_some() => {
+            args.no_positional()?;
             let mode = scan::ScanMode::parse(args.option("scan").unwrap_or_default())?;
             let found = scan::scan(ctx, mode, out)?;
             Ok(Effect::AddSpaces(found))
         }
-        "spaces" => spaces(ctx, out).map(|()| Effect::None),
+        "spaces" => {
+            args.no_positional()?;
+            spaces(ctx, out).map(|()| Effect::None)
+        }
         "space" => match args.positional.as_slice() {
             ["add", cr3] => {
                 let root = args::number(cr3)? & ctx.root_mask;

@@ -7,6 +7,7 @@
 
 mod base;
 mod breakpoints;
+mod host_io;
 mod monitor;
 mod resume;
 mod stops;
@@ -22,6 +23,7 @@ use gdbstub::common::Tid;
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::BreakpointsOps;
 use gdbstub::target::ext::exec_file::ExecFileOps;
+use gdbstub::target::ext::host_io::HostIoOps;
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::ext::target_description_xml_override::{
     TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
@@ -81,6 +83,8 @@ pub(crate) struct KvmTarget {
     deferred: Vec<usize>,
     /// Since when steps have held other vCPUs back without a break.
     held_since: Option<Instant>,
+    /// The files gdb opened with `vFile:open`.
+    open_files: host_io::OpenFiles,
     /// Page-table snapshots taken with `monitor vmem snapshot`.
     snapshots: std::collections::BTreeMap<String, super::monitor::Snapshot>,
     /// The tables when the VM last stopped (`vmem diff`), taken as it
@@ -125,6 +129,7 @@ impl KvmTarget {
             layout: RegLayout::X86_64,
             deferred: Vec::new(),
             held_since: None,
+            open_files: Default::default(),
             snapshots: Default::default(),
             last_stop: None,
             diff_armed: false,
@@ -284,6 +289,10 @@ impl Target for KvmTarget {
     }
 
     fn support_exec_file(&mut self) -> Option<ExecFileOps<'_, Self>> {
+        self.dbg.exec_file.is_some().then_some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<HostIoOps<'_, Self>> {
         self.dbg.exec_file.is_some().then_some(self)
     }
 

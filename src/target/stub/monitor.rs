@@ -2,6 +2,7 @@
 //! and the effects they ask for.
 
 use std::collections::btree_map::Entry;
+use std::path::Path;
 use std::sync::{Arc, TryLockError};
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use log::{debug, warn};
 use super::base::read_msr;
 use super::KvmTarget;
 use crate::target::error::StubError;
+use crate::target::host_file::open_regular;
 use crate::target::lock;
 use crate::target::monitor::{self, Effect};
 use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
@@ -24,12 +26,16 @@ impl monitor::Registers for KvmTarget {
         self.state(self.monitor_vcpu()).ok()
     }
 
-    fn debug_registers(&self) -> [u64; 6] {
+    fn debug_registers(&self) -> Option<[u64; 6]> {
+        // A dump's CPU notes hold no debug registers.
+        if self.dbg.frozen.is_some() {
+            return None;
+        }
         self.on_vcpu(self.monitor_vcpu(), "KVM_GET_DEBUGREGS", |fd| {
             fd.get_debug_regs()
         })
         .map(|d| [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7])
-        .unwrap_or_default()
+        .ok()
     }
 
     fn run_state(&self) -> monitor::RunState {
@@ -140,6 +146,7 @@ impl KvmTarget {
             cpu_count: self.dbg.vcpus.len(),
             registers: self,
             snapshots: &self.snapshots,
+            host_files: self.dbg.host_files,
             last_stop: self.last_stop.as_ref(),
         }
     }
@@ -269,16 +276,19 @@ impl KvmTarget {
                 self.dbg.untrap_later();
                 text.push_str(&format!("{removed} watch(es) removed\n"));
             }
+            Effect::ChardevAdd { .. } if !self.dbg.host_files => {
+                text.push_str("error: this VMM does not let gdb name host files\n");
+            }
             Effect::ChardevAdd { id, path } => match lock(&self.dbg.chardevs).entry(id) {
                 Entry::Occupied(e) => {
                     text.push_str(&format!("error: chardev '{}' already exists\n", e.key()));
                 }
-                Entry::Vacant(slot) => match std::fs::File::open(&path) {
+                Entry::Vacant(slot) => match open_regular(Path::new(&path)) {
                     Ok(file) => {
                         debug!("chardev {}: {path} opened read-only", slot.key());
                         slot.insert(file);
                     }
-                    Err(e) => text.push_str(&format!("error: {path}: {e}\n")),
+                    Err(why) => text.push_str(&format!("error: {why}\n")),
                 },
             },
             Effect::ChardevRemove(id) => {

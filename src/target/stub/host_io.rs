@@ -1,0 +1,147 @@
+//! Host I/O (`vFile:*`): how gdb reads the exec-file it was told of
+//! (`qXfer:exec-file`) — the guest's ELF or a symbol file the VMM built —
+//! through the stub, so neither side needs a file at a shared path. Only
+//! that one file opens, read-only; every other name is "no such file".
+
+use std::sync::Arc;
+
+use gdbstub::target::ext::host_io::{
+    FsKind, HostIo, HostIoClose, HostIoCloseOps, HostIoErrno, HostIoError, HostIoFstat,
+    HostIoFstatOps, HostIoOpen, HostIoOpenFlags, HostIoOpenMode, HostIoOpenOps, HostIoPread,
+    HostIoPreadOps, HostIoResult, HostIoSetfs, HostIoSetfsOps, HostIoStat,
+};
+use log::debug;
+
+use super::KvmTarget;
+
+/// Files gdb may hold open at once.
+const MAX_OPEN: usize = 16;
+
+/// The files gdb has open, by descriptor.
+#[derive(Debug, Default)]
+pub(crate) struct OpenFiles(Vec<Option<Arc<[u8]>>>);
+
+impl OpenFiles {
+    fn get(&self, fd: u32) -> HostIoResult<&Arc<[u8]>, KvmTarget> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.0.get(i)?.as_ref())
+            .ok_or(HostIoError::Errno(HostIoErrno::EBADF))
+    }
+}
+
+impl HostIo for KvmTarget {
+    fn support_open(&mut self) -> Option<HostIoOpenOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_close(&mut self) -> Option<HostIoCloseOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_pread(&mut self) -> Option<HostIoPreadOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_fstat(&mut self) -> Option<HostIoFstatOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_setfs(&mut self) -> Option<HostIoSetfsOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl HostIoOpen for KvmTarget {
+    fn open(
+        &mut self,
+        filename: &[u8],
+        flags: HostIoOpenFlags,
+        _mode: HostIoOpenMode,
+    ) -> HostIoResult<u32, Self> {
+        let name = String::from_utf8_lossy(filename);
+        let writes = HostIoOpenFlags::O_WRONLY
+            | HostIoOpenFlags::O_RDWR
+            | HostIoOpenFlags::O_CREAT
+            | HostIoOpenFlags::O_TRUNC
+            | HostIoOpenFlags::O_APPEND;
+        if flags.intersects(writes) {
+            debug!("vFile:open {name}: refused, not read-only");
+            return Err(HostIoError::Errno(HostIoErrno::EACCES));
+        }
+        let Some(bytes) = self.dbg.exec_file.as_ref().and_then(|f| f.open(filename)) else {
+            debug!("vFile:open {name}: not the exec-file");
+            return Err(HostIoError::Errno(HostIoErrno::ENOENT));
+        };
+        let files = &mut self.open_files.0;
+        let slot = match files.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if files.len() < MAX_OPEN => {
+                files.push(None);
+                files.len() - 1
+            }
+            None => return Err(HostIoError::Errno(HostIoErrno::EMFILE)),
+        };
+        debug!("vFile:open {name}: fd {slot}, {} bytes", bytes.len());
+        files[slot] = Some(bytes);
+        Ok(slot as u32)
+    }
+}
+
+impl HostIoClose for KvmTarget {
+    fn close(&mut self, fd: u32) -> HostIoResult<(), Self> {
+        self.open_files.get(fd)?;
+        self.open_files.0[fd as usize] = None;
+        Ok(())
+    }
+}
+
+impl HostIoPread for KvmTarget {
+    fn pread(
+        &mut self,
+        fd: u32,
+        count: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> HostIoResult<usize, Self> {
+        let bytes = self.open_files.get(fd)?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let n = count.min(buf.len()).min(bytes.len() - start);
+        buf[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl HostIoFstat for KvmTarget {
+    fn fstat(&mut self, fd: u32) -> HostIoResult<HostIoStat, Self> {
+        let size = self.open_files.get(fd)?.len() as u64;
+        Ok(HostIoStat {
+            st_dev: 0,
+            st_ino: 0,
+            st_mode: HostIoOpenMode::S_IFREG
+                | HostIoOpenMode::S_IRUSR
+                | HostIoOpenMode::S_IRGRP
+                | HostIoOpenMode::S_IROTH,
+            st_nlink: 1,
+            st_uid: 0,
+            st_gid: 0,
+            st_rdev: 0,
+            st_size: size,
+            st_blksize: 4096,
+            st_blocks: size.div_ceil(512),
+            st_atime: 0,
+            st_mtime: 0,
+            st_ctime: 0,
+        })
+    }
+}
+
+impl HostIoSetfs for KvmTarget {
+    fn setfs(&mut self, fs: FsKind) -> HostIoResult<(), Self> {
+        // The exec-file is the same whichever process gdb names.
+        debug!("vFile:setfs {fs:?}");
+        Ok(())
+    }
+}
