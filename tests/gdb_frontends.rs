@@ -581,7 +581,10 @@ fn host_paths_a_client_names_open_only_as_regular_files() {
         commands.push(format!("monitor chardev-add file,id=c{i},path={path}"));
         commands.push(format!("monitor vmem diff --dump {path}"));
     }
-    commands.push(format!("monitor chardev-add file,id=ok,path={}", file.display()));
+    commands.push(format!(
+        "monitor chardev-add file,id=ok,path={}",
+        file.display()
+    ));
     commands.push("monitor chardev-remove ok".into());
     commands.push("monitor info registers".into());
     let started = std::time::Instant::now();

@@ -639,10 +639,7 @@ fn diff_shows_what_changed_since_a_snapshot() {
 #[test]
 fn scan_finds_the_space_no_vcpu_has_loaded() {
     let Some(vm) = DemoVm::start() else { return };
-    let out = vm.gdb(&[
-        "monitor vmem spaces --scan",
-        "monitor vmem find 0x1002000",
-    ]);
+    let out = vm.gdb(&["monitor vmem spaces --scan", "monitor vmem find 0x1002000"]);
     let found: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("space 0x") && l.contains("in the user half"))

@@ -40,16 +40,21 @@ fn info_registers_are_the_lines_qemu_printed() {
         let out = served.gdb(&[&format!("monitor cpu {cpu}"), "monitor info registers"]);
         let ours: Vec<&str> = out.lines().map(str::trim_end).collect();
         let prefixes = [
-            "ES =", "CS =", "SS =", "DS =", "FS =", "GS =", "LDT=", "TR =", "GDT=", "IDT=",
-            "CR0=", "DR0=", "DR6=",
+            "ES =", "CS =", "SS =", "DS =", "FS =", "GS =", "LDT=", "TR =", "GDT=", "IDT=", "CR0=",
+            "DR0=", "DR6=",
         ];
         for line in qemu_register_lines(dir, cpu) {
             if prefixes.iter().any(|p| line.starts_with(p)) {
-                assert!(ours.contains(&line.as_str()), "cpu {cpu}: {line:?} in\n{out}");
+                assert!(
+                    ours.contains(&line.as_str()),
+                    "cpu {cpu}: {line:?} in\n{out}"
+                );
             }
         }
         assert!(
-            out.contains("(DR0-DR7 unknown here, as in a memory dump: shown at their reset values)"),
+            out.contains(
+                "(DR0-DR7 unknown here, as in a memory dump: shown at their reset values)"
+            ),
             "{out}"
         );
     }
@@ -99,7 +104,10 @@ fn symbols_name_only_addresses_the_kernel_holds() {
         out.contains(&format!("No symbol matches {:#x}.", direct_map + 0x10_0000)),
         "{out}"
     );
-    assert!(out.contains("native_safe_halt + 11 in section .kernel"), "{out}");
+    assert!(
+        out.contains("native_safe_halt + 11 in section .kernel"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("= {:#x}", syms["cpu_tss_rw"])),
         "a per-CPU offset: {out}"
@@ -121,7 +129,10 @@ fn the_symbol_file_travels_over_the_protocol() {
     let served = with_symbols(dir, &["--save-symbols", saved.to_str().unwrap()]);
     let out = served.gdb(&[
         "bt 4",
-        &format!("remote get /vmem-gdbstub/kallsyms.elf {}", fetched.display()),
+        &format!(
+            "remote get /vmem-gdbstub/kallsyms.elf {}",
+            fetched.display()
+        ),
     ]);
     assert!(
         out.contains("Reading symbols from target:/vmem-gdbstub/kallsyms.elf"),
@@ -129,10 +140,21 @@ fn the_symbol_file_travels_over_the_protocol() {
     );
     assert!(!out.contains("does not support file transfer"), "{out}");
     assert!(out.contains("in do_idle ()"), "{out}");
-    let (a, b) = (std::fs::read(&saved).unwrap(), std::fs::read(&fetched).unwrap());
-    assert!(a.len() > 1 << 20 && a == b, "{} vs {} bytes", a.len(), b.len());
+    let (a, b) = (
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(&fetched).unwrap(),
+    );
+    assert!(
+        a.len() > 1 << 20 && a == b,
+        "{} vs {} bytes",
+        a.len(),
+        b.len()
+    );
     // Only the exec-file is served.
-    let other = served.gdb(&[&format!("remote get /etc/hostname {}", tmp.join("h").display())]);
+    let other = served.gdb(&[&format!(
+        "remote get /etc/hostname {}",
+        tmp.join("h").display()
+    )]);
     assert!(!tmp.join("h").exists(), "{other}");
 
     if Command::new("lldb").arg("--version").output().is_err() {
@@ -151,7 +173,10 @@ fn the_symbol_file_travels_over_the_protocol() {
         let text = String::from_utf8_lossy(&lldb.stdout).into_owned()
             + &String::from_utf8_lossy(&lldb.stderr);
         eprintln!("{text}");
-        assert!(text.contains("kallsyms.elf`native_safe_halt + 11"), "{text}");
+        assert!(
+            text.contains("kallsyms.elf`native_safe_halt + 11"),
+            "{text}"
+        );
         assert!(text.contains("kallsyms.elf`do_idle"), "{text}");
     }
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -290,6 +315,12 @@ fn mtree_lists_the_dumps_pieces() {
         ));
     }
     assert_eq!(rows, expected, "{out}");
-    assert!(out.contains("FlatView #0\n AS \"memory\", root: system"), "{out}");
-    assert!(out.contains("error: only -f (the flat view) is known"), "{out}");
+    assert!(
+        out.contains("FlatView #0\n AS \"memory\", root: system"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: only -f (the flat view) is known"),
+        "{out}"
+    );
 }

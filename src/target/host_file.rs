@@ -128,19 +128,31 @@ mod tests {
         assert!(made.unwrap().success(), "mkfifo");
 
         assert!(open_regular(&file).is_ok());
-        let refusals: Vec<String> = [&link, &fifo, &dir, Path::new("/dev/null"), &dir.join("none")]
-            .iter()
-            .map(|p| open_regular(p).unwrap_err())
-            .collect();
+        let refusals: Vec<String> = [
+            &link,
+            &fifo,
+            &dir,
+            Path::new("/dev/null"),
+            &dir.join("none"),
+        ]
+        .iter()
+        .map(|p| open_regular(p).unwrap_err())
+        .collect();
         for (why, path) in refusals.iter().zip([&link, &fifo, &dir]) {
             assert!(why.starts_with(&path.display().to_string()), "{why}");
         }
         // Every refusal says the same after the path.
-        let tails: Vec<&str> = refusals.iter().map(|w| w.split_once(": ").unwrap().1).collect();
+        let tails: Vec<&str> = refusals
+            .iter()
+            .map(|w| w.split_once(": ").unwrap().1)
+            .collect();
         assert!(tails.windows(2).all(|w| w[0] == w[1]), "{tails:?}");
 
         let served = ExecFile::host(file.display().to_string());
-        assert_eq!(served.open(file.to_str().unwrap().as_bytes()).as_deref(), Some(&b"data"[..]));
+        assert_eq!(
+            served.open(file.to_str().unwrap().as_bytes()).as_deref(),
+            Some(&b"data"[..])
+        );
         assert_eq!(served.open(b"/etc/passwd"), None);
         let built = ExecFile::bytes("/symbols.elf".into(), b"ELF".to_vec());
         assert_eq!(built.open(b"/symbols.elf").as_deref(), Some(&b"ELF"[..]));

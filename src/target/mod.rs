@@ -103,8 +103,8 @@ pub use symbols::{symbol_file, SymbolsError};
 pub use traps::{KvmMemslots, PageTraps, Trap};
 pub use x86::flat_segment;
 
-pub(crate) use shared::{lock, Inner};
 use host_file::ExecFile;
+pub(crate) use shared::{lock, Inner};
 use vcpu::Vcpu;
 
 /// What the VMM's exit handler tells the turnkey vCPU loop.

@@ -241,8 +241,15 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
         .write(&mut out);
     }
     let strtab_index = (symtab_index + 1) as u32;
-    table(name_symtab, SHT_SYMTAB, symtab_at, symtab.len(), strtab_index, SYMBOL as u64)
-        .write(&mut out);
+    table(
+        name_symtab,
+        SHT_SYMTAB,
+        symtab_at,
+        symtab.len(),
+        strtab_index,
+        SYMBOL as u64,
+    )
+    .write(&mut out);
     table(name_strtab, SHT_STRTAB, strtab_at, strtab.len(), 0, 0).write(&mut out);
     table(name_shstrtab, SHT_STRTAB, shstrtab_at, shstrtab.len(), 0, 0).write(&mut out);
     Ok(out)
@@ -275,7 +282,12 @@ mod tests {
             [
                 ("_stext".to_string(), 0xffff_ffff_8100_0000, STT_FUNC, 1),
                 ("helper".to_string(), 0xffff_ffff_8100_0010, STT_FUNC, 1),
-                ("jiffies_64".to_string(), 0xffff_ffff_8200_0000, STT_OBJECT, 1),
+                (
+                    "jiffies_64".to_string(),
+                    0xffff_ffff_8200_0000,
+                    STT_OBJECT,
+                    1
+                ),
                 // Per-CPU offsets, as kallsyms (A) and System.map (D) list them.
                 ("cpu_debug_store".to_string(), 0x1000, STT_OBJECT, SHN_ABS),
                 ("cpu_tss_rw".to_string(), 0x6000, STT_OBJECT, SHN_ABS),
@@ -296,8 +308,16 @@ mod tests {
         assert_eq!(
             spans,
             [
-                (".kernel".to_string(), 0xffff_ffff_8100_0000, 0xffff_ffff_8200_1000),
-                (".kernel.1".to_string(), 0xffff_ffff_c000_1000, 0xffff_ffff_c000_2000),
+                (
+                    ".kernel".to_string(),
+                    0xffff_ffff_8100_0000,
+                    0xffff_ffff_8200_1000
+                ),
+                (
+                    ".kernel.1".to_string(),
+                    0xffff_ffff_c000_1000,
+                    0xffff_ffff_c000_2000
+                ),
             ]
         );
         assert_eq!(

@@ -181,7 +181,11 @@ mod tests {
         assert!(rights("rw").is_ok());
         assert!(rights("rq").is_err());
         assert!(rights("cw").is_err());
-        let known = [Opt::Value("space"), Opt::Flag("all"), Opt::MaybeValue("scan")];
+        let known = [
+            Opt::Value("space"),
+            Opt::Flag("all"),
+            Opt::MaybeValue("scan"),
+        ];
         let args = Args::parse(&["1", "--space", "0x1000", "2"], &known).unwrap();
         assert_eq!(args.positional, vec!["1", "2"]);
         assert_eq!(args.option("space"), Some("0x1000"));
@@ -189,7 +193,10 @@ mod tests {
         assert!(Args::parse(&["--bogus", "1"], &known).is_err());
         assert!(Args::parse(&["--space"], &known).is_err());
         // A flag takes no value: the next word stays positional.
-        let args = Args::parse(&["--all", "--limit"], &[Opt::Flag("all"), Opt::Value("limit")]);
+        let args = Args::parse(
+            &["--all", "--limit"],
+            &[Opt::Flag("all"), Opt::Value("limit")],
+        );
         assert!(args.is_err(), "--limit still needs its value");
         let args = Args::parse(&["--all", "1"], &known).unwrap();
         assert!(args.flag("all"));

@@ -134,7 +134,12 @@ impl ExecFile for KvmTarget {
         length: usize,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        let path = self.dbg.exec_file.as_ref().map_or("", |f| &f.name).as_bytes();
+        let path = self
+            .dbg
+            .exec_file
+            .as_ref()
+            .map_or("", |f| &f.name)
+            .as_bytes();
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(path.len());
