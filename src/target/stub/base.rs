@@ -134,18 +134,8 @@ impl ExecFile for KvmTarget {
         length: usize,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        let path = self
-            .dbg
-            .exec_file
-            .as_ref()
-            .map_or("", |f| &f.name)
-            .as_bytes();
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(path.len());
-        let n = length.min(buf.len()).min(path.len() - start);
-        buf[..n].copy_from_slice(&path[start..start + n]);
-        Ok(n)
+        let path = self.dbg.exec_file.as_ref().map_or("", |f| &f.name);
+        Ok(super::copy_at(path.as_bytes(), offset, length, buf))
     }
 }
 

@@ -104,13 +104,7 @@ impl HostIoPread for KvmTarget {
         offset: u64,
         buf: &mut [u8],
     ) -> HostIoResult<usize, Self> {
-        let bytes = self.open_files.get(fd)?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let n = count.min(buf.len()).min(bytes.len() - start);
-        buf[..n].copy_from_slice(&bytes[start..start + n]);
-        Ok(n)
+        Ok(super::copy_at(self.open_files.get(fd)?, offset, count, buf))
     }
 }
 

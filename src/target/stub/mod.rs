@@ -315,10 +315,22 @@ impl TargetDescriptionXmlOverride for KvmTarget {
         length: usize,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        let xml = self.layout.target_xml().as_bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(xml.len());
-        let n = length.min(buf.len()).min(xml.len() - start);
-        buf[..n].copy_from_slice(&xml[start..start + n]);
-        Ok(n)
+        Ok(copy_at(
+            self.layout.target_xml().as_bytes(),
+            offset,
+            length,
+            buf,
+        ))
     }
+}
+
+/// Copy up to `length` bytes of `source` from `offset` into `buf` (as the
+/// `qXfer` reads and `vFile:pread` ask); how many were copied.
+pub(super) fn copy_at(source: &[u8], offset: u64, length: usize, buf: &mut [u8]) -> usize {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(source.len());
+    let n = length.min(buf.len()).min(source.len() - start);
+    buf[..n].copy_from_slice(&source[start..start + n]);
+    n
 }
