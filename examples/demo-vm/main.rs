@@ -23,7 +23,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{
-    symbol_file, Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, GdbListener,
+    symbol_file, Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener,
 };
 
 /// The guest built from guest/ by build.rs.
@@ -223,10 +223,8 @@ fn run(args: Args) -> Result<(), String> {
                 let mut fd = fd;
                 let ended = match &kicker {
                     None if turnkey => dbg.run_vcpu(index, &mut fd, handle_exit),
-                    Some(kicker) => {
-                        kicker.serve(index, &mut fd, |fd| vcpu_loop(&dbg, index, fd, true))
-                    }
-                    None => vcpu_loop(&dbg, index, &mut fd, false),
+                    Some(kicker) => kicker.serve(index, &mut fd, |fd| vcpu_loop(&dbg, index, fd)),
+                    None => vcpu_loop(&dbg, index, &mut fd),
                 };
                 if let Err(e) = ended {
                     error!("vcpu {index}: {e}");
@@ -387,22 +385,22 @@ fn save_symbol_file(path: &Path, elf: &[u8]) -> Result<(), String> {
 }
 
 /// This VMM's vCPU loop: its own `KVM_RUN` loop with the debugger's hooks
-/// around each run, as any VMM would embed the stub. `own_run`: `KVM_RUN`
-/// itself (the debugger has this VMM's kick), else `VcpuHooks::run`.
+/// around each run, as any VMM would embed the stub (the debugger kicks
+/// the run itself, or through this VMM's kick with `--own-kick`).
 fn vcpu_loop(
     debugger: &Debugger,
     index: usize,
     fd: &mut VcpuFd,
-    own_run: bool,
 ) -> Result<(), vmem_gdbstub::target::StubError> {
-    let mut hooks = debugger.vcpu(index)?;
-    while hooks.before_run(fd) == Entry::Run {
-        let exit = if own_run { fd.run() } else { hooks.run(fd) };
-        let action = match hooks.after_exit(exit) {
-            None => ExitAction::Continue,
-            Some(Ok(exit)) => handle_exit(index, exit),
-            Some(Err(e)) if e.errno() == libc::EINTR => ExitAction::Continue,
-            Some(Err(e)) => {
+    let mut hooks = debugger.vcpu(index, fd)?;
+    while hooks.before_run() == Entry::Run {
+        let exit = fd.run();
+        let owner = hooks.after_run(exit.as_ref().map(|_| ()).map_err(|e| e.errno()));
+        let action = match (owner, exit) {
+            (ExitOwner::Debugger, _) => ExitAction::Continue,
+            (ExitOwner::Vmm, Ok(exit)) => handle_exit(index, exit),
+            (ExitOwner::Vmm, Err(e)) if e.errno() == libc::EINTR => ExitAction::Continue,
+            (ExitOwner::Vmm, Err(e)) => {
                 error!("vcpu {index}: KVM_RUN failed: {e}");
                 ExitAction::Shutdown
             }

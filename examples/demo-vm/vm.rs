@@ -173,9 +173,9 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     }
     // RAM memslots are laid out by the debugger's ready PageTraps (this
     // VMM has no other slots), so watched pages can trap.
-    let memslots =
-        KvmMemslots::new(Arc::clone(&vm), &memory, 0).map_err(|e| format!("memslots: {e}"))?;
-    let mut builder = Debugger::builder(&vm, vcpus, memory);
+    let memslots = KvmMemslots::new(&vm, &memory, 0).map_err(|e| format!("memslots: {e}"))?;
+    let mut builder =
+        Debugger::builder(&vm, vcpus, memory).map_err(|e| format!("the debugger: {e}"))?;
     if page_traps {
         builder = builder.page_traps(memslots);
     }

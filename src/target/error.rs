@@ -26,6 +26,16 @@ pub enum StubError {
     PageTraps(std::io::Error),
     /// A gdb session holds the VM.
     Attached,
+    /// The debugger could not make its own handle on vCPU `vcpu` from the
+    /// VMM's fd (not a vCPU fd of this process, or out of descriptors).
+    VcpuHandle {
+        /// The vCPU.
+        vcpu: usize,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A memory dump has no vCPUs to run.
+    Frozen,
 }
 
 impl StubError {
@@ -44,6 +54,10 @@ impl fmt::Display for StubError {
             StubError::Vcpu { vcpu, op, source } => write!(f, "vcpu {vcpu}: {op}: {source}"),
             StubError::PageTraps(e) => write!(f, "cannot trap guest pages: {e}"),
             StubError::Attached => write!(f, "a gdb session holds the VM"),
+            StubError::VcpuHandle { vcpu, source } => {
+                write!(f, "vcpu {vcpu}: no handle on the VMM's fd: {source}")
+            }
+            StubError::Frozen => write!(f, "a memory dump's vCPUs do not run"),
         }
     }
 }
@@ -52,7 +66,7 @@ impl std::error::Error for StubError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StubError::Vcpu { source, .. } => Some(source),
-            StubError::PageTraps(e) => Some(e),
+            StubError::PageTraps(e) | StubError::VcpuHandle { source: e, .. } => Some(e),
             _ => None,
         }
     }

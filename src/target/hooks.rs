@@ -6,14 +6,16 @@
 //! left to do, and applies the debug settings of the next run; while gdb
 //! starts this vCPU alone it also answers gdb (the session is lent to this
 //! thread, see `session.rs`).
-//! [`VcpuHooks::after_exit`] takes the exits that are the debugger's
+//! [`VcpuHooks::after_run`] takes the exits that are the debugger's
 //! (debug exits, accesses to trapped pages, kvm_pvm's emulation failures
-//! at an `int3`, `hlt` without an interrupt controller) and hands every
-//! other exit back untouched. [`VcpuHooks::run`] is `KVM_RUN` made
-//! kickable; a VMM that runs `KVM_RUN` itself gives the debugger its own
-//! kick instead ([`super::DebuggerBuilder::kick`]).
+//! at an `int3`, `hlt` without an interrupt controller, its kick) and
+//! leaves every other exit to the VMM untouched. The VMM makes `KVM_RUN`
+//! itself, with its own KVM crate: the hooks read the exit from their own
+//! mapping of `kvm_run` and kick the run through it (or through the VMM's
+//! own kick, [`super::DebuggerBuilder::kick`]).
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Instant;
 
 use gdbstub::common::Signal;
@@ -26,6 +28,7 @@ use log::{debug, trace, warn};
 
 use super::irq_step::{Origin, MAX_HANDLER_STEPS};
 use super::kick::StepTimer;
+use super::kvm_fd::exit_of;
 use super::paging::Paging;
 use super::run_gate::Pass;
 use super::session::{self, Driver, Session, Turn, STEP_GRACE};
@@ -68,37 +71,89 @@ enum Pending {
     FinishTrap(StopKind),
 }
 
-/// One vCPU's side of the debugger, used from the vCPU's thread.
+/// Who an exit belongs to, as [`VcpuHooks::after_run`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitOwner {
+    /// The debugger's (a breakpoint, a step, a trapped page, its kick):
+    /// handled; the VMM goes back to [`VcpuHooks::before_run`].
+    Debugger,
+    /// The VMM's: handle it as without a debugger.
+    Vmm,
+}
+
+/// One vCPU's side of the debugger, used from the vCPU's thread around
+/// every `KVM_RUN` the VMM makes, with whatever KVM crate it uses: the
+/// hooks hold their own handle on the vCPU (a duplicate of its fd and a
+/// mapping of its `kvm_run`), so they need nothing of the VMM's types.
 ///
 /// ```no_run
-/// # use vmem_gdbstub::target::{Debugger, Entry};
+/// # use vmem_gdbstub::target::{Debugger, Entry, ExitOwner};
 /// # fn vcpu_thread(debugger: &Debugger, mut fd: kvm_ioctls::VcpuFd) -> Result<(), vmem_gdbstub::target::StubError> {
-/// let mut hooks = debugger.vcpu(0)?;
-/// while hooks.before_run(&mut fd) == Entry::Run {
-///     let exit = hooks.run(&mut fd);
-///     match hooks.after_exit(exit) {
-///         None => {} // the debugger's exit, handled
-///         Some(Ok(exit)) => { /* the VMM's own: port I/O, MMIO… */ }
-///         Some(Err(e)) => { /* KVM_RUN failed */ break; }
+/// let mut hooks = debugger.vcpu(0, &fd)?;
+/// while hooks.before_run() == Entry::Run {
+///     let exit = fd.run(); // the VMM's own KVM_RUN, any kvm-ioctls release
+///     if hooks.after_run(exit.as_ref().map(|_| ()).map_err(|e| e.errno())) == ExitOwner::Vmm {
+///         // the VMM's exit: port I/O, MMIO, its own kick…
 ///     }
 /// }
 /// # Ok(()) }
 /// ```
 ///
-/// The exit borrows the fd, so the fd cannot be replaced or dropped while
-/// the debugger may still kick its `KVM_RUN`:
-///
-/// ```compile_fail
-/// # use vmem_gdbstub::target::VcpuHooks;
-/// # fn f(hooks: &mut VcpuHooks<'_>, mut fd: kvm_ioctls::VcpuFd, other: kvm_ioctls::VcpuFd) {
-/// let exit = hooks.run(&mut fd);
-/// fd = other;
-/// hooks.after_exit(exit);
-/// # }
-/// ```
-pub struct VcpuHooks<'d> {
-    inner: &'d Inner,
-    vcpu: &'d Vcpu,
+/// Between `before_run` and `after_run` the thread may be kicked out of
+/// `KVM_RUN` with a signal (`SIGRTMIN+3`, an empty handler without
+/// `SA_RESTART`) unless the VMM gave the debugger its own kick
+/// ([`super::DebuggerBuilder::kick`]): make no other blocking system call
+/// there.
+pub struct VcpuHooks {
+    // Dropped before `fd`: it unregisters the kick, which points into
+    // `fd`'s `kvm_run`.
+    hooks: Hooks,
+    /// The debugger's own handle on the vCPU.
+    fd: VcpuFd,
+}
+
+impl std::fmt::Debug for VcpuHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.hooks.fmt(f)
+    }
+}
+
+impl VcpuHooks {
+    pub(crate) fn new(inner: Arc<Inner>, vcpu: Arc<Vcpu>, fd: VcpuFd) -> Self {
+        VcpuHooks {
+            hooks: Hooks::new(inner, vcpu),
+            fd,
+        }
+    }
+
+    /// Call before every `KVM_RUN` of this vCPU. Parks while gdb holds
+    /// the VM (serving gdb's register accesses meanwhile), finishes the
+    /// debugger's part of the last exit, and applies breakpoints and
+    /// stepping for the next run; waits while the debugger changes
+    /// memslots. [`Entry::Quit`]: the VM is shutting down.
+    pub fn before_run(&mut self) -> Entry {
+        self.hooks.before_run(&mut self.fd)
+    }
+
+    /// Call with how every `KVM_RUN` ended: `Ok(())`, or the `errno` it
+    /// failed with (`EINTR` for a kick). The exit itself is read from
+    /// `kvm_run`; an exit the VMM gets back is untouched there.
+    pub fn after_run(&mut self, ran: Result<(), i32>) -> ExitOwner {
+        let exit = match ran {
+            Ok(()) => Ok(exit_of(self.fd.get_kvm_run())),
+            Err(errno) => Err(kvm_ioctls::Error::new(errno)),
+        };
+        match self.hooks.after_exit(exit) {
+            None => ExitOwner::Debugger,
+            Some(_) => ExitOwner::Vmm,
+        }
+    }
+}
+
+/// The hooks' state and logic, on the vCPU handle [`VcpuHooks`] lends.
+struct Hooks {
+    inner: Arc<Inner>,
+    vcpu: Arc<Vcpu>,
     /// The guest-debug settings KVM has for this vCPU.
     applied: Option<kvm_guest_debug>,
     /// What the last `KVM_RUN` ran under.
@@ -139,7 +194,7 @@ pub struct VcpuHooks<'d> {
     pass: Option<Pass>,
 }
 
-impl std::fmt::Debug for VcpuHooks<'_> {
+impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuHooks")
             .field("vcpu", &self.vcpu.index)
@@ -149,9 +204,9 @@ impl std::fmt::Debug for VcpuHooks<'_> {
     }
 }
 
-impl<'d> VcpuHooks<'d> {
-    pub(crate) fn new(inner: &'d Inner, vcpu: &'d Vcpu) -> Self {
-        VcpuHooks {
+impl Hooks {
+    fn new(inner: Arc<Inner>, vcpu: Arc<Vcpu>) -> Self {
+        Hooks {
             inner,
             vcpu,
             applied: None,
@@ -171,18 +226,16 @@ impl<'d> VcpuHooks<'d> {
         }
     }
 
-    /// Call before every `KVM_RUN` of this vCPU. Parks while gdb holds
-    /// the VM (serving gdb's register accesses on `fd` meanwhile), finishes
-    /// the debugger's part of the last exit, and applies breakpoints and
-    /// stepping for the next run; waits while the debugger changes
-    /// memslots. [`Entry::Quit`]: the VM is shutting down.
-    pub fn before_run(&mut self, fd: &mut VcpuFd) -> Entry {
+    /// See [`VcpuHooks::before_run`].
+    fn before_run(&mut self, fd: &mut VcpuFd) -> Entry {
         // (A pass still held: the last run's exit never came back.)
         self.leave_gate();
+        self.vcpu.kick.unregister();
         let entry = self.prepare(fd);
         if entry == Entry::Run {
             self.inner.sync_traps();
             self.pass = Some(self.inner.run_gate.enter());
+            self.arm_for_run(fd);
         }
         entry
     }
@@ -358,10 +411,11 @@ impl<'d> VcpuHooks<'d> {
         }
     }
 
-    /// `KVM_RUN`, interruptible by the debugger (a signal, and
-    /// `immediate_exit` for a run about to start). Use it in place of
-    /// `fd.run()` unless the VMM gave the debugger a kick of its own.
-    pub fn run<'f>(&self, fd: &'f mut VcpuFd) -> Result<VcpuExit<'f>, kvm_ioctls::Error> {
+    /// Make the coming `KVM_RUN` interruptible by the debugger: its kick
+    /// (a signal, and `immediate_exit` for a run about to start) unless
+    /// the VMM gave it one of its own, and the deadline of a step or run
+    /// made with the session lent to this thread.
+    fn arm_for_run(&self, fd: &mut VcpuFd) {
         if let Some(timer) = self.timer.as_ref().filter(|_| self.session.is_some()) {
             let fires = self.timer_fires.get();
             if fires.is_none_or(|at| at < self.lent_deadline) {
@@ -370,8 +424,15 @@ impl<'d> VcpuHooks<'d> {
                 self.timer_fires.set(Some(Instant::now() + span));
             }
         }
-        let stop_wanted = || self.vcpu.stop_wanted() || self.inner.run_gate.closing();
-        self.vcpu.kick.run(fd, stop_wanted)
+        if self.inner.vmm_kick.is_none() {
+            self.vcpu
+                .kick
+                .register(&mut fd.get_kvm_run().immediate_exit);
+        }
+        if self.vcpu.stop_wanted() || self.inner.run_gate.closing() {
+            // Asked for before the kick could reach this run.
+            fd.set_kvm_immediate_exit(1);
+        }
     }
 
     /// The step timer must not fire any more (the session leaves, or an
@@ -388,14 +449,14 @@ impl<'d> VcpuHooks<'d> {
         self.lent_deadline = Instant::now() + STEP_GRACE;
     }
 
-    /// Call with the result of every `KVM_RUN`. `None`: the exit was the
-    /// debugger's (handled, or finished in the next `before_run`);
-    /// otherwise the exit, untouched, for the VMM to handle as without a
-    /// debugger.
-    pub fn after_exit<'a>(
+    /// The result of a `KVM_RUN`. `None`: the exit was the debugger's
+    /// (handled, or finished in the next `before_run`); otherwise the
+    /// exit, untouched, for the VMM to handle as without a debugger.
+    fn after_exit<'a>(
         &mut self,
         exit: Result<VcpuExit<'a>, kvm_ioctls::Error>,
     ) -> Option<Result<VcpuExit<'a>, kvm_ioctls::Error>> {
+        self.vcpu.kick.unregister();
         let gate_closed = self.leave_gate();
         let stepping = self.command.steps();
         let stepped_hlt = std::mem::take(&mut self.stepped_hlt);
@@ -512,7 +573,7 @@ impl<'d> VcpuHooks<'d> {
         self.origin = None;
         self.handler_steps = 0;
         self.vcpu
-            .stop_self(stop, snapshot, self.session.is_some(), self.inner);
+            .stop_self(stop, snapshot, self.session.is_some(), &self.inner);
     }
 
     /// A gdb session lent for a step or run of this vCPU arrived.
@@ -551,7 +612,7 @@ impl<'d> VcpuHooks<'d> {
             return false;
         };
         let index = self.vcpu.index;
-        let (inner, applied) = (self.inner, &mut self.applied);
+        let (inner, applied) = (&*self.inner, &mut self.applied);
         // What gdb will likely ask next is set up while it reads our reply
         // (a wrong guess costs one KVM_SET_GUEST_DEBUG in before_run).
         let mut ahead = |command: Command| {
@@ -570,7 +631,7 @@ impl<'d> VcpuHooks<'d> {
             }
             Turn::Start(other, command) => {
                 self.disarm();
-                if let Some(session) = session::lend(self.inner, other, command, session) {
+                if let Some(session) = session::lend(&self.inner, other, command, session) {
                     self.inner.home.send(session, Turn::Home);
                 }
             }
@@ -722,8 +783,9 @@ impl<'d> VcpuHooks<'d> {
     }
 }
 
-impl Drop for VcpuHooks<'_> {
+impl Drop for Hooks {
     fn drop(&mut self) {
+        self.vcpu.kick.unregister();
         // The VMM's loop ended: nobody may wait for this vCPU any more.
         self.leave_gate();
         self.send_home();

@@ -1,8 +1,9 @@
 //! Interrupting a vCPU thread that is inside `KVM_RUN`.
 //!
-//! A thread is kickable only while it is inside [`KickSlot::run`]: it
-//! registers itself and its `kvm_run.immediate_exit` byte there, runs
-//! `KVM_RUN`, and unregisters before the exit is handed on. The kicker sets
+//! A thread is kickable only while it is registered, from just before its
+//! `KVM_RUN` to just after: it registers itself and its
+//! `kvm_run.immediate_exit` byte, runs `KVM_RUN`, and unregisters before
+//! the exit is handed on. The kicker sets
 //! `immediate_exit` (so a `KVM_RUN` that has not started yet returns at
 //! once) and sends a signal whose handler does nothing, installed without
 //! `SA_RESTART`, so a running `KVM_RUN` returns `EINTR`. Both happen under
@@ -11,8 +12,6 @@
 //! polling anywhere.
 
 use std::sync::{Mutex, Once};
-
-use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::lock;
 
@@ -45,8 +44,9 @@ struct Registered {
 }
 
 // SAFETY: the pointer targets a vCPU's kvm_run mapping, which stays mapped
-// while it is registered (the registering thread holds `&mut VcpuFd` until
-// it unregisters); it is written only with volatile single-byte stores.
+// while it is registered (the hooks that register it own the mapping and
+// unregister before they drop it); it is written only with volatile
+// single-byte stores.
 unsafe impl Send for Registered {}
 
 /// Where a vCPU thread is registered while it may be kicked.
@@ -54,29 +54,21 @@ unsafe impl Send for Registered {}
 pub(crate) struct KickSlot(Mutex<Option<Registered>>);
 
 impl KickSlot {
-    /// `KVM_RUN` on `fd`, kickable throughout. `stop_wanted` is asked once
-    /// registered: a request that came too late to kick is seen here, and
-    /// the run returns at once.
-    pub(crate) fn run<'f>(
-        &self,
-        fd: &'f mut VcpuFd,
-        stop_wanted: impl FnOnce() -> bool,
-    ) -> Result<VcpuExit<'f>, kvm_ioctls::Error> {
-        let immediate_exit: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+    /// Make this thread kickable: its next `KVM_RUN` (through any mapping
+    /// of the same `kvm_run`) until [`KickSlot::unregister`].
+    /// `immediate_exit` must stay mapped until then.
+    pub(crate) fn register(&self, immediate_exit: *mut u8) {
         // SAFETY: pthread_self has no preconditions.
         let thread = unsafe { libc::pthread_self() };
         *lock(&self.0) = Some(Registered {
             thread,
             immediate_exit,
         });
-        if stop_wanted() {
-            // SAFETY: `immediate_exit` points into fd's kvm_run page, mapped
-            // while `fd` is borrowed here.
-            unsafe { std::ptr::write_volatile(immediate_exit, 1) };
-        }
-        let result = fd.run();
+    }
+
+    /// The thread is out of `KVM_RUN`: no kick may reach it any more.
+    pub(crate) fn unregister(&self) {
         *lock(&self.0) = None;
-        result
     }
 
     /// Interrupt the registered thread's `KVM_RUN`, if a thread is there.

@@ -3,22 +3,25 @@
 //!
 //! Two ways in, one core:
 //! - **Hooks** ([`VcpuHooks`]): the VMM's own vCPU loop calls
-//!   [`VcpuHooks::before_run`] before each `KVM_RUN` and gives each exit to
-//!   [`VcpuHooks::after_exit`], which keeps the debugger's exits and hands
-//!   back the rest untouched.
+//!   [`VcpuHooks::before_run`] before each `KVM_RUN` and tells
+//!   [`VcpuHooks::after_run`] how it ended; the debugger keeps its own exits
+//!   and leaves the rest to the VMM untouched.
 //! - **Turnkey** ([`Debugger::run_vcpu`]): that loop, written once, calling
 //!   the VMM only for its own exits.
 //!
 //! Guest RAM is the VMM's `vm-memory` guest memory ([`GuestRam::new`]
 //! takes a `GuestMemoryMmap` as is). The VMM keeps its `VmFd` and
-//! `VcpuFd`s; memslots stay its own, and watched pages are trapped through
-//! [`PageTraps`] if it offers that ([`KvmMemslots`] is a ready one).
+//! `VcpuFd`s, from whichever kvm-ioctls release (or other KVM crate) it
+//! uses: the debugger takes their file descriptors and makes its own
+//! handles (a duplicate fd, its own mapping of each `kvm_run`). Memslots
+//! stay the VMM's, and watched pages are trapped through [`PageTraps`] if
+//! it offers that ([`KvmMemslots`] is a ready one).
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use kvm_ioctls::{Kvm, VcpuExit};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! use vmem_gdbstub::target::{Debugger, Entry, GdbListener, GuestRam, KvmMemslots};
+//! use vmem_gdbstub::target::{Debugger, Entry, ExitOwner, GdbListener, GuestRam, KvmMemslots};
 //!
 //! let kvm = Kvm::new()?;
 //! let vm = Arc::new(kvm.create_vm()?);
@@ -27,20 +30,22 @@
 //! let mut fd = vm.create_vcpu(0)?;
 //! // ... load the guest, set up registers ...
 //! let debugger = Arc::new(
-//!     Debugger::builder(&vm, 1, ram.clone())
-//!         .page_traps(KvmMemslots::new(Arc::clone(&vm), &ram, 0)?)
+//!     Debugger::builder(&vm, 1, ram.clone())?
+//!         .page_traps(KvmMemslots::new(&vm, &ram, 0)?)
 //!         .build(),
 //! );
 //! let gdb = Arc::clone(&debugger);
 //! std::thread::spawn(move || gdb.serve(GdbListener::tcp("127.0.0.1:9001")?));
 //! // The vCPU thread: the VMM's loop, with the hooks around KVM_RUN.
-//! let mut hooks = debugger.vcpu(0).expect("vcpu 0");
-//! while hooks.before_run(&mut fd) == Entry::Run {
-//!     let exit = hooks.run(&mut fd);
-//!     match hooks.after_exit(exit) {
-//!         None => {}
-//!         Some(Ok(VcpuExit::IoOut(port, data))) => println!("out {port:#x} {data:?}"),
-//!         Some(other) => println!("VMM exit {other:?}"),
+//! let mut hooks = debugger.vcpu(0, &fd).expect("vcpu 0");
+//! while hooks.before_run() == Entry::Run {
+//!     let exit = fd.run();
+//!     if hooks.after_run(exit.as_ref().map(|_| ()).map_err(|e| e.errno())) == ExitOwner::Debugger {
+//!         continue;
+//!     }
+//!     match exit {
+//!         Ok(VcpuExit::IoOut(port, data)) => println!("out {port:#x} {data:?}"),
+//!         other => println!("VMM exit {other:?}"),
 //!     }
 //! }
 //! # Ok::<(), std::io::Error>(())
@@ -60,6 +65,7 @@ mod hooks;
 mod host_file;
 mod irq_step;
 mod kick;
+mod kvm_fd;
 mod memory;
 mod memory_packets;
 mod monitor;
@@ -82,6 +88,7 @@ mod watchpoints;
 mod x86;
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -94,7 +101,7 @@ pub use connection::Stream;
 pub use dump::{Dump, DumpCpu, DumpError};
 pub use error::StubError;
 pub use event_loop::GdbListener;
-pub use hooks::{Entry, VcpuHooks};
+pub use hooks::{Entry, ExitOwner, VcpuHooks};
 pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use paging::vcpu_mmu;
@@ -137,7 +144,13 @@ impl std::fmt::Debug for DebuggerBuilder {
 }
 
 impl DebuggerBuilder {
-    fn with(memory: GuestRam, vcpus: Vec<Vcpu>, sync_regs: bool, block_irq: bool) -> Self {
+    fn with(
+        vm: Option<VmFd>,
+        memory: GuestRam,
+        vcpus: Vec<Arc<Vcpu>>,
+        sync_regs: bool,
+        block_irq: bool,
+    ) -> Self {
         let step_irqs = if block_irq {
             StepIrqs::Block
         } else {
@@ -146,6 +159,7 @@ impl DebuggerBuilder {
         DebuggerBuilder {
             block_irq,
             inner: Inner {
+                vm,
                 memory,
                 vcpus,
                 breakpoints: RwLock::default(),
@@ -223,7 +237,7 @@ impl DebuggerBuilder {
     /// For a VMM that runs `KVM_RUN` itself instead of through
     /// [`VcpuHooks::run`]: how the debugger makes vCPU `index` leave
     /// `KVM_RUN` (e.g. set `immediate_exit` and signal its thread). Called
-    /// whenever gdb stops the VM; `after_exit` takes the `EINTR`.
+    /// whenever gdb stops the VM; `after_run` takes the `EINTR`.
     pub fn kick(mut self, kick: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.inner.vmm_kick = Some(Box::new(kick));
         self
@@ -272,26 +286,37 @@ impl DebuggerBuilder {
 impl Debugger {
     /// A debugger for `vm` (asked only what the host supports) with
     /// `vcpus` vCPUs (vCPU `i` is gdb thread `i + 1`) and guest RAM `memory`.
-    pub fn builder(vm: &VmFd, vcpus: usize, memory: GuestRam) -> DebuggerBuilder {
+    /// `vm` is the VM's fd as the VMM holds it, through any KVM crate (a
+    /// kvm-ioctls `VmFd` of any release): the debugger keeps a duplicate.
+    pub fn builder(
+        vm: &impl AsRawFd,
+        vcpus: usize,
+        memory: GuestRam,
+    ) -> io::Result<DebuggerBuilder> {
+        let vm = kvm_fd::vm_of(vm)?;
         kick::install_handler();
         let sync_regs = vm.check_extension(Cap::SyncRegs);
         let debug_flags = vm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2.into());
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         debug!("KVM_GUESTDBG_BLOCKIRQ: {block_irq} (steps can hold interrupts back)");
-        DebuggerBuilder::with(
+        let vcpus = (0..vcpus).map(|i| Arc::new(Vcpu::new(i))).collect();
+        Ok(DebuggerBuilder::with(
+            Some(vm),
             memory,
-            (0..vcpus).map(Vcpu::new).collect(),
+            vcpus,
             sync_regs,
             block_irq,
-        )
+        ))
     }
 
     /// A debugger serving a memory dump: registers and memory from the
     /// file, every vCPU stopped for good (resuming, stepping and
     /// breakpoints are refused with a message). No KVM needed.
     pub fn from_dump(dump: Dump) -> DebuggerBuilder {
-        let vcpus: Vec<Vcpu> = (0..dump.cpus().len()).map(Vcpu::new).collect();
+        let vcpus: Vec<Arc<Vcpu>> = (0..dump.cpus().len())
+            .map(|i| Arc::new(Vcpu::new(i)))
+            .collect();
         for v in &vcpus {
             v.mark_finished();
         }
@@ -300,7 +325,7 @@ impl Debugger {
             .iter()
             .map(|c| (c.sregs.cr3 & paging::CR3_ADDR_MASK, "in the dump"))
             .collect();
-        let mut builder = DebuggerBuilder::with(dump.ram().clone(), vcpus, false, false);
+        let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), vcpus, false, false);
         builder.inner.spaces = Mutex::new(spaces);
         builder.inner.frozen = Some(dump.cpus().to_vec());
         builder
@@ -332,19 +357,29 @@ impl Debugger {
         self.inner.vcpus.len()
     }
 
-    /// The hooks of vCPU `index`, for the VMM's loop in that vCPU's thread
-    /// (one holder at a time). Every vCPU's loop must run through its
-    /// hooks: stopping the VM for gdb waits until each one is parked.
-    pub fn vcpu(&self, index: usize) -> Result<VcpuHooks<'_>, StubError> {
+    /// The hooks of vCPU `index`, whose fd the VMM holds as `fd` (through
+    /// any KVM crate), for the VMM's loop in that vCPU's thread (one holder
+    /// at a time). Every vCPU's loop must run through its hooks: stopping
+    /// the VM for gdb waits until each one is parked.
+    pub fn vcpu(&self, index: usize, fd: &impl AsRawFd) -> Result<VcpuHooks, StubError> {
         let vcpu = self
             .inner
             .vcpus
             .get(index)
             .ok_or(StubError::NoSuchVcpu(index))?;
+        let vm = self.inner.vm.as_ref().ok_or(StubError::Frozen)?;
+        let own = kvm_fd::vcpu_of(vm, fd).map_err(|source| StubError::VcpuHandle {
+            vcpu: index,
+            source,
+        })?;
         if !vcpu.claim() {
             return Err(StubError::VcpuClaimed(index));
         }
-        Ok(VcpuHooks::new(&self.inner, vcpu))
+        Ok(VcpuHooks::new(
+            Arc::clone(&self.inner),
+            Arc::clone(vcpu),
+            own,
+        ))
     }
 
     /// The turnkey vCPU loop: run vCPU `index` on `fd` until the VM shuts
@@ -374,14 +409,15 @@ impl Debugger {
         fd: &mut VcpuFd,
         mut on_exit: impl FnMut(usize, VcpuExit<'_>) -> ExitAction,
     ) -> Result<(), StubError> {
-        let mut hooks = self.vcpu(index)?;
-        while hooks.before_run(fd) == Entry::Run {
-            let exit = hooks.run(fd);
-            let action = match hooks.after_exit(exit) {
-                None => ExitAction::Continue,
-                Some(Ok(exit)) => on_exit(index, exit),
-                Some(Err(e)) if e.errno() == libc::EINTR => ExitAction::Continue,
-                Some(Err(e)) => {
+        let mut hooks = self.vcpu(index, fd)?;
+        while hooks.before_run() == Entry::Run {
+            let exit = fd.run();
+            let owner = hooks.after_run(exit.as_ref().map(|_| ()).map_err(|e| e.errno()));
+            let action = match (owner, exit) {
+                (ExitOwner::Debugger, _) => ExitAction::Continue,
+                (ExitOwner::Vmm, Ok(exit)) => on_exit(index, exit),
+                (ExitOwner::Vmm, Err(e)) if e.errno() == libc::EINTR => ExitAction::Continue,
+                (ExitOwner::Vmm, Err(e)) => {
                     warn!("vcpu {index}: KVM_RUN failed: {e}; shutting down");
                     ExitAction::Shutdown
                 }

@@ -5,14 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use log::debug;
 
-use super::lock;
 use super::memory::{GuestRam, RamRange};
+use super::{kvm_fd, lock};
 use crate::vmem::PhysAddr;
 
 /// The granule of a trap.
@@ -51,7 +52,8 @@ pub trait PageTraps: Send + Sync {
 /// only the slots that differ: a slot deleted makes KVM drop every guest
 /// mapping it held, which the guest then faults back in.
 pub struct KvmMemslots {
-    vm: Arc<VmFd>,
+    /// The debugger's own handle on the VM.
+    vm: VmFd,
     ranges: Vec<RamRange>,
     first_slot: u32,
     /// The slots registered now, by number (counted from `first_slot`).
@@ -90,10 +92,12 @@ impl fmt::Debug for KvmMemslots {
 
 impl KvmMemslots {
     /// Register every range of `ram` as one writable slot, numbered from
-    /// `first_slot`.
-    pub fn new(vm: Arc<VmFd>, ram: &GuestRam, first_slot: u32) -> io::Result<KvmMemslots> {
+    /// `first_slot` (a slot the VMM registered already with the same range
+    /// stays as it is). `vm` is the VM's fd as the VMM holds it, through
+    /// any KVM crate.
+    pub fn new(vm: &impl AsRawFd, ram: &GuestRam, first_slot: u32) -> io::Result<KvmMemslots> {
         let slots = KvmMemslots {
-            vm,
+            vm: kvm_fd::vm_of(vm)?,
             ranges: ram.ranges().to_vec(),
             first_slot,
             registered: Mutex::new(BTreeMap::new()),

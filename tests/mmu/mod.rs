@@ -264,8 +264,13 @@ pub fn run(elf: &Path, mem: GuestRam, root: u64, probes: &[u64], controls: &Cont
     fd.set_regs(&regs).unwrap();
 
     let vm = Arc::new(vm);
-    let memslots = KvmMemslots::new(Arc::clone(&vm), &mem, 0).expect("memslots");
-    let dbg = Arc::new(Debugger::builder(&vm, 1, mem).page_traps(memslots).build());
+    let memslots = KvmMemslots::new(&vm, &mem, 0).expect("memslots");
+    let dbg = Arc::new(
+        Debugger::builder(&vm, 1, mem)
+            .expect("debugger")
+            .page_traps(memslots)
+            .build(),
+    );
     let (done_tx, done_rx) = mpsc::channel();
     let vcpu = {
         let dbg = Arc::clone(&dbg);
