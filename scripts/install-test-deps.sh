@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the tools the tests drive (gdb, QEMU, lldb, the aarch64 assembler,
-# the Linux fixture's helpers, gdb 18), only those missing. Idempotent: a
+# the Linux fixture's helpers, gdb 18, what Firecracker's build needs), only
+# those missing. Idempotent: a
 # second run installs nothing. Run as root on Debian 12:
 #   sh scripts/install-test-deps.sh
 # Without these tools `cargo test --release` still runs; the tests that need
@@ -12,9 +13,17 @@ tools="gdb:gdb gcc:gcc python3:python3 dpkg-deb:dpkg lldb:lldb
 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm
 aarch64-linux-gnu-as:binutils-aarch64-linux-gnu gdb-multiarch:gdb-multiarch"
 
+# Libraries Firecracker's build needs (tests/firecracker.rs builds it):
+# bindgen's libclang, and libseccomp to link.
+libraries="libclang-dev libseccomp-dev"
+
 missing=""
 for pair in $tools; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+done
+for package in $libraries; do
+    dpkg-query -W -f '${Status}\n' "$package" 2>/dev/null | grep -q "install ok installed" ||
+        missing="$missing $package"
 done
 
 if [ -n "$missing" ]; then
@@ -41,6 +50,12 @@ if [ -n "$missing" ]; then
     for pair in $tools; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || {
             echo "install-test-deps: ${pair%%:*} still missing after installing ${pair#*:}" >&2
+            exit 1
+        }
+    done
+    for package in $libraries; do
+        dpkg-query -W -f '${Status}\n' "$package" | grep -q "install ok installed" || {
+            echo "install-test-deps: $package did not install" >&2
             exit 1
         }
     done
