@@ -58,6 +58,23 @@ fn firecracker() -> Option<&'static Path> {
         .as_deref()
 }
 
+/// run.sh with the demo guest and `args`, its log on a pipe.
+fn run_sh(args: &[&str]) -> Option<Child> {
+    let binary = firecracker()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let child = Command::new("sh")
+        .arg(root.join("integrations/firecracker/run.sh"))
+        .args(["--guest", GUEST])
+        .args(args)
+        .env("FIRECRACKER", binary)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .expect("run.sh");
+    Some(child)
+}
+
 /// Firecracker running the demo guest with vmem-gdbstub on a free port.
 struct Firecracker {
     child: Child,
@@ -66,17 +83,7 @@ struct Firecracker {
 
 impl Firecracker {
     fn start() -> Option<Firecracker> {
-        let binary = firecracker()?;
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut child = Command::new("sh")
-            .arg(root.join("integrations/firecracker/run.sh"))
-            .args(["--listen", "127.0.0.1:0", "--guest", GUEST])
-            .env("FIRECRACKER", binary)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .expect("run.sh");
+        let mut child = run_sh(&["--listen", "127.0.0.1:0"])?;
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
             eprintln!("{line}");
@@ -235,4 +242,35 @@ fn firecracker_survives_ctrl_c_and_a_killed_gdb() {
     assert!(out.contains("No breakpoints or watchpoints."), "{out}");
     assert!(!out.contains("int3"), "no int3 left in level3: {out}");
     assert!(fc.alive());
+}
+
+/// Firecracker's own gdb stub (its `gdb` feature, on a unix socket) still
+/// works in the same binary, chosen by the machine config instead of ours
+/// (two debuggers cannot share a vCPU's guest-debug state): it holds the
+/// guest at its first instruction until gdb comes, then a hardware
+/// breakpoint at kmain is hit.
+#[test]
+fn firecrackers_own_stub_still_works_beside_ours() {
+    let socket = std::env::temp_dir().join(format!("fc-own-gdb-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let Some(child) = run_sh(&["--vcpus", "1", "--fc-socket", socket.to_str().unwrap()]) else {
+        return;
+    };
+    let fc = Firecracker { child, port: 0 };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex"])
+        .arg(format!("file {GUEST}"))
+        .arg("-ex")
+        .arg(format!("target remote {}", socket.display()))
+        .args(["-ex", "hbreak kmain", "-ex", "continue", "-ex", "bt 1"])
+        .stdin(Stdio::null());
+    let out = run_with_timeout(gdb, Duration::from_secs(60));
+    eprintln!("{out}");
+    assert!(out.contains("kmain (vcpu=0)"), "{out}");
+    drop(fc);
+    let _ = std::fs::remove_file(&socket);
 }
