@@ -9,6 +9,8 @@
 //!
 //! ```sh
 //! cargo build --release --examples && ./target/release/examples/bench-e2e
+//! # Firecracker + ours vs Firecracker's own stub vs the demo VM:
+//! ./target/release/examples/bench-e2e --firecracker "$(integrations/firecracker/build.sh)"
 //! ```
 //!
 //! Prints: `dump binary memory` of 64 MiB (gdb 13's hex `m`, and gdb 18's
@@ -22,6 +24,7 @@
 //! guest, and CPU used by the stub process over 10 s while stopped and
 //! while a halted guest waits in `continue`.
 
+mod firecracker;
 #[path = "../../tests/demo/kernel.rs"]
 mod kernel;
 
@@ -46,7 +49,8 @@ const GUEST_ELF: &str = env!("DEMO_GUEST_ELF");
 
 struct Stub {
     child: Child,
-    port: u16,
+    /// What gdb's `target remote` takes: HOST:PORT or a socket path.
+    target: String,
 }
 
 impl Stub {
@@ -76,13 +80,18 @@ impl Stub {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let stub = Stub { child, port };
+        let stub = Stub {
+            child,
+            target: format!("127.0.0.1:{port}"),
+        };
         // Wait until the guest runs its kernel (firmware is slow under a
         // paravirtualised KVM: up to half a minute).
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(500));
-            let out = gdb(GDB, port, &["print/x $pc".into()]).output().ok()?;
+            let out = gdb(GDB, &stub.target, &["print/x $pc".into()])
+                .output()
+                .ok()?;
             if String::from_utf8_lossy(&out.stdout).contains("0xffffffff804") {
                 return Some(stub);
             }
@@ -98,8 +107,9 @@ impl Stub {
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
         let stdout = child.stdout.take().expect("stdout");
-        let port = BufReader::new(stdout)
-            .lines()
+        let mut lines = BufReader::new(stdout).lines();
+        let port: u16 = lines
+            .by_ref()
             .map_while(Result::ok)
             .find_map(|l| {
                 l.split("listening on ")
@@ -107,7 +117,13 @@ impl Stub {
                     .and_then(|a| a.rsplit(':').next()?.parse().ok())
             })
             .expect("the stub printed its port");
-        Stub { child, port }
+        // Keep reading what it prints (Firecracker logs there; a closed
+        // pipe would SIGPIPE it).
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Stub {
+            child,
+            target: format!("127.0.0.1:{port}"),
+        }
     }
 
     /// CPU seconds the stub process has used so far.
@@ -164,20 +180,20 @@ fn gdb_with_x() -> Option<String> {
 }
 
 /// `gdb` with the guest's symbols, connected to `port`, running `commands`.
-fn gdb(gdb: &str, port: u16, commands: &[String]) -> Command {
-    gdb_with(gdb, port, commands, true)
+fn gdb(gdb: &str, target: &str, commands: &[String]) -> Command {
+    gdb_with(gdb, target, commands, true)
 }
 
 /// `gdb` connected to `port`, running `commands`; with `symbols` false it
 /// loads no symbols at all (not the exec-file a stub names either).
-fn gdb_with(gdb: &str, port: u16, commands: &[String], symbols: bool) -> Command {
-    gdb_logged(gdb, port, commands, symbols, None)
+fn gdb_with(gdb: &str, target: &str, commands: &[String], symbols: bool) -> Command {
+    gdb_logged(gdb, target, commands, symbols, None)
 }
 
 /// [`gdb_with`], logging the remote protocol to `log` if given.
 fn gdb_logged(
     gdb: &str,
-    port: u16,
+    target: &str,
     commands: &[String],
     symbols: bool,
     log: Option<&Path>,
@@ -194,8 +210,7 @@ fn gdb_logged(
     } else {
         cmd.arg("set sysroot /nonexistent");
     }
-    cmd.arg("-ex")
-        .arg(format!("target remote 127.0.0.1:{port}"));
+    cmd.arg("-ex").arg(format!("target remote {target}"));
     for c in commands {
         cmd.arg("-ex").arg(c);
     }
@@ -207,8 +222,8 @@ fn gdb_logged(
 
 /// Wall time of a gdb run (with symbols) minus the time of connecting
 /// and detaching; `Duration::MAX` if gdb failed.
-fn timed(gdb_path: &str, port: u16, commands: &[String]) -> Duration {
-    costed(gdb_path, port, None, commands, true, "").map_or(Duration::MAX, |c| c.wall)
+fn timed(gdb_path: &str, target: &str, commands: &[String]) -> Duration {
+    costed(gdb_path, target, None, commands, true, "").map_or(Duration::MAX, |c| c.wall)
 }
 
 /// Kill process `pid` after [`GDB_LIMIT`] unless `done` is set by then.
@@ -282,7 +297,7 @@ fn process_cpu(pid: u32) -> (Duration, Duration) {
 /// or never).
 fn costed(
     gdb_path: &str,
-    port: u16,
+    target: &str,
     stub: Option<u32>,
     commands: &[String],
     symbols: bool,
@@ -292,7 +307,7 @@ fn costed(
         let stub_before = stub.map(process_cpu).unwrap_or_default();
         let gdb_before = children_cpu();
         let start = Instant::now();
-        let child = gdb_with(gdb_path, port, cmds, symbols)
+        let child = gdb_with(gdb_path, target, cmds, symbols)
             .spawn()
             .expect("gdb");
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -327,10 +342,10 @@ fn costed(
     Some(run(commands, expect)?.minus(base))
 }
 
-fn ctrl_c_latency(port: u16) -> Duration {
+fn ctrl_c_latency(target: &str) -> Duration {
     let mut samples = Vec::new();
     for _ in 0..5 {
-        let mut child = gdb(GDB, port, &["continue".into()]).spawn().expect("gdb");
+        let mut child = gdb(GDB, target, &["continue".into()]).spawn().expect("gdb");
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         watchdog(child.id(), &done);
         std::thread::sleep(Duration::from_millis(800));
@@ -358,7 +373,7 @@ fn ctrl_c_latency(port: u16) -> Duration {
 /// CPU the stub uses in 10 s while gdb is attached and runs `command`.
 fn cpu_over_10s(stub: &Stub, commands: &[&str]) -> f64 {
     let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
-    let mut child = gdb(GDB, stub.port, &commands).spawn().expect("gdb");
+    let mut child = gdb(GDB, &stub.target, &commands).spawn().expect("gdb");
     std::thread::sleep(Duration::from_millis(500));
     let before = stub.cpu();
     std::thread::sleep(Duration::from_secs(10));
@@ -437,10 +452,10 @@ fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
 
 /// Fill the dumped range with random bytes (through gdb), so that no stub
 /// profits from run-length encoding zeros.
-fn fill_random(port: u16, file: &Path) {
+fn fill_random(target: &str, file: &Path) {
     let out = gdb(
         GDB,
-        port,
+        target,
         &[format!("restore {} binary {DUMP_BASE:#x}", file.display())],
     )
     .output()
@@ -601,7 +616,7 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         DUMP_BASE + DUMP_BYTES
     )];
     let dumping = match serving {
-        Serving::Stub(stub) | Serving::Canned(stub) => Some(stub.port),
+        Serving::Stub(stub) | Serving::Canned(stub) => Some(stub.target.as_str()),
         Serving::Replay(_) => None,
     };
     // -1: not measured (no replay of this run), 0: failed.
@@ -617,7 +632,7 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
         let commands = run.commands(scripts);
         costed(
             &gdb,
-            stub.port,
+            &stub.target,
             pid,
             &commands,
             run.symbols(),
@@ -628,8 +643,8 @@ fn measure_once(serving: &Serving, gdb_x: Option<&str>, scripts: &Path) -> Sampl
     let step_cost = measure(Run::Steps);
     let per_step = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(STEPS);
     Sample {
-        dump: dumping.map(|port| timed(GDB, port, &dump)),
-        dump_x: dumping.and_then(|port| gdb_x.map(|g| timed(g, port, &dump))),
+        dump: dumping.map(|target| timed(GDB, target, &dump)),
+        dump_x: dumping.and_then(|target| gdb_x.map(|g| timed(g, target, &dump))),
         steps_per_s: rate(Run::Steps, step_cost.map_or(Duration::MAX, |c| c.wall)),
         bare_steps_per_s: rate(Run::Bare, wall(Run::Bare)),
         bare_steps_x_per_s: gdb_x.map(|_| rate(Run::BareX, wall(Run::BareX))),
@@ -657,15 +672,15 @@ fn record_and_replay(
     let stub = ours.stub(run)?;
     let log = scripts.join(format!("{run:?}.log"));
     let commands = run.commands(scripts);
-    let output = |port: u16, log: Option<&Path>| {
-        gdb_logged(&gdb, port, &commands, run.symbols(), log)
+    let output = |target: &str, log: Option<&Path>| {
+        gdb_logged(&gdb, target, &commands, run.symbols(), log)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
-    let recorded = output(stub.port, Some(&log));
+    let recorded = output(&stub.target, Some(&log));
     let replay = Stub::start(null_stub, &["--replay", &log.display().to_string()]);
-    let replayed = output(replay.port, None);
+    let replayed = output(&replay.target, None);
     if replayed != recorded || !recorded.contains(&run.expect()) {
         println!("  {run:?}: the replay differs from ours' session; no replay floor for it");
         return None;
@@ -841,6 +856,14 @@ fn main() {
     let dir = exe.parent().expect("examples dir");
     let tmp = std::env::temp_dir().join(format!("bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, binary] = args.as_slice() {
+        if flag == "--firecracker" {
+            firecracker::side_by_side(Path::new(binary), &dir.join("demo-vm"), &tmp);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return;
+        }
+    }
     let random = random_file(&tmp);
     let gdb_x = gdb_with_x();
     println!(
@@ -852,13 +875,13 @@ fn main() {
         &dir.join("demo-vm"),
         &["--listen", "127.0.0.1:0", "--mem", "128"],
     );
-    fill_random(ours.port, &random);
+    fill_random(&ours.target, &random);
     ours.freeze(true);
     let mut qemus = Vec::new();
     for (name, accel) in [("QEMU TCG", "tcg"), ("QEMU KVM", "kvm")] {
         match Stub::qemu(accel) {
             Some(q) => {
-                fill_random(q.port, &random);
+                fill_random(&q.target, &random);
                 q.freeze(true);
                 qemus.push((name, q));
             }
@@ -912,14 +935,14 @@ fn main() {
         q.freeze(false);
         qemu_extra.push((
             *name,
-            ctrl_c_latency(q.port),
+            ctrl_c_latency(&q.target),
             cpu_over_10s(q, &["shell sleep 11"]),
         ));
         q.freeze(true);
     }
     drop(qemus);
     ours.freeze(false);
-    let latency = ctrl_c_latency(ours.port);
+    let latency = ctrl_c_latency(&ours.target);
     let stopped = cpu_over_10s(&ours, &["shell sleep 11"]);
     drop(ours);
     print_table(&rows);
