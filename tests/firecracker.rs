@@ -8,14 +8,14 @@
 
 mod demo;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use demo::{available, hex_after, number_after, run_with_timeout};
+use demo::{available, ctrl_c_after, hex_after, number_after, run_with_timeout};
 
 /// The guest every test boots (gdb loads its symbols).
 const GUEST: &str = env!("DEMO_GUEST_ELF");
@@ -205,23 +205,12 @@ fn firecracker_survives_ctrl_c_and_a_killed_gdb() {
     let Some(mut fc) = Firecracker::start() else {
         return;
     };
-    let mut gdb = fc
-        .gdb_command(&["continue", "info threads", "print counter"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gdb");
-    std::thread::sleep(Duration::from_millis(1500));
-    let sent = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
-    let mut out = String::new();
-    gdb.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert!(gdb.wait().unwrap().success(), "{out}");
-    eprintln!("{out}\nCtrl-C to gdb exit: {:?}", sent.elapsed());
+    let gdb = fc.gdb_command(&["continue", "info threads", "print counter"]);
+    let (out, clean, took) = ctrl_c_after(gdb, Duration::from_millis(1500));
+    assert!(clean, "{out}");
     assert!(out.contains("received signal SIGINT"), "{out}");
     assert!(out.contains("Thread 1.2"), "{out}");
-    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5));
 
     let mut commands = vec!["break level3", "hbreak level1", "watch counter"];
     commands.extend(std::iter::repeat_n("continue", 300));

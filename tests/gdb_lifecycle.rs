@@ -7,32 +7,19 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use demo::{number_after, DemoVm};
+use demo::{ctrl_c_after, number_after, DemoVm};
 
 #[test]
 fn ctrl_c_stops_a_running_guest() {
     let Some(vm) = DemoVm::start() else { return };
-    let mut cmd = vm.gdb_command(&["continue", "info threads", "print counter"]);
-    let mut gdb = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gdb");
     // Let the guest run, then press Ctrl-C.
-    std::thread::sleep(Duration::from_millis(1500));
-    let sent = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
-    let mut out = String::new();
-    gdb.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = gdb.wait().unwrap();
-    eprintln!("{out}\nCtrl-C to gdb exit: {:?}", sent.elapsed());
-    assert!(status.success(), "{out}");
+    let gdb = vm.gdb_command(&["continue", "info threads", "print counter"]);
+    let (out, clean, took) = ctrl_c_after(gdb, Duration::from_millis(1500));
+    assert!(clean, "{out}");
     assert!(out.contains("received signal SIGINT"), "{out}");
     assert!(out.contains("Thread 1.2"), "{out}");
     assert!(number_after(&out, "$1 = ").is_some(), "{out}");
-    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5));
 }
 
 #[test]

@@ -159,6 +159,9 @@ struct Numbers {
     ctrl_c_ms: Option<f64>,
 }
 
+/// One number of [`Numbers`], for the table.
+type Pick = fn(&Numbers) -> Option<f64>;
+
 /// The first number after `prefix` in `text`.
 fn number_after(text: &str, prefix: &str) -> Option<u64> {
     let rest = &text[text.find(prefix)? + prefix.len()..];
@@ -202,7 +205,6 @@ fn measure(column: &Column) -> Numbers {
         "delete".to_string(),
         "set var bench_spin = 0".to_string(),
     ]);
-    let mut spinning = spinning;
     spinning.push("set var bench_spin = 0".to_string());
     let spun = run(column, &spinning).map(|(d, _)| d);
     let hit = run(column, &hitting);
@@ -326,23 +328,23 @@ pub(super) fn side_by_side(firecracker: &Path, demo: &Path, dir: &Path) {
         print!(" {name:>20}");
     }
     println!();
-    let rows: [(&str, &dyn Fn(&Numbers) -> Option<f64>, &str); 5] = [
-        ("attach + one register read", &|n| n.attach, " ms"),
-        ("stepi per second", &|n| n.steps_per_s, ""),
-        ("conditional hbreak hits per second", &|n| n.hits_per_s, ""),
-        ("dump binary memory 64 MiB", &|n| n.dump_s, " s"),
-        ("Ctrl-C to stop", &|n| n.ctrl_c_ms, " ms"),
+    let rows: [(&str, Pick, &str); 5] = [
+        ("attach + one register read", |n| n.attach, " ms"),
+        ("stepi per second", |n| n.steps_per_s, ""),
+        ("conditional hbreak hits per second", |n| n.hits_per_s, ""),
+        ("dump binary memory 64 MiB", |n| n.dump_s, " s"),
+        ("Ctrl-C to stop", |n| n.ctrl_c_ms, " ms"),
     ];
     for (label, f, unit) in rows {
         print!("{label:<38}");
         for i in 0..columns.len() {
-            print!(" {:>20}", show(med(i, f), unit));
+            print!(" {:>20}", show(med(i, &f), unit));
         }
         println!();
     }
     print!("{:<38}", "hits were the guest's calls");
-    for i in 0..columns.len() {
-        let real = rounds[i].iter().all(|n| n.hits_real);
+    for column in &rounds {
+        let real = column.iter().all(|n| n.hits_real);
         print!(" {:>20}", if real { "yes" } else { "no" });
     }
     println!();

@@ -285,6 +285,29 @@ impl Drop for DemoVm {
     }
 }
 
+/// Run gdb as `cmd` (which should `continue` first), press Ctrl-C after
+/// `wait` (SIGINT to gdb), and return what gdb printed, whether it
+/// exited cleanly, and the time from Ctrl-C to its exit.
+pub fn ctrl_c_after(mut cmd: Command, wait: Duration) -> (String, bool, Duration) {
+    use std::io::Read;
+    let mut gdb = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb");
+    std::thread::sleep(wait);
+    let sent = std::time::Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
+    let mut out = String::new();
+    gdb.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let clean = gdb.wait().unwrap().success();
+    let took = sent.elapsed();
+    eprintln!("{out}\nCtrl-C to gdb exit: {took:?}");
+    (out, clean, took)
+}
+
 /// Run `cmd`, killing it after `limit`; stdout and stderr together.
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> String {
     let child = cmd
