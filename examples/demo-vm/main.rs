@@ -23,7 +23,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{
-    symbol_file, Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener,
+    Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener, SymbolFile,
 };
 
 /// The guest built from guest/ by build.rs.
@@ -317,11 +317,14 @@ fn serve_dump(
     let mut builder = Debugger::from_dump(dump);
     builder = builder.host_files(!args.no_host_files);
     if let Some(listing) = &args.symbols {
-        let elf = symbol_elf(listing)?;
+        let symbols = SymbolFile::from_listing(listing)?;
         if let Some(path) = &args.save_symbols {
-            save_symbol_file(path, &elf)?;
+            symbols
+                .save(path)
+                .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
+            info!("symbols written to {}", path.display());
         }
-        builder = builder.exec_file_bytes(symbols_name(listing), elf);
+        builder = builder.exec_file_bytes(symbols.name, symbols.elf);
     }
     let debugger = Arc::new(builder.build());
     let listener = listener(args)?;
@@ -348,39 +351,6 @@ fn serve_dump(
     spawn_gdb_server(&debugger, listener)?;
     wait_for_termination(&signals, &debugger);
     debugger.stop_serving();
-    Ok(())
-}
-
-/// The symbol file (an ELF) for a kernel `listing` (System.map format).
-fn symbol_elf(listing: &Path) -> Result<Vec<u8>, String> {
-    let text =
-        std::fs::read_to_string(listing).map_err(|e| format!("{}: {e}", listing.display()))?;
-    symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))
-}
-
-/// The name gdb is given for the symbol file of `listing`: it exists
-/// only in the stub, which serves it over the protocol.
-fn symbols_name(listing: &Path) -> String {
-    let base = listing
-        .file_name()
-        .map_or("symbols".into(), |n| n.to_string_lossy());
-    format!("/vmem-gdbstub/{base}.elf")
-}
-
-/// Write the symbol file to `path`, which must not exist yet (never
-/// through a link, never over another file).
-fn save_symbol_file(path: &Path, elf: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(path)
-        .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
-    file.write_all(elf)
-        .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
-    info!("symbols written to {}", path.display());
     Ok(())
 }
 

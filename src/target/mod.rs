@@ -106,7 +106,7 @@ pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use paging::vcpu_mmu;
 pub use regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};
-pub use symbols::{symbol_file, SymbolsError};
+pub use symbols::{symbol_file, SymbolFile, SymbolsError};
 pub use traps::{KvmMemslots, PageTraps, Trap};
 pub use x86::flat_segment;
 

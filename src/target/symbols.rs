@@ -5,6 +5,9 @@
 //! `info symbol` while memory still comes from the target.
 
 use std::fmt;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// Why a listing cannot be turned into a symbol file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +256,46 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
     table(name_strtab, SHT_STRTAB, strtab_at, strtab.len(), 0, 0).write(&mut out);
     table(name_shstrtab, SHT_STRTAB, shstrtab_at, shstrtab.len(), 0, 0).write(&mut out);
     Ok(out)
+}
+
+/// The symbol file of a listing on disk, as handed to gdb: an ELF that
+/// exists only in the stub ([`super::DebuggerBuilder::exec_file_bytes`])
+/// under a name made of the listing's.
+#[derive(Debug, Clone)]
+pub struct SymbolFile {
+    /// The path gdb is told (nothing is there on the host).
+    pub name: String,
+    /// The ELF.
+    pub elf: Vec<u8>,
+}
+
+impl SymbolFile {
+    /// Read `listing` (a `System.map` or `/proc/kallsyms`) and make its
+    /// symbol file; errors name the listing, in one line.
+    pub fn from_listing(listing: &Path) -> Result<SymbolFile, String> {
+        let text =
+            std::fs::read_to_string(listing).map_err(|e| format!("{}: {e}", listing.display()))?;
+        let elf = symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))?;
+        let base = listing
+            .file_name()
+            .map_or("symbols".into(), |n| n.to_string_lossy());
+        Ok(SymbolFile {
+            name: format!("/vmem-gdbstub/{base}.elf"),
+            elf,
+        })
+    }
+
+    /// Write a copy to `path` for debuggers that need a local file (lldb):
+    /// a new file only, never through a link, never over another file.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(path)?
+            .write_all(&self.elf)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,157 @@
+//! `vmem-gdbstub`: serve a VM's memory dump to gdb and lldb, or answer
+//! questions about its page tables without a debugger.
+//!
+//! ```sh
+//! vmem-gdbstub serve vm.elf --symbols kallsyms    # then: gdb -ex "target remote :9001"
+//! vmem-gdbstub audit vm.elf --all                 # exit 1 when something is found
+//! vmem-gdbstub walk vm.elf 0xffffffff80000000 --limit 20
+//! ```
+//!
+//! The offline commands are the `monitor vmem` commands, with the same
+//! arguments, defaults and output (`walk` prints what `monitor vmem walk`
+//! prints on the same dump). Exit status: 0, 1 (`audit` found something),
+//! 2 (bad input: an unreadable or malformed file, a bad argument).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use vmem_gdbstub::target::{Debugger, Dump, GdbListener, SymbolFile};
+
+#[derive(Parser)]
+#[command(name = "vmem-gdbstub", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a dump (QEMU's `dump-guest-memory` ELF, `virsh dump
+    /// --memory-only`) to gdb and lldb until interrupted.
+    Serve(Serve),
+    /// Coalesced mappings of an address space (`monitor vmem walk`).
+    Walk(Offline),
+    /// Every level of the walk for one address (`monitor vmem translate`).
+    Translate(Offline),
+    /// Every known address space, walked together; `--scan` finds more in
+    /// RAM (`monitor vmem spaces`).
+    Spaces(Offline),
+    /// Where a physical page (or a VA's page) is mapped (`monitor vmem find`).
+    Find(Offline),
+    /// What in the page tables is unsafe (`monitor vmem audit`).
+    Audit(Offline),
+    /// What changed since an earlier dump: `diff LATER --dump EARLIER`
+    /// (`monitor vmem diff`).
+    Diff(Offline),
+}
+
+#[derive(Args)]
+struct Serve {
+    /// The dump.
+    file: PathBuf,
+    /// Where gdb connects.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: String,
+    /// The kernel's `System.map` or the `/proc/kallsyms` of that boot: gdb
+    /// loads the symbol file made of it by itself.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
+    /// With --symbols: also write the symbol file to FILE (a new file),
+    /// for lldb: `lldb FILE -o "gdb-remote 9001"`.
+    #[arg(long, value_name = "FILE", requires = "symbols")]
+    save_symbols: Option<PathBuf>,
+    /// Refuse monitor commands that name host files.
+    #[arg(long)]
+    no_host_files: bool,
+}
+
+#[derive(Args)]
+struct Offline {
+    /// The dump.
+    file: PathBuf,
+    /// The command's arguments, as `monitor vmem help` lists them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Bad input: a one-line message and status 2.
+fn bad(why: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vmem-gdbstub: {why}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let (name, offline) = match cli.command {
+        Command::Serve(serve) => return run_serve(serve),
+        Command::Walk(o) => ("walk", o),
+        Command::Translate(o) => ("translate", o),
+        Command::Spaces(o) => ("spaces", o),
+        Command::Find(o) => ("find", o),
+        Command::Audit(o) => ("audit", o),
+        Command::Diff(o) => ("diff", o),
+    };
+    let dump = match Dump::open(&offline.file) {
+        Ok(dump) => dump,
+        Err(e) => return bad(format!("{}: {e}", offline.file.display())),
+    };
+    let debugger = Debugger::from_dump(dump).build();
+    let line = std::iter::once(format!("vmem {name}"))
+        .chain(offline.args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = match debugger.monitor(&line) {
+        Ok(text) => text,
+        Err(e) => return bad(e),
+    };
+    if let Some(error) = text.lines().find(|l| l.starts_with("error: ")) {
+        // The command's own message (and its usage, if the line was wrong).
+        eprint!("{text}");
+        return bad(error.trim_start_matches("error: "));
+    }
+    print!("{text}");
+    if name == "audit" && findings(&text) > 0 {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The findings an audit's report counts (`KIND: N` lines).
+fn findings(report: &str) -> u64 {
+    report
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.rsplit_once(": ")?.1.parse::<u64>().ok())
+        .sum()
+}
+
+fn run_serve(serve: Serve) -> ExitCode {
+    let dump = match Dump::open(&serve.file) {
+        Ok(dump) => dump,
+        Err(e) => return bad(format!("{}: {e}", serve.file.display())),
+    };
+    let mut builder = Debugger::from_dump(dump).host_files(!serve.no_host_files);
+    if let Some(listing) = &serve.symbols {
+        let symbols = match SymbolFile::from_listing(listing) {
+            Ok(symbols) => symbols,
+            Err(e) => return bad(e),
+        };
+        if let Some(path) = &serve.save_symbols {
+            if let Err(e) = symbols.save(path) {
+                return bad(format!("--save-symbols {}: {e}", path.display()));
+            }
+        }
+        builder = builder.exec_file_bytes(symbols.name, symbols.elf);
+    }
+    let listener = match GdbListener::tcp(&serve.listen) {
+        Ok(listener) => listener,
+        Err(e) => return bad(format!("cannot listen on {}: {e}", serve.listen)),
+    };
+    println!("gdb stub listening on {}", listener.describe());
+    match builder.build().serve(listener) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => bad(e),
+    }
+}
