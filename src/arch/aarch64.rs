@@ -22,8 +22,8 @@
 //! reported ([`Flags::ACCESSED`]), not enforced: with TCR_EL1.HA = 0 the
 //! CPU takes an Access flag fault on a leaf without it.
 
+use super::{Access, Flags, Perms, PhysAddr, Rights};
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
 
 const ADDR: u64 = 0x0000_ffff_ffff_f000;
 const VALID: u64 = 1 << 0;

@@ -6,7 +6,7 @@
 
 use super::x86::{protection_key, Codec, LevelBits, X86Cpu, FLAGS};
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Flags, Perms, PhysAddr, Rights};
+use super::{Flags, Perms, PhysAddr, Rights};
 
 pub use super::x86::{
     PAGE_ACCESSED, PAGE_COW, PAGE_DIRTY, PAGE_GLOBAL, PAGE_NX, PAGE_PAT_4K, PAGE_PAT_LARGE,
@@ -304,7 +304,7 @@ mod tests {
     /// SDM vol. 3A §4.6: WP, SMEP, SMAP and protection keys.
     #[test]
     fn rights_at_each_privilege_level() {
-        use crate::vmem::Access;
+        use super::super::Access;
         let user_rw = Perms::READ | Perms::WRITE | Perms::USER | Perms::EXEC | Perms::USER_EXEC;
         let kernel_ro = Perms::READ | Perms::EXEC | Perms::USER_EXEC;
         let plain = Amd64::FOUR_LEVEL;

@@ -7,7 +7,7 @@
 
 use super::x86::{Codec, LevelBits, X86Cpu, FLAGS, PAGE_PRESENT, PAGE_PS, PAGE_RW, PAGE_USER};
 use super::{Descriptor, PageTableFormat};
-use crate::vmem::{Flags, Perms, PhysAddr, Rights};
+use super::{Flags, Perms, PhysAddr, Rights};
 
 /// Address bits of a 32-bit entry.
 const ADDR_32: u64 = 0xffff_f000;

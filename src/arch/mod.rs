@@ -14,6 +14,7 @@
 
 pub mod aarch64;
 pub mod amd64;
+mod attributes;
 pub mod controls;
 pub mod i686;
 mod x86;
@@ -23,7 +24,7 @@ pub use amd64::Amd64;
 pub use i686::I686;
 pub use x86::X86Cpu;
 
-use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
+pub use attributes::{Access, Flags, HumanBytes, PageSize, Perms, PhysAddr, Rights};
 
 /// Deepest supported table hierarchy (amd64 LA57).
 pub const MAX_LEVELS: usize = 5;

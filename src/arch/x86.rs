@@ -7,7 +7,7 @@
 //! on the CPU ([`X86Cpu`]).
 
 use super::Descriptor;
-use crate::vmem::{Access, Flags, Perms, PhysAddr, Rights};
+use super::{Access, Flags, Perms, PhysAddr, Rights};
 
 /// Entry present.
 pub const PAGE_PRESENT: u64 = 1 << 0;

@@ -234,10 +234,12 @@ impl DebuggerBuilder {
         self
     }
 
-    /// For a VMM that runs `KVM_RUN` itself instead of through
-    /// [`VcpuHooks::run`]: how the debugger makes vCPU `index` leave
-    /// `KVM_RUN` (e.g. set `immediate_exit` and signal its thread). Called
-    /// whenever gdb stops the VM; `after_run` takes the `EINTR`.
+    /// For a VMM that wants no signal of the debugger's on its vCPU threads
+    /// (by default the debugger kicks a run with `SIGRTMIN+3` and its own
+    /// `immediate_exit`): how the debugger makes vCPU `index` leave
+    /// `KVM_RUN` instead (e.g. set `immediate_exit` and signal its thread).
+    /// Called whenever gdb stops the VM; [`VcpuHooks::after_run`] takes the
+    /// `EINTR`.
     pub fn kick(mut self, kick: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.inner.vmm_kick = Some(Box::new(kick));
         self

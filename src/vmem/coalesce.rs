@@ -5,12 +5,12 @@ use alloc::boxed::Box;
 use crate::arch::PageTableFormat;
 
 use super::error::WalkError;
-use super::flags::{Flags, PageSize, Perms};
 use super::mapping::{Mapping, MappingKind};
 use super::ops::TableReadOps;
 use super::translate::{walk_one, TranslateFault};
 use super::walk::{Leaf, WalkEvent, Walker};
 use super::PhysAddr;
+use crate::arch::{Flags, PageSize, Perms};
 
 impl From<Leaf> for Mapping {
     #[inline]

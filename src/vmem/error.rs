@@ -209,12 +209,34 @@ impl core::error::Error for MemoryError {}
 impl core::error::Error for AllocError {}
 impl core::error::Error for WalkError {}
 
-impl core::error::Error for MapError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            MapError::Walk(e) => Some(e),
-            MapError::Alloc { cause, .. } => Some(cause),
-            _ => None,
-        }
+/// A `MapError` prints its cause in its own message (a walk's fault, an
+/// allocator's refusal), so `source()` returns none: an error chain
+/// prints each cause once.
+impl core::error::Error for MapError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use core::error::Error;
+
+    #[test]
+    fn a_map_error_prints_its_cause_once() {
+        let at = EntryLocation {
+            level: 1,
+            table: 0x5000,
+            index: 7,
+        };
+        let err = MapError::from(WalkError::Unreadable(at));
+        assert_eq!(err.to_string(), WalkError::Unreadable(at).to_string());
+        assert!(err.source().is_none());
+        let alloc = MapError::Alloc {
+            level: 2,
+            cause: AllocError::PoolExhausted,
+        };
+        assert!(alloc
+            .to_string()
+            .contains(&AllocError::PoolExhausted.to_string()));
+        assert!(alloc.source().is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! `Mapping`: one contiguous run of virtual to physical addresses.
 
-use super::flags::{Access, Flags, PageSize, Perms, Rights};
+use crate::arch::{Access, Flags, PageSize, Perms, Rights};
 
 /// Rights of an ordinary mapping.
 #[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]

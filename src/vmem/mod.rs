@@ -17,7 +17,6 @@ mod buffer;
 mod coalesce;
 mod compare;
 mod error;
-mod flags;
 mod mapping;
 mod modify;
 mod ops;
@@ -25,11 +24,11 @@ mod spaces;
 mod translate;
 mod walk;
 
+pub use crate::arch::{Access, Flags, HumanBytes, PageSize, Perms, PhysAddr, Rights};
 pub use buffer::{BufferError, BufferTables};
 pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
 pub use compare::{diff_mappings, phys_overlap, reverse_map, ChangeKind, MappingChange};
 pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
-pub use flags::{Access, Flags, HumanBytes, PageSize, Perms, Rights};
 pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};
 pub use modify::{map, protect, unmap};
 pub use ops::{
@@ -44,14 +43,9 @@ pub use translate::{
     TranslationStep,
 };
 
-pub use crate::arch::amd64::{PAGE_PRESENT, PAGE_SIZE, PAGE_TABLE_SIZE, PTE_ADDR_MASK};
-
-/// A raw page-table entry.
+/// A raw page-table entry (4-byte formats zero-extend theirs).
 pub type PageTableEntry = u64;
-/// A guest-physical address.
-pub type PhysAddr = u64;
-/// A (canonical) virtual address.
-pub type VirtAddr = u64;
-/// Entries in one 4 KiB table of 64-bit entries.
-pub const PAGE_TABLE_ENTRIES_PER_TABLE: usize =
-    PAGE_TABLE_SIZE / core::mem::size_of::<PageTableEntry>();
+/// The size of the smallest page every supported format maps.
+pub const PAGE_SIZE: usize = 4096;
+/// The size of one page table in every supported format (4 KiB granule).
+pub const PAGE_TABLE_SIZE: usize = 4096;

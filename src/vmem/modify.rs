@@ -7,10 +7,9 @@
 //! translation). When an accessor moves a table on write (copy-on-write),
 //! [`Editor::write`] rewrites every ancestor up to the root.
 
-use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
+use crate::arch::{Descriptor, Flags, PageTableFormat, Perms, MAX_LEVELS};
 
 use super::error::{EntryLocation, MapError, WalkError};
-use super::flags::{Flags, Perms};
 use super::mapping::{Mapping, MappingKind};
 use super::ops::{MoveInfo, TableMovability, TableOps};
 use super::walk::{entry_word, index_range, read_raw};

@@ -2,10 +2,9 @@
 
 use core::fmt;
 
-use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
+use crate::arch::{Descriptor, Flags, PageSize, PageTableFormat, Perms, Rights, MAX_LEVELS};
 
 use super::error::EntryLocation;
-use super::flags::{Flags, PageSize, Perms, Rights};
 use super::ops::TableReadOps;
 use super::walk::read_raw;
 use super::PhysAddr;

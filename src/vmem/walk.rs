@@ -9,10 +9,9 @@
 //! [`Flags::SELF_MAP`]. A table outside memory is reported once and
 //! skipped.
 
-use crate::arch::{Descriptor, PageTableFormat, MAX_LEVELS};
+use crate::arch::{Descriptor, Flags, PageTableFormat, Perms, Rights, MAX_LEVELS};
 
 use super::error::{EntryLocation, MemoryError, WalkError};
-use super::flags::{Flags, Perms, Rights};
 use super::ops::TableReadOps;
 use super::PhysAddr;
 

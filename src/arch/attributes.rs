@@ -1,6 +1,12 @@
-//! Permission and attribute bits, independent of any architecture.
+//! The vocabulary every architecture describes its entries in: rights
+//! (`Perms`, `Access`, `Rights`), attributes (`Flags`), page sizes and
+//! physical addresses. It sits at the bottom: the formats in this module's
+//! siblings and the walker in `vmem` both build on it.
 
 use core::fmt;
+
+/// A guest-physical address.
+pub type PhysAddr = u64;
 
 bitflags::bitflags! {
     /// Access rights of a page (or the rights a table entry lets through),
