@@ -92,3 +92,67 @@ fn bad_files_and_arguments_get_one_line_and_status_2() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+/// `audit --json` and `walk --json` parse, and agree with the text: the
+/// same counts per kind, the same number of mappings.
+#[test]
+fn json_output_parses_and_agrees_with_the_text() {
+    let Some(dir) = fixture() else { return };
+    let dump = dir.join("dump.elf");
+    let dump = dump.to_str().unwrap();
+    let text = String::from_utf8(tool(&["audit", dump, "--all"]).stdout).unwrap();
+    let out = tool(&["audit", dump, "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit --json");
+    let findings = json["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 5, "{json}");
+    for finding in findings {
+        let line = format!(
+            "{}: {}",
+            finding["kind"].as_str().unwrap(),
+            finding["count"].as_u64().unwrap()
+        );
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        let shown = finding["shown"].as_array().unwrap();
+        assert!(shown.len() as u64 <= finding["count"].as_u64().unwrap().min(10));
+        for item in shown {
+            let va = item["mapping"]["va"].as_str().unwrap();
+            assert!(va.starts_with("0x"), "{item}");
+            assert!(
+                item["granted_by"].as_str().unwrap().starts_with("entry 0x"),
+                "{item}"
+            );
+        }
+    }
+    let summary = format!(
+        "audit of {} space(s), {} mappings, {} page-table pages",
+        json["spaces"], json["mappings"], json["table_pages"]
+    );
+    assert!(text.starts_with(&summary), "{summary}\n{text}");
+
+    let text = String::from_utf8(tool(&["walk", dump, "--limit", "5"]).stdout).unwrap();
+    let out = tool(&["walk", dump, "--limit", "5", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("walk --json");
+    let mappings = json["mappings"].as_array().unwrap();
+    assert_eq!(mappings.len(), 5);
+    let total = json["total"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("\n{total} mappings; ")),
+        "{total}: {text}"
+    );
+    let first_va = u64::from_str_radix(&mappings[0]["va"].as_str().unwrap()[2..], 16).unwrap();
+    let first_row = text.lines().nth(2).unwrap();
+    assert!(
+        first_row.starts_with(&format!("{first_va:016x}-")),
+        "{first_row}"
+    );
+    assert_eq!(
+        json["space"].as_str().unwrap(),
+        text.lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("space ")
+            .trim_end_matches(':')
+    );
+}

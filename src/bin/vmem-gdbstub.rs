@@ -9,7 +9,8 @@
 //!
 //! The offline commands are the `monitor vmem` commands, with the same
 //! arguments, defaults and output (`walk` prints what `monitor vmem walk`
-//! prints on the same dump). Exit status: 0, 1 (`audit` found something),
+//! prints on the same dump); `walk` and `audit` take `--json` (the schema
+//! is in docs/monitor.md). Exit status: 0, 1 (`audit` found something),
 //! 2 (bad input: an unreadable or malformed file, a bad argument).
 
 use std::path::PathBuf;
@@ -118,13 +119,23 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The findings an audit's report counts (`KIND: N` lines).
+/// The findings an audit's report counts: `KIND: N` lines, or with
+/// `--json` each kind's `"count":N`.
 fn findings(report: &str) -> u64 {
-    report
+    let text: u64 = report
         .lines()
         .filter(|l| !l.starts_with(' '))
         .filter_map(|l| l.rsplit_once(": ")?.1.parse::<u64>().ok())
-        .sum()
+        .sum();
+    let json: u64 = report
+        .split("\"count\":")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum();
+    text + json
 }
 
 fn run_serve(serve: Serve) -> ExitCode {

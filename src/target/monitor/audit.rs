@@ -11,12 +11,13 @@ use std::fmt::Write;
 
 use super::args::Args;
 use super::vmem::{row, space_of, walk_space, CUT_SHORT};
-use super::{CmdError, Context};
+use super::{json, CmdError, Context};
+use crate::arch::PageTableFormat;
 use crate::target::memory::GuestTables;
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
 
 pub(crate) const USAGE: &str = "\
-vmem audit [--space CR3|--all] [--limit N]
+vmem audit [--space CR3|--all] [--limit N] [--json]
     writable+executable mappings, user pages in the kernel half, user pages
     the kernel may execute, page tables mapped writable, W^X broken
     through an alias (default: the current space; N findings per kind)
@@ -208,6 +209,16 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
             *slot = Some(item);
         }
     }
+    if args.flag("json") {
+        report_json(
+            ctx,
+            fmt,
+            &kinds,
+            (roots.len(), leaves.len(), table_pages.len()),
+            out,
+        );
+        return Ok(());
+    }
     let _ = writeln!(
         out,
         "audit of {} space(s), {} mappings, {} page-table pages",
@@ -218,15 +229,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     for kind in &kinds {
         let _ = writeln!(out, "{}: {}", kind.title, kind.count);
         for (root, m, note) in &kind.found {
-            let tables = GuestTables::new(ctx.memory, *root, None);
-            let grant = vmem::translate_in(fmt, &tables, *root, m.virt_base)
-                .steps()
-                .last()
-                .map(|s| {
-                    let entry = s.at.table + s.at.index * fmt.entry_size();
-                    format!("entry {:#x} = {:#x}", entry, s.raw)
-                })
-                .unwrap_or_default();
+            let grant = granted_by(ctx, fmt, *root, m);
             let _ = writeln!(out, "  space {root:#x}  {}", row(m));
             let _ = writeln!(
                 out,
@@ -243,4 +246,58 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         }
     }
     Ok(())
+}
+
+/// The leaf entry that grants `m` in space `root`: `entry ADDR = RAW`.
+fn granted_by(ctx: &Context<'_>, fmt: &dyn PageTableFormat, root: u64, m: &Mapping) -> String {
+    let tables = GuestTables::new(ctx.memory, root, None);
+    vmem::translate_in(fmt, &tables, root, m.virt_base)
+        .steps()
+        .last()
+        .map(|s| {
+            let entry = s.at.table + s.at.index * fmt.entry_size();
+            format!("entry {:#x} = {:#x}", entry, s.raw)
+        })
+        .unwrap_or_default()
+}
+
+/// `audit --json`: `{"spaces", "mappings", "table_pages", "findings":
+/// [{"kind", "count", "shown": [{"space", "mapping", "granted_by",
+/// "note"}…]}…]}`; `count` counts all, `shown` holds the first `--limit`.
+fn report_json(
+    ctx: &Context<'_>,
+    fmt: &dyn PageTableFormat,
+    kinds: &[Kind],
+    (spaces, mappings, table_pages): (usize, usize, usize),
+    out: &mut String,
+) {
+    let findings: Vec<String> = kinds
+        .iter()
+        .map(|kind| {
+            let shown: Vec<String> = kind
+                .found
+                .iter()
+                .map(|(root, m, note)| {
+                    format!(
+                        "{{\"space\":{},\"mapping\":{},\"granted_by\":{},\"note\":{}}}",
+                        json::hex(*root),
+                        json::mapping(m),
+                        json::string(&granted_by(ctx, fmt, *root, m)),
+                        json::string(note)
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"kind\":{},\"count\":{},\"shown\":[{}]}}",
+                json::string(kind.title),
+                kind.count,
+                shown.join(",")
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "{{\"spaces\":{spaces},\"mappings\":{mappings},\"table_pages\":{table_pages},\"findings\":[{}]}}",
+        findings.join(",")
+    );
 }

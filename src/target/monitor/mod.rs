@@ -10,6 +10,7 @@ mod audit;
 mod diff;
 mod expr;
 mod find;
+mod json;
 mod lapic;
 mod qemu;
 mod scan;

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::args::{self, Args, Opt};
-use super::{audit, diff, find, scan, usage, CmdError, Context, Effect, View};
+use super::{audit, diff, find, json, scan, usage, CmdError, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::GuestTables;
 use crate::vmem::{
@@ -44,7 +44,7 @@ pub(crate) fn walk_space<O: TableReadOps>(
 const DEFAULT_LIMIT: usize = 200;
 
 pub(crate) const USAGE: &str = "\
-vmem walk [START [END]] [--space CR3] [--limit N]
+vmem walk [START [END]] [--space CR3] [--limit N] [--json]
     coalesced mappings of an address space (END exclusive; default: all)
     e.g. monitor vmem walk 0xffffffff80000000 --limit 20
 vmem translate VA [--space CR3]
@@ -91,7 +91,7 @@ pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
         .collect()
 }
 
-fn mapping_flags(m: &Mapping) -> String {
+pub(crate) fn mapping_flags(m: &Mapping) -> String {
     let (_, cow) = m.kind.perms();
     let mut flags = m.flags;
     flags.set(Flags::COW, cow);
@@ -160,6 +160,10 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdE
     let limit = args.limit(DEFAULT_LIMIT)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let tables = GuestTables::new(ctx.memory, root, None);
+    if args.flag("json") {
+        walk_json(fmt, &tables, root, (start, len), limit, out);
+        return Ok(());
+    }
     let _ = writeln!(out, "space {root:#x}:");
     let _ = writeln!(out, "{HEADER}");
     let mut per_size = std::collections::BTreeMap::new();
@@ -185,6 +189,37 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdE
     }
     summary(out, shown + hidden, &per_size);
     Ok(())
+}
+
+/// `walk --json`: `{"space", "mappings": [mapping…], "total", "errors":
+/// [text…]}`; `mappings` holds the first `limit`, `total` counts all.
+fn walk_json(
+    fmt: &dyn PageTableFormat,
+    tables: &GuestTables<'_>,
+    root: u64,
+    (start, len): (u64, u64),
+    limit: usize,
+    out: &mut String,
+) {
+    let (mut rows, mut errors, mut total) = (Vec::new(), Vec::new(), 0usize);
+    for item in vmem::virt_to_phys(fmt, tables, start, len).with_budget(WALK_BUDGET) {
+        match item {
+            Ok(m) => {
+                if rows.len() < limit {
+                    rows.push(json::mapping(&m));
+                }
+                total += 1;
+            }
+            Err(e) => errors.push(json::string(&e.to_string())),
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{{\"space\":{},\"mappings\":[{}],\"total\":{total},\"errors\":[{}]}}",
+        json::hex(root),
+        rows.join(","),
+        errors.join(",")
+    );
 }
 
 /// How an entry reads to a person.
@@ -373,6 +408,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
             Opt::Flag("all"),
             Opt::MaybeValue("scan"),
             Opt::Value("dump"),
+            Opt::Flag("json"),
         ],
     )?;
     match *command {
