@@ -32,6 +32,7 @@ const DESC_L: u32 = 1 << 21;
 
 /// Why a dump cannot be served.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DumpError {
     /// The file cannot be opened or mapped.
     Io(PathBuf, std::io::Error),

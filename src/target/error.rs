@@ -5,6 +5,7 @@ use std::fmt;
 /// What went wrong in the debugger (the `Target::Error` gdbstub sees, and
 /// the error of the embedding API).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StubError {
     /// There is no vCPU with this index.
     NoSuchVcpu(usize),

@@ -11,6 +11,7 @@ use std::path::Path;
 
 /// Why a listing cannot be turned into a symbol file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SymbolsError {
     /// A line that is not `ADDRESS TYPE NAME`.
     BadLine(usize),

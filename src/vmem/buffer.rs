@@ -25,6 +25,7 @@ pub struct BufferTables<B> {
 
 /// Why a [`BufferTables`] cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BufferError {
     /// The pool is not page-aligned or not inside the buffer.
     BadPool {

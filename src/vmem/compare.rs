@@ -36,6 +36,7 @@ where
 
 /// How one run of virtual addresses differs between two walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// Mapped now, not before.
     Added,

@@ -19,6 +19,7 @@ impl fmt::Display for MemoryError {
 
 /// An accessor could not allocate a page table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AllocError {
     /// The pool tables come from is used up.
     PoolExhausted,
@@ -60,6 +61,7 @@ impl fmt::Display for EntryLocation {
 /// A problem met while walking tables. A walk reports it and goes on with
 /// the next entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WalkError {
     /// The entry could not be read: its table is outside memory.
     Unreadable(EntryLocation),
@@ -99,6 +101,7 @@ impl fmt::Display for WalkError {
 ///
 /// Input errors are found before anything is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MapError {
     /// Length zero.
     Empty {

@@ -43,6 +43,7 @@ pub struct Translated {
 
 /// Why a translation stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TranslateFault {
     /// The address is outside the canonical address space.
     NonCanonical {
