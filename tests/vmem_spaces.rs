@@ -11,7 +11,7 @@ use support::*;
 use vmem_gdbstub::arch::{Aarch64, Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
     self, BufferTables, Mapping, PageSize, SpaceAwareMapping, SpaceId, SpaceReferenceMapping,
-    SpaceWalk, TableOps,
+    SpaceWalk, TableOps, TableReadOps,
 };
 
 const K4: u64 = 1 << 12;
@@ -95,8 +95,8 @@ fn check_rebuild(fmt: &dyn PageTableFormat, original: &Mem, roots: &[SpaceId]) -
             walk.space
         );
         for r in references(walk) {
-            let ours = vmem::translate_in(fmt, &rebuilt, built[&walk.space], r.our_va);
-            let theirs = vmem::translate_in(fmt, &rebuilt, built[&r.space], r.their_va);
+            let ours = vmem::translate(fmt, &rebuilt.rooted_at(built[&walk.space]), r.our_va);
+            let theirs = vmem::translate(fmt, &rebuilt.rooted_at(built[&r.space]), r.their_va);
             assert_eq!(
                 ours.steps()[r.depth].at.table,
                 theirs.steps()[r.depth].at.table,
@@ -256,9 +256,9 @@ proptest! {
                     let span = fmt.entry_span(depth - 1);
                     let our_va = (kernel_base + off) & !(span - 1);
                     let their_va = (kernel_base + their_off) & !(span - 1);
-                    let exists = vmem::translate_in(&fmt, &t, theirs, their_va).steps().len() > depth;
+                    let exists = vmem::translate(&fmt, &t.rooted_at(theirs), their_va).steps().len() > depth;
                     let leaf_there = matches!(
-                        vmem::translate_in(&fmt, &t, theirs, their_va).steps().get(depth - 1).map(|s| s.descriptor),
+                        vmem::translate(&fmt, &t.rooted_at(theirs), their_va).steps().get(depth - 1).map(|s| s.descriptor),
                         Some(vmem_gdbstub::arch::Descriptor::Leaf { .. })
                     );
                     if exists && !leaf_there {

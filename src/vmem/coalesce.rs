@@ -233,13 +233,28 @@ pub fn virt_to_phys<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
     va: u64,
     len: u64,
 ) -> VirtToPhys<'a, F, O> {
-    virt_to_phys_in(fmt, op, op.root_table(), va, len)
+    virt_to_phys_from(fmt, op, op.root_table(), va, len)
 }
 
-/// [`virt_to_phys`] in the space rooted at `root` (any CR3, not just the
-/// accessor's own).
+/// [`virt_to_phys`] in the space rooted at `root`.
+#[deprecated(
+    since = "0.2.0",
+    note = "use virt_to_phys(fmt, &op.rooted_at(root), va, len): one root convention"
+)]
 #[inline]
 pub fn virt_to_phys_in<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
+    fmt: &'a F,
+    op: &'a O,
+    root: O::TableAddr,
+    va: u64,
+    len: u64,
+) -> VirtToPhys<'a, F, O> {
+    virt_to_phys_from(fmt, op, root, va, len)
+}
+
+/// [`virt_to_phys`] from an explicit root (the walker's own entry point).
+#[inline]
+fn virt_to_phys_from<'a, F: PageTableFormat + ?Sized, O: TableReadOps>(
     fmt: &'a F,
     op: &'a O,
     root: O::TableAddr,

@@ -26,18 +26,21 @@ mod walk;
 
 pub use crate::arch::{Access, Flags, HumanBytes, PageSize, Perms, PhysAddr, Rights};
 pub use buffer::{BufferError, BufferTables};
+#[allow(deprecated)]
 pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
 pub use compare::{diff_mappings, phys_overlap, reverse_map, ChangeKind, MappingChange};
 pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
 pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};
 pub use modify::{map, protect, unmap};
 pub use ops::{
-    MayMoveTable, MayNotMoveTable, MoveInfo, TableMovability, TableOps, TableReadOps, Void,
+    MayMoveTable, MayNotMoveTable, MoveInfo, RootedAt, TableMovability, TableOps, TableReadOps,
+    Void,
 };
 pub use spaces::{
     space_aware_map, walk_va_spaces, walk_va_spaces_bounded, SpaceAwareMapping, SpaceId,
     SpaceReferenceMapping, SpaceWalk,
 };
+#[allow(deprecated)]
 pub use translate::{
     translate, translate_addr, translate_in, translate_pa, TranslateFault, Translated, Translation,
     TranslationStep,

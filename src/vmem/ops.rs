@@ -28,6 +28,51 @@ pub trait TableReadOps {
 
     /// The root table of the address space this accessor describes.
     fn root_table(&self) -> Self::TableAddr;
+
+    /// The same tables seen from another root: every operation that reads
+    /// an address space from the accessor's `root_table` reads `root`'s
+    /// through this (`virt_to_phys(fmt, &tables.rooted_at(cr3), …)`).
+    fn rooted_at(&self, root: Self::TableAddr) -> RootedAt<'_, Self>
+    where
+        Self: Sized,
+    {
+        RootedAt { tables: self, root }
+    }
+}
+
+/// An accessor's tables from another root ([`TableReadOps::rooted_at`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RootedAt<'a, O: TableReadOps> {
+    tables: &'a O,
+    root: O::TableAddr,
+}
+
+impl<O: TableReadOps> TableReadOps for RootedAt<'_, O> {
+    type TableAddr = O::TableAddr;
+
+    #[inline]
+    fn entry_addr(addr: Self::TableAddr, entry_offset: u64) -> Self::TableAddr {
+        O::entry_addr(addr, entry_offset)
+    }
+
+    #[inline]
+    fn read_entry(&self, addr: Self::TableAddr) -> Result<PageTableEntry, MemoryError> {
+        self.tables.read_entry(addr)
+    }
+
+    #[inline]
+    fn to_phys(addr: Self::TableAddr) -> PhysAddr {
+        O::to_phys(addr)
+    }
+
+    #[inline]
+    fn from_phys(addr: PhysAddr) -> Self::TableAddr {
+        O::from_phys(addr)
+    }
+
+    fn root_table(&self) -> Self::TableAddr {
+        self.root
+    }
 }
 
 /// Our own `!` until it is stable: the move information of accessors that

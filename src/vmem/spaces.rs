@@ -11,7 +11,7 @@ use super::error::{MapError, WalkError};
 use super::mapping::Mapping;
 use super::modify::link_table;
 use super::ops::{TableOps, TableReadOps};
-use super::translate::translate_in;
+use super::translate::translate_from;
 use super::walk::Walker;
 use super::PhysAddr;
 
@@ -150,7 +150,7 @@ where
         depth: reference.depth,
         va: reference.their_va,
     };
-    let owner = translate_in(fmt, op, owner_root, reference.their_va);
+    let owner = translate_from(fmt, op, owner_root, reference.their_va);
     let table = owner.steps().get(reference.depth).ok_or(missing)?.at.table;
     link_table(fmt, op, reference.our_va, reference.depth, table)
 }

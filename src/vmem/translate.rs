@@ -200,7 +200,20 @@ where
 }
 
 /// Translate `va` in the space rooted at `root`, recording every level.
+#[deprecated(
+    since = "0.2.0",
+    note = "use translate(fmt, &op.rooted_at(root), va): one root convention"
+)]
 pub fn translate_in<F, O>(fmt: &F, op: &O, root: O::TableAddr, va: u64) -> Translation
+where
+    F: PageTableFormat + ?Sized,
+    O: TableReadOps,
+{
+    translate_from(fmt, op, root, va)
+}
+
+/// [`translate`] from an explicit root.
+pub(crate) fn translate_from<F, O>(fmt: &F, op: &O, root: O::TableAddr, va: u64) -> Translation
 where
     F: PageTableFormat + ?Sized,
     O: TableReadOps,
@@ -230,7 +243,7 @@ where
     F: PageTableFormat + ?Sized,
     O: TableReadOps,
 {
-    translate_in(fmt, op, op.root_table(), va)
+    translate_from(fmt, op, op.root_table(), va)
 }
 
 /// Translate `va` in the space rooted at `root`, without recording the

@@ -251,7 +251,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
 /// The leaf entry that grants `m` in space `root`: `entry ADDR = RAW`.
 fn granted_by(ctx: &Context<'_>, fmt: &dyn PageTableFormat, root: u64, m: &Mapping) -> String {
     let tables = GuestTables::new(ctx.memory, root, None);
-    vmem::translate_in(fmt, &tables, root, m.virt_base)
+    vmem::translate(fmt, &tables, m.virt_base)
         .steps()
         .last()
         .map(|s| {

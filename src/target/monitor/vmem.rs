@@ -241,7 +241,7 @@ fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(),
     let root = space_of(ctx, args)?;
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let tables = GuestTables::new(ctx.memory, root, None);
-    let tr = vmem::translate_in(fmt, &tables, root, va);
+    let tr = vmem::translate(fmt, &tables, va);
     let _ = writeln!(
         out,
         "{va:#x} in space {root:#x} ({}-level paging):",
