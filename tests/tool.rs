@@ -156,3 +156,28 @@ fn json_output_parses_and_agrees_with_the_text() {
             .trim_end_matches(':')
     );
 }
+
+/// `translate --json` of the kernel's banner: the same levels and physical
+/// address as the text.
+#[test]
+fn translate_json_agrees_with_the_text() {
+    let Some(dir) = fixture() else { return };
+    let dump = dir.join("dump.elf");
+    let dump = dump.to_str().unwrap();
+    let banner = format!("{:#x}", fixture::kallsyms(dir)["linux_banner"]);
+    let text = String::from_utf8(tool(&["translate", dump, &banner]).stdout).unwrap();
+    let out = tool(&["translate", dump, &banner, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("translate --json");
+    let steps = json["steps"].as_array().unwrap();
+    assert_eq!(steps.len() + 3, text.lines().count(), "{json}\n{text}");
+    let pa = json["pa"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("=> physical {pa} (")),
+        "{pa}: {text}"
+    );
+    assert!(json["fault"].is_null());
+    let unmapped = tool(&["translate", dump, "0x10", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&unmapped.stdout).unwrap();
+    assert!(json["pa"].is_null() && json["fault"].is_string(), "{json}");
+}

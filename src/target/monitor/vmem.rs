@@ -47,7 +47,7 @@ pub(crate) const USAGE: &str = "\
 vmem walk [START [END]] [--space CR3] [--limit N] [--json]
     coalesced mappings of an address space (END exclusive; default: all)
     e.g. monitor vmem walk 0xffffffff80000000 --limit 20
-vmem translate VA [--space CR3]
+vmem translate VA [--space CR3] [--json]
     every level of the walk for one address
     e.g. monitor vmem translate 0xffffffff80400000
 vmem map VA PA LEN [rwxuc] [--page 4k|2m|1g] [--space CR3]
@@ -242,6 +242,10 @@ fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(),
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let tables = GuestTables::new(ctx.memory, root, None);
     let tr = vmem::translate(fmt, &tables, va);
+    if args.flag("json") {
+        translate_json(fmt, &tr, (root, va), out);
+        return Ok(());
+    }
     let _ = writeln!(
         out,
         "{va:#x} in space {root:#x} ({}-level paging):",
@@ -278,6 +282,59 @@ fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// `translate --json`: `{"space", "va", "levels", "steps": [{"level",
+/// "name", "index", "entry", "raw", "meaning"}…], "pa", "page",
+/// "attributes", "may", "fault"}` (`pa`, `page`, `attributes`, `may` null
+/// without a translation, `fault` null with one).
+fn translate_json(
+    fmt: &dyn PageTableFormat,
+    tr: &vmem::Translation,
+    (root, va): (u64, u64),
+    out: &mut String,
+) {
+    let steps: Vec<String> = tr
+        .steps()
+        .iter()
+        .map(|step| {
+            let at = step.at;
+            format!(
+                "{{\"level\":{},\"name\":{},\"index\":{},\"entry\":{},\"raw\":{},\"meaning\":{}}}",
+                at.level,
+                json::string(fmt.level_name(at.level)),
+                at.index,
+                json::hex(at.table + at.index * fmt.entry_size()),
+                json::hex(step.raw),
+                json::string(&describe(fmt, at.level, &step.descriptor))
+            )
+        })
+        .collect();
+    let null = || "null".to_string();
+    let (pa, page, attributes, may, fault) = match &tr.result {
+        Ok(t) => (
+            json::hex(t.pa),
+            json::string(&t.page_size.to_string()),
+            json::string(&flag_letters(t.perms, t.flags)),
+            json::string(&t.rights.to_string()),
+            null(),
+        ),
+        Err(fault) => (
+            null(),
+            null(),
+            null(),
+            null(),
+            json::string(&fault.to_string()),
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{{\"space\":{},\"va\":{},\"levels\":{},\"steps\":[{}],\"pa\":{pa},\"page\":{page},\"attributes\":{attributes},\"may\":{may},\"fault\":{fault}}}",
+        json::hex(root),
+        json::hex(va),
+        fmt.levels(),
+        steps.join(",")
+    );
 }
 
 fn edit(
