@@ -181,3 +181,51 @@ fn translate_json_agrees_with_the_text() {
     let json: serde_json::Value = serde_json::from_slice(&unmapped.stdout).unwrap();
     assert!(json["pa"].is_null() && json["fault"].is_string(), "{json}");
 }
+
+/// `find`, `spaces` and `diff` with `--json` count what their text counts.
+#[test]
+fn find_spaces_and_diff_json_count_what_the_text_counts() {
+    let Some(dir) = fixture() else { return };
+    let (dump, dump2) = (dir.join("dump.elf"), dir.join("dump2.elf"));
+    let (dump, dump2) = (dump.to_str().unwrap(), dump2.to_str().unwrap());
+    let both = |args: &[&str]| {
+        let text = String::from_utf8(tool(args).stdout).unwrap();
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let out = tool(&with_json);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (text, json)
+    };
+    let (text, json) = both(&["find", dump, "0x1000000"]);
+    let total = json["total"].as_u64().unwrap();
+    assert!(total > 0, "{json}");
+    assert!(
+        text.contains(&format!("{total} mappings in ")),
+        "{total}: {text}"
+    );
+
+    let (text, json) = both(&["spaces", dump]);
+    let spaces = json["spaces"].as_array().unwrap();
+    let headers = text.lines().filter(|l| l.starts_with("space 0x")).count();
+    assert_eq!(spaces.len(), headers, "{text}");
+    let own: usize = spaces
+        .iter()
+        .map(|s| s["mappings"].as_array().unwrap().len())
+        .sum();
+    let shared: usize = spaces
+        .iter()
+        .map(|s| s["shared"].as_array().unwrap().len())
+        .sum();
+    let rows = text.lines().filter(|l| l.starts_with("  ")).count();
+    assert_eq!(own + shared, rows, "{text}");
+    assert!(shared > 0, "the kernel half is shared: {json}");
+
+    let (text, json) = both(&["diff", dump2, "--dump", dump]);
+    let total = json["total"].as_u64().unwrap();
+    assert!(total > 0, "{json}");
+    assert!(
+        text.contains(&format!("\n{total} changes since dump ")),
+        "{total}: {text}"
+    );
+}

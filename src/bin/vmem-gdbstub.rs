@@ -9,8 +9,8 @@
 //!
 //! The offline commands are the `monitor vmem` commands, with the same
 //! arguments, defaults and output (`walk` prints what `monitor vmem walk`
-//! prints on the same dump); `walk`, `translate` and `audit` take `--json`
-//! (the schema is in docs/monitor.md). Exit status: 0, 1 (`audit` found something),
+//! prints on the same dump); each takes `--json` (the schema is in
+//! docs/monitor.md). Exit status: 0, 1 (`audit` found something),
 //! 2 (bad input: an unreadable or malformed file, a bad argument).
 
 use std::path::PathBuf;

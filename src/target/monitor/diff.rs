@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::args::Args;
 use super::vmem::{row, walk_space, CUT_SHORT};
-use super::{CmdError, Context};
+use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
 use crate::target::dump::Dump;
 use crate::target::host_file::open_regular;
@@ -21,7 +21,7 @@ use crate::vmem::{self, Flags, Mapping};
 pub(crate) const USAGE: &str = "\
 vmem snapshot NAME
     remember the mappings of every known space under NAME
-vmem diff [NAME | --dump FILE] [--limit N]
+vmem diff [NAME | --dump FILE] [--limit N] [--json]
     what changed since the last stop (the first time: since the session's
     first run), since snapshot NAME, or since the memory dump FILE (an
     earlier dump of this VM): mappings added, removed, re-pointed, rights
@@ -67,8 +67,18 @@ pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, CmdError> {
 const DEFAULT_LIMIT: usize = 200;
 
 /// Print what changed from `before` (called `what`) to `now`, at most
-/// `limit` changes per space.
-fn report(before: &Snapshot, now: &Snapshot, what: &str, limit: usize, out: &mut String) {
+/// `limit` changes per space, as text or (`json`) as JSON.
+fn report(
+    before: &Snapshot,
+    now: &Snapshot,
+    what: &str,
+    (limit, json): (usize, bool),
+    out: &mut String,
+) {
+    if json {
+        report_json(before, now, what, limit, out);
+        return;
+    }
     let mut total = 0;
     for (root, new) in &now.spaces {
         let Some(old) = before.spaces.get(root) else {
@@ -119,7 +129,13 @@ pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resu
         let opened = open_regular(Path::new(file))?;
         let dump = Dump::open_file(&opened, Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
         let before = take_in(fmt, dump.ram(), ctx.roots());
-        report(&before, &now, &format!("dump {file}"), limit, out);
+        report(
+            &before,
+            &now,
+            &format!("dump {file}"),
+            (limit, args.flag("json")),
+            out,
+        );
         return Ok(());
     }
     match args.positional.first() {
@@ -127,14 +143,65 @@ pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resu
             let before = ctx.snapshots.get(name).ok_or_else(|| {
                 format!("no snapshot named '{name}' (take one with vmem snapshot {name})")
             })?;
-            report(before, &now, &format!("snapshot '{name}'"), limit, out);
+            report(
+                before,
+                &now,
+                &format!("snapshot '{name}'"),
+                (limit, args.flag("json")),
+                out,
+            );
         }
         None => {
             let (before, what) = ctx
                 .last_stop
                 .ok_or("the VM has not run since gdb attached: nothing to compare with")?;
-            report(before, &now, what, limit, out);
+            report(before, &now, what, (limit, args.flag("json")), out);
         }
     }
     Ok(())
+}
+
+/// `diff --json`: `{"since", "spaces": [{"space", "in_before", "cut",
+/// "count", "changes": [{"kind", "old", "new"}…]}…], "total"}` (`old`,
+/// `new`: MAPPING or null; `changes` holds the first `--limit`).
+fn report_json(before: &Snapshot, now: &Snapshot, what: &str, limit: usize, out: &mut String) {
+    let or_null = |m: &Option<Mapping>| m.as_ref().map_or("null".to_string(), json::mapping);
+    let mut total = 0;
+    let spaces: Vec<String> = now
+        .spaces
+        .iter()
+        .map(|(root, new)| {
+            let old = before.spaces.get(root);
+            let changes = old
+                .map(|old| vmem::diff_mappings(old, new))
+                .unwrap_or_default();
+            total += changes.len();
+            let shown: Vec<String> = changes
+                .iter()
+                .take(limit)
+                .map(|c| {
+                    format!(
+                        "{{\"kind\":{},\"old\":{},\"new\":{}}}",
+                        json::string(c.kind.label()),
+                        or_null(&c.old),
+                        or_null(&c.new)
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"space\":{},\"in_before\":{},\"cut\":{},\"count\":{},\"changes\":[{}]}}",
+                json::hex(*root),
+                old.is_some(),
+                before.cut.contains(root) || now.cut.contains(root),
+                changes.len(),
+                shown.join(",")
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "{{\"since\":{},\"spaces\":[{}],\"total\":{total}}}",
+        json::string(what),
+        spaces.join(",")
+    );
 }

@@ -59,7 +59,7 @@ vmem unmap VA LEN [--space CR3]
 vmem protect VA LEN [rwxuc] [--space CR3]
     change the rights of mapped pages (default r: read-only)
     e.g. monitor vmem protect 0x400000 4k ru
-vmem spaces [--scan [shared|any]]
+vmem spaces [--scan [shared|any]] [--json]
     every known address space, walked together; shared sub-tables shown once
     --scan first finds, in guest RAM, the roots no vCPU has loaded: shared
     (the default): by the kernel half they share with this space (KPTI
@@ -385,7 +385,7 @@ fn edit(
     }
 }
 
-fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
+fn spaces(ctx: &Context<'_>, json: bool, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let roots: Vec<u64> = ctx.roots().collect();
     let walks = vmem::walk_va_spaces_bounded(
@@ -394,6 +394,10 @@ fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
         &roots,
         WALK_BUDGET,
     );
+    if json {
+        spaces_json(fmt, &walks, &ctx.spaces, out);
+        return Ok(());
+    }
     for (walk, (_, label)) in walks.iter().zip(&ctx.spaces) {
         let _ = writeln!(out, "space {:#x} ({label}):", walk.space);
         for item in &walk.mappings {
@@ -427,6 +431,51 @@ fn spaces(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
         }
     }
     Ok(())
+}
+
+/// `spaces --json`: `{"spaces": [{"space", "known_as", "mappings":
+/// [MAPPING…], "shared": [{"va", "len", "with", "their_va", "depth"}…],
+/// "errors": [TEXT…]}…]}` (`shared`: sub-tables another space holds).
+fn spaces_json(
+    fmt: &dyn PageTableFormat,
+    walks: &[vmem::SpaceWalk],
+    known: &[(u64, String)],
+    out: &mut String,
+) {
+    let spaces: Vec<String> = walks
+        .iter()
+        .zip(known)
+        .map(|(walk, (_, label))| {
+            let (mut own, mut shared) = (Vec::new(), Vec::new());
+            for item in &walk.mappings {
+                match item {
+                    SpaceAwareMapping::ThisSpace(m) => own.push(json::mapping(m)),
+                    SpaceAwareMapping::AnotherSpace(r) => shared.push(format!(
+                        "{{\"va\":{},\"len\":{},\"with\":{},\"their_va\":{},\"depth\":{}}}",
+                        json::hex(r.our_va),
+                        json::hex(fmt.entry_span(r.depth - 1)),
+                        json::hex(r.space),
+                        json::hex(r.their_va),
+                        r.depth
+                    )),
+                }
+            }
+            let errors: Vec<String> = walk
+                .errors
+                .iter()
+                .map(|e| json::string(&e.to_string()))
+                .collect();
+            format!(
+                "{{\"space\":{},\"known_as\":{},\"mappings\":[{}],\"shared\":[{}],\"errors\":[{}]}}",
+                json::hex(walk.space),
+                json::string(label),
+                own.join(","),
+                shared.join(","),
+                errors.join(",")
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "{{\"spaces\":[{}]}}", spaces.join(","));
 }
 
 fn use_space(args: &Args<'_>, out: &mut String) -> Result<Effect, CmdError> {
@@ -504,13 +553,16 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "map" | "unmap" | "protect" => edit(ctx, command, &args, out),
         "spaces" if args.option("scan").is_some() => {
             args.no_positional()?;
+            if args.flag("json") {
+                return Err(usage("--scan prints text; run vmem spaces --json after it"));
+            }
             let mode = scan::ScanMode::parse(args.option("scan").unwrap_or_default())?;
             let found = scan::scan(ctx, mode, out)?;
             Ok(Effect::AddSpaces(found))
         }
         "spaces" => {
             args.no_positional()?;
-            spaces(ctx, out).map(|()| Effect::None)
+            spaces(ctx, args.flag("json"), out).map(|()| Effect::None)
         }
         "space" => match args.positional.as_slice() {
             ["add", cr3] => {
