@@ -3,6 +3,7 @@
 //! on the same dump, `audit` exits 1 on findings, bad files and bad
 //! arguments get one line and status 2.
 
+mod demo;
 mod fixture;
 
 use std::process::{Command, Output};
@@ -228,4 +229,42 @@ fn find_spaces_and_diff_json_count_what_the_text_counts() {
         text.contains(&format!("\n{total} changes since dump ")),
         "{total}: {text}"
     );
+}
+
+/// `vmem-gdbstub demo` boots the demo VM from the installed binary alone:
+/// its guest is built into it, and gdb reads the guest's symbols from the
+/// stub (`vFile`), not from a file on the host.
+#[test]
+fn the_demo_runs_from_the_binary_alone() {
+    if !demo::available() {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmem-gdbstub"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vmem-gdbstub demo");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let port: u16 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("gdb stub listening on 127.0.0.1:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("the demo says where it listens");
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex"])
+        .arg(format!("target remote 127.0.0.1:{port}"))
+        .args(["-ex", "bt"])
+        .stdin(std::process::Stdio::null());
+    let out = demo::run_with_timeout(gdb, std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("{out}");
+    assert!(out.contains("Reading symbols from target:"), "{out}");
+    assert!(out.contains("in kmain (vcpu="), "{out}");
 }

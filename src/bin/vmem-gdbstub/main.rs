@@ -2,6 +2,7 @@
 //! questions about its page tables without a debugger.
 //!
 //! ```sh
+//! vmem-gdbstub demo                               # the demo VM on :9001 (KVM)
 //! vmem-gdbstub serve vm.elf --symbols kallsyms    # then: gdb -ex "target remote :9001"
 //! vmem-gdbstub audit vm.elf --all                 # exit 1 when something is found
 //! vmem-gdbstub walk vm.elf 0xffffffff80000000 --limit 20
@@ -13,6 +14,9 @@
 //! docs/monitor.md). Exit status: 0, 1 (`audit` found something),
 //! 2 (bad input: an unreadable or malformed file, a bad argument).
 
+mod demo;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +32,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Boot the demo VM (a small bundled guest on KVM) with the stub on
+    /// 127.0.0.1:9001; `demo --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// The demo VM's options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Serve a dump (QEMU's `dump-guest-memory` ELF, `virsh dump
     /// --memory-only`) to gdb and lldb until interrupted.
     Serve(Serve),
@@ -83,9 +95,21 @@ fn bad(why: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Demo { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log))
+        .format_timestamp_micros()
+        .init();
     let (name, offline) = match cli.command {
+        Command::Demo { args } => {
+            let program = OsString::from("vmem-gdbstub demo");
+            demo::main_with(std::iter::once(program).chain(args));
+            return ExitCode::SUCCESS;
+        }
         Command::Serve(serve) => return run_serve(serve),
         Command::Walk(o) => ("walk", o),
         Command::Translate(o) => ("translate", o),

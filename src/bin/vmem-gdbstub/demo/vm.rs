@@ -10,9 +10,9 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
 use vmem_gdbstub::target::{flat_segment, vcpu_mmu, Debugger, GuestRam, KvmMemslots, StepIrqs};
 
-use crate::kick::VcpuKicker;
-use crate::layout::{self, GDT_ADDR};
-use crate::loader;
+use super::kick::VcpuKicker;
+use super::layout::{self, GDT_ADDR};
+use super::loader;
 
 use vmem_gdbstub::arch::controls::{
     CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PAE, CR4_PSE,
@@ -189,7 +189,7 @@ pub fn create(config: &Config<'_>) -> Result<Vm, String> {
     }
     if mode == GuestMode::Long {
         // gdb would take a 32-bit ELF's architecture over our x86-64 one.
-        builder = builder.exec_file(elf_path);
+        builder = builder.exec_file_bytes(elf_path, elf.to_vec());
     }
     if table_pool {
         builder = builder.table_pool(layout::SPARE_TABLES);

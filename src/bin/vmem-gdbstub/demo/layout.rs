@@ -9,7 +9,7 @@ use vmem_gdbstub::vmem::{
     self, BasicMapping, MapError, Mapping, MappingKind, PageSize, SpaceReferenceMapping, TableOps,
 };
 
-use crate::loader::Segment;
+use super::loader::Segment;
 
 /// The GDT (null, 64-bit code, data).
 pub const GDT_ADDR: u64 = 0x1000;
