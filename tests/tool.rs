@@ -268,3 +268,20 @@ fn the_demo_runs_from_the_binary_alone() {
     assert!(out.contains("Reading symbols from target:"), "{out}");
     assert!(out.contains("in kmain (vcpu="), "{out}");
 }
+
+/// `vmem-gdbstub serve` with the boot's kallsyms: gdb names the kernel's
+/// frames, as with the demo VM's `--dump`.
+#[test]
+fn serve_hands_the_dump_and_its_symbols_to_gdb() {
+    let Some(dir) = fixture() else { return };
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vmem-gdbstub"));
+    serve
+        .arg("serve")
+        .arg(dir.join("dump.elf"))
+        .args(["--listen", "127.0.0.1:0", "--symbols"])
+        .arg(dir.join("kallsyms"));
+    let served = Served::launch(serve);
+    let out = served.gdb(&["bt 4"]);
+    assert!(out.contains("in native_safe_halt ()"), "{out}");
+    assert!(out.contains("in do_idle ()"), "{out}");
+}

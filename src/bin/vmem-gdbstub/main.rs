@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vmem_gdbstub::target::{Debugger, Dump, GdbListener, SymbolFile};
+use vmem_gdbstub::target::{Debugger, Dump, GdbListener};
 
 #[derive(Parser)]
 #[command(name = "vmem-gdbstub", version, about, long_about = None)]
@@ -66,17 +66,8 @@ struct Serve {
     /// Where gdb connects.
     #[arg(long, default_value = "127.0.0.1:9001")]
     listen: String,
-    /// The kernel's `System.map` or the `/proc/kallsyms` of that boot: gdb
-    /// loads the symbol file made of it by itself.
-    #[arg(long)]
-    symbols: Option<PathBuf>,
-    /// With --symbols: also write the symbol file to FILE (a new file),
-    /// for lldb: `lldb FILE -o "gdb-remote 9001"`.
-    #[arg(long, value_name = "FILE", requires = "symbols")]
-    save_symbols: Option<PathBuf>,
-    /// Refuse monitor commands that name host files.
-    #[arg(long)]
-    no_host_files: bool,
+    #[command(flatten)]
+    options: demo::ServeOptions,
 }
 
 #[derive(Args)]
@@ -167,23 +158,17 @@ fn run_serve(serve: Serve) -> ExitCode {
         Ok(dump) => dump,
         Err(e) => return bad(format!("{}: {e}", serve.file.display())),
     };
-    let mut builder = Debugger::from_dump(dump).host_files(!serve.no_host_files);
-    if let Some(listing) = &serve.symbols {
-        let symbols = match SymbolFile::from_listing(listing) {
-            Ok(symbols) => symbols,
-            Err(e) => return bad(e),
-        };
-        if let Some(path) = &serve.save_symbols {
-            if let Err(e) = symbols.save(path) {
-                return bad(format!("--save-symbols {}: {e}", path.display()));
-            }
-        }
-        builder = builder.exec_file_bytes(symbols.name, symbols.elf);
-    }
+    let builder = match serve.options.apply(Debugger::from_dump(dump)) {
+        Ok(builder) => builder,
+        Err(e) => return bad(e),
+    };
     let listener = match GdbListener::tcp(&serve.listen) {
         Ok(listener) => listener,
         Err(e) => return bad(format!("cannot listen on {}: {e}", serve.listen)),
     };
+    if let Some(note) = serve.options.symbols_note() {
+        println!("{note}");
+    }
     println!("gdb stub listening on {}", listener.describe());
     match builder.build().serve(listener) {
         Ok(()) => ExitCode::SUCCESS,

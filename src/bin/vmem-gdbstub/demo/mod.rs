@@ -24,7 +24,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{
-    Debugger, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener, SymbolFile,
+    Debugger, DebuggerBuilder, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener,
+    SymbolFile,
 };
 
 /// Where build.rs built the guest from guest/ (gdb is told this name;
@@ -119,20 +120,8 @@ struct Args {
     /// EFER of the raw image's vCPU (default: SCE, LME, LMA, NXE).
     #[arg(long, default_value = "0xd01", value_parser = parse_u64)]
     efer: u64,
-    /// With --dump or --raw: the kernel's System.map or /proc/kallsyms of
-    /// that boot; gdb loads the symbol file made of it by itself (as the
-    /// exec-file, read through the stub), so addresses get names.
-    #[arg(long)]
-    symbols: Option<PathBuf>,
-    /// With --symbols: also write the symbol file to FILE (a new file;
-    /// an existing one or a link is refused), for debuggers that need a
-    /// local copy: `lldb FILE -o "gdb-remote 9001"`.
-    #[arg(long, value_name = "FILE", requires = "symbols")]
-    save_symbols: Option<PathBuf>,
-    /// Refuse gdb's monitor commands that name host files
-    /// (`chardev-add file,…`, `vmem diff --dump`).
-    #[arg(long)]
-    no_host_files: bool,
+    #[command(flatten)]
+    serve: ServeOptions,
     /// Run this monitor command once the guest runs, as the VMM itself
     /// (`Debugger::monitor`), and print what it says before serving gdb;
     /// may be repeated. E.g. --monitor "vmem audit --all"
@@ -144,6 +133,58 @@ struct Args {
     /// --process-name qemu-system-vmm
     #[arg(long)]
     process_name: Option<String>,
+}
+
+/// How a debugger serves: a dump's symbols, and whether gdb may name host
+/// files (shared by `demo --dump` and `vmem-gdbstub serve`).
+#[derive(clap::Args, Debug)]
+pub struct ServeOptions {
+    /// With a dump: the kernel's System.map or /proc/kallsyms of that boot;
+    /// gdb loads the symbol file made of it by itself (as the exec-file,
+    /// read through the stub), so addresses get names.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
+    /// With --symbols: also write the symbol file to FILE (a new file;
+    /// an existing one or a link is refused), for debuggers that need a
+    /// local copy: `lldb FILE -o "gdb-remote 9001"`.
+    #[arg(long, value_name = "FILE", requires = "symbols")]
+    save_symbols: Option<PathBuf>,
+    /// Refuse gdb's monitor commands that name host files
+    /// (`chardev-add file,…`, `vmem diff --dump`).
+    #[arg(long)]
+    no_host_files: bool,
+}
+
+impl ServeOptions {
+    /// A dump's debugger with these options: its symbols made (and saved)
+    /// and handed to gdb, host files allowed or not.
+    pub fn apply(&self, builder: DebuggerBuilder) -> Result<DebuggerBuilder, String> {
+        let mut builder = builder.host_files(!self.no_host_files);
+        if let Some(listing) = &self.symbols {
+            let symbols = SymbolFile::from_listing(listing)?;
+            if let Some(path) = &self.save_symbols {
+                symbols
+                    .save(path)
+                    .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
+                info!("symbols written to {}", path.display());
+            }
+            builder = builder.exec_file_bytes(symbols.name, symbols.elf);
+        }
+        Ok(builder)
+    }
+
+    /// What to tell the user about the symbols, if there are any.
+    pub fn symbols_note(&self) -> Option<String> {
+        let listing = self.symbols.as_ref()?;
+        Some(format!(
+            "symbols of {}: gdb loads them by itself; lldb needs a local copy: {}",
+            listing.display(),
+            match &self.save_symbols {
+                Some(path) => format!("lldb {} -o \"gdb-remote PORT\"", path.display()),
+                None => "write one with --save-symbols FILE".into(),
+            }
+        ))
+    }
 }
 
 /// A number in hex (0x…) or decimal.
@@ -205,7 +246,7 @@ fn run(args: Args) -> Result<(), String> {
         page_traps: !args.no_page_traps,
         skip_irq_handlers: args.skip_irq_handlers,
         own_kick: args.own_kick && !args.turnkey,
-        host_files: !args.no_host_files,
+        host_files: !args.serve.no_host_files,
     })?;
     let listener = listener(&args)?;
     let spaces: Vec<String> = vm.spaces.iter().map(|s| format!("{s:#x}")).collect();
@@ -320,19 +361,7 @@ fn serve_dump(
         .collect();
     let ram_mib = dump.ram().total_size() >> 20;
     let vcpus = dump.cpus().len();
-    let mut builder = Debugger::from_dump(dump);
-    builder = builder.host_files(!args.no_host_files);
-    if let Some(listing) = &args.symbols {
-        let symbols = SymbolFile::from_listing(listing)?;
-        if let Some(path) = &args.save_symbols {
-            symbols
-                .save(path)
-                .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
-            info!("symbols written to {}", path.display());
-        }
-        builder = builder.exec_file_bytes(symbols.name, symbols.elf);
-    }
-    let debugger = Arc::new(builder.build());
+    let debugger = Arc::new(args.serve.apply(Debugger::from_dump(dump))?.build());
     let listener = listener(args)?;
     println!(
         "dump {}: {vcpus} vCPUs, {ram_mib} MiB, CR3 {}, opened in {:.1} ms",
@@ -341,15 +370,8 @@ fn serve_dump(
         took.as_secs_f64() * 1e3
     );
     run_monitor_commands(&debugger, &args.monitor);
-    if let Some(listing) = &args.symbols {
-        println!(
-            "symbols of {}: gdb loads them by itself; lldb needs a local copy: {}",
-            listing.display(),
-            match &args.save_symbols {
-                Some(path) => format!("lldb {} -o \"gdb-remote PORT\"", path.display()),
-                None => "write one with --save-symbols FILE".into(),
-            }
-        );
+    if let Some(note) = args.serve.symbols_note() {
+        println!("{note}");
     }
     // The last line: whoever starts the demo may stop reading here.
     println!("gdb stub listening on {}", listener.describe());
