@@ -14,7 +14,7 @@ use super::vmem::{row, walk_space, CUT_SHORT};
 use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
 use crate::target::dump::Dump;
-use crate::target::host_file::open_regular;
+use crate::target::host_file::open_client_named;
 use crate::target::memory::{GuestRam, GuestTables};
 use crate::vmem::{self, Flags, Mapping};
 
@@ -123,10 +123,7 @@ pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resu
     let limit = args.limit(DEFAULT_LIMIT)?;
     let now = take(ctx)?;
     if let Some(file) = args.option("dump") {
-        if !ctx.host_files {
-            return Err("this VMM does not let gdb name host files".into());
-        }
-        let opened = open_regular(Path::new(file))?;
+        let opened = open_client_named(ctx.host_files, Path::new(file))?;
         let dump = Dump::open_file(&opened, Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
         let before = take_in(fmt, dump.ram(), ctx.roots());
         report(

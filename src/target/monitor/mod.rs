@@ -143,7 +143,8 @@ pub(crate) struct Context<'a> {
     /// Snapshots taken with `vmem snapshot`, by name.
     pub snapshots: &'a std::collections::BTreeMap<String, Snapshot>,
     /// Whether commands may open host files the client names (`vmem diff
-    /// --dump`; `chardev-add` is checked where it takes effect).
+    /// --dump`; `chardev-add` opens where it takes effect, by the same
+    /// rule).
     pub host_files: bool,
     /// The tables as they were when the VM last stopped (taken as it
     /// resumed), with what that stop is called.

@@ -12,7 +12,7 @@ use log::{debug, warn};
 use super::base::read_msr;
 use super::KvmTarget;
 use crate::target::error::StubError;
-use crate::target::host_file::open_regular;
+use crate::target::host_file::open_client_named;
 use crate::target::lock;
 use crate::target::monitor::{self, Effect};
 use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
@@ -276,20 +276,19 @@ impl KvmTarget {
                 self.dbg.untrap_later();
                 text.push_str(&format!("{removed} watch(es) removed\n"));
             }
-            Effect::ChardevAdd { .. } if !self.dbg.host_files => {
-                text.push_str("error: this VMM does not let gdb name host files\n");
-            }
             Effect::ChardevAdd { id, path } => match lock(&self.dbg.chardevs).entry(id) {
                 Entry::Occupied(e) => {
                     text.push_str(&format!("error: chardev '{}' already exists\n", e.key()));
                 }
-                Entry::Vacant(slot) => match open_regular(Path::new(&path)) {
-                    Ok(file) => {
-                        debug!("chardev {}: {path} opened read-only", slot.key());
-                        slot.insert(file);
+                Entry::Vacant(slot) => {
+                    match open_client_named(self.dbg.host_files, Path::new(&path)) {
+                        Ok(file) => {
+                            debug!("chardev {}: {path} opened read-only", slot.key());
+                            slot.insert(file);
+                        }
+                        Err(why) => text.push_str(&format!("error: {why}\n")),
                     }
-                    Err(why) => text.push_str(&format!("error: {why}\n")),
-                },
+                }
             },
             Effect::ChardevRemove(id) => {
                 if lock(&self.dbg.chardevs).remove(&id).is_none() {

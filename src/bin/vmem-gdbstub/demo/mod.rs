@@ -75,10 +75,10 @@ struct Args {
     /// VMM's own loop with the hooks.
     #[arg(long)]
     turnkey: bool,
-    /// Run `KVM_RUN` in this VMM's own loop (not `VcpuHooks::run`) and
-    /// give the debugger this VMM's kick: a signal whose handler sets the
-    /// vCPU's `immediate_exit`, as VMMs like Firecracker have. Ignored
-    /// with --turnkey.
+    /// Give the debugger this VMM's own kick instead of letting it signal
+    /// the vCPU threads itself: a signal whose handler sets the vCPU's
+    /// `immediate_exit`, as VMMs like Firecracker have. Ignored with
+    /// --turnkey.
     #[arg(long)]
     own_kick: bool,
     /// Do not let the debugger trap watched pages through memslots (then
