@@ -119,9 +119,9 @@ impl std::fmt::Debug for VcpuHooks {
 }
 
 impl VcpuHooks {
-    pub(crate) fn new(inner: Arc<Inner>, vcpu: Arc<Vcpu>, fd: VcpuFd) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, index: usize, fd: VcpuFd) -> Self {
         VcpuHooks {
-            hooks: Hooks::new(inner, vcpu),
+            hooks: Hooks::new(inner, index),
             fd,
         }
     }
@@ -153,7 +153,8 @@ impl VcpuHooks {
 /// The hooks' state and logic, on the vCPU handle [`VcpuHooks`] lends.
 struct Hooks {
     inner: Arc<Inner>,
-    vcpu: Arc<Vcpu>,
+    /// This vCPU's index in `inner.vcpus`.
+    index: usize,
     /// The guest-debug settings KVM has for this vCPU.
     applied: Option<kvm_guest_debug>,
     /// What the last `KVM_RUN` ran under.
@@ -197,7 +198,7 @@ struct Hooks {
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuHooks")
-            .field("vcpu", &self.vcpu.index)
+            .field("vcpu", &self.index)
             .field("command", &self.command)
             .field("pending", &self.pending)
             .finish()
@@ -205,10 +206,15 @@ impl std::fmt::Debug for Hooks {
 }
 
 impl Hooks {
-    fn new(inner: Arc<Inner>, vcpu: Arc<Vcpu>) -> Self {
+    /// This vCPU's control block.
+    fn vcpu(&self) -> &Vcpu {
+        &self.inner.vcpus[self.index]
+    }
+
+    fn new(inner: Arc<Inner>, index: usize) -> Self {
         Hooks {
             inner,
-            vcpu,
+            index,
             applied: None,
             command: Command::Run,
             synced: false,
@@ -230,7 +236,7 @@ impl Hooks {
     fn before_run(&mut self, fd: &mut VcpuFd) -> Entry {
         // (A pass still held: the last run's exit never came back.)
         self.leave_gate();
-        self.vcpu.kick.unregister();
+        self.vcpu().kick.unregister();
         let entry = self.prepare(fd);
         if entry == Entry::Run {
             self.inner.sync_traps();
@@ -255,7 +261,7 @@ impl Hooks {
         if self.thread != Some(me) {
             self.thread = Some(me);
             // SAFETY: gettid has no preconditions.
-            self.vcpu.set_host_thread(unsafe { libc::gettid() });
+            self.vcpu().set_host_thread(unsafe { libc::gettid() });
         }
     }
 
@@ -274,7 +280,7 @@ impl Hooks {
             fd.clear_sync_valid_reg(SyncReg::SystemRegister);
         }
         let answered = self.answer_gdb(fd);
-        let next = self.vcpu.next_command(fd);
+        let next = self.vcpu().next_command(fd);
         if let Some(session) = next.lent {
             self.take_session(session);
         }
@@ -288,13 +294,13 @@ impl Hooks {
             self.handler_steps = 0;
         }
         self.command = command;
-        let written = self.vcpu.take_registers_written();
+        let written = self.vcpu().take_registers_written();
         if written {
             // KVM_SET_REGS may have dropped a step's trap flag.
             self.applied = None;
         }
         let wanted = self.inner.guest_debug(command);
-        apply_debug(fd, &mut self.applied, wanted, self.vcpu.index);
+        apply_debug(fd, &mut self.applied, wanted, self.index);
         if command.steps() && exit_regs && !written && self.step_hlt(fd) {
             return Entry::Run;
         }
@@ -356,14 +362,14 @@ impl Hooks {
         }
         debug!(
             "vcpu {}: steps the hlt at {:#x} itself",
-            self.vcpu.index, regs.rip
+            self.index, regs.rip
         );
         regs.rip += 1;
         if let Err(e) = fd.set_regs(&regs) {
-            warn!("vcpu {}: KVM_SET_REGS failed: {e}", self.vcpu.index);
+            warn!("vcpu {}: KVM_SET_REGS failed: {e}", self.index);
             return false;
         }
-        self.vcpu.mark_registers_written();
+        self.vcpu().mark_registers_written();
         self.end_interrupt_shadow(fd);
         self.sync_registers(fd);
         fd.set_kvm_immediate_exit(1);
@@ -385,7 +391,7 @@ impl Hooks {
         events.interrupt.shadow = 0;
         events.flags |= KVM_VCPUEVENT_VALID_SHADOW;
         if let Err(e) = fd.set_vcpu_events(&events) {
-            warn!("vcpu {}: KVM_SET_VCPU_EVENTS failed: {e}", self.vcpu.index);
+            warn!("vcpu {}: KVM_SET_VCPU_EVENTS failed: {e}", self.index);
         }
     }
 
@@ -402,12 +408,12 @@ impl Hooks {
         if state.mp_state != KVM_MP_STATE_HALTED {
             return;
         }
-        debug!("vcpu {}: halted; runnable for the step", self.vcpu.index);
+        debug!("vcpu {}: halted; runnable for the step", self.index);
         let runnable = kvm_mp_state {
             mp_state: KVM_MP_STATE_RUNNABLE,
         };
         if let Err(e) = fd.set_mp_state(runnable) {
-            warn!("vcpu {}: KVM_SET_MP_STATE failed: {e}", self.vcpu.index);
+            warn!("vcpu {}: KVM_SET_MP_STATE failed: {e}", self.index);
         }
     }
 
@@ -425,11 +431,11 @@ impl Hooks {
             }
         }
         if self.inner.vmm_kick.is_none() {
-            self.vcpu
+            self.vcpu()
                 .kick
                 .register(&mut fd.get_kvm_run().immediate_exit);
         }
-        if self.vcpu.stop_wanted() || self.inner.run_gate.closing() {
+        if self.vcpu().stop_wanted() || self.inner.run_gate.closing() {
             // Asked for before the kick could reach this run.
             fd.set_kvm_immediate_exit(1);
         }
@@ -456,20 +462,20 @@ impl Hooks {
         &mut self,
         exit: Result<VcpuExit<'a>, kvm_ioctls::Error>,
     ) -> Option<Result<VcpuExit<'a>, kvm_ioctls::Error>> {
-        self.vcpu.kick.unregister();
+        self.vcpu().kick.unregister();
         let gate_closed = self.leave_gate();
         let stepping = self.command.steps();
         let stepped_hlt = std::mem::take(&mut self.stepped_hlt);
         self.interrupted = !stepped_hlt && matches!(&exit, Err(e) if e.errno() == libc::EINTR);
         let pending = match exit {
             Err(e) if stepped_hlt && e.errno() == libc::EINTR => Pending::StepDone,
-            Err(e) if e.errno() == libc::EINTR && self.vcpu.stop_wanted() => return None,
+            Err(e) if e.errno() == libc::EINTR && self.vcpu().stop_wanted() => return None,
             Err(e) if e.errno() == libc::EINTR && self.session.is_some() => {
                 // The lent step's or run's deadline: it goes on without
                 // the session.
                 debug!(
                     "vcpu {}: ran past its deadline ({STEP_GRACE:?} or more) with the session: the gdb thread takes over",
-                    self.vcpu.index
+                    self.index
                 );
                 self.send_home();
                 return None;
@@ -477,12 +483,12 @@ impl Hooks {
             Err(e) if e.errno() == libc::EINTR && gate_closed => {
                 debug!(
                     "vcpu {}: out of KVM_RUN for a memslot change; runs on",
-                    self.vcpu.index
+                    self.index
                 );
                 return None;
             }
             Err(e) if e.errno() != libc::EINTR && self.inner.attached() => {
-                warn!("vcpu {}: KVM_RUN failed: {e}", self.vcpu.index);
+                warn!("vcpu {}: KVM_RUN failed: {e}", self.index);
                 Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
             }
             Ok(VcpuExit::Hlt) if stepping => Pending::StepDone,
@@ -500,7 +506,7 @@ impl Hooks {
             Ok(VcpuExit::Shutdown | VcpuExit::FailEntry(..)) if self.inner.attached() => {
                 warn!(
                     "vcpu {}: guest shut down (triple fault or bad state)",
-                    self.vcpu.index
+                    self.index
                 );
                 Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
             }
@@ -529,7 +535,7 @@ impl Hooks {
     }
 
     fn on_debug_exit(&self, arch: kvm_debug_exit_arch, stepping: bool) -> Option<Pending> {
-        trace!("vcpu {}: debug exit {arch:x?}", self.vcpu.index);
+        trace!("vcpu {}: debug exit {arch:x?}", self.index);
         match arch.exception {
             DB_VECTOR => match self.inner.debug_regs().hit(arch.dr6) {
                 Some(kind) => Some(Pending::Stopped(kind)),
@@ -549,7 +555,7 @@ impl Hooks {
                 self.send_home();
                 let interruptible = fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF != 0);
                 let tick = self.inner.halt_tick;
-                self.vcpu.idle(interruptible.then_some(tick));
+                self.vcpu().idle(interruptible.then_some(tick));
                 return;
             }
             Pending::StepDone if self.in_interrupt_handler(fd) => return,
@@ -572,7 +578,7 @@ impl Hooks {
         let snapshot = self.snapshot(fd);
         self.origin = None;
         self.handler_steps = 0;
-        self.vcpu
+        self.vcpu()
             .stop_self(stop, snapshot, self.session.is_some(), &self.inner);
     }
 
@@ -584,7 +590,7 @@ impl Hooks {
                 Err(e) => {
                     // Without a deadline a stuck step would keep gdb's
                     // Ctrl-C unheard: the gdb thread keeps the session.
-                    warn!("vcpu {}: no step timer ({e})", self.vcpu.index);
+                    warn!("vcpu {}: no step timer ({e})", self.index);
                     self.inner.home.send(session, Turn::Home);
                     return;
                 }
@@ -602,7 +608,7 @@ impl Hooks {
         if self.session.is_none() {
             return false;
         }
-        if !self.vcpu.paused() {
+        if !self.vcpu().paused() {
             if Instant::now() >= self.lent_deadline {
                 self.send_home();
             }
@@ -611,7 +617,7 @@ impl Hooks {
         let Some(mut session) = self.session.take() else {
             return false;
         };
-        let index = self.vcpu.index;
+        let index = self.index;
         let (inner, applied) = (&*self.inner, &mut self.applied);
         // What gdb will likely ask next is set up while it reads our reply
         // (a wrong guess costs one KVM_SET_GUEST_DEBUG in before_run).
@@ -619,12 +625,11 @@ impl Hooks {
             debug!("vcpu {index}: set up for a {command:?} gdb will likely ask for");
             apply_debug(fd, applied, inner.guest_debug(command), index);
         };
-        let turn = self
-            .vcpu
+        let turn = inner.vcpus[index]
             .answer_gdb(fd, || session.drive_with(Driver::Vcpu(index), &mut ahead));
         match turn {
             Turn::Start(i, command) if i == index => {
-                self.vcpu.start_again(command);
+                self.vcpu().start_again(command);
                 self.session = Some(session);
                 self.lent_start();
                 return true;
@@ -664,14 +669,14 @@ impl Hooks {
         if self.handler_steps >= MAX_HANDLER_STEPS {
             warn!(
                 "vcpu {}: still in an interrupt handler after {MAX_HANDLER_STEPS} steps: stopping there",
-                self.vcpu.index
+                self.index
             );
             return false;
         }
         if self.handler_steps > 0 {
             self.handler_steps += 1;
             if origin.returned_to(&regs) {
-                trace!("vcpu {}: interrupt handler returned", self.vcpu.index);
+                trace!("vcpu {}: interrupt handler returned", self.index);
                 self.handler_steps = 0;
             }
             return true;
@@ -680,7 +685,7 @@ impl Hooks {
         if origin.entered_interrupt((&regs, &sregs), &self.inner.memory, &limits) {
             debug!(
                 "vcpu {}: the step entered an interrupt handler at {:#x}: running it",
-                self.vcpu.index, regs.rip
+                self.index, regs.rip
             );
             self.handler_steps = 1;
             return true;
@@ -732,7 +737,7 @@ impl Hooks {
         }
         warn!(
             "vcpu {}: KVM internal error, suberror {suberror}",
-            self.vcpu.index
+            self.index
         );
         Some(StopKind::Crashed(Signal::SIGILL))
     }
@@ -741,7 +746,7 @@ impl Hooks {
     /// delivered to the guest as #BP (`None`: it runs on); anything else
     /// is a crash.
     fn on_int3(&self, fd: &VcpuFd) -> Option<StopKind> {
-        let index = self.vcpu.index;
+        let index = self.index;
         let Some((mut regs, sregs)) = self.snapshot(fd) else {
             return Some(StopKind::Crashed(Signal::SIGILL));
         };
@@ -764,7 +769,7 @@ impl Hooks {
             regs.rip
         );
         regs.rip += 1;
-        self.vcpu.mark_registers_written();
+        self.vcpu().mark_registers_written();
         let delivered = fd.set_regs(&regs).and_then(|()| {
             let mut events = fd.get_vcpu_events()?;
             events.exception.injected = 1;
@@ -785,11 +790,11 @@ impl Hooks {
 
 impl Drop for Hooks {
     fn drop(&mut self) {
-        self.vcpu.kick.unregister();
+        self.vcpu().kick.unregister();
         // The VMM's loop ended: nobody may wait for this vCPU any more.
         self.leave_gate();
         self.send_home();
-        if let Some(session) = self.vcpu.release() {
+        if let Some(session) = self.vcpu().release() {
             self.inner.home.send(session, Turn::Home);
         }
     }

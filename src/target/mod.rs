@@ -147,7 +147,7 @@ impl DebuggerBuilder {
     fn with(
         vm: Option<VmFd>,
         memory: GuestRam,
-        vcpus: Vec<Arc<Vcpu>>,
+        vcpus: Vec<Vcpu>,
         sync_regs: bool,
         block_irq: bool,
     ) -> Self {
@@ -302,7 +302,7 @@ impl Debugger {
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         debug!("KVM_GUESTDBG_BLOCKIRQ: {block_irq} (steps can hold interrupts back)");
-        let vcpus = (0..vcpus).map(|i| Arc::new(Vcpu::new(i))).collect();
+        let vcpus = (0..vcpus).map(Vcpu::new).collect();
         Ok(DebuggerBuilder::with(
             Some(vm),
             memory,
@@ -316,9 +316,7 @@ impl Debugger {
     /// file, every vCPU stopped for good (resuming, stepping and
     /// breakpoints are refused with a message). No KVM needed.
     pub fn from_dump(dump: Dump) -> DebuggerBuilder {
-        let vcpus: Vec<Arc<Vcpu>> = (0..dump.cpus().len())
-            .map(|i| Arc::new(Vcpu::new(i)))
-            .collect();
+        let vcpus: Vec<Vcpu> = (0..dump.cpus().len()).map(Vcpu::new).collect();
         for v in &vcpus {
             v.mark_finished();
         }
@@ -377,11 +375,7 @@ impl Debugger {
         if !vcpu.claim() {
             return Err(StubError::VcpuClaimed(index));
         }
-        Ok(VcpuHooks::new(
-            Arc::clone(&self.inner),
-            Arc::clone(vcpu),
-            own,
-        ))
+        Ok(VcpuHooks::new(Arc::clone(&self.inner), index, own))
     }
 
     /// The turnkey vCPU loop: run vCPU `index` on `fd` until the VM shuts

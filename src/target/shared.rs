@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     /// The debugger's own handle on the VM (`None`: a memory dump).
     pub(crate) vm: Option<kvm_ioctls::VmFd>,
     pub(crate) memory: GuestRam,
-    pub(crate) vcpus: Vec<Arc<Vcpu>>,
+    pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) breakpoints: RwLock<Breakpoints>,
     pub(crate) watchpoints: RwLock<Watchpoints>,
     /// Translations watched with `monitor vmem watch`.
