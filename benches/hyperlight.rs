@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hyperlight_common::vmem as hl;
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::vmem::{
-    self, BasicMapping, BufferTables, Mapping, MappingKind, MemoryError, PageSize, TableReadOps,
+    self, BasicMapping, BufferTables, MapRequest, MappingKind, MemoryError, PageSize, TableReadOps,
 };
 
 const RW: MappingKind = MappingKind::Basic(BasicMapping {
@@ -95,8 +95,9 @@ fn theirs(s: &Slice<'_>, va: u64) -> Option<hl::Mapping> {
 
 fn single_page(c: &mut Criterion) {
     let t = BufferTables::new(vec![0u8; 4 << 20], 0, 0..4 << 20).unwrap();
-    let m = Mapping::new(VA & !0x1f_ffff, 0x40_0000, 2 << 20, RW).max_page_size(PageSize::SIZE_4K);
-    vmem::map(&Amd64::FOUR_LEVEL, &t, &m).unwrap();
+    let m =
+        MapRequest::new(VA & !0x1f_ffff, 0x40_0000, 2 << 20, RW).max_page_size(PageSize::SIZE_4K);
+    vmem::map(&Amd64::FOUR_LEVEL, &t, m).unwrap();
     let root = t.root_table();
     let bytes = t.into_inner();
     let s = Slice {

@@ -18,7 +18,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::target::{Debugger, Dump, DumpCpu};
 use vmem_gdbstub::vmem::{
-    self, BasicMapping, BufferTables, Flags, Mapping, MappingKind, PageSize, TableOps, TableReadOps,
+    self, BasicMapping, BufferTables, Flags, MapRequest, Mapping, MappingKind, PageSize, TableOps,
+    TableReadOps,
 };
 
 const RW: MappingKind = MappingKind::Basic(BasicMapping {
@@ -45,9 +46,9 @@ fn image() -> (PathBuf, u64) {
     let fmt = Amd64::FOUR_LEVEL;
     let t = BufferTables::new(vec![0u8; RAM], 0, 0..(64 << 20)).unwrap();
     let kernel = t.root_table();
-    let map = |m: Mapping| vmem::map(&fmt, &t, &m).unwrap();
-    map(Mapping::new(DIRECT_MAP, 0, G1, RW).max_page_size(PageSize::SIZE_2M));
-    map(Mapping::new(KERNEL, 0x100_0000, 16 << 20, RX).max_page_size(PageSize::SIZE_2M));
+    let map = |m: MapRequest| vmem::map(&fmt, &t, m).unwrap();
+    map(MapRequest::new(DIRECT_MAP, 0, G1, RW).max_page_size(PageSize::SIZE_2M));
+    map(MapRequest::new(KERNEL, 0x100_0000, 16 << 20, RX).max_page_size(PageSize::SIZE_2M));
     for i in 0..SPACES {
         let root = t.alloc_table().unwrap();
         for index in 256..512 {
@@ -55,9 +56,9 @@ fn image() -> (PathBuf, u64) {
             t.write_entry(root + index * 8, raw).unwrap();
         }
         t.set_root(root);
-        let user = Mapping::new(0x40_0000, 0x1000_0000 + i * 0x10_0000, 0x4_0000, RW).user();
+        let user = MapRequest::new(0x40_0000, 0x1000_0000 + i * 0x10_0000, 0x4_0000, RW).user();
         map(user.max_page_size(PageSize::SIZE_4K));
-        map(Mapping::new(SHARED_VA, SHARED_PA, 0x1000, RW).user());
+        map(MapRequest::new(SHARED_VA, SHARED_PA, 0x1000, RW).user());
     }
     t.set_root(kernel);
     let ram = t.into_inner();
@@ -120,8 +121,8 @@ fn diff(c: &mut Criterion) {
         // `stride` 2: every other physical page, so no two leaves coalesce.
         for page in (0..G1 / 4096).step_by(if stride == 1 { G1 as usize } else { 1 }) {
             let len = if stride == 1 { G1 } else { 4096 };
-            let m = Mapping::new(0x1_0000_0000 + page * 4096, page * 4096 * stride, len, RW);
-            vmem::map(&fmt, &t, &m.max_page_size(PageSize::SIZE_4K)).unwrap();
+            let m = MapRequest::new(0x1_0000_0000 + page * 4096, page * 4096 * stride, len, RW);
+            vmem::map(&fmt, &t, m.max_page_size(PageSize::SIZE_4K)).unwrap();
         }
         let walk = || -> Vec<Mapping> {
             vmem::virt_to_phys(&fmt, &t, 0, u64::MAX)

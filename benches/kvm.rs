@@ -10,7 +10,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::target::{GuestRam, GuestTables, TablePool};
-use vmem_gdbstub::vmem::{self, BasicMapping, Mapping, MappingKind, PageSize, TableOps};
+use vmem_gdbstub::vmem::{self, BasicMapping, MapRequest, MappingKind, PageSize, TableOps};
 
 const RW: MappingKind = MappingKind::Basic(BasicMapping {
     readable: true,
@@ -51,7 +51,7 @@ fn setup() -> Option<(GuestRam, VcpuFd, u64, [u64; 3])> {
         vmem::map(
             &fmt,
             &tables,
-            &Mapping::new(base, 0, len, RW).max_page_size(size),
+            MapRequest::new(base, 0, len, RW).max_page_size(size),
         )
         .ok()?;
     }

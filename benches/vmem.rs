@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::vmem::{
-    self, BasicMapping, BufferTables, Mapping, MappingKind, PageSize, SpaceReferenceMapping,
+    self, BasicMapping, BufferTables, MapRequest, MappingKind, PageSize, SpaceReferenceMapping,
     TableOps, TableReadOps,
 };
 
@@ -35,7 +35,7 @@ fn translate(c: &mut Criterion) {
             .enumerate()
         {
             let va = HIGH + i as u64 * G1;
-            vmem::map(&fmt, &t, &Mapping::new(va, 0, G1, RW).max_page_size(size)).unwrap();
+            vmem::map(&fmt, &t, MapRequest::new(va, 0, G1, RW).max_page_size(size)).unwrap();
             let probe = va + 0x12_3456;
             assert_eq!(
                 vmem::translate(&fmt, &t, probe).result.unwrap().page_size,
@@ -59,7 +59,7 @@ fn walks(c: &mut Criterion) {
     let mut group = c.benchmark_group("walk");
 
     let huge = memory(1 << 20);
-    vmem::map(&fmt, &huge, &Mapping::new(0, 0, 512 * G1, RW)).unwrap();
+    vmem::map(&fmt, &huge, MapRequest::new(0, 0, 512 * G1, RW)).unwrap();
     group.bench_function("512GiB of 1GiB pages", |b| {
         b.iter(|| {
             let all: Vec<_> = vmem::virt_to_phys(&fmt, &huge, 0, u64::MAX).collect();
@@ -72,7 +72,7 @@ fn walks(c: &mut Criterion) {
     vmem::map(
         &fmt,
         &small,
-        &Mapping::new(HIGH, 0, G1, RW).max_page_size(PageSize::SIZE_4K),
+        MapRequest::new(HIGH, 0, G1, RW).max_page_size(PageSize::SIZE_4K),
     )
     .unwrap();
     group.bench_function("1GiB of contiguous 4KiB pages", |b| {
@@ -92,13 +92,13 @@ fn spaces(c: &mut Criterion) {
     vmem::map(
         &fmt,
         &t,
-        &Mapping::new(HIGH, 0, G1, RW).max_page_size(PageSize::SIZE_2M),
+        MapRequest::new(HIGH, 0, G1, RW).max_page_size(PageSize::SIZE_2M),
     )
     .unwrap();
     vmem::map(
         &fmt,
         &t,
-        &Mapping::new(HIGH + G1, 0, 2 << 20, RW).max_page_size(PageSize::SIZE_4K),
+        MapRequest::new(HIGH + G1, 0, 2 << 20, RW).max_page_size(PageSize::SIZE_4K),
     )
     .unwrap();
     let kernel = t.root_table();
@@ -111,7 +111,7 @@ fn spaces(c: &mut Criterion) {
         vmem::map(
             &fmt,
             &t,
-            &Mapping::new(0x40_0000, i << 24, 16 << 12, RW).user(),
+            MapRequest::new(0x40_0000, i << 24, 16 << 12, RW).user(),
         )
         .unwrap();
         let link = SpaceReferenceMapping {
@@ -125,7 +125,7 @@ fn spaces(c: &mut Criterion) {
     }
     c.bench_function("walk_va_spaces/64 spaces sharing a kernel half", |b| {
         b.iter(|| {
-            let walks = vmem::walk_va_spaces(&fmt, &t, black_box(&roots));
+            let walks = vmem::walk_va_spaces(&fmt, &t, black_box(&roots)).collect::<Vec<_>>();
             assert_eq!(walks.len(), 64);
             walks
         })
@@ -151,13 +151,13 @@ fn walk_vs_per_page(c: &mut Criterion) {
             // Every page maps a different, non-adjacent frame.
             for i in 0..(G1 >> 12) {
                 let pa = ((i * 7919) % (G1 >> 12)) << 13;
-                vmem::map(&fmt, &t, &Mapping::new(HIGH + (i << 12), pa, 4096, RW)).unwrap();
+                vmem::map(&fmt, &t, MapRequest::new(HIGH + (i << 12), pa, 4096, RW)).unwrap();
             }
         } else {
             vmem::map(
                 &fmt,
                 &t,
-                &Mapping::new(HIGH, 0, span, RW).max_page_size(size),
+                MapRequest::new(HIGH, 0, span, RW).max_page_size(size),
             )
             .unwrap();
         }

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use support::*;
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
-    self, BufferTables, ChangeKind, Flags, Mapping, MappingKind, PageSize, Perms, Rights,
+    self, BufferTables, ChangeKind, Flags, MapRequest, MappingKind, PageSize, Perms, Rights,
 };
 
 const K4: u64 = 1 << 12;
@@ -99,11 +99,11 @@ fn apply(fmt: &dyn PageTableFormat, t: &BufferTables<Vec<u8>>, base: u64, ops: &
                 } else {
                     Flags::empty()
                 };
-                let mut m = Mapping::new(fmt.canonical(base + off), pa, len, kind)
+                let mut m = MapRequest::new(fmt.canonical(base + off), pa, len, kind)
                     .with_flags(flags)
                     .max_page_size(PageSize::LARGEST);
                 m.user_accessible = user;
-                vmem::map(fmt, t, &m).unwrap();
+                vmem::map(fmt, t, m).unwrap();
             }
             Op::Unmap { off, len } => vmem::unmap(fmt, t, fmt.canonical(base + off), len).unwrap(),
             Op::Protect {

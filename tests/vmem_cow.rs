@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use support::*;
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::vmem::{
-    self, AllocError, BufferTables, Mapping, MayMoveTable, MemoryError, MoveInfo, PhysAddr,
+    self, AllocError, BufferTables, MapRequest, MayMoveTable, MemoryError, MoveInfo, PhysAddr,
     TableOps, TableReadOps,
 };
 
@@ -74,8 +74,8 @@ fn writing_a_snapshot_table_moves_it_and_its_ancestors() {
     let mem = vec![0u8; 64 << 20];
     let snap = BufferTables::new(mem, 0, 0..SNAPSHOT_END).unwrap();
     let high = 0xffff_ffff_8000_0000u64;
-    vmem::map(&M4, &snap, &Mapping::new(high, 0x20_0000, 0x4000, RX)).unwrap();
-    vmem::map(&M4, &snap, &Mapping::new(0x1000, 0x9000, 0x1000, RW)).unwrap();
+    vmem::map(&M4, &snap, MapRequest::new(high, 0x20_0000, 0x4000, RX)).unwrap();
+    vmem::map(&M4, &snap, MapRequest::new(0x1000, 0x9000, 0x1000, RW)).unwrap();
     let old_root = snap.root_table();
     let before = walk_all(&M4, &snap);
     let image_before: Vec<u8> = snap
@@ -94,7 +94,7 @@ fn writing_a_snapshot_table_moves_it_and_its_ancestors() {
     vmem::map(
         &M4,
         &cow,
-        &Mapping::new(high + 0x1000, 0x77_7000, 0x1000, RW),
+        MapRequest::new(high + 0x1000, 0x77_7000, 0x1000, RW),
     )
     .unwrap();
 
@@ -128,7 +128,7 @@ fn writing_a_snapshot_table_moves_it_and_its_ancestors() {
     vmem::map(
         &M4,
         &cow,
-        &Mapping::new(high + 0x2000, 0x77_8000, 0x1000, RW),
+        MapRequest::new(high + 0x2000, 0x77_8000, 0x1000, RW),
     )
     .unwrap();
     assert_eq!(cow.copies.borrow().len(), 4);

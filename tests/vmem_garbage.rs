@@ -6,7 +6,7 @@ mod support;
 
 use support::{Rng, RW};
 use vmem_gdbstub::arch::{Amd64, PageTableFormat};
-use vmem_gdbstub::vmem::{self, BufferTables, Mapping, WalkError};
+use vmem_gdbstub::vmem::{self, BufferTables, MapRequest, WalkError};
 
 const TABLES: u64 = 8;
 const BUDGET: u64 = 20_000;
@@ -50,7 +50,7 @@ fn garbage_images_never_panic_and_always_end() {
         }
         let va = fmt.canonical(rng.next() & fmt.linear_mask() & !0xfff);
         assert!(vmem::translate(&fmt, &t, va).steps().len() <= fmt.levels());
-        if vmem::map(&fmt, &t, &Mapping::new(va, 0x2000, 0x1000, RW)).is_ok() {
+        if vmem::map(&fmt, &t, MapRequest::new(va, 0x2000, 0x1000, RW)).is_ok() {
             stats[3] += 1;
         }
         let _ = vmem::protect(&fmt, &t, va, 0x1000, RW, true);
@@ -58,7 +58,9 @@ fn garbage_images_never_panic_and_always_end() {
         if image % 64 == 0 {
             let roots = [0, 0x1000, (rng.next() % TABLES) << 12];
             assert_eq!(
-                vmem::walk_va_spaces_bounded(&fmt, &t, &roots, BUDGET).len(),
+                vmem::walk_va_spaces(&fmt, &t, &roots)
+                    .with_budget(BUDGET)
+                    .count(),
                 3
             );
         }

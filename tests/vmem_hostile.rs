@@ -6,7 +6,7 @@ mod support;
 use support::*;
 use vmem_gdbstub::arch::Amd64;
 use vmem_gdbstub::vmem::{
-    self, EntryLocation, Flags, MapError, Mapping, TableOps, TableReadOps, TranslateFault,
+    self, EntryLocation, Flags, MapError, MapRequest, TableOps, TableReadOps, TranslateFault,
     WalkError,
 };
 
@@ -21,7 +21,12 @@ fn poke(t: &impl TableOps<TableAddr = u64>, table: u64, index: u64, value: u64) 
 fn entries_outside_memory_are_errors_and_the_walk_goes_on() {
     let t = memory_of(1 << 20);
     let root = t.root_table();
-    vmem::map(&M4, &t, &Mapping::new(0xffff_ff80_0000_0000, 0, 0x1000, RW)).unwrap();
+    vmem::map(
+        &M4,
+        &t,
+        MapRequest::new(0xffff_ff80_0000_0000, 0, 0x1000, RW),
+    )
+    .unwrap();
     poke(&t, root, 3, 0x000f_ffff_ffff_f000 | PRESENT_RW);
     poke(&t, root, 4, (1 << 20) | PRESENT_RW); // just past the end
     let items: Vec<_> = vmem::virt_to_phys(&M4, &t, 0, u64::MAX).collect();
@@ -45,7 +50,7 @@ fn entries_outside_memory_are_errors_and_the_walk_goes_on() {
     ));
     // Writing below a bad entry fails cleanly too.
     assert!(matches!(
-        vmem::map(&M4, &t, &Mapping::new(3 << 39, 0, 0x1000, RW)),
+        vmem::map(&M4, &t, MapRequest::new(3 << 39, 0, 0x1000, RW)),
         Err(MapError::Walk(WalkError::Unreadable(_)))
     ));
 }
@@ -54,7 +59,7 @@ fn entries_outside_memory_are_errors_and_the_walk_goes_on() {
 fn tables_reused_on_their_own_path_translate_as_the_mmu_does() {
     let t = memory_of(1 << 20);
     let root = t.root_table();
-    vmem::map(&M4, &t, &Mapping::new(0x1000, 0x1000, 0x1000, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0x1000, 0x1000, 0x1000, RW)).unwrap();
     let pdpt = vmem::translate(&M4, &t, 0x1000).steps()[1].at.table;
     // Recursive self-map in the root, and a PDPT entry back to the root.
     poke(&t, root, 510, root | PRESENT_RW);
@@ -108,7 +113,9 @@ fn exponential_fan_out_is_cut_by_the_budget() {
     let mut small = vmem::virt_to_phys(&M4, &t, 0x20_0000, 0x1000);
     assert_eq!(small.by_ref().count(), 1);
     assert_eq!(small.entries_visited(), 4);
-    let spaces = vmem::walk_va_spaces_bounded(&M4, &t, &[root], 10_000);
+    let spaces = vmem::walk_va_spaces(&M4, &t, &[root])
+        .with_budget(10_000)
+        .collect::<Vec<_>>();
     assert_eq!(
         spaces[0].errors,
         vec![WalkError::BudgetExhausted { visited: 10_000 }]
@@ -137,5 +144,5 @@ fn reserved_bits_are_reported_with_their_entry() {
         vmem::translate(&M4, &t, 0).result,
         Err(TranslateFault::Reserved { at, bits: 0x80, .. }) if at.level == 0
     ));
-    assert!(vmem::map(&M4, &t, &Mapping::new(0, 0, 0x1000, RW)).is_err());
+    assert!(vmem::map(&M4, &t, MapRequest::new(0, 0, 0x1000, RW)).is_err());
 }

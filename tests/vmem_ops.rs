@@ -5,8 +5,8 @@ mod support;
 use support::*;
 use vmem_gdbstub::arch::{Amd64, Descriptor, PageTableFormat};
 use vmem_gdbstub::vmem::{
-    self, Flags, MapError, Mapping, MappingKind, PageSize, Perms, TableOps, TableReadOps,
-    TranslateFault,
+    self, Flags, MapError, MapRequest, Mapping, MappingKind, PageSize, Perms, TableOps,
+    TableReadOps, TranslateFault,
 };
 
 const M4: Amd64 = Amd64::FOUR_LEVEL;
@@ -28,7 +28,7 @@ fn map_picks_the_largest_leaves_that_fit() {
     // 4K + 2M-aligned run of 2M + a 1G page + a 4K tail.
     let va = G1 - M2 - K4;
     let len = K4 + M2 + G1 + K4;
-    vmem::map(&M4, &t, &Mapping::new(va, va, len, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(va, va, len, RW)).unwrap();
     assert_eq!(
         sizes(&walk_all(&M4, &t)),
         vec![
@@ -46,14 +46,14 @@ fn map_respects_a_forced_page_size_and_pa_alignment() {
     vmem::map(
         &M4,
         &t,
-        &Mapping::new(0, 0, G1, RW).max_page_size(PageSize::SIZE_2M),
+        MapRequest::new(0, 0, G1, RW).max_page_size(PageSize::SIZE_2M),
     )
     .unwrap();
     assert_eq!(sizes(&walk_all(&M4, &t)), vec![(0, G1, PageSize::SIZE_2M)]);
 
     // A 2M-aligned VA whose PA is only 4K-aligned must use 4K pages.
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(M2, K4, M2, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(M2, K4, M2, RW)).unwrap();
     assert_eq!(sizes(&walk_all(&M4, &t)), vec![(M2, M2, PageSize::SIZE_4K)]);
 }
 
@@ -63,7 +63,7 @@ fn contiguous_4k_pages_coalesce_into_one_mapping() {
     vmem::map(
         &M4,
         &t,
-        &Mapping::new(HIGH, 0x1000_0000, G1, RX).max_page_size(PageSize::SIZE_4K),
+        MapRequest::new(HIGH, 0x1000_0000, G1, RX).max_page_size(PageSize::SIZE_4K),
     )
     .unwrap();
     let all = walk_all(&M4, &t);
@@ -77,10 +77,10 @@ fn contiguous_4k_pages_coalesce_into_one_mapping() {
 #[test]
 fn remapping_part_of_a_huge_page_splits_it() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(0, 0, G1, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0, 0, G1, RW)).unwrap();
     // Remap one 4K page in the middle of the 1G page.
     let hole = 5 * M2 + 3 * K4;
-    vmem::map(&M4, &t, &Mapping::new(hole, 0x7700_0000, K4, RO)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(hole, 0x7700_0000, K4, RO)).unwrap();
     let all = walk_all(&M4, &t);
     assert_eq!(
         sizes(&all),
@@ -106,31 +106,37 @@ fn remapping_part_of_a_huge_page_splits_it() {
 #[test]
 fn bad_input_is_refused_before_anything_changes() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(0, 0, M2, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0, 0, M2, RW)).unwrap();
     let before = walk_all(&M4, &t);
     let cases = [
-        (Mapping::new(0x1001, 0, K4, RW), "misaligned va"),
-        (Mapping::new(0, 0x10, K4, RW), "misaligned pa"),
-        (Mapping::new(0, 0, 100, RW), "misaligned len"),
-        (Mapping::new(0, 0, 0, RW), "empty"),
-        (Mapping::new(u64::MAX - 0xfff, 0, 2 * K4, RW), "va overflow"),
-        (Mapping::new(0, u64::MAX - 0xfff, 2 * K4, RW), "pa overflow"),
+        (MapRequest::new(0x1001, 0, K4, RW), "misaligned va"),
+        (MapRequest::new(0, 0x10, K4, RW), "misaligned pa"),
+        (MapRequest::new(0, 0, 100, RW), "misaligned len"),
+        (MapRequest::new(0, 0, 0, RW), "empty"),
         (
-            Mapping::new(0x0000_8000_0000_0000, 0, K4, RW),
+            MapRequest::new(u64::MAX - 0xfff, 0, 2 * K4, RW),
+            "va overflow",
+        ),
+        (
+            MapRequest::new(0, u64::MAX - 0xfff, 2 * K4, RW),
+            "pa overflow",
+        ),
+        (
+            MapRequest::new(0x0000_8000_0000_0000, 0, K4, RW),
             "non-canonical",
         ),
         (
-            Mapping::new(0x0000_7fff_ffff_f000, 0, 2 * K4, RW),
+            MapRequest::new(0x0000_7fff_ffff_f000, 0, 2 * K4, RW),
             "crosses the hole",
         ),
-        (Mapping::new(0, 1 << 52, K4, RW), "pa beyond 52 bits"),
+        (MapRequest::new(0, 1 << 52, K4, RW), "pa beyond 52 bits"),
         (
-            Mapping::new(0, 0, K4, RW).max_page_size(PageSize(512)),
+            MapRequest::new(0, 0, K4, RW).max_page_size(PageSize(512)),
             "page too small",
         ),
     ];
     for (mapping, what) in cases {
-        let err = vmem::map(&M4, &t, &mapping).unwrap_err();
+        let err = vmem::map(&M4, &t, mapping).unwrap_err();
         assert!(!err.to_string().is_empty(), "{what}");
     }
     assert!(matches!(
@@ -147,7 +153,7 @@ fn bad_input_is_refused_before_anything_changes() {
 #[test]
 fn unmap_and_protect_split_huge_pages() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(HIGH, 0, 2 * M2, RWX)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(HIGH, 0, 2 * M2, RWX)).unwrap();
     vmem::unmap(&M4, &t, HIGH + K4, K4).unwrap();
     vmem::protect(&M4, &t, HIGH + M2 + M2 / 2, M2 / 2, RO, true).unwrap();
     let all = walk_all(&M4, &t);
@@ -175,7 +181,7 @@ fn unmap_and_protect_split_huge_pages() {
 #[test]
 fn cow_is_marked_and_reported() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(0x40_0000, 0x40_0000, 4 * K4, COW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0x40_0000, 0x40_0000, 4 * K4, COW)).unwrap();
     let all = walk_all(&M4, &t);
     assert_eq!(all[0].kind, COW);
     let tr = vmem::translate(&M4, &t, 0x40_0000);
@@ -200,7 +206,7 @@ fn attributes_are_reported_and_split_coalescing() {
         vmem::map(
             &M4,
             &t,
-            &Mapping::new(G1, G1, G1, RW)
+            MapRequest::new(G1, G1, G1, RW)
                 .with_flags(all_flags)
                 .max_page_size(size),
         )
@@ -212,17 +218,17 @@ fn attributes_are_reported_and_split_coalescing() {
     vmem::map(
         &M4,
         &t,
-        &Mapping::new(0, 0, K4, RW).with_flags(Flags::GLOBAL),
+        MapRequest::new(0, 0, K4, RW).with_flags(Flags::GLOBAL),
     )
     .unwrap();
-    vmem::map(&M4, &t, &Mapping::new(K4, K4, K4, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(K4, K4, K4, RW)).unwrap();
     assert_eq!(walk_all(&M4, &t).len(), 2, "different flags never merge");
 }
 
 #[test]
 fn effective_rights_combine_every_level() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(0, 0, 2 * K4, RWX).user()).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0, 0, 2 * K4, RWX).user()).unwrap();
     // Clear W and U and set NX in the PDPT entry above the two pages.
     let tr = vmem::translate(&M4, &t, 0);
     let pdpte = tr.steps()[1];
@@ -245,7 +251,7 @@ fn effective_rights_combine_every_level() {
 
     // Mapping RW+user at page 0 widens the PDPT entry but pushes its old
     // restriction down so page 1 stays read-only supervisor no-exec.
-    vmem::map(&M4, &t, &Mapping::new(0, 0, K4, RW).user()).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(0, 0, K4, RW).user()).unwrap();
     let all = walk_all(&M4, &t);
     assert_eq!((all[0].kind, all[0].user_accessible), (RW, true));
     assert_eq!((all[1].kind, all[1].user_accessible), (RO, false));
@@ -254,7 +260,7 @@ fn effective_rights_combine_every_level() {
 #[test]
 fn translate_reports_the_chain_and_where_it_stops() {
     let t = memory();
-    vmem::map(&M4, &t, &Mapping::new(HIGH, 0x20_0000, M2, RX)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(HIGH, 0x20_0000, M2, RX)).unwrap();
     let tr = vmem::translate(&M4, &t, HIGH + 0x1234);
     let steps = tr.steps();
     assert_eq!(steps.len(), 3, "PML4, PDPT, PD leaf");
@@ -288,8 +294,8 @@ fn five_level_paging_reaches_57_bit_addresses() {
     let t = memory();
     let top = 0xff00_0000_0000_0000u64; // lowest upper-half address with LA57
     let low = 0x00ff_ffff_ffe0_0000u64; // top 2M of the lower half
-    vmem::map(&m5, &t, &Mapping::new(top, G1, G1, RW)).unwrap();
-    vmem::map(&m5, &t, &Mapping::new(low, 0, M2, RO)).unwrap();
+    vmem::map(&m5, &t, MapRequest::new(top, G1, G1, RW)).unwrap();
+    vmem::map(&m5, &t, MapRequest::new(low, 0, M2, RO)).unwrap();
     assert_eq!(
         sizes(&walk_all(&m5, &t)),
         vec![(low, M2, PageSize::SIZE_2M), (top, G1, PageSize::SIZE_1G)]
@@ -297,7 +303,7 @@ fn five_level_paging_reaches_57_bit_addresses() {
     let tr = vmem::translate(&m5, &t, top + 5);
     assert_eq!(tr.steps().len(), 3);
     assert_eq!(tr.result.unwrap().pa, G1 + 5);
-    assert!(vmem::map(&m5, &t, &Mapping::new(0x0100_0000_0000_0000, 0, K4, RW)).is_err());
+    assert!(vmem::map(&m5, &t, MapRequest::new(0x0100_0000_0000_0000, 0, K4, RW)).is_err());
 }
 
 #[test]
@@ -306,10 +312,10 @@ fn virt_to_phys_limits_to_the_range() {
     vmem::map(
         &M4,
         &t,
-        &Mapping::new(0, 0, 4 * M2, RW).max_page_size(PageSize::SIZE_4K),
+        MapRequest::new(0, 0, 4 * M2, RW).max_page_size(PageSize::SIZE_4K),
     )
     .unwrap();
-    vmem::map(&M4, &t, &Mapping::new(HIGH, 0, K4, RW)).unwrap();
+    vmem::map(&M4, &t, MapRequest::new(HIGH, 0, K4, RW)).unwrap();
     let part: Vec<_> = vmem::virt_to_phys(&M4, &t, M2, M2)
         .collect::<Result<_, _>>()
         .unwrap();
@@ -327,6 +333,29 @@ fn virt_to_phys_limits_to_the_range() {
 #[test]
 fn pool_exhaustion_is_an_error_not_a_panic() {
     let t = memory_of(3 * 4096); // root + 2 tables
-    let err = vmem::map(&M4, &t, &Mapping::new(0, 0, K4, RW)).unwrap_err();
+    let err = vmem::map(&M4, &t, MapRequest::new(0, 0, K4, RW)).unwrap_err();
     assert!(matches!(err, MapError::Alloc { level: 3, .. }), "{err:?}");
+}
+
+/// The older request, a `Mapping` whose `page_size` caps the leaves, still
+/// maps exactly what the `MapRequest` does.
+#[test]
+#[allow(deprecated)]
+fn a_mapping_given_to_map_reads_as_the_request_it_was() {
+    let old = memory();
+    let old_style = Mapping::new(HIGH, 0x20_0000, 2 * M2, RW)
+        .user()
+        .with_flags(Flags::GLOBAL)
+        .max_page_size(PageSize::SIZE_4K);
+    vmem::map(&M4, &old, &old_style).unwrap();
+    let new = memory();
+    let request = MapRequest::new(HIGH, 0x20_0000, 2 * M2, RW)
+        .user()
+        .with_flags(Flags::GLOBAL)
+        .max_page_size(PageSize::SIZE_4K);
+    vmem::map(&M4, &new, request).unwrap();
+    let walked = walk_all(&M4, &new);
+    assert_eq!(walk_all(&M4, &old), walked);
+    assert_eq!(sizes(&walked), vec![(HIGH, 2 * M2, PageSize::SIZE_4K)]);
+    assert!(walked[0].user_accessible && walked[0].flags.contains(Flags::GLOBAL));
 }

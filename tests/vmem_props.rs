@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use support::*;
 use vmem_gdbstub::arch::{Aarch64, Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
-    self, BufferTables, Flags, MapError, Mapping, MappingKind, PageSize, TableOps, TableReadOps,
+    self, BufferTables, Flags, MapError, MapRequest, MappingKind, PageSize, TableOps, TableReadOps,
     WalkError,
 };
 
@@ -175,11 +175,11 @@ fn run_case(
                 flags,
                 max,
             } => {
-                let mut m = Mapping::new(fmt.canonical(base + off), pa, len, kind)
+                let mut m = MapRequest::new(fmt.canonical(base + off), pa, len, kind)
                     .with_flags(flags)
                     .max_page_size(max);
                 m.user_accessible = user;
-                vmem::map(fmt, &t, &m).unwrap();
+                vmem::map(fmt, &t, m).unwrap();
                 let kind = expected_kind(fmt, kind);
                 model.map(
                     base + off,
@@ -328,11 +328,11 @@ proptest! {
             let tr = vmem::translate(fmt, &t, va);
             prop_assert!(tr.steps().len() <= fmt.levels());
         }
-        let spaces = vmem::walk_va_spaces_bounded(fmt, &t, &[root << 12, 0, 4096], BUDGET);
+        let spaces = vmem::walk_va_spaces(fmt, &t, &[root << 12, 0, 4096]).with_budget(BUDGET).collect::<Vec<_>>();
         prop_assert_eq!(spaces.len(), 3);
         // Writes over garbage: errors are fine, panics and hangs are not.
         let page = fmt.canonical(vas[0] & fmt.linear_mask() & !0xfff);
-        let _ = vmem::map(fmt, &t, &Mapping::new(page, 0x1000, 0x1000, RW));
+        let _ = vmem::map(fmt, &t, MapRequest::new(page, 0x1000, 0x1000, RW));
         let _ = vmem::protect(fmt, &t, page, 0x2000, RO, true);
         let result = vmem::unmap(fmt, &t, page, 0x1000);
         let refused_as_empty = matches!(result, Err(MapError::Empty { .. }));

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use support::*;
 use vmem_gdbstub::arch::{Aarch64, Amd64, PageTableFormat, I686};
 use vmem_gdbstub::vmem::{
-    self, BufferTables, Mapping, PageSize, SpaceAwareMapping, SpaceId, SpaceReferenceMapping,
+    self, BufferTables, MapRequest, PageSize, SpaceAwareMapping, SpaceId, SpaceReferenceMapping,
     SpaceWalk, TableOps, TableReadOps,
 };
 
@@ -82,7 +82,7 @@ fn rebuild(fmt: &dyn PageTableFormat, walks: &[SpaceWalk]) -> (Mem, BTreeMap<Spa
 /// The rebuilt spaces translate exactly like the originals, and every
 /// alias is the same table in the rebuilt memory.
 fn check_rebuild(fmt: &dyn PageTableFormat, original: &Mem, roots: &[SpaceId]) -> Vec<SpaceWalk> {
-    let walks = vmem::walk_va_spaces(fmt, original, roots);
+    let walks = vmem::walk_va_spaces(fmt, original, roots).collect::<Vec<_>>();
     assert_eq!(walks.iter().map(|w| w.space).collect::<Vec<_>>(), roots);
     let (rebuilt, built) = rebuild(fmt, &walks);
     for walk in &walks {
@@ -115,15 +115,25 @@ fn aliases_are_found_at_every_depth() {
     vmem::map(
         &fmt,
         &t,
-        &Mapping::new(HIGH, 0, 4 * M2, RX).max_page_size(PageSize::SIZE_2M),
+        MapRequest::new(HIGH, 0, 4 * M2, RX).max_page_size(PageSize::SIZE_2M),
     )
     .unwrap();
-    vmem::map(&fmt, &t, &Mapping::new(HIGH + G1, 0x100_0000, 8 * K4, RW)).unwrap();
-    vmem::map(&fmt, &t, &Mapping::new(0x40_0000, 0x50_0000, K4, RW).user()).unwrap();
+    vmem::map(&fmt, &t, MapRequest::new(HIGH + G1, 0x100_0000, 8 * K4, RW)).unwrap();
+    vmem::map(
+        &fmt,
+        &t,
+        MapRequest::new(0x40_0000, 0x50_0000, K4, RW).user(),
+    )
+    .unwrap();
 
     // B shares A's whole top PDPT (depth 1).
     let b = new_space(&t);
-    vmem::map(&fmt, &t, &Mapping::new(0x40_0000, 0x60_0000, K4, RO).user()).unwrap();
+    vmem::map(
+        &fmt,
+        &t,
+        MapRequest::new(0x40_0000, 0x60_0000, K4, RO).user(),
+    )
+    .unwrap();
     link(&fmt, &t, b, a, 1, HIGH, HIGH);
 
     // C shares A's PD (depth 2) and, at another VA, A's PT (depth 3).
@@ -172,7 +182,7 @@ fn five_level_aliases_at_the_top_level() {
     let t = memory();
     let kernel = 0xff80_0000_0000_0000u64;
     let a = new_space(&t);
-    vmem::map(&fmt, &t, &Mapping::new(kernel, 0, G1, RW)).unwrap();
+    vmem::map(&fmt, &t, MapRequest::new(kernel, 0, G1, RW)).unwrap();
     let b = new_space(&t);
     link(&fmt, &t, b, a, 1, kernel, kernel);
     let walks = check_rebuild(&fmt, &t, &[a, b]);
@@ -248,7 +258,7 @@ proptest! {
                     let Some(&root) = roots.get(space) else { continue };
                     t.set_root(root);
                     let va = if user_half { off } else { kernel_base + off };
-                    vmem::map(&fmt, &t, &Mapping::new(va, pa, len, RW)).unwrap();
+                    vmem::map(&fmt, &t, MapRequest::new(va, pa, len, RW)).unwrap();
                 }
                 Build::Link { space, owner, depth, off, their_off } => {
                     let (Some(&ours), Some(&theirs)) = (roots.get(space), roots.get(owner.min(space - 1))) else { continue };
@@ -288,24 +298,24 @@ fn aliases_are_found_and_rebuilt_in_every_mode() {
         let kernel = fmt.canonical(top & !(fmt.entry_span(0) - 1));
         let huge = fmt.entry_span(fmt.levels() - 2);
         let a = new_space(&t);
-        vmem::map(fmt, &t, &Mapping::new(kernel, 0x40_0000, 2 * huge, RX)).unwrap();
+        vmem::map(fmt, &t, MapRequest::new(kernel, 0x40_0000, 2 * huge, RX)).unwrap();
         vmem::map(
             fmt,
             &t,
-            &Mapping::new(kernel + 2 * huge, 0x100_0000, 8 * K4, RW),
+            MapRequest::new(kernel + 2 * huge, 0x100_0000, 8 * K4, RW),
         )
         .unwrap();
         vmem::map(
             fmt,
             &t,
-            &Mapping::new(fmt.canonical(0x40_0000), 0x50_0000, K4, RW).user(),
+            MapRequest::new(fmt.canonical(0x40_0000), 0x50_0000, K4, RW).user(),
         )
         .unwrap();
         let b = new_space(&t);
         vmem::map(
             fmt,
             &t,
-            &Mapping::new(fmt.canonical(0x40_0000), 0x60_0000, K4, RO).user(),
+            MapRequest::new(fmt.canonical(0x40_0000), 0x60_0000, K4, RO).user(),
         )
         .unwrap();
         // Share the root entry above the 4 KiB pages (in 2-level PSE mode

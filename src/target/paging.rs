@@ -233,7 +233,7 @@ mod tests {
 
     use super::*;
     use crate::target::memory::{GuestRam, TablePool};
-    use crate::vmem::{BasicMapping, Mapping, MappingKind, TableOps};
+    use crate::vmem::{BasicMapping, MapRequest, MappingKind, TableOps};
 
     const RW: MappingKind = MappingKind::Basic(BasicMapping {
         readable: true,
@@ -249,7 +249,7 @@ mod tests {
         vmem::map(
             fmt,
             &t,
-            &Mapping::new(0xc040_0000, 0x40_0000, 0x40_0000, RW),
+            MapRequest::new(0xc040_0000, 0x40_0000, 0x40_0000, RW),
         )
         .unwrap();
         root

@@ -100,13 +100,17 @@ fn bit(on: bool) -> Perms {
 }
 
 /// One contiguous run of virtual addresses mapped to contiguous physical
-/// addresses with the same attributes.
+/// addresses with the same attributes: what a walk found.
 ///
 /// As the output of [`crate::vmem::virt_to_phys`], a `Mapping` is coalesced:
 /// neighbouring leaves of the same page size, with contiguous physical
-/// addresses and equal attributes, come out as one `Mapping`.
-/// As the input of [`crate::vmem::map`], `page_size` is the *largest* leaf
-/// size `map` may use ([`PageSize::LARGEST`] lets it choose freely).
+/// addresses and equal attributes, come out as one `Mapping`. `kind` and
+/// `user_accessible` are what the entries say; `rights` is what the CPU
+/// allows each level once its controls (SMEP, SMAP, WP, PAN…) are applied.
+///
+/// To ask [`crate::vmem::map`] for a mapping, build a [`MapRequest`]. (A
+/// `Mapping` is still accepted there, its `page_size` read as the largest
+/// leaf allowed: the crate's older convention.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mapping {
     /// First physical address.
@@ -122,11 +126,11 @@ pub struct Mapping {
     /// Attributes other than rights (global, accessed, dirty, caching…).
     /// Never contains [`Flags::COW`]: that is part of `kind`.
     pub flags: Flags,
-    /// Leaf page size (output) or the largest leaf size allowed (input).
+    /// Leaf page size.
     pub page_size: PageSize,
     /// What each privilege level may do, as the MMU decides with the
-    /// CPU's controls (output); [`Mapping::new`] and [`Mapping::user`]
-    /// fill in the plain reading of `kind` (ignored by `map`).
+    /// CPU's controls; [`Mapping::new`] and [`Mapping::user`] fill in the
+    /// plain reading of `kind`.
     pub rights: Rights,
 }
 
@@ -152,7 +156,9 @@ impl Mapping {
         self
     }
 
-    /// The same mapping, limited to leaves of at most `size`.
+    /// The same mapping, limited to leaves of at most `size` when given to
+    /// `map`.
+    #[deprecated(note = "ask `map` with a `MapRequest` and its `max_page_size`")]
     pub fn max_page_size(mut self, size: PageSize) -> Mapping {
         self.page_size = size;
         self
@@ -188,5 +194,82 @@ impl Mapping {
     /// The last virtual address of the mapping (inclusive).
     pub fn virt_last(&self) -> u64 {
         self.virt_base.wrapping_add(self.len.wrapping_sub(1))
+    }
+}
+
+/// What [`crate::vmem::map`] is asked to map: `len` bytes from `virt_base`
+/// to `phys_base`, with these rights and attributes, in leaves no larger
+/// than `max_page_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MapRequest {
+    /// First virtual address (canonical).
+    pub virt_base: u64,
+    /// First physical address.
+    pub phys_base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Rights ([`MappingKind::Unmapped`] unmaps the range).
+    pub kind: MappingKind,
+    /// Whether the less privileged level may access the mapping.
+    pub user_accessible: bool,
+    /// Attributes other than rights (global, caching…); [`Flags::COW`] is
+    /// ignored (that is part of `kind`), as are flags the format lacks.
+    pub flags: Flags,
+    /// The largest leaf `map` may use ([`PageSize::LARGEST`]: any).
+    pub max_page_size: PageSize,
+}
+
+impl MapRequest {
+    /// A supervisor mapping with no extra attributes, in leaves of any size.
+    pub fn new(virt_base: u64, phys_base: u64, len: u64, kind: MappingKind) -> MapRequest {
+        MapRequest {
+            virt_base,
+            phys_base,
+            len,
+            kind,
+            user_accessible: false,
+            flags: Flags::empty(),
+            max_page_size: PageSize::LARGEST,
+        }
+    }
+
+    /// The same request, accessible from user mode.
+    pub fn user(mut self) -> MapRequest {
+        self.user_accessible = true;
+        self
+    }
+
+    /// The same request, in leaves of at most `size`.
+    pub fn max_page_size(mut self, size: PageSize) -> MapRequest {
+        self.max_page_size = size;
+        self
+    }
+
+    /// The same request with these extra attributes.
+    pub fn with_flags(mut self, flags: Flags) -> MapRequest {
+        self.flags = flags.difference(Flags::COW);
+        self
+    }
+}
+
+/// The older convention: a [`Mapping`] whose `page_size` is the largest
+/// leaf allowed.
+impl From<&Mapping> for MapRequest {
+    fn from(m: &Mapping) -> MapRequest {
+        MapRequest {
+            virt_base: m.virt_base,
+            phys_base: m.phys_base,
+            len: m.len,
+            kind: m.kind,
+            user_accessible: m.user_accessible,
+            flags: m.flags,
+            max_page_size: m.page_size,
+        }
+    }
+}
+
+impl From<&MapRequest> for MapRequest {
+    fn from(request: &MapRequest) -> MapRequest {
+        *request
     }
 }

@@ -30,15 +30,16 @@ pub use buffer::{BufferError, BufferTables};
 pub use coalesce::{virt_to_phys, virt_to_phys_in, VirtToPhys};
 pub use compare::{diff_mappings, phys_overlap, reverse_map, ChangeKind, MappingChange};
 pub use error::{AllocError, EntryLocation, MapError, MemoryError, WalkError};
-pub use mapping::{BasicMapping, CowMapping, Mapping, MappingKind};
+pub use mapping::{BasicMapping, CowMapping, MapRequest, Mapping, MappingKind};
 pub use modify::{map, protect, unmap};
 pub use ops::{
     MayMoveTable, MayNotMoveTable, MoveInfo, RootedAt, TableMovability, TableOps, TableReadOps,
     Void,
 };
+#[allow(deprecated)]
 pub use spaces::{
     space_aware_map, walk_va_spaces, walk_va_spaces_bounded, SpaceAwareMapping, SpaceId,
-    SpaceReferenceMapping, SpaceWalk,
+    SpaceReferenceMapping, SpaceWalk, SpaceWalks,
 };
 #[allow(deprecated)]
 pub use translate::{

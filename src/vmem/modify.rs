@@ -10,7 +10,7 @@
 use crate::arch::{Descriptor, Flags, PageTableFormat, Perms, MAX_LEVELS};
 
 use super::error::{EntryLocation, MapError, WalkError};
-use super::mapping::{Mapping, MappingKind};
+use super::mapping::{MapRequest, MappingKind};
 use super::ops::{MoveInfo, TableMovability, TableOps};
 use super::walk::{entry_word, index_range, read_raw};
 use super::PhysAddr;
@@ -317,48 +317,49 @@ fn rights(kind: MappingKind, user_accessible: bool) -> Result<(Perms, bool), Map
     Ok((perms, cow))
 }
 
-/// Map `mapping.virt_base .. + len` to `mapping.phys_base ..`, allocating
+/// Map `request.virt_base .. + len` to `request.phys_base ..`, allocating
 /// tables on demand.
 ///
-/// Leaves are as large as alignment, length and `mapping.page_size` (an
-/// upper bound) allow. Existing translations in the range are replaced; a
-/// huge page that is only partly covered is split and keeps the rest.
+/// Leaves are as large as alignment, length and `request.max_page_size`
+/// allow. Existing translations in the range are replaced; a huge page that
+/// is only partly covered is split and keeps the rest.
 /// `MappingKind::Unmapped` unmaps the range. Input is checked before any
 /// write: misaligned, empty, overflowing or non-canonical ranges are
 /// errors. The caller flushes TLBs.
 pub fn map<F: PageTableFormat + ?Sized, O: TableOps>(
     fmt: &F,
     op: &O,
-    mapping: &Mapping,
+    request: impl Into<MapRequest>,
 ) -> Result<(), MapError> {
-    if mapping.kind == MappingKind::Unmapped {
-        return unmap(fmt, op, mapping.virt_base, mapping.len);
+    let r: MapRequest = request.into();
+    if r.kind == MappingKind::Unmapped {
+        return unmap(fmt, op, r.virt_base, r.len);
     }
-    let (lo, hi) = check_range(fmt, mapping.virt_base, mapping.len, mapping.phys_base)?;
-    let pa_last = mapping
+    let (lo, hi) = check_range(fmt, r.virt_base, r.len, r.phys_base)?;
+    let pa_last = r
         .phys_base
-        .checked_add(mapping.len - 1)
+        .checked_add(r.len - 1)
         .ok_or(MapError::Overflow {
-            base: mapping.phys_base,
-            len: mapping.len,
+            base: r.phys_base,
+            len: r.len,
         })?;
     if pa_last >= fmt.phys_limit() {
         return Err(MapError::PhysTooLarge { pa: pa_last });
     }
-    if mapping.page_size.bytes() < MIN_PAGE {
+    if r.max_page_size.bytes() < MIN_PAGE {
         return Err(MapError::PageSizeUnsupported {
-            size: mapping.page_size.bytes(),
+            size: r.max_page_size.bytes(),
         });
     }
-    let (perms, cow) = rights(mapping.kind, mapping.user_accessible)?;
-    let mut flags = mapping.flags & fmt.supported_flags();
+    let (perms, cow) = rights(r.kind, r.user_accessible)?;
+    let mut flags = r.flags & fmt.supported_flags();
     flags.set(Flags::COW, cow);
     let action = Action::Map {
         lo,
-        pa: mapping.phys_base,
+        pa: r.phys_base,
         perms,
         flags,
-        max_page: mapping.page_size.bytes(),
+        max_page: r.max_page_size.bytes(),
     };
     Editor::new(fmt, op).apply(0, 0, lo, hi, action)
 }

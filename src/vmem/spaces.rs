@@ -56,21 +56,31 @@ pub struct SpaceWalk {
     pub errors: Vec<WalkError>,
 }
 
-/// Walk `roots` in order. A table (below the root) that an earlier root
-/// already reached at the same depth is reported as
-/// [`SpaceAwareMapping::AnotherSpace`] and not walked again, so the result
-/// is topologically ordered: every reference points to an earlier space.
-/// A table reached twice within one space is walked both times.
-pub fn walk_va_spaces<F, O>(fmt: &F, op: &O, roots: &[SpaceId]) -> Vec<SpaceWalk>
+/// Walk `roots` in order, one [`SpaceWalk`] per root as the iterator is
+/// advanced. A table (below the root) that an earlier root already reached
+/// at the same depth is reported as [`SpaceAwareMapping::AnotherSpace`] and
+/// not walked again, so the result is topologically ordered: every
+/// reference points to an earlier space. A table reached twice within one
+/// space is walked both times.
+///
+/// Bound the work with [`SpaceWalks::with_budget`], as for
+/// [`crate::vmem::virt_to_phys`].
+pub fn walk_va_spaces<'a, F, O>(fmt: &'a F, op: &'a O, roots: &'a [SpaceId]) -> SpaceWalks<'a, F, O>
 where
     F: PageTableFormat + ?Sized,
     O: TableReadOps,
 {
-    walk_va_spaces_bounded(fmt, op, roots, u64::MAX)
+    SpaceWalks {
+        fmt,
+        op,
+        roots: roots.iter(),
+        owners: BTreeMap::new(),
+        budget: u64::MAX,
+    }
 }
 
-/// [`walk_va_spaces`] reading at most `budget` entries per space (a
-/// [`WalkError::BudgetExhausted`] in `errors` says a space was cut short).
+/// [`walk_va_spaces`] reading at most `budget` entries per space.
+#[deprecated(note = "use `walk_va_spaces(..).with_budget(budget).collect()`")]
 pub fn walk_va_spaces_bounded<F, O>(
     fmt: &F,
     op: &O,
@@ -81,10 +91,30 @@ where
     F: PageTableFormat + ?Sized,
     O: TableReadOps,
 {
-    // (table, depth) -> (owning space, VA where it was first reached)
-    let mut owners: BTreeMap<(PhysAddr, usize), (SpaceId, u64)> = BTreeMap::new();
-    let mut result = Vec::with_capacity(roots.len());
-    for &space in roots {
+    walk_va_spaces(fmt, op, roots).with_budget(budget).collect()
+}
+
+/// The iterator returned by [`walk_va_spaces`]: one [`SpaceWalk`] per root.
+pub struct SpaceWalks<'a, F: ?Sized, O> {
+    fmt: &'a F,
+    op: &'a O,
+    roots: core::slice::Iter<'a, SpaceId>,
+    /// (table, depth) -> (owning space, VA where it was first reached).
+    owners: BTreeMap<(PhysAddr, usize), (SpaceId, u64)>,
+    budget: u64,
+}
+
+impl<F: PageTableFormat + ?Sized, O: TableReadOps> SpaceWalks<'_, F, O> {
+    /// Read at most `entries` table entries per space (a
+    /// [`WalkError::BudgetExhausted`] in [`SpaceWalk::errors`] says a space
+    /// was cut short).
+    pub fn with_budget(mut self, entries: u64) -> Self {
+        self.budget = entries;
+        self
+    }
+
+    fn walk(&mut self, space: SpaceId) -> SpaceWalk {
+        let owners = &self.owners;
         let mut first_seen = Vec::new();
         let mut walk = SpaceWalk {
             space,
@@ -98,9 +128,9 @@ where
             }
             shared
         };
-        let range = Some((0, fmt.linear_mask()));
-        let mut walker = Walker::new(fmt, op, O::from_phys(space), range, claim);
-        walker.set_budget(budget);
+        let range = Some((0, self.fmt.linear_mask()));
+        let mut walker = Walker::new(self.fmt, self.op, O::from_phys(space), range, claim);
+        walker.set_budget(self.budget);
         for item in Coalesce::new(walker) {
             match item {
                 Ok(Coalesced::Mapping(m)) => walk.mappings.push(SpaceAwareMapping::ThisSpace(m)),
@@ -120,12 +150,26 @@ where
             }
         }
         for (key, va) in first_seen {
-            owners.entry(key).or_insert((space, va));
+            self.owners.entry(key).or_insert((space, va));
         }
-        result.push(walk);
+        walk
     }
-    result
 }
+
+impl<F: PageTableFormat + ?Sized, O: TableReadOps> Iterator for SpaceWalks<'_, F, O> {
+    type Item = SpaceWalk;
+
+    fn next(&mut self) -> Option<SpaceWalk> {
+        let &space = self.roots.next()?;
+        Some(self.walk(space))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.roots.size_hint()
+    }
+}
+
+impl<F: PageTableFormat + ?Sized, O: TableReadOps> ExactSizeIterator for SpaceWalks<'_, F, O> {}
 
 /// Rebuild an alias: make our space (`op.root_table()`) use, at
 /// `reference.our_va` and `reference.depth`, the very table the owning

@@ -23,18 +23,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-# The kernel: the metapackage names the current image package.
-image=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
-apt-get download -q "$image" busybox-static >/dev/null 2>&1 || apt-get download "$image" busybox-static
-dpkg-deb -x "$image"_*.deb kernel
-dpkg-deb -x busybox-static_*.deb busybox
-cp kernel/boot/vmlinuz-* "$out/vmlinuz"
-
-# The initramfs.
-mkdir -p root/bin root/proc root/sys root/dev root/tmp
-cp busybox/bin/busybox root/bin/busybox
-gcc -static -nostdlib -ffreestanding -fno-pie -no-pie -mgeneral-regs-only -O2 -o root/bin/mapper "$here/mapper.c"
-cat > root/init <<'INIT'
+. "$here/lib.sh"
+fetch_kernel "$out"
+cat > init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -49,8 +40,7 @@ sleep 1
 echo READY
 exec sleep 100000
 INIT
-chmod +x root/init
-python3 "$here/cpio.py" root initramfs.cpio
+build_initramfs initramfs.cpio init "$here/mapper.c"
 
 # Boot, wait for READY, dump through the human monitor, quit.
 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 256 -display none -nodefaults -no-reboot \
@@ -60,21 +50,13 @@ qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 256 -display none -nodefaults -
     -serial "unix:$work/trigger.sock,server=on,wait=off" \
     -monitor "unix:$work/monitor.sock,server,nowait" &
 qemu=$!
-for _ in $(seq 1 600); do
-    grep -q READY "$out/console.log" 2>/dev/null && break
-    sleep 0.2
-done
-grep -q READY "$out/console.log" || { kill $qemu; echo "the guest never said READY" >&2; exit 1; }
+wait_console "$out/console.log" READY 120 $qemu
 python3 "$here/hmp.py" "$work/monitor.sock" stop "info registers -a" > "$out/registers"
 python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" \
     "dump-guest-memory -z $out/dump.kdump.part" cont
 # The mapper's second step, then the second dump.
 python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n"); s.close()' "$work/trigger.sock"
-for _ in $(seq 1 300); do
-    grep -q MAPPED2 "$out/console.log" 2>/dev/null && break
-    sleep 0.2
-done
-grep -q MAPPED2 "$out/console.log" || { kill $qemu; echo "the mapper never said MAPPED2" >&2; exit 1; }
+wait_console "$out/console.log" MAPPED2 60 $qemu
 python3 "$here/hmp.py" "$work/monitor.sock" stop "dump-guest-memory $out/dump2.part" quit
 # The dump is complete once the monitor answered; QEMU should be gone, and
 # is stopped if not.

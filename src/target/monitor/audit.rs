@@ -5,7 +5,7 @@
 //! broken through an alias). Each finding names the VA range, the PA and
 //! the leaf entry that grants it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -31,6 +31,9 @@ const DEFAULT_LIMIT: usize = 10;
 pub(super) struct Recorder<'a> {
     tables: GuestTables<'a>,
     pages: RefCell<BTreeSet<PhysAddr>>,
+    /// The page of the last entry read (a walk reads a table's entries in
+    /// a row: one set insertion per table, not per entry).
+    last: Cell<PhysAddr>,
 }
 
 impl<'a> Recorder<'a> {
@@ -38,6 +41,7 @@ impl<'a> Recorder<'a> {
         Recorder {
             tables,
             pages: RefCell::default(),
+            last: Cell::new(PhysAddr::MAX),
         }
     }
 
@@ -55,7 +59,10 @@ impl TableReadOps for Recorder<'_> {
     }
 
     fn read_entry(&self, addr: PhysAddr) -> Result<PageTableEntry, MemoryError> {
-        self.pages.borrow_mut().insert(addr & !0xfff);
+        let page = addr & !0xfff;
+        if self.last.replace(page) != page {
+            self.pages.borrow_mut().insert(page);
+        }
         self.tables.read_entry(addr)
     }
 

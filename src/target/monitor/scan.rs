@@ -131,10 +131,13 @@ impl Scanner<'_> {
         })
     }
 
-    /// Every page of RAM (but `skip`) that `looks_like_root`.
+    /// Every page of RAM (but `skip`) that passes `worth_reading` (a cheap
+    /// look at a word or two, before the page is read whole) and
+    /// `looks_like_root`.
     fn candidates(
         &self,
         skip: &BTreeSet<PhysAddr>,
+        worth_reading: impl Fn(PhysAddr) -> bool,
         looks_like_root: impl Fn(&Page) -> bool,
     ) -> (Vec<PhysAddr>, u64) {
         let mut found = Vec::new();
@@ -145,7 +148,11 @@ impl Scanner<'_> {
             let pages = (range.gpa + range.size).saturating_sub(first) / PAGE;
             scanned += pages * PAGE;
             for pa in (0..pages).map(|i| first + i * PAGE) {
-                if !skip.contains(&pa) && self.read(pa, &mut page) && looks_like_root(&page) {
+                if worth_reading(pa)
+                    && !skip.contains(&pa)
+                    && self.read(pa, &mut page)
+                    && looks_like_root(&page)
+                {
                     found.push(pa);
                 }
             }
@@ -219,10 +226,17 @@ fn scan_shared(
                 .into(),
         );
     }
-    let (candidates, scanned) = scanner.candidates(known, |page| {
-        // Accessed (and dirty) bits differ between copies: the CPU sets
-        // them only in the roots it walks. Most pages fail at the first
-        // kernel entry compared.
+    // Accessed (and dirty) bits differ between copies: the CPU sets them
+    // only in the roots it walks. Nearly every page fails at the first
+    // kernel entry, read alone.
+    let (first, first_raw) = kernel[0];
+    let memory = scanner.memory;
+    let first_matches = |pa: PhysAddr| {
+        memory
+            .read_u64(pa + first as u64 * 8)
+            .is_ok_and(|raw| (raw ^ first_raw) & !A_D_BITS == 0)
+    };
+    let (candidates, scanned) = scanner.candidates(known, first_matches, |page| {
         kernel
             .iter()
             .all(|&(i, raw)| (page[i] ^ raw) & !A_D_BITS == 0)
@@ -257,7 +271,7 @@ fn scan_shared(
         if kernel_root % (2 * PAGE) != 0 || known.contains(&user) || found.contains(&user) {
             continue;
         }
-        if is_user_copy(scanner, kernel_root, user) {
+        if is_user_copy(scanner, kernel_root, user, half) {
             let _ = writeln!(
                 out,
                 "space {user:#x}: KPTI user copy of {kernel_root:#x} (same user half, kernel half of entry code only)"
@@ -270,9 +284,11 @@ fn scan_shared(
 }
 
 /// Whether `user` is `kernel`'s KPTI twin: the same user half (accessed,
-/// dirty and execute-disable bits aside), a kernel half of well-formed entries (at least one,
-/// others than `kernel`'s), and a walk without bad entries.
-fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr) -> bool {
+/// dirty and execute-disable bits aside: the same tables below, which
+/// `kernel`'s walk or its being known vouches for), a kernel half of
+/// well-formed entries (at least one, others than `kernel`'s) that walks
+/// without bad entries.
+fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr, half: u64) -> bool {
     let (mut k, mut u) = ([0u64; ENTRIES], [0u64; ENTRIES]);
     if !scanner.read(kernel, &mut k) || !scanner.read(user, &mut u) {
         return false;
@@ -284,7 +300,7 @@ fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr) -> 
         && upper
             .iter()
             .all(|&raw| raw & 1 == 0 || scanner.table_in_ram(raw));
-    same_user_half && own_kernel_half && scanner.confirm(user, 0, u64::MAX).is_some()
+    same_user_half && own_kernel_half && scanner.confirm(user, half.wrapping_neg(), half).is_some()
 }
 
 /// Roots by structure: well-formed, not a table of a known space or of
@@ -301,11 +317,15 @@ fn scan_any(
             skip.extend(c.tables);
         }
     }
-    let (candidates, scanned) = scanner.candidates(&skip, |page| {
-        page.iter()
-            .all(|&raw| raw == 0 || scanner.table_in_ram(raw))
-            && page.iter().any(|&raw| raw != 0)
-    });
+    let (candidates, scanned) = scanner.candidates(
+        &skip,
+        |_| true,
+        |page| {
+            page.iter()
+                .all(|&raw| raw == 0 || scanner.table_in_ram(raw))
+                && page.iter().any(|&raw| raw != 0)
+        },
+    );
     let mut confirmed = Vec::new();
     let mut lower = BTreeSet::new();
     for pa in candidates {

@@ -352,12 +352,12 @@ fn edit(
             let pa = args.number(1, "PA")?;
             let len = args.number(2, "LEN")?;
             let (kind, user) = args::rights(args.positional.get(3).copied().unwrap_or("rw"))?;
-            let mut m = Mapping::new(va, pa, len, kind);
+            let mut m = vmem::MapRequest::new(va, pa, len, kind);
             m.user_accessible = user;
             if let Some(size) = args.option("page") {
-                m.page_size = args::page_size(size)?;
+                m.max_page_size = args::page_size(size)?;
             }
-            vmem::map(fmt, &tables, &m)
+            vmem::map(fmt, &tables, m)
                 .map(|()| format!("mapped {va:#x}..{:#x} to {pa:#x}", va.wrapping_add(len)))
         }
         "unmap" => {
@@ -388,12 +388,10 @@ fn edit(
 fn spaces(ctx: &Context<'_>, json: bool, out: &mut String) -> Result<(), CmdError> {
     let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let roots: Vec<u64> = ctx.roots().collect();
-    let walks = vmem::walk_va_spaces_bounded(
-        fmt,
-        &GuestTables::new(ctx.memory, 0, None),
-        &roots,
-        WALK_BUDGET,
-    );
+    let tables = GuestTables::new(ctx.memory, 0, None);
+    let walks: Vec<_> = vmem::walk_va_spaces(fmt, &tables, &roots)
+        .with_budget(WALK_BUDGET)
+        .collect();
     if json {
         spaces_json(fmt, &walks, &ctx.spaces, out);
         return Ok(());

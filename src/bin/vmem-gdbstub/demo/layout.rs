@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use vmem_gdbstub::arch::{Amd64, PageTableFormat, I686};
 use vmem_gdbstub::target::{GuestRam, GuestTables, TablePool};
 use vmem_gdbstub::vmem::{
-    self, BasicMapping, MapError, Mapping, MappingKind, PageSize, SpaceReferenceMapping, TableOps,
+    self, BasicMapping, MapError, MapRequest, MappingKind, PageSize, SpaceReferenceMapping,
+    TableOps,
 };
 
 use super::loader::Segment;
@@ -64,7 +65,7 @@ fn map_window(
     vmem::map(
         fmt,
         t,
-        &Mapping::new(base, 0, len, kind(true, true)).max_page_size(max),
+        MapRequest::new(base, 0, len, kind(true, true)).max_page_size(max),
     )
 }
 
@@ -81,14 +82,14 @@ fn map_segments(
             .result
             .is_ok_and(|tr| tr.pa == seg.paddr & !0xfff);
         if !covered {
-            let m = Mapping::new(
+            let m = MapRequest::new(
                 start,
                 seg.paddr & !0xfff,
                 len,
                 kind(seg.writable, seg.executable),
             )
             .max_page_size(PageSize::SIZE_4K);
-            vmem::map(fmt, t, &m)?;
+            vmem::map(fmt, t, m)?;
         }
     }
     Ok(())
@@ -98,7 +99,7 @@ fn map_user_page(fmt: &dyn PageTableFormat, t: &GuestTables<'_>, pa: u64) -> Res
     vmem::map(
         fmt,
         t,
-        &Mapping::new(USER_VA, pa, 4096, kind(true, false)).user(),
+        MapRequest::new(USER_VA, pa, 4096, kind(true, false)).user(),
     )
 }
 
@@ -123,12 +124,12 @@ pub fn build_spaces(
     vmem::map(
         mode,
         &a,
-        &Mapping::new(DIRECT_MAP, 0, direct, kind(true, false)),
+        MapRequest::new(DIRECT_MAP, 0, direct, kind(true, false)),
     )?;
     map_segments(mode, &a, segments)?;
     map_user_page(mode, &a, USER_PA[0])?;
-    let device = Mapping::new(DEVICE_VA, DEVICE_PA, 4096, kind(true, false));
-    vmem::map(mode, &a, &device.max_page_size(PageSize::SIZE_4K))?;
+    let device = MapRequest::new(DEVICE_VA, DEVICE_PA, 4096, kind(true, false));
+    vmem::map(mode, &a, device.max_page_size(PageSize::SIZE_4K))?;
 
     // The second space, and a third no vCPU ever loads (as a process not
     // yet scheduled): each its own user page, the kernel half shared.
@@ -145,8 +146,8 @@ fn standalone_space(mode: &Amd64, mem: &GuestRam, pool: &TablePool) -> Result<u6
     let root = new_space(mem, pool)?;
     let t = GuestTables::new(mem, root, Some(pool));
     map_user_page(mode, &t, STANDALONE_USER_PA)?;
-    let data = Mapping::new(G1, 0x120_0000, 2 << 20, kind(false, false));
-    vmem::map(mode, &t, &data.max_page_size(PageSize::SIZE_2M))?;
+    let data = MapRequest::new(G1, 0x120_0000, 2 << 20, kind(false, false));
+    vmem::map(mode, &t, data.max_page_size(PageSize::SIZE_2M))?;
     Ok(root)
 }
 

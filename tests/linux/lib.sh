@@ -1,0 +1,41 @@
+# Shared by the fixture scripts (sourced): fetch Debian's kernel and
+# busybox, build an initramfs, boot it under QEMU TCG and wait for words on
+# its console. Each function works in the current directory.
+
+# fetch_kernel OUT: OUT/vmlinuz (the cloud kernel the metapackage names) and
+# ./busybox/bin/busybox.
+fetch_kernel() {
+    image=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
+    apt-get download -q "$image" busybox-static >/dev/null 2>&1 || apt-get download "$image" busybox-static
+    dpkg-deb -x "$image"_*.deb kernel
+    dpkg-deb -x busybox-static_*.deb busybox
+    cp kernel/boot/vmlinuz-* "$1/vmlinuz"
+}
+
+# build_initramfs CPIO INIT PROGRAM.c...: ./root with busybox, INIT as
+# /init and each freestanding C program as /bin/NAME, packed into CPIO.
+build_initramfs() {
+    cpio=$1 init=$2
+    shift 2
+    mkdir -p root/bin root/proc root/sys root/dev root/tmp
+    cp busybox/bin/busybox root/bin/busybox
+    for program in "$@"; do
+        gcc -static -nostdlib -ffreestanding -fno-pie -no-pie -mgeneral-regs-only -O2 \
+            -o "root/bin/$(basename "$program" .c)" "$program"
+    done
+    cp "$init" root/init
+    chmod +x root/init
+    python3 "$here/cpio.py" root "$cpio"
+}
+
+# wait_console FILE WORD SECONDS PID: until WORD is in FILE; kills PID and
+# fails if it never comes.
+wait_console() {
+    for _ in $(seq 1 $(($3 * 5))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    kill "$4" 2>/dev/null || true
+    echo "the guest never said $2" >&2
+    exit 1
+}
