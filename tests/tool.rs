@@ -285,3 +285,64 @@ fn serve_hands_the_dump_and_its_symbols_to_gdb() {
     assert!(out.contains("in native_safe_halt ()"), "{out}");
     assert!(out.contains("in do_idle ()"), "{out}");
 }
+
+/// `--scan` on an offline command finds the spaces no CPU had loaded
+/// first, as `monitor vmem spaces --scan` does in a session: `audit --all
+/// --scan` prints what gdb's session prints for the two commands in a row.
+#[test]
+fn scan_first_then_the_command_as_in_a_session() {
+    let Some(dir) = fixture() else { return };
+    let dump = dir.join("dump.elf");
+    let dump = dump.to_str().unwrap();
+    let served = Served::start(dir);
+    let through_gdb = served.gdb(&[
+        "monitor vmem spaces --scan",
+        "monitor vmem audit --all --limit 2",
+    ]);
+    let expected: Vec<&str> = through_gdb
+        .lines()
+        .skip_while(|l| !l.starts_with("audit of"))
+        .take_while(|l| !l.starts_with("[Inferior"))
+        .collect();
+    let offline = tool(&["audit", dump, "--all", "--scan", "--limit", "2"]);
+    let printed = String::from_utf8_lossy(&offline.stdout);
+    assert_eq!(printed.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(offline.status.code(), Some(1), "{printed}");
+    let known = tool(&["audit", dump, "--all"]);
+    let known = String::from_utf8_lossy(&known.stdout);
+    assert!(
+        known.starts_with("audit of 2 space(s)") && !printed.starts_with("audit of 2 space(s)"),
+        "{known}\n{printed}"
+    );
+
+    // spaces --json after a scan lists what the scan found besides.
+    let scan = String::from_utf8(tool(&["spaces", dump, "--scan", "any"]).stdout).unwrap();
+    let found = scan.lines().filter(|l| l.starts_with("space 0x")).count();
+    let out = tool(&["spaces", dump, "--scan", "any", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("spaces --json");
+    assert_eq!(
+        json["spaces"].as_array().unwrap().len(),
+        found + 2,
+        "{scan}"
+    );
+}
+
+/// A reader that stops early (`vmem-gdbstub walk … | head -1`) ends the
+/// tool quietly.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let Some(dir) = fixture() else { return };
+    let dump = dir.join("dump.elf");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' walk '{}' --limit 5000 | head -1",
+            env!("CARGO_BIN_EXE_vmem-gdbstub"),
+            dump.display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -126,7 +126,7 @@ pub(crate) enum GuestFormat {
 }
 
 impl GuestFormat {
-    pub(crate) fn as_dyn(&self) -> &dyn PageTableFormat {
+    pub(crate) fn as_dyn(&self) -> &(dyn PageTableFormat + Sync) {
         match self {
             GuestFormat::Long(m) => m,
             GuestFormat::Protected(m) => m,

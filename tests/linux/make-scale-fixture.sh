@@ -3,7 +3,8 @@
 #   OUT/vmlinuz, OUT/initramfs.cpio  Debian's cloud kernel and an initramfs
 #                     whose /init starts spray.c (13 processes, each mapping
 #                     the same 256 MiB file page by page: ~850,000 4 KiB
-#                     mappings that do not coalesce) beside a shell and two
+#                     mappings that do not coalesce; they keep reading them, so
+#                     the CPUs are in their spaces) beside a shell and two
 #                     sleepers, then says SPRAYED
 #   OUT/dump.elf      QEMU's dump-guest-memory of it: 4 GiB, 2 vCPUs
 #   OUT/kallsyms      its symbols

@@ -4,7 +4,8 @@
  * pages of the file sit at unrelated physical addresses), then forks
  * CHILDREN processes that each map the whole file shared and read every
  * page: CHILDREN address spaces of 65,536 4 KiB mappings that coalesce
- * into nothing. Says SPRAYED when all are in place, then sleeps.
+ * into nothing, which then keep reading them (the CPUs are in one of them
+ * when the guest is stopped). Says SPRAYED when all are in place.
  * Freestanding (raw system calls), linked static.
  */
 typedef unsigned long u64;
@@ -68,8 +69,10 @@ __attribute__((force_align_arg_pointer)) void _start(void)
                 sum += map[p * 4096];
             char one = (char)sum;
             syscall6(SYS_write, done[1], (long)&one, 1, 0, 0, 0);
-            for (;;)
-                syscall6(SYS_pause, 0, 0, 0, 0, 0, 0);
+            /* Keep running over the pages, so that whenever the guest is
+             * stopped its CPUs are most likely in one of these spaces. */
+            for (u64 p = 0;; p = (p + 1) & (PAGES - 1))
+                sum += map[p * 4096];
         }
     }
     for (int c = 0; c < CHILDREN; c++) {

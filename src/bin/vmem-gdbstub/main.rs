@@ -11,12 +11,16 @@
 //! The offline commands are the `monitor vmem` commands, with the same
 //! arguments, defaults and output (`walk` prints what `monitor vmem walk`
 //! prints on the same dump); each takes `--json` (the schema is in
-//! docs/monitor.md). Exit status: 0, 1 (`audit` found something),
-//! 2 (bad input: an unreadable or malformed file, a bad argument).
+//! docs/monitor.md). `--scan [shared|any]` on any of them first finds the
+//! address spaces no CPU had loaded (`monitor vmem spaces --scan`), so
+//! `audit --all --scan` audits every process. Exit status: 0, 1 (`audit`
+//! found something), 2 (bad input: an unreadable or malformed file, a bad
+//! argument).
 
 mod demo;
 
 use std::ffi::OsString;
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -114,24 +118,60 @@ fn main() -> ExitCode {
         Err(e) => return bad(format!("{}: {e}", offline.file.display())),
     };
     let debugger = Debugger::from_dump(dump).build();
+    let (scan, args) = take_scan(name, offline.args);
+    if let Some(scan) = scan {
+        if let Err(status) = run_monitor(&debugger, &scan) {
+            return status;
+        }
+    }
     let line = std::iter::once(format!("vmem {name}"))
-        .chain(offline.args)
+        .chain(args)
         .collect::<Vec<_>>()
         .join(" ");
-    let text = match debugger.monitor(&line) {
+    let text = match run_monitor(&debugger, &line) {
         Ok(text) => text,
-        Err(e) => return bad(e),
+        Err(status) => return status,
     };
-    if let Some(error) = text.lines().find(|l| l.starts_with("error: ")) {
-        // The command's own message (and its usage, if the line was wrong).
-        eprint!("{text}");
-        return bad(error.trim_start_matches("error: "));
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is no error of ours.
+        if e.kind() != ErrorKind::BrokenPipe {
+            return bad(format!("cannot write the report: {e}"));
+        }
     }
-    print!("{text}");
     if name == "audit" && findings(&text) > 0 {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// The `--scan [MODE]` a command was given, as the monitor line that runs
+/// it first, and the other arguments. `spaces --scan` in text is the
+/// monitor's own command and stays as it is.
+fn take_scan(name: &str, args: Vec<String>) -> (Option<String>, Vec<String>) {
+    let Some(at) = args.iter().position(|a| a == "--scan") else {
+        return (None, args);
+    };
+    if name == "spaces" && !args.iter().any(|a| a == "--json") {
+        return (None, args);
+    }
+    let mut rest = args;
+    rest.remove(at);
+    let mode = match rest.get(at).map(String::as_str) {
+        Some("shared" | "any") => rest.remove(at),
+        _ => "shared".to_string(),
+    };
+    (Some(format!("vmem spaces --scan {mode}")), rest)
+}
+
+/// Run one monitor line; a user error (the command's `error: ` line, with
+/// its usage when the line was wrong) goes to stderr with status 2.
+fn run_monitor(debugger: &Debugger, line: &str) -> Result<String, ExitCode> {
+    let text = debugger.monitor(line).map_err(bad)?;
+    if let Some(error) = text.lines().find(|l| l.starts_with("error: ")) {
+        eprint!("{text}");
+        return Err(bad(error.trim_start_matches("error: ")));
+    }
+    Ok(text)
 }
 
 /// The findings an audit's report counts: `KIND: N` lines, or with

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use super::args::Args;
+use super::parallel::map_in_parallel;
 use super::vmem::{row, space_of, walk_space, CUT_SHORT};
 use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
@@ -107,7 +108,7 @@ impl Kind {
 
 /// What a leaf allows, for the alias sweep: writable only, executable
 /// only, or both.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Use {
     Write = 0,
     Exec = 1,
@@ -125,9 +126,15 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     let limit = args.limit(DEFAULT_LIMIT)?;
     let mut leaves: Vec<(u64, Mapping)> = Vec::new();
     let mut table_pages = BTreeSet::new();
-    for &root in &roots {
+    // Each space walked whole (the rights of a table shared with another
+    // space depend on the entries above it, which may differ: KPTI's
+    // user copy), several at once.
+    let walks = map_in_parallel(&roots, |&root| {
         let recorder = Recorder::new(GuestTables::new(ctx.memory, root, None));
         let (mappings, cut) = walk_space(fmt, &recorder);
+        (mappings, cut, recorder.into_pages())
+    });
+    for (&root, (mappings, cut, mut pages)) in roots.iter().zip(walks) {
         if cut {
             let _ = writeln!(
                 out,
@@ -135,7 +142,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
             );
         }
         leaves.extend(mappings.into_iter().map(|m| (root, m)));
-        table_pages.append(&mut recorder.into_pages());
+        table_pages.append(&mut pages);
     }
     let mut kinds = [
         Kind::new("writable and executable"),
@@ -177,14 +184,18 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         (false, true) => Some(Use::Exec),
         (false, false) => None,
     };
-    let mut by_pa: Vec<(&(u64, Mapping), Use)> = leaves
+    let mut by_pa: Vec<(u64, u32, Use)> = leaves
         .iter()
-        .filter_map(|item| Some((item, use_of(&item.1)?)))
+        .enumerate()
+        .filter_map(|(i, (_, m))| Some((m.phys_base, u32::try_from(i).ok()?, use_of(m)?)))
         .collect();
-    by_pa.sort_by_key(|((_, m), _)| m.phys_base);
+    // By address, then walk order: what a stable sort gives, at the
+    // speed of an unstable one on small keys.
+    by_pa.sort_unstable();
     let end = |m: &Mapping| m.phys_base.saturating_add(m.len);
     let mut furthest: [Option<&(u64, Mapping)>; 3] = [None; 3];
-    for (item, used) in by_pa {
+    for (_, index, used) in by_pa {
+        let item = &leaves[index as usize];
         let m = &item.1;
         let conflicting: &[Use] = match used {
             Use::Write => &[Use::Exec, Use::Both],

@@ -12,6 +12,7 @@ mod expr;
 mod find;
 mod json;
 mod lapic;
+mod parallel;
 mod qemu;
 mod scan;
 mod vmem;
@@ -125,7 +126,7 @@ pub(crate) struct Context<'a> {
     pub memory: &'a GuestRam,
     pub pool: Option<&'a TablePool>,
     /// Paging format of the current vCPU (`None`: paging off).
-    pub format: Option<&'a dyn PageTableFormat>,
+    pub format: Option<&'a (dyn PageTableFormat + Sync)>,
     /// Root of the current space (`None`: paging off).
     pub root: Option<u64>,
     /// The bits of a CR3 value that name the root table in this mode.
