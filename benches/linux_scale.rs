@@ -1,10 +1,11 @@
 //! The offline commands at Linux scale, through `Debugger::monitor` as the
 //! tool runs them, on tests/linux/make-scale-fixture.sh's dump (built into
 //! target/linux-scale on first use): Debian's kernel with 4 GiB of RAM,
-//! 13 processes each mapping a 256 MiB file page by page (41 address
-//! spaces with the KPTI copies, ~1.7 million mappings).
+//! 13 processes each mapping a 256 MiB file page by page (~50 address
+//! spaces with the KPTI copies and exited processes' roots, ~1.7 million
+//! mappings).
 //!
-//! - `scan shared`: `vmem spaces --scan shared` finding the 41 roots no
+//! - `scan shared`: `vmem spaces --scan shared` finding the ~50 roots no
 //!   vCPU had loaded (goal: under 0.5 s);
 //! - `audit --all`: every space found, audited (goal: under 0.5 s);
 //! - `info mem`, `info tlb` of the current space (`info tlb`: 65,000 lines;
@@ -41,7 +42,14 @@ fn debugger(dump: &Path) -> Debugger {
 fn scanned(dump: &Path) -> Debugger {
     let dbg = debugger(dump);
     let out = dbg.monitor("vmem spaces --scan shared").unwrap();
-    assert!(out.contains("41 new address spaces"), "{out}");
+    // At least the 13 processes with their KPTI copies.
+    let mappings =
+        |line: &str| -> Option<u64> { line.split_once(": ")?.1.split(' ').next()?.parse().ok() };
+    let found = out
+        .lines()
+        .filter(|l| mappings(l).is_some_and(|n| n > 65_536))
+        .count();
+    assert!(found >= 13, "{out}");
     dbg
 }
 
@@ -58,7 +66,7 @@ fn commands(c: &mut Criterion) {
     });
     let dbg = scanned(&dump);
     let out = dbg.monitor("vmem audit --all").unwrap();
-    assert!(out.starts_with("audit of 43 space(s)"), "{out}");
+    assert!(out.starts_with("audit of "), "{out}");
     group.bench_function("audit --all", |b| {
         b.iter(|| black_box(dbg.monitor("vmem audit --all").unwrap()))
     });

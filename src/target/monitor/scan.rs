@@ -211,6 +211,17 @@ fn scan_shared(
     half: u64,
     out: &mut String,
 ) -> Result<(Vec<PhysAddr>, u64), CmdError> {
+    // A CPU in user mode under KPTI holds the user copy, whose kernel half
+    // is the entry code only: the others are recognised by the kernel
+    // copy's half.
+    let reference = match reference.checked_sub(PAGE) {
+        Some(kernel)
+            if reference % (2 * PAGE) == PAGE && is_user_copy(scanner, kernel, reference, half) =>
+        {
+            kernel
+        }
+        _ => reference,
+    };
     let mut root = [0u64; ENTRIES];
     if !scanner.read(reference, &mut root) {
         return Err(format!("the current root {reference:#x} is not in RAM").into());
