@@ -35,7 +35,7 @@ fn process(t: &BufferTables<Vec<u8>>, kernel: u64, entry: u64, n: u64) -> u64 {
     let fmt = Amd64::FOUR_LEVEL;
     // Two neighbouring tables, the lower 8 KiB aligned.
     let mut root = t.alloc_table().unwrap();
-    if root % 0x2000 != 0 {
+    if !root.is_multiple_of(0x2000) {
         root = t.alloc_table().unwrap();
     }
     let user = t.alloc_table().unwrap();
