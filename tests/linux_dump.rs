@@ -667,3 +667,45 @@ fn diff_between_two_dumps_shows_the_mappers_mmap_and_mprotect() {
     }
     assert!(!diff.contains("not in dump"), "{out}");
 }
+
+/// A VMM's progress callback hears how far a RAM scan and an audit of
+/// every space have got: from nothing, never backwards (the scan's own
+/// thread), to the whole of RAM and every space.
+#[test]
+fn long_commands_report_their_progress() {
+    use std::sync::{Arc, Mutex};
+    use vmem_gdbstub::target::{Debugger, Dump, ProgressUnit};
+
+    let Some(dir) = fixture() else { return };
+    let heard: Arc<Mutex<Vec<(String, u64, u64, ProgressUnit)>>> = Arc::default();
+    let log = Arc::clone(&heard);
+    let dump = Dump::open(&dir.join("dump.elf")).unwrap();
+    let ram = dump.ram().total_size();
+    let dbg = Debugger::from_dump(dump)
+        .on_progress(move |p| {
+            log.lock()
+                .unwrap()
+                .push((p.task.to_string(), p.done, p.total, p.unit))
+        })
+        .build();
+    let scan = dbg.monitor("vmem spaces --scan").unwrap();
+    let audit = dbg.monitor("vmem audit --all").unwrap();
+    let heard = heard.lock().unwrap();
+    let scanning: Vec<_> = heard.iter().filter(|h| h.0 == "scanning RAM").collect();
+    assert!(scanning.len() > 2, "{heard:?}");
+    assert_eq!(scanning[0].1, 0);
+    assert!(
+        scanning.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{scanning:?}"
+    );
+    let last = scanning.last().unwrap();
+    assert_eq!((last.1, last.2, last.3), (ram, ram, ProgressUnit::Bytes));
+    let spaces = number_after(&audit, "audit of ").unwrap();
+    let auditing: Vec<_> = heard.iter().filter(|h| h.0 == "auditing spaces").collect();
+    assert_eq!(auditing.len() as u64, spaces + 1, "{auditing:?}\n{scan}");
+    let most = auditing.iter().map(|h| h.1).max().unwrap();
+    assert_eq!(most, spaces);
+    assert!(auditing
+        .iter()
+        .all(|h| h.2 == spaces && h.3 == ProgressUnit::Spaces));
+}

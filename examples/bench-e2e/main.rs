@@ -11,6 +11,8 @@
 //! cargo build --release --examples && ./target/release/examples/bench-e2e
 //! # Firecracker + ours vs Firecracker's own stub vs the demo VM:
 //! ./target/release/examples/bench-e2e --firecracker "$(integrations/firecracker/build.sh)"
+//! # `monitor info mem` / `info tlb` on a 4 GiB Linux guest, ours vs QEMU's:
+//! ./target/release/examples/bench-e2e --linux-scale
 //! ```
 //!
 //! Prints: `dump binary memory` of 64 MiB (gdb 13's hex `m`, and gdb 18's
@@ -27,6 +29,7 @@
 mod firecracker;
 #[path = "../../tests/demo/kernel.rs"]
 mod kernel;
+mod linux_scale;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -857,6 +860,14 @@ fn main() {
     let tmp = std::env::temp_dir().join(format!("bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp");
     let args: Vec<String> = std::env::args().collect();
+    if let [_, flag] = args.as_slice() {
+        if flag == "--linux-scale" {
+            let tool = dir.parent().expect("profile dir").join("vmem-gdbstub");
+            linux_scale::side_by_side(&tool, &tmp);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return;
+        }
+    }
     if let [_, flag, binary] = args.as_slice() {
         if flag == "--firecracker" {
             firecracker::side_by_side(Path::new(binary), &dir.join("demo-vm"), &tmp);

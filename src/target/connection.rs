@@ -691,20 +691,49 @@ pub(crate) enum Wait {
 /// The session's connection as gdbstub holds it: shared, so it outlives a
 /// gdbstub state machine that stopped on a packet it could not parse, and
 /// moves with the session between threads (one drives it at a time).
-pub(crate) struct ConnRef(pub Arc<Mutex<GdbConnection>>);
+///
+/// gdbstub writes a reply a byte at a time; a packet (from its `$` to the
+/// flush that ends it) is gathered here and handed over under one lock, so
+/// a 6 MB `O` packet of monitor output does not take the lock 6 million
+/// times. Anything outside a packet (an ack) goes through at once, as
+/// before.
+pub(crate) struct ConnRef {
+    shared: Arc<Mutex<GdbConnection>>,
+    packet: Vec<u8>,
+}
+
+impl ConnRef {
+    pub(crate) fn new(shared: Arc<Mutex<GdbConnection>>) -> ConnRef {
+        ConnRef {
+            shared,
+            packet: Vec::new(),
+        }
+    }
+}
 
 impl Connection for ConnRef {
     type Error = io::Error;
 
     fn write(&mut self, byte: u8) -> io::Result<()> {
-        lock(&self.0).write(byte)
+        if self.packet.is_empty() && byte != b'$' {
+            return lock(&self.shared).write(byte);
+        }
+        self.packet.push(byte);
+        Ok(())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        lock(&self.0).write_all(buf)
+        if self.packet.is_empty() && buf.first() != Some(&b'$') {
+            return lock(&self.shared).write_all(buf);
+        }
+        self.packet.extend_from_slice(buf);
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Connection::flush(&mut *lock(&self.0))
+        let mut conn = lock(&self.shared);
+        conn.write_all(&self.packet)?;
+        self.packet.clear();
+        Connection::flush(&mut *conn)
     }
 }

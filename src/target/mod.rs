@@ -70,6 +70,7 @@ mod memory;
 mod memory_packets;
 mod monitor;
 mod paging;
+mod progress;
 mod qemu_packets;
 mod regions;
 mod regs;
@@ -105,6 +106,7 @@ pub use hooks::{Entry, ExitOwner, VcpuHooks};
 pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use paging::vcpu_mmu;
+pub use progress::{Progress, ProgressUnit};
 pub use regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};
 pub use symbols::{symbol_file, SymbolFile, SymbolsError};
 pub use traps::{KvmMemslots, PageTraps, Trap};
@@ -187,8 +189,18 @@ impl DebuggerBuilder {
                 chardevs: Mutex::default(),
                 cpu_limits: OnceLock::new(),
                 frozen: None,
+                progress: None,
             },
         }
+    }
+
+    /// Called as long monitor commands run (`vmem spaces --scan` over all
+    /// of RAM, `vmem audit --all` over many spaces), from the thread
+    /// running the command or a helper of it; the tool draws a progress
+    /// bar with it.
+    pub fn on_progress(mut self, report: impl Fn(Progress<'_>) + Send + Sync + 'static) -> Self {
+        self.inner.progress = Some(Box::new(report));
+        self
     }
 
     /// Tell gdb where the guest's ELF (with symbols) is, so a plain

@@ -227,7 +227,7 @@ impl Session {
     /// A fresh gdbstub state machine on the session's connection, driven
     /// from the gdb thread.
     fn start(&mut self) -> Turn {
-        let built = GdbStubBuilder::new(ConnRef(Arc::clone(&self.conn)))
+        let built = GdbStubBuilder::new(ConnRef::new(Arc::clone(&self.conn)))
             .packet_buffer_size(STUB_PACKET_SIZE)
             .build();
         let stub = match built {

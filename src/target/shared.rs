@@ -20,6 +20,7 @@ use super::host_file::ExecFile;
 use super::irq_step::StepIrqs;
 use super::memory::{GuestRam, TablePool};
 use super::paging::CpuLimits;
+use super::progress::{self, ProgressFn};
 use super::qemu_packets::QemuFlags;
 use super::run_gate::RunGate;
 use super::session::HomeSlot;
@@ -85,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) frozen: Option<Vec<DumpCpu>>,
     /// The MMU limits of the vCPUs' CPUID (read by the first vCPU to run).
     pub(crate) cpu_limits: OnceLock<CpuLimits>,
+    /// Told how long monitor commands are getting on.
+    pub(crate) progress: Option<Box<ProgressFn>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -105,6 +108,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Where long monitor commands report their progress.
+    pub(crate) fn progress(&self) -> &ProgressFn {
+        self.progress.as_deref().unwrap_or(&progress::ignore)
+    }
+
     pub(crate) fn breakpoints(&self) -> RwLockReadGuard<'_, Breakpoints> {
         self.breakpoints.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -15,9 +15,11 @@
 //! address spaces no CPU had loaded (`monitor vmem spaces --scan`), so
 //! `audit --all --scan` audits every process. Exit status: 0, 1 (`audit`
 //! found something), 2 (bad input: an unreadable or malformed file, a bad
-//! argument).
+//! argument). A scan or audit that takes more than a moment draws a
+//! progress bar on stderr when that is a terminal.
 
 mod demo;
+mod progress_bar;
 
 use std::ffi::OsString;
 use std::io::{ErrorKind, Write};
@@ -117,7 +119,11 @@ fn main() -> ExitCode {
         Ok(dump) => dump,
         Err(e) => return bad(format!("{}: {e}", offline.file.display())),
     };
-    let debugger = Debugger::from_dump(dump).build();
+    let mut builder = Debugger::from_dump(dump);
+    if let Some(bar) = progress_bar::on_terminal() {
+        builder = builder.on_progress(bar);
+    }
+    let debugger = builder.build();
     let (scan, args) = take_scan(name, offline.args);
     if let Some(scan) = scan {
         if let Err(status) = run_monitor(&debugger, &scan) {

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::args::Args;
 use super::parallel::map_in_parallel;
@@ -15,6 +16,7 @@ use super::vmem::{row, space_of, walk_space, CUT_SHORT};
 use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
 use crate::target::memory::GuestTables;
+use crate::target::progress::{Progress, ProgressUnit};
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
 
 pub(crate) const USAGE: &str = "\
@@ -129,9 +131,20 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     // Each space walked whole (the rights of a table shared with another
     // space depend on the entries above it, which may differ: KPTI's
     // user copy), several at once.
+    let walked = AtomicU64::new(0);
+    let report = |done| {
+        (ctx.progress)(Progress {
+            task: "auditing spaces",
+            done,
+            total: roots.len() as u64,
+            unit: ProgressUnit::Spaces,
+        })
+    };
+    report(0);
     let walks = map_in_parallel(&roots, |&root| {
         let recorder = Recorder::new(GuestTables::new(ctx.memory, root, None));
         let (mappings, cut) = walk_space(fmt, &recorder);
+        report(walked.fetch_add(1, Ordering::Relaxed) + 1);
         (mappings, cut, recorder.into_pages())
     });
     for (&root, (mappings, cut, mut pages)) in roots.iter().zip(walks) {

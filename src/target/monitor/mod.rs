@@ -20,6 +20,7 @@ mod vmem;
 use std::fmt;
 
 use super::memory::{GuestRam, TablePool};
+use super::progress::ProgressFn;
 use super::regs::KvmState;
 use crate::arch::PageTableFormat;
 
@@ -150,6 +151,8 @@ pub(crate) struct Context<'a> {
     /// The tables as they were when the VM last stopped (taken as it
     /// resumed), with what that stop is called.
     pub last_stop: Option<&'a (Snapshot, String)>,
+    /// Where long commands report how far they have got.
+    pub progress: &'a ProgressFn,
 }
 
 impl Context<'_> {

@@ -25,6 +25,7 @@ use super::vmem::WALK_BUDGET;
 use super::{usage, CmdError, Context};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::memory::{GuestRam, GuestTables};
+use crate::target::progress::{Progress, ProgressFn, ProgressUnit};
 use crate::vmem::{self, HumanBytes, PhysAddr};
 
 /// The x86 accessed and dirty bits of a table entry.
@@ -38,6 +39,8 @@ const CONFIRM_BUDGET: u64 = WALK_BUDGET >> 4;
 const SCAN_BUDGET: u64 = WALK_BUDGET;
 const ENTRIES: usize = 512;
 const PAGE: u64 = 0x1000;
+/// Pages scanned between two progress reports (64 MiB).
+const REPORT_EVERY: u64 = 1 << 14;
 
 /// How roots are recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,7 @@ struct Confirmed {
 struct Scanner<'c> {
     fmt: &'c dyn PageTableFormat,
     memory: &'c GuestRam,
+    progress: &'c ProgressFn,
     budget: u64,
     cut: bool,
 }
@@ -143,11 +147,23 @@ impl Scanner<'_> {
         let mut found = Vec::new();
         let mut scanned = 0;
         let mut page = [0u64; ENTRIES];
+        let total = self.memory.total_size();
+        let report = |done| {
+            (self.progress)(Progress {
+                task: "scanning RAM",
+                done,
+                total,
+                unit: ProgressUnit::Bytes,
+            })
+        };
         for range in self.memory.ranges() {
             let first = range.gpa.next_multiple_of(PAGE);
             let pages = (range.gpa + range.size).saturating_sub(first) / PAGE;
-            scanned += pages * PAGE;
-            for pa in (0..pages).map(|i| first + i * PAGE) {
+            for i in 0..pages {
+                let pa = first + i * PAGE;
+                if i % REPORT_EVERY == 0 {
+                    report(scanned + i * PAGE);
+                }
                 if worth_reading(pa)
                     && !skip.contains(&pa)
                     && self.read(pa, &mut page)
@@ -156,7 +172,9 @@ impl Scanner<'_> {
                     found.push(pa);
                 }
             }
+            scanned += pages * PAGE;
         }
+        report(total);
         (found, scanned)
     }
 }
@@ -175,6 +193,7 @@ pub(crate) fn scan(
     let mut scanner = Scanner {
         fmt,
         memory: ctx.memory,
+        progress: ctx.progress,
         budget: SCAN_BUDGET,
         cut: false,
     };

@@ -148,6 +148,7 @@ impl KvmTarget {
             snapshots: &self.snapshots,
             host_files: self.dbg.host_files,
             last_stop: self.last_stop.as_ref(),
+            progress: self.dbg.progress(),
         }
     }
 
@@ -308,6 +309,9 @@ impl KvmTarget {
     }
 }
 
+/// Bytes of monitor output per `O` packet.
+const OUTPUT_CHUNK: usize = 8 << 10;
+
 impl MonitorCmd for KvmTarget {
     fn handle_monitor_cmd(
         &mut self,
@@ -315,7 +319,14 @@ impl MonitorCmd for KvmTarget {
         mut out: ConsoleOutput<'_>,
     ) -> Result<(), StubError> {
         let text = self.monitor_text(&String::from_utf8_lossy(cmd));
-        out.write_raw(text.as_bytes());
+        // One `O` packet per chunk: gdb decodes and prints a packet while
+        // the next is on its way (and takes a megabyte-long packet slower
+        // than many short ones: `info tlb` of a Linux process, 3 MB of
+        // text, 0.26 s instead of 0.3-0.45 s with gdb 13).
+        for part in text.as_bytes().chunks(OUTPUT_CHUNK) {
+            out.write_raw(part);
+            out.flush();
+        }
         Ok(())
     }
 }
