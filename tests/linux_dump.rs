@@ -677,7 +677,8 @@ fn long_commands_report_their_progress() {
     use vmem_gdbstub::target::{Debugger, Dump, ProgressUnit};
 
     let Some(dir) = fixture() else { return };
-    let heard: Arc<Mutex<Vec<(String, u64, u64, ProgressUnit)>>> = Arc::default();
+    type Heard = (String, u64, u64, ProgressUnit);
+    let heard: Arc<Mutex<Vec<Heard>>> = Arc::default();
     let log = Arc::clone(&heard);
     let dump = Dump::open(&dir.join("dump.elf")).unwrap();
     let ram = dump.ram().total_size();
