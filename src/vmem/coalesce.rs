@@ -72,6 +72,7 @@ impl<I> Coalesce<I> {
 impl<I: Iterator<Item = Result<WalkEvent, WalkError>>> Iterator for Coalesce<I> {
     type Item = Result<Coalesced, WalkError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let Some(event) = self.stashed.take().or_else(|| self.inner.next()) else {

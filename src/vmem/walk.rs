@@ -139,6 +139,27 @@ pub(crate) struct Walker<'a, F: ?Sized, O: TableReadOps, H> {
     /// An entry `run` read but did not take: (table, index, raw), read
     /// again from here instead of from memory.
     peeked: Option<(PhysAddr, u64, u64)>,
+    /// The last leaf decoded, for the next one that differs from it only
+    /// in its address (scattered 4 KiB pages: every leaf of a table).
+    memo: Option<LeafMemo>,
+}
+
+/// A decoded leaf and what decides its decoding: its level, its bits
+/// outside the address, and what the tables above allow.
+#[derive(Clone, Copy)]
+struct LeafMemo {
+    level: usize,
+    /// The leaf address bits at `level` (never 0 here).
+    mask: u64,
+    /// The entry's bits outside `mask`.
+    rest: u64,
+    allowed: Perms,
+    self_map: bool,
+    /// The decoded address's bits outside `mask` (PSE-36's high bits).
+    addr_rest: u64,
+    perms: Perms,
+    flags: Flags,
+    rights: Rights,
 }
 
 impl<'a, F, O, H> Walker<'a, F, O, H>
@@ -175,6 +196,7 @@ where
             budget: u64::MAX,
             hook,
             peeked: None,
+            memo: None,
         };
         if range.is_some() && fmt.levels() <= MAX_LEVELS && fmt.levels() > 0 {
             walker.push(0, root, 0, Perms::all(), false);
@@ -221,6 +243,22 @@ where
         size
     }
 
+    /// The leaf (and the run it starts) of entry `raw` at `level`, for
+    /// linear address `lin`, decoded as `memo` says.
+    #[inline]
+    fn leaf(&mut self, level: usize, lin: u64, raw: u64, memo: &LeafMemo) -> WalkEvent {
+        let page = self.fmt.entry_span(level);
+        WalkEvent::Leaf(Leaf {
+            va: self.fmt.canonical(lin),
+            pa: memo.addr_rest | (raw & memo.mask),
+            size: self.run(level, raw, page),
+            page_shift: page.trailing_zeros() as u8,
+            perms: memo.perms,
+            flags: memo.flags,
+            rights: memo.rights,
+        })
+    }
+
     fn push(
         &mut self,
         level: usize,
@@ -250,6 +288,7 @@ where
 {
     type Item = Result<WalkEvent, WalkError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         while self.depth > 0 {
             let level = self.depth - 1;
@@ -285,22 +324,34 @@ where
                 }
             };
             let lin = frame.base + (index << self.fmt.shift(level));
+            if let Some(m) = self.memo.filter(|m| {
+                m.level == level
+                    && m.rest == raw & !m.mask
+                    && m.allowed == frame.allowed
+                    && m.self_map == frame.self_map
+            }) {
+                return Some(Ok(self.leaf(level, lin, raw, &m)));
+            }
             match self.fmt.decode(level, raw) {
                 Descriptor::Invalid => {}
                 Descriptor::Leaf { addr, perms, flags } => {
                     let perms = perms & frame.allowed;
                     let mut flags = flags;
                     flags.set(Flags::SELF_MAP, frame.self_map);
-                    let page = self.fmt.entry_span(level);
-                    return Some(Ok(WalkEvent::Leaf(Leaf {
-                        va: self.fmt.canonical(lin),
-                        pa: addr,
-                        size: self.run(level, raw, page),
-                        page_shift: page.trailing_zeros() as u8,
+                    let mask = self.fmt.leaf_address_mask(level);
+                    let memo = LeafMemo {
+                        level,
+                        mask,
+                        rest: raw & !mask,
+                        allowed: frame.allowed,
+                        self_map: frame.self_map,
+                        addr_rest: addr & !mask,
                         perms,
                         flags,
                         rights: self.fmt.rights(perms, raw),
-                    })));
+                    };
+                    self.memo = (mask != 0).then_some(memo);
+                    return Some(Ok(self.leaf(level, lin, raw, &memo)));
                 }
                 Descriptor::Table { addr, allowed } if level + 1 < self.fmt.levels() => {
                     let self_map = frame.self_map
