@@ -10,12 +10,12 @@
 //!
 //! ```
 //! use vmem_gdbstub::arch::Amd64;
-//! use vmem_gdbstub::vmem::{self, BufferTables, Mapping, MappingKind, BasicMapping};
+//! use vmem_gdbstub::vmem::{self, BufferTables, MapRequest, MappingKind, BasicMapping};
 //!
 //! // 1 MiB of "physical memory" at PA 0, tables allocated from all of it.
 //! let tables = BufferTables::new(vec![0u8; 1 << 20], 0, 0..1 << 20).unwrap();
 //! let rw = MappingKind::Basic(BasicMapping { readable: true, writable: true, executable: false });
-//! vmem::map(&Amd64::FOUR_LEVEL, &tables, &MapRequest::new(0xffff_8000_0000_0000, 0x20_0000, 0x40_0000, rw)).unwrap();
+//! vmem::map(&Amd64::FOUR_LEVEL, &tables, MapRequest::new(0xffff_8000_0000_0000, 0x20_0000, 0x40_0000, rw)).unwrap();
 //! let mappings: Vec<_> = vmem::virt_to_phys(&Amd64::FOUR_LEVEL, &tables, 0, u64::MAX)
 //!     .collect::<Result<_, _>>()
 //!     .unwrap();
@@ -31,3 +31,8 @@ pub mod arch;
 #[cfg(feature = "kvm")]
 pub mod target;
 pub mod vmem;
+
+/// The examples of docs/library.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+struct LibraryGuide;

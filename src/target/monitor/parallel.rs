@@ -46,9 +46,69 @@ where
     results.into_iter().map(|(_, result)| result).collect()
 }
 
+/// Below this many items a sort stays on one thread.
+const PARALLEL_SORT_MIN: usize = 1 << 16;
+
+/// Sort `items` (a total order: equal items are the same) on up to one
+/// thread per core: each sorts a part, then the parts are merged.
+pub(crate) fn sort_in_parallel<T: Ord + Copy + Send>(items: &mut Vec<T>) {
+    let threads = thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(items.len() / PARALLEL_SORT_MIN);
+    if threads <= 1 {
+        items.sort_unstable();
+        return;
+    }
+    let mut width = items.len().div_ceil(threads);
+    thread::scope(|scope| {
+        for part in items.chunks_mut(width) {
+            scope.spawn(move || part.sort_unstable());
+        }
+    });
+    let mut merged = Vec::with_capacity(items.len());
+    while width < items.len() {
+        merged.clear();
+        for pair in items.chunks(2 * width) {
+            let (a, b) = pair.split_at(width.min(pair.len()));
+            merge(a, b, &mut merged);
+        }
+        std::mem::swap(items, &mut merged);
+        width *= 2;
+    }
+}
+
+/// Append the sorted `a` and `b` to `out`, in order.
+fn merge<T: Ord + Copy>(a: &[T], b: &[T], out: &mut Vec<T>) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if b[j] < a[i] {
+            out.push(b[j]);
+            j += 1;
+        } else {
+            out.push(a[i]);
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::map_in_parallel;
+    use super::{map_in_parallel, sort_in_parallel};
+
+    #[test]
+    fn a_parallel_sort_sorts() {
+        for len in [0, 1, 5, 1 << 16, 3 << 17, (1 << 18) + 7] {
+            let mut items: Vec<u64> = (0..len as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
+            let mut expected = items.clone();
+            expected.sort_unstable();
+            sort_in_parallel(&mut items);
+            assert_eq!(items, expected, "{len} items");
+        }
+    }
 
     #[test]
     fn results_come_in_the_items_order() {
