@@ -196,3 +196,77 @@ fn a_second_client_is_refused_while_one_is_attached() {
     let third = vm.gdb(&["print counter"]);
     assert!(number_after(&third, "$1 = ").is_some(), "{third}");
 }
+
+/// `monitor` output longer than one `O` packet, to a client that never
+/// asked for no-ack mode: one `+` for its packet, then the `O` packets and
+/// `OK` with no stray acks between them; what they carry is what the same
+/// command prints to a no-ack client.
+#[test]
+fn monitor_output_in_ack_mode() {
+    use std::io::{Read, Write};
+    use vmem_gdbstub::target::rsp;
+
+    let Some(vm) = DemoVm::start() else { return };
+    let command = b"info tlb";
+    let hex: String = command.iter().map(|b| format!("{b:02x}")).collect();
+    let request = rsp::frame(format!("qRcmd,{hex}").as_bytes());
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", vm.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&request).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !got.ends_with(b"$OK#9a") {
+        let n = stream.read(&mut chunk).expect("the reply");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        // gdb acks every packet it gets.
+        for _ in chunk[..n].iter().filter(|&&b| b == b'#') {
+            stream.write_all(b"+").unwrap();
+        }
+    }
+    assert_eq!(got[0], b'+', "{:?}", String::from_utf8_lossy(&got[..64]));
+    let packets: Vec<&[u8]> = got[1..].split(|&b| b == b'$').skip(1).collect();
+    assert!(
+        got[1] == b'$' && packets.len() > 2,
+        "{} packets",
+        packets.len()
+    );
+    let mut text = Vec::new();
+    for packet in &packets[..packets.len() - 1] {
+        let (payload, sum) = packet.split_at(packet.len() - 3);
+        assert_eq!(sum[0], b'#', "one packet after another, nothing between");
+        assert_eq!(
+            format!("{:02x}", rsp::checksum(payload)).as_bytes(),
+            &sum[1..]
+        );
+        let digits = payload.strip_prefix(b"O").expect("an O packet");
+        for pair in digits.chunks(2) {
+            text.push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
+        }
+    }
+    drop(stream);
+
+    let mut no_ack = Rsp::connect(vm.port);
+    assert!(no_ack.send(format!("qRcmd,{hex}").as_bytes()));
+    let mut expected = Vec::new();
+    loop {
+        match no_ack.reply() {
+            Reply::Packet(p) if p == b"OK" => break,
+            Reply::Packet(p) => {
+                let digits = p.strip_prefix(b"O").expect("an O packet").to_vec();
+                for pair in digits.chunks(2) {
+                    expected
+                        .push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(text.len() > 8 << 10, "{} bytes", text.len());
+    let walk = String::from_utf8(text).unwrap();
+    assert_eq!(walk, String::from_utf8(expected).unwrap());
+    assert!(walk.lines().all(|l| l.len() > 20), "{walk}");
+}

@@ -8,9 +8,11 @@
 //! again under QEMU TCG with its gdbstub; once it says SPRAYED it is
 //! stopped and dumped, and ours (`vmem-gdbstub serve`) serves the dump.
 //! gdb 13 runs each command ROUNDS times per session; sessions alternate
-//! between the two (QEMU stopped again before each of its sessions, as a
+//! between the stubs (QEMU stopped again before each of its sessions, as a
 //! gdb detach resumes it). The first QEMU session's text is compared with
-//! ours line by line.
+//! ours line by line. gdb's own floor: a session against ours logged
+//! (`set remotelogfile`) and replayed by `null-stub --replay`, which gives
+//! the same bytes at no cost (checked: gdb prints the same text).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,8 +32,9 @@ struct Session {
     texts: Vec<String>,
 }
 
-/// One gdb session against `target`: each command ROUNDS times.
-fn session(target: &str, scratch: &Path) -> Session {
+/// One gdb session against `target`: each command ROUNDS times; the
+/// remote protocol logged to `log` if given.
+fn session(target: &str, scratch: &Path, log: Option<&Path>) -> Session {
     let script = scratch.join("timed.py");
     let mut py = String::from("import gdb, time\n");
     for (i, command) in COMMANDS.iter().enumerate() {
@@ -45,6 +48,10 @@ fn session(target: &str, scratch: &Path) -> Session {
         .args(["-batch", "-nx", "-ex", "set pagination off"])
         // QEMU takes longer than gdb's 2 s to answer `info mem` here.
         .args(["-ex", "set remotetimeout 300", "-ex"])
+        .arg(log.map_or(String::new(), |l| {
+            format!("set remotelogfile {}", l.display())
+        }))
+        .arg("-ex")
         .arg(format!("target remote {target}"))
         .arg("-x")
         .arg(&script)
@@ -84,7 +91,7 @@ fn hmp(root: &Path, socket: &Path, commands: &[&str]) {
     assert!(ok, "QEMU's monitor: {commands:?}");
 }
 
-pub(crate) fn side_by_side(tool: &Path, scratch: &Path) {
+pub(crate) fn side_by_side(tool: &Path, null_stub: &Path, scratch: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fixture = root.join("target/linux-scale");
     let script = root.join("tests/linux/make-scale-fixture.sh");
@@ -133,22 +140,33 @@ pub(crate) fn side_by_side(tool: &Path, scratch: &Path) {
     let dump_arg = dump.to_string_lossy().into_owned();
     let ours = Stub::start(tool, &["serve", &dump_arg, "--listen", "127.0.0.1:0"]);
 
-    let mut theirs_all: Vec<Session> = Vec::new();
-    let mut ours_all: Vec<Session> = Vec::new();
+    let log = scratch.join("ours.log");
+    let logged = session(&ours.target, scratch, Some(&log));
+    let floor = Stub::start(null_stub, &["--replay", &log.display().to_string()]);
+    let replayed = session(&floor.target, scratch, None);
+    assert_eq!(
+        replayed.texts, logged.texts,
+        "the replay gives gdb what ours gave"
+    );
+
+    let stubs = [&qemu, &ours, &floor];
+    let mut all: [Vec<Session>; 3] = Default::default();
     for _ in 0..SESSIONS {
         hmp(root, &monitor, &["stop"]);
-        theirs_all.push(session(&qemu.target, scratch));
-        ours_all.push(session(&ours.target, scratch));
+        for (stub, sessions) in stubs.iter().zip(all.iter_mut()) {
+            sessions.push(session(&stub.target, scratch, None));
+        }
     }
     println!(
         "gdb 13, `gdb.execute(\"monitor …\", to_string=True)`, {SESSIONS} sessions x {ROUNDS} rounds each, medians:"
     );
-    println!("| | QEMU 7.2 gdbstub (live, TCG) | ours (its dump) | ours vs QEMU |");
-    println!("|---|---|---|---|");
+    println!("| | QEMU 7.2 gdbstub (live, TCG) | ours (its dump) | gdb's floor (replaying ours) | ours vs QEMU |");
+    println!("|---|---|---|---|---|");
     for (i, command) in COMMANDS.iter().enumerate() {
-        let all = |s: &[Session]| median(s.iter().flat_map(|s| s.times[i].clone()).collect());
-        let (theirs, mine) = (all(&theirs_all), all(&ours_all));
-        let (qemu_text, our_text) = (&theirs_all[0].texts[i], &ours_all[0].texts[i]);
+        let [theirs, mine, least] = all
+            .each_ref()
+            .map(|sessions| median(sessions.iter().flat_map(|s| s.times[i].clone()).collect()));
+        let (qemu_text, our_text) = (&all[0][0].texts[i], &all[1][0].texts[i]);
         let differing = qemu_text
             .lines()
             .zip(our_text.lines())
@@ -163,13 +181,16 @@ pub(crate) fn side_by_side(tool: &Path, scratch: &Path) {
             println!("first difference in `{command}`:\n  QEMU: {a}\n  ours: {b}");
         }
         println!(
-            "| `monitor {command}` ({} lines; {differing} differ) | {:.1} ms | {:.1} ms | {:.2}x |",
+            "| `monitor {command}` (ours: {} lines, QEMU: {}; {differing} differ) | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x |",
             our_text.lines().count(),
+            qemu_text.lines().count(),
             theirs * 1e3,
             mine * 1e3,
+            least * 1e3,
             theirs / mine
         );
     }
+    drop(floor);
     drop(ours);
     drop(qemu);
     let _ = std::fs::remove_file(&dump);

@@ -863,7 +863,7 @@ fn main() {
     if let [_, flag] = args.as_slice() {
         if flag == "--linux-scale" {
             let tool = dir.parent().expect("profile dir").join("vmem-gdbstub");
-            linux_scale::side_by_side(&tool, &tmp);
+            linux_scale::side_by_side(&tool, &dir.join("null-stub"), &tmp);
             let _ = std::fs::remove_dir_all(&tmp);
             return;
         }

@@ -169,6 +169,9 @@ impl Oversized {
     }
 }
 
+/// Bytes of monitor output per `O` packet.
+const MONITOR_CHUNK: usize = 8 << 10;
+
 /// The next thing the gdb thread has to handle.
 #[derive(Debug)]
 pub(crate) enum Input {
@@ -182,6 +185,9 @@ pub(crate) enum Input {
     /// lldb's `qMemoryRegionInfo:ADDR`, to answer with
     /// [`GdbConnection::answer_region`].
     Region(u64),
+    /// `qRcmd,HEX` (`monitor …`): the command line, to answer with
+    /// [`GdbConnection::answer_monitor`].
+    Monitor(String),
     /// A vCPU stopped by itself.
     Wake,
     /// The wait's timeout passed.
@@ -308,6 +314,15 @@ impl GdbConnection {
                 .and_then(|a| u64::from_str_radix(a, 16).ok());
             match addr {
                 Some(addr) => self.input.push_back(Input::Region(addr)),
+                None => self.send_reply(b"E01")?,
+            }
+            return Ok(());
+        }
+        if let Some(hex) = payload.strip_prefix(b"qRcmd,") {
+            match memory_packets::parse_hex_bytes(hex) {
+                Some(line) => self
+                    .input
+                    .push_back(Input::Monitor(String::from_utf8_lossy(&line).into_owned())),
                 None => self.send_reply(b"E01")?,
             }
             return Ok(());
@@ -517,6 +532,43 @@ impl GdbConnection {
     /// Answer `qMemoryRegionInfo` (`E01` while the VM runs).
     pub(crate) fn answer_region(&mut self, reply: Option<&str>) -> io::Result<()> {
         self.send_reply(reply.unwrap_or("E01").as_bytes())
+    }
+
+    /// Answer `qRcmd`: what the command printed as `O` packets of
+    /// [`MONITOR_CHUNK`] bytes (gdb prints each as it comes; one
+    /// megabyte-long packet takes it longer than many short ones), then
+    /// `OK`; `E01` if the VM runs (`None`).
+    pub(crate) fn answer_monitor(&mut self, text: Option<&str>) -> io::Result<()> {
+        let Some(text) = text else {
+            return self.send_reply(b"E01");
+        };
+        // Each packet sent as it is made (gdb decodes one while the next
+        // is encoded); the `+` for gdb's packet goes before the first.
+        let mut packet = self.acked_buffer();
+        let mut acked = false;
+        let mut payload = Vec::with_capacity(2 * MONITOR_CHUNK + 1);
+        for chunk in text.as_bytes().chunks(MONITOR_CHUNK) {
+            payload.clear();
+            payload.push(b'O');
+            memory_packets::push_plain_hex(&mut payload, chunk);
+            rsp::frame_into(&mut packet, &payload);
+            self.send_part(&packet, &mut acked)?;
+            packet.clear();
+        }
+        rsp::frame_into(&mut packet, b"OK");
+        self.send_part(&packet, &mut acked)?;
+        self.spare_reply = packet;
+        Ok(())
+    }
+
+    /// One of several packets of our own in a row: the first begins with
+    /// the `+` for gdb's packet (`acked` says whether it went).
+    fn send_part(&mut self, packet: &[u8], acked: &mut bool) -> io::Result<()> {
+        if std::mem::replace(acked, true) {
+            self.stream.write_all(packet)
+        } else {
+            self.send_own(packet)
+        }
     }
 
     /// Send one reply packet of our own, `reply` unframed.

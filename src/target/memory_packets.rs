@@ -66,14 +66,20 @@ pub(crate) fn parse_write(payload: &[u8]) -> Option<WriteRequest> {
     let data = if kind == b'X' {
         rsp::unescape(body)?
     } else {
-        if body.len() % 2 != 0 {
-            return None;
-        }
-        body.chunks(2)
-            .map(|pair| u8::try_from(parse_hex(pair)?).ok())
-            .collect::<Option<Vec<u8>>>()?
+        parse_hex_bytes(body)?
     };
     (data.len() == len).then_some(WriteRequest { addr, data })
+}
+
+/// Bytes given as hex digit pairs (`M`'s data, `qRcmd`'s command).
+pub(crate) fn parse_hex_bytes(digits: &[u8]) -> Option<Vec<u8>> {
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| u8::try_from(parse_hex(pair)?).ok())
+        .collect()
 }
 
 fn parse_hex(digits: &[u8]) -> Option<u64> {

@@ -331,6 +331,10 @@ impl Session {
                             let reply = target.region_info(addr);
                             lock(conn).answer_region(Some(&reply))
                         }
+                        Ok(Input::Monitor(line)) => {
+                            let text = target.monitor_text(&line);
+                            lock(conn).answer_monitor(Some(&text))
+                        }
                         Ok(Input::Wake) if target.stopping() => return Turn::Ended(Ended::Stopped),
                         // vCPUs are parked between packets; a late wake-up's
                         // stop is collected at the next resume.
@@ -369,6 +373,7 @@ impl Session {
                             Ok(Input::Read(read)) => lock(conn).answer_read(&read, Err(1)),
                             Ok(Input::Write(_)) => lock(conn).answer_write(Err(1)),
                             Ok(Input::Region(_)) => lock(conn).answer_region(None),
+                            Ok(Input::Monitor(_)) => lock(conn).answer_monitor(None),
                             Ok(Input::Wake) if target.stopping() => {
                                 return Turn::Ended(Ended::Stopped)
                             }

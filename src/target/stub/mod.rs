@@ -24,7 +24,6 @@ use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::BreakpointsOps;
 use gdbstub::target::ext::exec_file::ExecFileOps;
 use gdbstub::target::ext::host_io::HostIoOps;
-use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::ext::target_description_xml_override::{
     TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
 };
@@ -294,10 +293,6 @@ impl Target for KvmTarget {
 
     fn support_host_io(&mut self) -> Option<HostIoOps<'_, Self>> {
         self.dbg.exec_file.is_some().then_some(self)
-    }
-
-    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
-        Some(self)
     }
 
     fn support_target_description_xml_override(

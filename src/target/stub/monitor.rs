@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::{Arc, TryLockError};
 use std::time::Instant;
 
-use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 use log::{debug, warn};
 
 use super::base::read_msr;
@@ -244,8 +243,9 @@ pub(crate) fn run_monitor(dbg: &Arc<Inner>, line: &str) -> Result<String, StubEr
 }
 
 impl KvmTarget {
-    /// Run one monitor command line; what it prints.
-    fn monitor_text(&mut self, line: &str) -> String {
+    /// Run one monitor command line (`qRcmd`, answered by the connection
+    /// layer; `Debugger::monitor`); what it prints.
+    pub(crate) fn monitor_text(&mut self, line: &str) -> String {
         // A command may change tables or what gdb reads through.
         *self.regions.borrow_mut() = None;
         debug!("monitor: {line}");
@@ -306,27 +306,5 @@ impl KvmTarget {
             }
         }
         text
-    }
-}
-
-/// Bytes of monitor output per `O` packet.
-const OUTPUT_CHUNK: usize = 8 << 10;
-
-impl MonitorCmd for KvmTarget {
-    fn handle_monitor_cmd(
-        &mut self,
-        cmd: &[u8],
-        mut out: ConsoleOutput<'_>,
-    ) -> Result<(), StubError> {
-        let text = self.monitor_text(&String::from_utf8_lossy(cmd));
-        // One `O` packet per chunk: gdb decodes and prints a packet while
-        // the next is on its way (and takes a megabyte-long packet slower
-        // than many short ones: `info tlb` of a Linux process, 3 MB of
-        // text, 0.26 s instead of 0.3-0.45 s with gdb 13).
-        for part in text.as_bytes().chunks(OUTPUT_CHUNK) {
-            out.write_raw(part);
-            out.flush();
-        }
-        Ok(())
     }
 }
