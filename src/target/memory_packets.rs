@@ -73,7 +73,7 @@ pub(crate) fn parse_write(payload: &[u8]) -> Option<WriteRequest> {
 
 /// Bytes given as hex digit pairs (`M`'s data, `qRcmd`'s command).
 pub(crate) fn parse_hex_bytes(digits: &[u8]) -> Option<Vec<u8>> {
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
