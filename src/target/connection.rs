@@ -17,7 +17,8 @@ use log::{debug, trace, warn};
 
 use super::lock;
 use super::memory_packets::{self, ReadRequest, WriteRequest};
-use super::qemu_packets::{self, QemuFlags};
+use super::packets::{self, Route};
+use super::qemu_packets::QemuFlags;
 use super::rsp;
 use super::wait::{self, Ready, WakeReceiver};
 
@@ -284,72 +285,33 @@ impl GdbConnection {
         Ok(())
     }
 
-    /// A whole packet from gdb (`$…#xx`): answered here or queued.
+    /// A whole packet from gdb (`$…#xx`): answered here or queued, as
+    /// [`packets::route`] decides.
     fn route(&mut self, packet: &[u8]) -> io::Result<()> {
-        let n = packet.len();
-        let payload = &packet[1..n - 3];
-        let read = memory_packets::parse_read(payload);
-        if read.is_none() {
+        let route = packets::route(packet, self.frozen, &self.qemu);
+        if !matches!(route, Route::Read(_)) {
             // Anything but a read may change what a read returns.
             self.prepared = None;
         }
-        let sum_ok = rsp::parse_checksum(&packet[n - 2..]) == Some(rsp::checksum(payload));
-        if !sum_ok {
-            // gdbstub asks for it again.
-            self.forward(packet);
-            return Ok(());
-        }
-        if self.frozen && is_resume(payload) {
-            debug!("refused {}: a dump", String::from_utf8_lossy(payload));
-            self.refuse_resume()?;
-            return Ok(());
-        }
-        if let Some(write) = memory_packets::parse_write(payload) {
-            self.input.push_back(Input::Write(write));
-            return Ok(());
-        }
-        if let Some(addr) = payload.strip_prefix(b"qMemoryRegionInfo:") {
-            let addr = std::str::from_utf8(addr)
-                .ok()
-                .and_then(|a| u64::from_str_radix(a, 16).ok());
-            match addr {
-                Some(addr) => self.input.push_back(Input::Region(addr)),
-                None => self.send_reply(b"E01")?,
+        match route {
+            Route::RefuseResume => {
+                debug!("refused {}: a dump", String::from_utf8_lossy(packet));
+                self.refuse_resume()?;
             }
-            return Ok(());
-        }
-        if let Some(hex) = payload.strip_prefix(b"qRcmd,") {
-            match memory_packets::parse_hex_bytes(hex) {
-                Some(line) => self
-                    .input
-                    .push_back(Input::Monitor(String::from_utf8_lossy(&line).into_owned())),
-                None => self.send_reply(b"E01")?,
+            Route::Write(write) => self.input.push_back(Input::Write(write)),
+            Route::Region(Some(addr)) => self.input.push_back(Input::Region(addr)),
+            Route::Monitor(Some(line)) => self.input.push_back(Input::Monitor(line)),
+            Route::Region(None) | Route::Monitor(None) => self.send_reply(b"E01")?,
+            Route::Qemu(reply) => {
+                debug!("answered {} with {reply}", String::from_utf8_lossy(packet));
+                self.send_reply(reply.as_bytes())?;
             }
-            return Ok(());
-        }
-        if let Some(reply) = qemu_packets::reply(payload, &self.qemu) {
-            debug!("answered {} with {reply}", String::from_utf8_lossy(payload));
-            self.send_reply(reply.as_bytes())?;
-            return Ok(());
-        }
-        match read {
-            // `x0,0` (lldb's probe for its own `x`) stays with gdbstub,
-            // which says "unsupported"; gdb learns of ours from
-            // `binary-upload+` in the qSupported reply.
-            Some(read) => self.input.push_back(Input::Read(read)),
-            None => {
-                if payload == b"QStartNoAckMode" {
-                    self.no_ack = true;
-                }
-                if let Some(thread) = payload.strip_prefix(b"Hg").and_then(memory_thread) {
+            Route::Read(read) => self.input.push_back(Input::Read(read)),
+            Route::BareQSupported => self.forward(&rsp::frame(b"qSupported:xmlRegisters=i386")),
+            Route::Forward { no_ack, mem_thread } => {
+                self.no_ack |= no_ack;
+                if let Some(thread) = mem_thread {
                     self.mem_thread = thread;
-                }
-                if payload == b"qSupported" {
-                    // A bare query (pwndbg's `maint packet qSupported`)
-                    // gets the features gdb's own query gets; gdbstub
-                    // only parses `qSupported:…`.
-                    self.forward(&rsp::frame(b"qSupported:xmlRegisters=i386"));
-                    return Ok(());
                 }
                 self.forward(packet);
             }
@@ -451,7 +413,7 @@ impl GdbConnection {
         new.clear();
         let mut note = None;
         if payload.first() == Some(&b'T') && payload.len() >= 3 {
-            if let Some(thread) = stop_reply_thread(payload) {
+            if let Some(thread) = packets::stop_reply_thread(payload) {
                 self.mem_thread = thread;
             }
             note = self.stop_note.take();
@@ -681,30 +643,6 @@ fn frame_read(out: &mut Vec<u8>, hex: &mut Vec<u8>, read: &ReadRequest, data: Re
     }
     let sum = rsp::checksum(&out[start..]);
     rsp::close_frame(out, sum);
-}
-
-/// Whether `payload` asks to resume or step (`c`, `s`, `C`, `S`, `vCont;…`).
-fn is_resume(payload: &[u8]) -> bool {
-    matches!(payload.first(), Some(b'c' | b's' | b'C' | b'S')) || payload.starts_with(b"vCont;")
-}
-
-/// The thread an `Hg` packet selects, as gdbstub reads it: `0` (any) is
-/// the first thread, `-1` (all) changes nothing; a `pPID.` prefix is skipped.
-fn memory_thread(id: &[u8]) -> Option<usize> {
-    let tid = match id.strip_prefix(b"p") {
-        Some(rest) => &rest[rest.iter().position(|&b| b == b'.')? + 1..],
-        None => id,
-    };
-    let tid = usize::from_str_radix(std::str::from_utf8(tid).ok()?, 16).ok()?;
-    Some(tid.max(1))
-}
-
-/// The thread named in a `T` stop reply (`thread:p01.02;`).
-fn stop_reply_thread(payload: &[u8]) -> Option<usize> {
-    let at = payload.windows(7).position(|w| w == b"thread:")? + 7;
-    let rest = &payload[at..];
-    let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
-    memory_thread(&rest[..end])
 }
 
 impl Connection for GdbConnection {

@@ -17,7 +17,7 @@ use elf::ElfBytes;
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 use memmap2::{Mmap, MmapOptions};
 
-use super::memory::{GuestRam, RamAccess, RamRange};
+use super::memory::{GuestRam, HostSpans, RamAccess, RamRange};
 use super::x86::flat_segment;
 use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
 use crate::vmem::PhysAddr;
@@ -175,7 +175,7 @@ impl Dump {
         let map = unsafe { MmapOptions::new().map_copy_read_only(file) }.map_err(io)?;
         let ElfHeaders { pieces, cpus } = ElfHeaders::parse(&map)?;
         Ok(Dump {
-            ram: GuestRam::from_access(DumpMemory { map, pieces }),
+            ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
             cpus,
         })
     }
@@ -199,7 +199,7 @@ impl Dump {
             offset: 0,
         }];
         Ok(Dump {
-            ram: GuestRam::from_access(DumpMemory { map, pieces }),
+            ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
             cpus: vec![cpu],
         })
     }

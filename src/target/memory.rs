@@ -11,7 +11,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 use crate::vmem::{AllocError, PAGE_TABLE_SIZE};
 use crate::vmem::{MayNotMoveTable, MemoryError, MoveInfo, PhysAddr, TableOps, TableReadOps};
@@ -112,9 +114,10 @@ struct Span {
     host: *const u8,
 }
 
-// SAFETY: `host` points into a mapping of the vm-memory guest memory that
-// the same `GuestRam` keeps alive (`mem`); it is only used for atomic loads,
-// which tolerate concurrent guest writes.
+// SAFETY: `host` points into a mapping that the memory owns
+// (`HostSpans::Trusted`: vm-memory's `GuestMemoryMmap` or a dump's file
+// mapping) and that the same `GuestRam` keeps alive (`mem`); it is only
+// used for atomic loads, which tolerate concurrent guest writes.
 unsafe impl Send for Span {}
 // SAFETY: as above.
 unsafe impl Sync for Span {}
@@ -127,20 +130,64 @@ impl std::fmt::Debug for GuestRam {
     }
 }
 
+/// Whether a memory's host addresses may be loaded through directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostSpans {
+    /// Yes: the regions are mappings the memory owns and keeps (vm-memory's
+    /// `GuestMemoryMmap`, a dump's file mapping).
+    Trusted,
+    /// No: a `GuestMemory` of another type, whose `get_host_address` is a
+    /// safe method it may implement any way; every access goes through its
+    /// own bounds-checked accessors.
+    Untrusted,
+}
+
 impl GuestRam {
     /// The stub's view of `memory` (e.g. a clone of the VMM's
     /// `GuestMemoryMmap`, which shares the mappings). Its regions are
     /// fixed from here on: a VMM that hot-plugs memory makes a new one.
-    pub fn new<M: GuestMemory + Send + Sync + 'static>(memory: M) -> GuestRam {
-        GuestRam::from_access(memory)
+    /// The page-table walker loads straight from the regions' mappings,
+    /// which `memory` owns and this `GuestRam` keeps alive.
+    pub fn new<B>(memory: GuestMemoryMmap<B>) -> GuestRam
+    where
+        B: 'static,
+        GuestMemoryMmap<B>: GuestMemory + Send + Sync,
+    {
+        GuestRam::from_access(memory, HostSpans::Trusted)
+    }
+
+    /// The stub's view of a guest memory of any `vm-memory` type: every
+    /// access goes through its own accessors (no direct loads, so nothing
+    /// rests on its `get_host_address`; the walker is ~3x slower than with
+    /// [`GuestRam::new`]), and [`crate::target::KvmMemslots`] cannot lay
+    /// out its memslots.
+    pub fn from_memory<M: GuestMemory + Send + Sync + 'static>(memory: M) -> GuestRam {
+        GuestRam::from_access(memory, HostSpans::Untrusted)
+    }
+
+    /// [`GuestRam::new`] for a guest memory of another `vm-memory` type
+    /// whose regions are mappings all the same (Firecracker's
+    /// `GuestRegionMmapExt`, say): the walker loads straight from them, and
+    /// [`crate::target::KvmMemslots`] hands them to KVM.
+    ///
+    /// # Safety
+    ///
+    /// For every region, `get_host_address(MemoryRegionAddress(0))` must
+    /// give the start of a host mapping of the region's whole length,
+    /// readable and writable, that stays mapped at that address as long as
+    /// `memory` lives (the returned `GuestRam` keeps it).
+    pub unsafe fn with_host_mappings<M: GuestMemory + Send + Sync + 'static>(
+        memory: M,
+    ) -> GuestRam {
+        GuestRam::from_access(memory, HostSpans::Trusted)
     }
 
     /// Guest RAM from any source of it (vm-memory, a dump).
-    pub(crate) fn from_access(memory: impl RamAccess + 'static) -> GuestRam {
+    pub(crate) fn from_access(memory: impl RamAccess + 'static, host: HostSpans) -> GuestRam {
         let ranges: Arc<[RamRange]> = memory.ranges().into();
         let spans = ranges
             .iter()
-            .filter(|r| r.host != 0)
+            .filter(|r| r.host != 0 && host == HostSpans::Trusted)
             .filter_map(|r| {
                 Some(Span {
                     start: r.gpa,
@@ -154,6 +201,19 @@ impl GuestRam {
             ranges,
             spans,
         }
+    }
+
+    /// The RAM ranges whose host mapping this `GuestRam` trusts and keeps
+    /// alive (what may be handed to KVM as memslots).
+    pub(crate) fn host_ranges(&self) -> Vec<RamRange> {
+        self.spans
+            .iter()
+            .map(|s| RamRange {
+                gpa: s.start,
+                size: s.end - s.start,
+                host: s.host as u64,
+            })
+            .collect()
     }
 
     /// An aligned `u64` at `gpa` read straight from its span, if one has it.

@@ -10,7 +10,9 @@
 //!   the VMM only for its own exits.
 //!
 //! Guest RAM is the VMM's `vm-memory` guest memory ([`GuestRam::new`]
-//! takes a `GuestMemoryMmap` as is). The VMM keeps its `VmFd` and
+//! takes a `GuestMemoryMmap` as is; [`GuestRam::from_memory`] any other
+//! `GuestMemory`, and the `unsafe` [`GuestRam::with_host_mappings`] one
+//! whose regions the VMM vouches are mappings). The VMM keeps its `VmFd` and
 //! `VcpuFd`s, from whichever kvm-ioctls release (or other KVM crate) it
 //! uses: the debugger takes their file descriptors and makes its own
 //! handles (a duplicate fd, its own mapping of each `kvm_run`). Memslots
@@ -69,6 +71,7 @@ mod kvm_fd;
 mod memory;
 mod memory_packets;
 mod monitor;
+mod packets;
 mod paging;
 mod progress;
 mod qemu_packets;
@@ -283,9 +286,10 @@ impl DebuggerBuilder {
         self
     }
 
-    /// Make an address space (a CR3 value) known to `monitor vmem spaces`.
+    /// Make an address space (a CR3 value) known to `monitor vmem spaces`;
+    /// its root is read from it as the vCPU's paging mode reads CR3.
     pub fn space(self, cr3: u64) -> Self {
-        lock(&self.inner.spaces).insert(cr3 & paging::CR3_ADDR_MASK, "registered");
+        lock(&self.inner.spaces).insert(cr3, "registered");
         self
     }
 
@@ -335,7 +339,7 @@ impl Debugger {
         let spaces = dump
             .cpus()
             .iter()
-            .map(|c| (c.sregs.cr3 & paging::CR3_ADDR_MASK, "in the dump"))
+            .map(|c| (c.sregs.cr3, "in the dump"))
             .collect();
         let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), vcpus, false, false);
         builder.inner.spaces = Mutex::new(spaces);
@@ -354,9 +358,10 @@ impl Debugger {
         stub::run_monitor(&self.inner, line)
     }
 
-    /// Make an address space (a CR3 value) known to `monitor vmem spaces`.
+    /// Make an address space (a CR3 value) known to `monitor vmem spaces`;
+    /// its root is read from it as the vCPU's paging mode reads CR3.
     pub fn add_space(&self, cr3: u64) {
-        lock(&self.inner.spaces).insert(cr3 & paging::CR3_ADDR_MASK, "registered");
+        lock(&self.inner.spaces).insert(cr3, "registered");
     }
 
     /// Guest RAM.

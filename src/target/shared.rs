@@ -80,7 +80,8 @@ pub(crate) struct Inner {
     /// Files opened by `monitor chardev-add`, by id (kept across sessions,
     /// as QEMU keeps chardevs).
     pub(crate) chardevs: Mutex<BTreeMap<String, std::fs::File>>,
-    /// Address spaces known to `monitor vmem spaces`, with how they are known.
+    /// Address spaces known to `monitor vmem spaces` (CR3 values, or roots),
+    /// with how they are known.
     pub(crate) spaces: Mutex<BTreeMap<u64, &'static str>>,
     /// A memory dump's vCPUs, which never run (`None`: live vCPUs).
     pub(crate) frozen: Option<Vec<DumpCpu>>,

@@ -54,7 +54,9 @@ pub trait PageTraps: Send + Sync {
 pub struct KvmMemslots {
     /// The debugger's own handle on the VM.
     vm: VmFd,
-    ranges: Vec<RamRange>,
+    /// The RAM whose mappings the slots hand to KVM (its host ranges):
+    /// held, so they stay mapped as long as a slot may name them.
+    ram: GuestRam,
     first_slot: u32,
     /// The slots registered now, by number (counted from `first_slot`).
     registered: Mutex<BTreeMap<u32, Slot>>,
@@ -84,7 +86,7 @@ impl Slot {
 impl fmt::Debug for KvmMemslots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KvmMemslots")
-            .field("ranges", &self.ranges)
+            .field("ranges", &self.ram.host_ranges())
             .field("first_slot", &self.first_slot)
             .finish()
     }
@@ -95,10 +97,19 @@ impl KvmMemslots {
     /// `first_slot` (a slot the VMM registered already with the same range
     /// stays as it is). `vm` is the VM's fd as the VMM holds it, through
     /// any KVM crate.
+    ///
+    /// `ram` must come from [`GuestRam::new`] (a `GuestMemoryMmap`, whose
+    /// mappings it owns): an error otherwise, or if a range has no mapping.
     pub fn new(vm: &impl AsRawFd, ram: &GuestRam, first_slot: u32) -> io::Result<KvmMemslots> {
+        if ram.host_ranges().len() != ram.ranges().len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "memslots need guest RAM whose host mappings the debugger holds (GuestRam::new over a GuestMemoryMmap)",
+            ));
+        }
         let slots = KvmMemslots {
             vm: kvm_fd::vm_of(vm)?,
-            ranges: ram.ranges().to_vec(),
+            ram: ram.clone(),
             first_slot,
             registered: Mutex::new(BTreeMap::new()),
         };
@@ -115,9 +126,10 @@ impl KvmMemslots {
             memory_size: slot.size,
             userspace_addr: slot.host,
         };
-        // SAFETY: `host .. host + size` lies inside a RAM range of the
-        // guest memory the VMM registered with the same VM (size 0 deletes
-        // the slot and maps nothing).
+        // SAFETY: `host .. host + size` lies inside one of `self.ram`'s
+        // host ranges: a mapping its memory owns and that `self.ram` keeps
+        // alive as long as this struct, which deletes no slot of the VMM's
+        // own (size 0 deletes one of ours and maps nothing).
         unsafe { self.vm.set_user_memory_region(region) }.map_err(io::Error::from)
     }
 }
@@ -125,7 +137,8 @@ impl KvmMemslots {
 impl PageTraps for KvmMemslots {
     fn set_traps(&self, pages: &BTreeMap<PhysAddr, Trap>) -> io::Result<()> {
         let wanted: BTreeSet<Slot> = self
-            .ranges
+            .ram
+            .host_ranges()
             .iter()
             .flat_map(|range| slots(range, pages))
             .collect();

@@ -12,6 +12,26 @@ fetch_kernel() {
     cp kernel/boot/vmlinuz-* "$1/vmlinuz"
 }
 
+# write_init FILE: a busybox /init that mounts proc, sys and dev, prints
+# kallsyms on the second serial port, starts a shell loop and a sleeper,
+# then runs the lines read from stdin (the fixture's own processes).
+write_init() {
+    {
+        cat <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo 0 > /proc/sys/kernel/kptr_restrict
+cat /proc/kallsyms > /dev/ttyS1
+sh -c 'while true; do sleep 1000; done' &
+sleep 100000 &
+INIT
+        cat
+    } > "$1"
+}
+
 # build_initramfs CPIO INIT PROGRAM.c...: ./root with busybox, INIT as
 # /init and each freestanding C program as /bin/NAME, packed into CPIO.
 build_initramfs() {

@@ -39,16 +39,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 . "$here/lib.sh"
 fetch_kernel "$out"
-cat > init <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-echo 0 > /proc/sys/kernel/kptr_restrict
-cat /proc/kallsyms > /dev/ttyS1
-sh -c 'while true; do sleep 1000; done' &
-sleep 100000 &
+write_init init <<'INIT'
 /bin/spray &
 exec sleep 100000
 INIT

@@ -14,7 +14,7 @@ use crate::target::error::StubError;
 use crate::target::host_file::open_client_named;
 use crate::target::lock;
 use crate::target::monitor::{self, Effect};
-use crate::target::paging::{GuestFormat, Paging, CR4_PKE};
+use crate::target::paging::{GuestFormat, Paging, CR3_ADDR_MASK, CR4_PKE};
 use crate::target::regs::KvmState;
 use crate::target::vcpu::Command;
 use crate::target::x86::{APIC_BASE_EXTD, MSR_APIC_BASE};
@@ -131,7 +131,10 @@ impl KvmTarget {
                 know(root, format!("current on vcpu {i}"), format!("vcpu {i}"));
             }
         }
-        for (&root, &how) in lock(&self.dbg.spaces).iter() {
+        // Registered as CR3 values: the root is what the paging mode reads
+        // from them (a PAE PDPT is 32-byte aligned, not page aligned).
+        for (&cr3, &how) in lock(&self.dbg.spaces).iter() {
+            let root = mode.map_or(cr3 & CR3_ADDR_MASK, |m| m.root(cr3));
             know(root, how.to_string(), how.to_string());
         }
         monitor::Context {
