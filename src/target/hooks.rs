@@ -5,7 +5,7 @@
 //! the register ioctls gdb needs meanwhile), finishes what the last exit
 //! left to do, and applies the debug settings of the next run; while gdb
 //! starts this vCPU alone it also answers gdb (the session is lent to this
-//! thread, see `session.rs`).
+//! thread, see `gdb/session.rs`).
 //! [`VcpuHooks::after_run`] takes the exits that are the debugger's
 //! (debug exits, accesses to trapped pages, kvm_pvm's emulation failures
 //! at an `int3`, `hlt` without an interrupt controller, its kick) and
@@ -26,12 +26,12 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
+use super::gdb::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::irq_step::{Origin, MAX_HANDLER_STEPS};
 use super::kick::StepTimer;
 use super::kvm_fd::exit_of;
 use super::paging::Paging;
 use super::run_gate::Pass;
-use super::session::{self, Driver, Session, Turn, STEP_GRACE};
 use super::vcpu::{Command, Core, StopKind, Vcpu};
 use super::watchpoints;
 use super::x86::{code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};

@@ -58,28 +58,22 @@
 //! breakpoints and watchpoints are removed and the guest runs on.
 
 mod breakpoints;
-mod connection;
 mod debugregs;
 mod dump;
 mod error;
-mod event_loop;
+mod gdb;
 mod hooks;
 mod host_file;
 mod irq_step;
 mod kick;
 mod kvm_fd;
 mod memory;
-mod memory_packets;
 mod monitor;
-mod packets;
 mod paging;
 mod progress;
-mod qemu_packets;
 mod regions;
 mod regs;
-pub mod rsp;
 mod run_gate;
-mod session;
 mod shared;
 mod stub;
 mod symbols;
@@ -87,7 +81,6 @@ mod table_watch;
 mod target_xml;
 mod traps;
 mod vcpu;
-mod wait;
 mod watchpoints;
 mod x86;
 
@@ -101,10 +94,11 @@ use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
-pub use connection::Stream;
 pub use dump::{Dump, DumpCpu, DumpError};
 pub use error::StubError;
-pub use event_loop::GdbListener;
+pub use gdb::connection::Stream;
+pub use gdb::event_loop::GdbListener;
+pub use gdb::rsp;
 pub use hooks::{Entry, ExitOwner, VcpuHooks};
 pub use irq_step::StepIrqs;
 pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
@@ -452,7 +446,7 @@ impl Debugger {
     /// at a time; while one is attached, another client is told so and
     /// disconnected.
     pub fn serve(&self, listener: GdbListener) -> io::Result<()> {
-        event_loop::serve(&self.inner, listener)
+        gdb::event_loop::serve(&self.inner, listener)
     }
 
     /// End the gdb session, if any (breakpoints and watchpoints removed,

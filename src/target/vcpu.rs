@@ -24,8 +24,8 @@ use kvm_ioctls::VcpuFd;
 use log::debug;
 
 use super::error::StubError;
+use super::gdb::session::Session;
 use super::kick::KickSlot;
-use super::session::Session;
 use super::table_watch::Remap;
 use super::watchpoints::Watch;
 use super::{lock, Inner};

@@ -18,8 +18,8 @@ use log::debug;
 
 use super::{tid, KvmTarget};
 use crate::target::error::StubError;
+use crate::target::gdb::memory_packets::{ReadRequest, WriteRequest};
 use crate::target::memory::GuestTables;
-use crate::target::memory_packets::{ReadRequest, WriteRequest};
 use crate::target::monitor::View;
 use crate::target::paging::Paging;
 use crate::target::regions;

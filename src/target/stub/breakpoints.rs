@@ -10,7 +10,7 @@ use log::{debug, warn};
 
 use super::resume::Action;
 use super::KvmTarget;
-use crate::target::session::Driver;
+use crate::target::gdb::session::Driver;
 use crate::target::vcpu::Command;
 use crate::target::watchpoints::Watch;
 

@@ -36,11 +36,11 @@ use super::error::StubError;
 use super::monitor::View;
 use super::paging::Paging;
 use super::regs::{KvmState, RegLayout, X86_64Kvm};
-use super::session::Driver;
 use super::vcpu::{Command, StopKind};
 use super::x86::code_address;
 use super::{lock, Inner};
 use crate::arch::controls::{CR0_PE, EFER_LMA};
+use crate::target::gdb::session::Driver;
 use log::debug;
 
 use base::read_extra;

@@ -12,7 +12,7 @@ use log::{debug, warn};
 
 use super::KvmTarget;
 use crate::target::error::StubError;
-use crate::target::session::{Driver, STEP_GRACE};
+use crate::target::gdb::session::{Driver, STEP_GRACE};
 use crate::target::vcpu::{Command, StopKind};
 use crate::vmem::PhysAddr;
 

@@ -14,7 +14,7 @@ use log::{info, warn};
 
 use super::connection::Stream;
 use super::wait::{self, Ready};
-use super::{lock, Inner};
+use crate::target::{lock, Inner};
 
 /// Where gdb connects.
 #[derive(Debug)]

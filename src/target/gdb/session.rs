@@ -23,11 +23,11 @@ use gdbstub::stub::{DisconnectReason, GdbStubBuilder, GdbStubError};
 use log::{debug, info, warn};
 
 use super::connection::{ConnRef, GdbConnection, Input, Stream, Wait, STUB_PACKET_SIZE};
-use super::error::StubError;
-use super::stub::KvmTarget;
-use super::vcpu::Command;
 use super::wait;
-use super::{lock, Inner};
+use crate::target::error::StubError;
+use crate::target::stub::KvmTarget;
+use crate::target::vcpu::Command;
+use crate::target::{lock, Inner};
 
 /// How long a lent step may run before the session goes home.
 pub(crate) const STEP_GRACE: Duration = Duration::from_millis(1);

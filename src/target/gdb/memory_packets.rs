@@ -325,7 +325,7 @@ mod tests {
     }
 
     mod rsp_decode {
-        include!("../../tests/demo/rsp_decode.rs");
+        include!("../../../tests/demo/rsp_decode.rs");
     }
     use rsp_decode::{expand_runs as expand, unhex};
 

@@ -15,12 +15,12 @@ use std::time::Duration;
 use gdbstub::conn::Connection;
 use log::{debug, trace, warn};
 
-use super::lock;
 use super::memory_packets::{self, ReadRequest, WriteRequest};
 use super::packets::{self, Route};
 use super::qemu_packets::QemuFlags;
 use super::rsp;
 use super::wait::{self, Ready, WakeReceiver};
+use crate::target::lock;
 
 /// A stream gdb talks over.
 #[derive(Debug)]

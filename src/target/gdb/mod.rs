@@ -1,0 +1,22 @@
+//! The gdb side of the debugger: everything between the socket and the
+//! gdbstub `Target` (`crate::target::stub`).
+//!
+//! - `event_loop`: listeners and `serve` (one session at a time);
+//! - `session`: one gdb session, the driver of gdbstub's state machine, lent
+//!   to a vCPU thread while gdb starts that vCPU alone;
+//! - `connection`: the socket, framing, buffering, and acting on each
+//!   packet's route;
+//! - `packets`: which packets are answered before gdbstub, and how (a pure
+//!   function, unit-tested); `memory_packets` (`m`/`x`/`M`/`X`),
+//!   `qemu_packets` (`qqemu.*`) their families;
+//! - `rsp`: RSP framing, public (the null stub and the tests use it);
+//! - `wait`: the one blocking wait (`poll(2)` on a socket and a wake-up).
+
+pub(crate) mod connection;
+pub(crate) mod event_loop;
+pub(crate) mod memory_packets;
+pub(crate) mod packets;
+pub(crate) mod qemu_packets;
+pub mod rsp;
+pub(crate) mod session;
+pub(crate) mod wait;
