@@ -266,7 +266,16 @@ fn monitor_output_in_ack_mode() {
         }
     }
     assert!(text.len() > 8 << 10, "{} bytes", text.len());
-    let walk = String::from_utf8(text).unwrap();
-    assert_eq!(walk, String::from_utf8(expected).unwrap());
-    assert!(walk.lines().all(|l| l.len() > 20), "{walk}");
+    // The guest runs between the two sessions: accessed and dirty bits may
+    // differ, the mappings (`VA: PA`) may not.
+    let mappings = |text: Vec<u8>| -> Vec<String> {
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| l.chars().take(35).collect())
+            .collect()
+    };
+    let (got, expected) = (mappings(text), mappings(expected));
+    assert_eq!(got, expected);
+    assert!(got.iter().all(|l| l.len() == 35 && l.contains(": ")), "{got:?}");
 }

@@ -57,32 +57,16 @@
 //! every vCPU stops (all-stop); when gdb detaches or disconnects,
 //! breakpoints and watchpoints are removed and the guest runs on.
 
-mod breakpoints;
-mod debugregs;
 mod dump;
 mod error;
 mod gdb;
-mod hooks;
-mod host_file;
-mod irq_step;
-mod kick;
-mod kvm_fd;
-mod memory;
+mod kvm;
+mod machine;
 mod monitor;
-mod paging;
 mod progress;
-mod regions;
-mod regs;
-mod run_gate;
 mod shared;
 mod stub;
-mod symbols;
 mod table_watch;
-mod target_xml;
-mod traps;
-mod vcpu;
-mod watchpoints;
-mod x86;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -94,24 +78,24 @@ use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
-pub use dump::{Dump, DumpCpu, DumpError};
+pub use dump::elf_dump::{Dump, DumpCpu, DumpError};
+pub use dump::symbols::{symbol_file, SymbolFile, SymbolsError};
 pub use error::StubError;
 pub use gdb::connection::Stream;
 pub use gdb::event_loop::GdbListener;
 pub use gdb::rsp;
-pub use hooks::{Entry, ExitOwner, VcpuHooks};
-pub use irq_step::StepIrqs;
-pub use memory::{GuestRam, GuestTables, RamRange, TablePool};
-pub use paging::vcpu_mmu;
+pub use kvm::hooks::{Entry, ExitOwner, VcpuHooks};
+pub use kvm::irq_step::StepIrqs;
+pub use kvm::traps::{KvmMemslots, PageTraps, Trap};
+pub use machine::memory::{GuestRam, GuestTables, RamRange, TablePool};
+pub use machine::paging::vcpu_mmu;
+pub use machine::regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};
+pub use machine::x86_constants::flat_segment;
 pub use progress::{Progress, ProgressUnit};
-pub use regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};
-pub use symbols::{symbol_file, SymbolFile, SymbolsError};
-pub use traps::{KvmMemslots, PageTraps, Trap};
-pub use x86::flat_segment;
 
-use host_file::ExecFile;
+use dump::host_file::ExecFile;
+use kvm::vcpu::Vcpu;
 pub(crate) use shared::{lock, Inner};
-use vcpu::Vcpu;
 
 /// What the VMM's exit handler tells the turnkey vCPU loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,8 +289,8 @@ impl Debugger {
         vcpus: usize,
         memory: GuestRam,
     ) -> io::Result<DebuggerBuilder> {
-        let vm = kvm_fd::vm_of(vm)?;
-        kick::install_handler();
+        let vm = kvm::fds::vm_of(vm)?;
+        kvm::kick::install_handler();
         let sync_regs = vm.check_extension(Cap::SyncRegs);
         let debug_flags = vm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2.into());
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
@@ -379,7 +363,7 @@ impl Debugger {
             .get(index)
             .ok_or(StubError::NoSuchVcpu(index))?;
         let vm = self.inner.vm.as_ref().ok_or(StubError::Frozen)?;
-        let own = kvm_fd::vcpu_of(vm, fd).map_err(|source| StubError::VcpuHandle {
+        let own = kvm::fds::vcpu_of(vm, fd).map_err(|source| StubError::VcpuHandle {
             vcpu: index,
             source,
         })?;

@@ -12,23 +12,23 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use log::{debug, warn};
 
-use super::breakpoints::Breakpoints;
-use super::debugregs::DebugRegs;
-use super::dump::DumpCpu;
-use super::error::StubError;
-use super::gdb::qemu_packets::QemuFlags;
-use super::gdb::session::HomeSlot;
-use super::gdb::wait;
-use super::host_file::ExecFile;
-use super::irq_step::StepIrqs;
-use super::memory::{GuestRam, TablePool};
-use super::paging::CpuLimits;
-use super::progress::{self, ProgressFn};
-use super::run_gate::RunGate;
-use super::table_watch::{Remap, TableWatches};
-use super::traps::{PageTraps, Trap};
-use super::vcpu::{Command, Vcpu};
-use super::watchpoints::Watchpoints;
+use crate::target::dump::elf_dump::DumpCpu;
+use crate::target::dump::host_file::ExecFile;
+use crate::target::error::StubError;
+use crate::target::gdb::qemu_packets::QemuFlags;
+use crate::target::gdb::session::HomeSlot;
+use crate::target::gdb::wait;
+use crate::target::kvm::debug_registers::DebugRegs;
+use crate::target::kvm::irq_step::StepIrqs;
+use crate::target::kvm::page_watchpoints::Watchpoints;
+use crate::target::kvm::planted_breakpoints::Breakpoints;
+use crate::target::kvm::run_gate::RunGate;
+use crate::target::kvm::traps::{PageTraps, Trap};
+use crate::target::kvm::vcpu::{Command, Vcpu};
+use crate::target::machine::memory::{GuestRam, TablePool};
+use crate::target::machine::paging::CpuLimits;
+use crate::target::progress::{self, ProgressFn};
+use crate::target::table_watch::{Remap, TableWatches};
 use crate::vmem::PhysAddr;
 
 /// How the VMM's own kick reaches vCPU `index`.

@@ -9,9 +9,9 @@ use std::fmt;
 
 use log::debug;
 
-use super::memory::{GuestRam, GuestTables};
-use super::paging::GuestFormat;
-use super::traps::PAGE;
+use crate::target::kvm::traps::PAGE;
+use crate::target::machine::memory::{GuestRam, GuestTables};
+use crate::target::machine::paging::GuestFormat;
 use crate::vmem::{self, HumanBytes, Perms, PhysAddr, Rights};
 
 /// Where a watched address goes: its physical address and rights.

@@ -25,8 +25,8 @@ use log::{debug, info, warn};
 use super::connection::{ConnRef, GdbConnection, Input, Stream, Wait, STUB_PACKET_SIZE};
 use super::wait;
 use crate::target::error::StubError;
+use crate::target::kvm::vcpu::Command;
 use crate::target::stub::KvmTarget;
-use crate::target::vcpu::Command;
 use crate::target::{lock, Inner};
 
 /// How long a lent step may run before the session goes home.

@@ -15,7 +15,7 @@ use super::parallel::{map_in_parallel, sort_in_parallel};
 use super::vmem::{row, space_of, walk_space, CUT_SHORT};
 use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
-use crate::target::memory::GuestTables;
+use crate::target::machine::memory::GuestTables;
 use crate::target::progress::{Progress, ProgressUnit};
 use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
 

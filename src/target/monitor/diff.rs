@@ -13,9 +13,9 @@ use super::args::Args;
 use super::vmem::{row, walk_space, CUT_SHORT};
 use super::{json, CmdError, Context};
 use crate::arch::PageTableFormat;
-use crate::target::dump::Dump;
-use crate::target::host_file::open_client_named;
-use crate::target::memory::{GuestRam, GuestTables};
+use crate::target::dump::elf_dump::Dump;
+use crate::target::dump::host_file::open_client_named;
+use crate::target::machine::memory::{GuestRam, GuestTables};
 use crate::vmem::{self, Flags, Mapping};
 
 pub(crate) const USAGE: &str = "\

@@ -4,7 +4,7 @@
 //! without spaces.
 
 use super::{usage, CmdError};
-use crate::target::regs::KvmState;
+use crate::target::machine::regs::KvmState;
 
 /// The value of register `name` (`pc`, `rip`, `eax` …) in `state`.
 fn register(state: &KvmState, name: &str) -> Option<u64> {

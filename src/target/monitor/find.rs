@@ -6,7 +6,7 @@ use std::fmt::Write;
 use super::args::{self, Args};
 use super::vmem::{row, space_of, WALK_BUDGET};
 use super::{json, usage, CmdError, Context};
-use crate::target::memory::GuestTables;
+use crate::target::machine::memory::GuestTables;
 use crate::vmem::{self, Mapping};
 
 /// Rows shown per space unless `--limit` says otherwise.

@@ -19,10 +19,10 @@ mod vmem;
 
 use std::fmt;
 
-use super::memory::{GuestRam, TablePool};
-use super::progress::ProgressFn;
-use super::regs::KvmState;
 use crate::arch::PageTableFormat;
+use crate::target::machine::memory::{GuestRam, TablePool};
+use crate::target::machine::regs::KvmState;
+use crate::target::progress::ProgressFn;
 
 /// What gdb's memory accesses go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

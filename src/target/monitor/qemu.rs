@@ -9,7 +9,7 @@ use kvm_bindings::kvm_segment;
 use super::args;
 use super::vmem::WALK_BUDGET;
 use super::{cpu_index, usage, CmdError, Context, Effect};
-use crate::target::memory::GuestTables;
+use crate::target::machine::memory::GuestTables;
 use crate::vmem::{self, Flags, Perms};
 
 /// Usage of the QEMU-compatible commands.

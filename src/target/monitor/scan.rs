@@ -24,7 +24,7 @@ use super::audit::Recorder;
 use super::vmem::WALK_BUDGET;
 use super::{usage, CmdError, Context};
 use crate::arch::{Descriptor, PageTableFormat};
-use crate::target::memory::{GuestRam, GuestTables};
+use crate::target::machine::memory::{GuestRam, GuestTables};
 use crate::target::progress::{Progress, ProgressFn, ProgressUnit};
 use crate::vmem::{self, HumanBytes, PhysAddr};
 

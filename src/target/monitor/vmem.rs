@@ -5,7 +5,7 @@ use std::fmt::Write;
 use super::args::{self, Args, Opt};
 use super::{audit, diff, find, json, scan, usage, CmdError, Context, Effect, View};
 use crate::arch::{Descriptor, PageTableFormat};
-use crate::target::memory::GuestTables;
+use crate::target::machine::memory::GuestTables;
 use crate::vmem::{
     self, Flags, HumanBytes, MapError, Mapping, PageSize, Perms, SpaceAwareMapping, TableReadOps,
     WalkError,

@@ -19,12 +19,12 @@ use log::debug;
 use super::{tid, KvmTarget};
 use crate::target::error::StubError;
 use crate::target::gdb::memory_packets::{ReadRequest, WriteRequest};
-use crate::target::memory::GuestTables;
+use crate::target::machine::memory::GuestTables;
+use crate::target::machine::paging::Paging;
+use crate::target::machine::regions;
+use crate::target::machine::regs::{X86_64RegId, X86_64Regs};
+use crate::target::machine::x86_constants::{HLT, MSR_KERNEL_GS_BASE};
 use crate::target::monitor::View;
-use crate::target::paging::Paging;
-use crate::target::regions;
-use crate::target::regs::{X86_64RegId, X86_64Regs};
-use crate::target::x86::{HLT, MSR_KERNEL_GS_BASE};
 
 /// The registers beyond the general and special ones: x87/SSE and
 /// IA32_KERNEL_GS_BASE.

@@ -11,8 +11,8 @@ use log::{debug, warn};
 use super::resume::Action;
 use super::KvmTarget;
 use crate::target::gdb::session::Driver;
-use crate::target::vcpu::Command;
-use crate::target::watchpoints::Watch;
+use crate::target::kvm::page_watchpoints::Watch;
+use crate::target::kvm::vcpu::Command;
 
 impl KvmTarget {
     /// Remove every breakpoint and watchpoint (detach, kill, disconnect).

@@ -31,16 +31,16 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
-use super::dump::DumpCpu;
-use super::error::StubError;
-use super::monitor::View;
-use super::paging::Paging;
-use super::regs::{KvmState, RegLayout, X86_64Kvm};
-use super::vcpu::{Command, StopKind};
-use super::x86::code_address;
-use super::{lock, Inner};
 use crate::arch::controls::{CR0_PE, EFER_LMA};
+use crate::target::dump::elf_dump::DumpCpu;
+use crate::target::error::StubError;
 use crate::target::gdb::session::Driver;
+use crate::target::kvm::vcpu::{Command, StopKind};
+use crate::target::machine::paging::Paging;
+use crate::target::machine::regs::{KvmState, RegLayout, X86_64Kvm};
+use crate::target::machine::x86_constants::code_address;
+use crate::target::monitor::View;
+use crate::target::{lock, Inner};
 use log::debug;
 
 use base::read_extra;
@@ -75,7 +75,7 @@ pub(crate) struct KvmTarget {
     /// lldb's memory map of what gdb reads through, with the root it was
     /// made from (`None`: physical); dropped at every resume, register
     /// write, memory write and monitor command.
-    regions: RefCell<Option<(Option<u64>, Vec<super::regions::Region>)>>,
+    regions: RefCell<Option<(Option<u64>, Vec<crate::target::machine::regions::Region>)>>,
     /// Why the vCPU of the next stop reply stopped, for gdb's console.
     stop_note: Option<String>,
     /// vCPUs to continue once a step outlasts [`STEP_GRACE`].
@@ -85,10 +85,10 @@ pub(crate) struct KvmTarget {
     /// The files gdb opened with `vFile:open`.
     open_files: host_io::OpenFiles,
     /// Page-table snapshots taken with `monitor vmem snapshot`.
-    snapshots: std::collections::BTreeMap<String, super::monitor::Snapshot>,
+    snapshots: std::collections::BTreeMap<String, crate::target::monitor::Snapshot>,
     /// The tables when the VM last stopped (`vmem diff`), taken as it
     /// resumed, with what it is called.
-    last_stop: Option<(super::monitor::Snapshot, String)>,
+    last_stop: Option<(crate::target::monitor::Snapshot, String)>,
     /// `vmem diff` was used: the tables are taken at every continue.
     diff_armed: bool,
     /// Which thread drives the session now.

@@ -10,14 +10,14 @@ use log::{debug, warn};
 
 use super::base::read_msr;
 use super::KvmTarget;
+use crate::target::dump::host_file::open_client_named;
 use crate::target::error::StubError;
-use crate::target::host_file::open_client_named;
+use crate::target::kvm::vcpu::Command;
 use crate::target::lock;
+use crate::target::machine::paging::{GuestFormat, Paging, CR3_ADDR_MASK, CR4_PKE};
+use crate::target::machine::regs::KvmState;
+use crate::target::machine::x86_constants::{APIC_BASE_EXTD, MSR_APIC_BASE};
 use crate::target::monitor::{self, Effect};
-use crate::target::paging::{GuestFormat, Paging, CR3_ADDR_MASK, CR4_PKE};
-use crate::target::regs::KvmState;
-use crate::target::vcpu::Command;
-use crate::target::x86::{APIC_BASE_EXTD, MSR_APIC_BASE};
 use crate::target::Inner;
 
 impl monitor::Registers for KvmTarget {

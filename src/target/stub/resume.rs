@@ -13,7 +13,7 @@ use log::{debug, warn};
 use super::KvmTarget;
 use crate::target::error::StubError;
 use crate::target::gdb::session::{Driver, STEP_GRACE};
-use crate::target::vcpu::{Command, StopKind};
+use crate::target::kvm::vcpu::{Command, StopKind};
 use crate::vmem::PhysAddr;
 
 /// The longest run of back-to-back steps that holds the other vCPUs back.

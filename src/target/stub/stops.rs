@@ -7,7 +7,7 @@ use log::debug;
 
 use super::resume::Action;
 use super::{tid, KvmTarget};
-use crate::target::vcpu::StopKind;
+use crate::target::kvm::vcpu::StopKind;
 use crate::vmem::PhysAddr;
 
 /// Whether a stop of vCPU `index` may be reported after a resume with

@@ -260,7 +260,7 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
 }
 
 /// The symbol file of a listing on disk, as handed to gdb: an ELF that
-/// exists only in the stub ([`super::DebuggerBuilder::exec_file_bytes`])
+/// exists only in the stub ([`crate::target::DebuggerBuilder::exec_file_bytes`])
 /// under a name made of the listing's.
 #[derive(Debug, Clone)]
 pub struct SymbolFile {

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use gdbstub::target::ext::breakpoints::WatchKind;
 use log::debug;
 
-use super::memory::GuestRam;
-use super::traps::{Trap, PAGE};
+use crate::target::kvm::traps::{Trap, PAGE};
+use crate::target::machine::memory::GuestRam;
 use crate::vmem::PhysAddr;
 
 /// One watchpoint: gdb's address and the guest-physical bytes it covers.

@@ -13,7 +13,7 @@
 
 use std::sync::{Mutex, Once};
 
-use super::lock;
+use crate::target::lock;
 
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3

@@ -7,10 +7,10 @@
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use super::memory::GuestRam;
-use super::paging::{CpuLimits, Paging};
-use super::x86::RFLAGS_IF;
 use crate::arch::controls::EFER_LMA;
+use crate::target::machine::memory::GuestRam;
+use crate::target::machine::paging::{CpuLimits, Paging};
+use crate::target::machine::x86_constants::RFLAGS_IF;
 
 /// How single steps keep interrupts out (QEMU's NOIRQ, which gdb asks for
 /// by default through `Qqemu.sstep`).

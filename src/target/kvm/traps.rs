@@ -12,8 +12,9 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use log::debug;
 
-use super::memory::{GuestRam, RamRange};
-use super::{kvm_fd, lock};
+use crate::target::kvm::fds;
+use crate::target::lock;
+use crate::target::machine::memory::{GuestRam, RamRange};
 use crate::vmem::PhysAddr;
 
 /// The granule of a trap.
@@ -108,7 +109,7 @@ impl KvmMemslots {
             ));
         }
         let slots = KvmMemslots {
-            vm: kvm_fd::vm_of(vm)?,
+            vm: fds::vm_of(vm)?,
             ram: ram.clone(),
             first_slot,
             registered: Mutex::new(BTreeMap::new()),

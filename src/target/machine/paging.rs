@@ -8,8 +8,8 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_sregs, kvm_xsave};
 
-use super::memory::{GuestRam, GuestTables};
 use crate::arch::{Amd64, PageTableFormat, X86Cpu, I686};
+use crate::target::machine::memory::{GuestRam, GuestTables};
 use crate::vmem::{self, PhysAddr, TranslateFault};
 
 pub(crate) use crate::arch::controls::CR4_PKE;
@@ -232,7 +232,7 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::target::memory::{GuestRam, TablePool};
+    use crate::target::machine::memory::{GuestRam, TablePool};
     use crate::vmem::{BasicMapping, MapRequest, MappingKind, TableOps};
 
     const RW: MappingKind = MappingKind::Basic(BasicMapping {

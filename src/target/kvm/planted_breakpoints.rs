@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use log::debug;
 
-use super::memory::GuestRam;
-use super::x86::INT3;
+use crate::target::machine::memory::GuestRam;
+use crate::target::machine::x86_constants::INT3;
 use crate::vmem::PhysAddr;
 
 /// One planted `int3`.

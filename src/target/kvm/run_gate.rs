@@ -12,7 +12,7 @@
 
 use std::sync::{Condvar, Mutex};
 
-use super::lock;
+use crate::target::lock;
 
 /// The vCPUs inside `KVM_RUN`, and whether a change waits for them.
 #[derive(Debug, Default)]

@@ -12,7 +12,7 @@
 //! leaves every other exit to the VMM untouched. The VMM makes `KVM_RUN`
 //! itself, with its own KVM crate: the hooks read the exit from their own
 //! mapping of `kvm_run` and kick the run through it (or through the VMM's
-//! own kick, [`super::DebuggerBuilder::kick`]).
+//! own kick, [`crate::target::DebuggerBuilder::kick`]).
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -26,16 +26,18 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
-use super::gdb::session::{self, Driver, Session, Turn, STEP_GRACE};
-use super::irq_step::{Origin, MAX_HANDLER_STEPS};
-use super::kick::StepTimer;
-use super::kvm_fd::exit_of;
-use super::paging::Paging;
-use super::run_gate::Pass;
-use super::vcpu::{Command, Core, StopKind, Vcpu};
-use super::watchpoints;
-use super::x86::{code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF};
-use super::Inner;
+use crate::target::gdb::session::{self, Driver, Session, Turn, STEP_GRACE};
+use crate::target::kvm::fds::exit_of;
+use crate::target::kvm::irq_step::{Origin, MAX_HANDLER_STEPS};
+use crate::target::kvm::kick::StepTimer;
+use crate::target::kvm::page_watchpoints;
+use crate::target::kvm::run_gate::Pass;
+use crate::target::kvm::vcpu::{Command, Core, StopKind, Vcpu};
+use crate::target::machine::paging::Paging;
+use crate::target::machine::x86_constants::{
+    code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF,
+};
+use crate::target::Inner;
 use crate::vmem::PhysAddr;
 
 /// How many grace periods the step timer is set for at a time.
@@ -102,7 +104,7 @@ pub enum ExitOwner {
 /// Between `before_run` and `after_run` the thread may be kicked out of
 /// `KVM_RUN` with a signal (`SIGRTMIN+3`, an empty handler without
 /// `SA_RESTART`) unless the VMM gave the debugger its own kick
-/// ([`super::DebuggerBuilder::kick`]): make no other blocking system call
+/// ([`crate::target::DebuggerBuilder::kick`]): make no other blocking system call
 /// there.
 pub struct VcpuHooks {
     // Dropped before `fd`: it unregisters the kick, which points into
@@ -524,7 +526,7 @@ impl Hooks {
     fn serve_trapped(&self, gpa: u64, data: &mut [u8], write: bool) -> Option<StopKind> {
         let hit = {
             let watches = self.inner.watchpoints();
-            watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
+            page_watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
         };
         let remap = if write {
             self.inner.table_written(gpa)

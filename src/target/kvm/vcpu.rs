@@ -2,7 +2,7 @@
 //! is parked, why it stopped, and the calls the gdb thread asks it to make
 //! on its fd.
 //!
-//! The vCPU thread belongs to the VMM and runs through [`super::VcpuHooks`].
+//! The vCPU thread belongs to the VMM and runs through [`crate::target::VcpuHooks`].
 //! The gdb thread steers it with [`Vcpu::request`] (pause, run, step, step
 //! over a breakpoint), waits with [`Vcpu::wait_parked`], and reaches the
 //! vCPU's registers with [`Vcpu::call`]: the parked thread makes the ioctl
@@ -23,12 +23,12 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use log::debug;
 
-use super::error::StubError;
-use super::gdb::session::Session;
-use super::kick::KickSlot;
-use super::table_watch::Remap;
-use super::watchpoints::Watch;
-use super::{lock, Inner};
+use crate::target::error::StubError;
+use crate::target::gdb::session::Session;
+use crate::target::kvm::kick::KickSlot;
+use crate::target::kvm::page_watchpoints::Watch;
+use crate::target::table_watch::Remap;
+use crate::target::{lock, Inner};
 
 /// Why a vCPU stopped by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,9 +17,9 @@ use elf::ElfBytes;
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 use memmap2::{Mmap, MmapOptions};
 
-use super::memory::{GuestRam, HostSpans, RamAccess, RamRange};
-use super::x86::flat_segment;
 use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
+use crate::target::machine::memory::{GuestRam, HostSpans, RamAccess, RamRange};
+use crate::target::machine::x86_constants::flat_segment;
 use crate::vmem::PhysAddr;
 
 /// The note QEMU writes per vCPU with its whole state (`QEMUCPUState`).

@@ -3,7 +3,7 @@
 
 use gdbstub::arch::{Arch, RegId, Registers};
 
-pub use super::target_xml::{TARGET_XML, TARGET_XML_I386};
+pub use crate::target::machine::target_xml::{TARGET_XML, TARGET_XML_I386};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 /// `gdbstub` architecture: x86-64 with segments, segment bases, control

@@ -16,7 +16,7 @@ use log::debug;
 
 /// Open a host file a gdb client named (`chardev-add`, `vmem diff
 /// --dump`): refused when the VMM turned that off
-/// ([`super::DebuggerBuilder::host_files`]), else as [`open_regular`].
+/// ([`crate::target::DebuggerBuilder::host_files`]), else as [`open_regular`].
 pub(crate) fn open_client_named(allowed: bool, path: &Path) -> Result<File, String> {
     if !allowed {
         return Err("this VMM does not let gdb name host files".into());

@@ -4,9 +4,9 @@
 
 use gdbstub::target::ext::breakpoints::WatchKind;
 
-use super::vcpu::StopKind;
-use super::watchpoints::Watch;
-use super::x86::{dr7_condition, dr7_enable, DR6_HIT_MASK, DR7_FIXED_1};
+use crate::target::kvm::page_watchpoints::Watch;
+use crate::target::kvm::vcpu::StopKind;
+use crate::target::machine::x86_constants::{dr7_condition, dr7_enable, DR6_HIT_MASK, DR7_FIXED_1};
 
 /// What one slot is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
