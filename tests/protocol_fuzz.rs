@@ -277,5 +277,8 @@ fn monitor_output_in_ack_mode() {
     };
     let (got, expected) = (mappings(text), mappings(expected));
     assert_eq!(got, expected);
-    assert!(got.iter().all(|l| l.len() == 35 && l.contains(": ")), "{got:?}");
+    assert!(
+        got.iter().all(|l| l.len() == 35 && l.contains(": ")),
+        "{got:?}"
+    );
 }
