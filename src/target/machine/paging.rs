@@ -111,6 +111,10 @@ impl core::fmt::Display for CpuLimits {
         )
     }
 }
+/// Entries one walk of a guest space may read before it gives up (bounds
+/// hostile tables): the monitor's walks, lldb's memory regions.
+pub(crate) const WALK_BUDGET: u64 = 1 << 24;
+
 /// Root-table bits of CR3 (PCID and PWT/PCD dropped).
 pub(crate) const CR3_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// A PAE CR3 points to a 32-byte aligned PDPT.

@@ -6,8 +6,8 @@
 use crate::arch::PageTableFormat;
 use crate::vmem::{self, Perms, TableReadOps};
 
+use super::paging::WALK_BUDGET;
 use crate::target::machine::memory::RamRange;
-use crate::target::monitor::WALK_BUDGET;
 
 /// A run of addresses with the same rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

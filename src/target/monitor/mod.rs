@@ -47,7 +47,6 @@ impl fmt::Display for View {
 
 pub(crate) use diff::{take as take_snapshot, Snapshot};
 pub(crate) use lapic::Lapic;
-pub(crate) use vmem::WALK_BUDGET;
 
 /// Why a command did nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

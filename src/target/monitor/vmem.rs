@@ -11,8 +11,7 @@ use crate::vmem::{
     WalkError,
 };
 
-/// Entries a monitor walk may read before it gives up (bounds hostile tables).
-pub(crate) const WALK_BUDGET: u64 = 1 << 24;
+pub(crate) use crate::target::machine::paging::WALK_BUDGET;
 
 /// Mappings a monitor command keeps from one walk (~80 MiB of them).
 const MAX_MAPPINGS: usize = 1 << 20;
