@@ -242,10 +242,7 @@ fn monitor_output_in_ack_mode() {
             format!("{:02x}", rsp::checksum(payload)).as_bytes(),
             &sum[1..]
         );
-        let digits = payload.strip_prefix(b"O").expect("an O packet");
-        for pair in digits.chunks(2) {
-            text.push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
-        }
+        decode_output(payload, &mut text);
     }
     drop(stream);
 
@@ -255,13 +252,7 @@ fn monitor_output_in_ack_mode() {
     loop {
         match no_ack.reply() {
             Reply::Packet(p) if p == b"OK" => break,
-            Reply::Packet(p) => {
-                let digits = p.strip_prefix(b"O").expect("an O packet").to_vec();
-                for pair in digits.chunks(2) {
-                    expected
-                        .push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
-                }
-            }
+            Reply::Packet(p) => decode_output(&p, &mut expected),
             other => panic!("{other:?}"),
         }
     }
@@ -281,4 +272,12 @@ fn monitor_output_in_ack_mode() {
         got.iter().all(|l| l.len() == 35 && l.contains(": ")),
         "{got:?}"
     );
+}
+
+/// Append what an `O` packet's hex digits say to `text`.
+fn decode_output(packet: &[u8], text: &mut Vec<u8>) {
+    let digits = packet.strip_prefix(b"O").expect("an O packet");
+    for pair in digits.chunks(2) {
+        text.push(u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap());
+    }
 }

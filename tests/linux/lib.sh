@@ -59,3 +59,11 @@ wait_console() {
     echo "the guest never said $2" >&2
     exit 1
 }
+
+# wait_exit PID: QEMU told to quit has read the command once the monitor
+# answered; give it 10 s to be gone, then stop it.
+wait_exit() {
+    for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+    kill "$1" 2>/dev/null || true
+    wait "$1" || true
+}

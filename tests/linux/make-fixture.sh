@@ -49,11 +49,7 @@ python3 "$here/hmp.py" "$work/monitor.sock" "dump-guest-memory $out/dump.part" \
 python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n"); s.close()' "$work/trigger.sock"
 wait_console "$out/console.log" MAPPED2 60 $qemu
 python3 "$here/hmp.py" "$work/monitor.sock" stop "dump-guest-memory $out/dump2.part" quit
-# The dump is complete once the monitor answered; QEMU should be gone, and
-# is stopped if not.
-for _ in $(seq 1 50); do kill -0 $qemu 2>/dev/null || break; sleep 0.2; done
-kill $qemu 2>/dev/null || true
-wait $qemu || true
+wait_exit $qemu
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/dump.part" "$out/dump.elf"
 mv "$out/dump.kdump.part" "$out/dump.kdump"

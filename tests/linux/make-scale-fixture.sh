@@ -49,9 +49,7 @@ build_initramfs "$out/initramfs.cpio" init "$here/spray.c"
 qemu=$!
 wait_console "$out/console.log" SPRAYED 600 $qemu
 python3 "$here/hmp.py" "$work/monitor.sock" stop "dump-guest-memory $out/dump.part" quit
-for _ in $(seq 1 50); do kill -0 $qemu 2>/dev/null || break; sleep 0.2; done
-kill $qemu 2>/dev/null || true
-wait $qemu || true
+wait_exit $qemu
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/dump.part" "$out/dump.elf"
 echo "Linux scale fixture in $out"
