@@ -64,14 +64,13 @@ mod kvm;
 mod machine;
 mod monitor;
 mod progress;
-mod shared;
 mod stub;
-mod table_watch;
+mod sync;
+mod wait;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
@@ -94,8 +93,8 @@ pub use machine::x86_constants::flat_segment;
 pub use progress::{Progress, ProgressUnit};
 
 use dump::host_file::ExecFile;
-use kvm::vcpu::Vcpu;
-pub(crate) use shared::{lock, Inner};
+use kvm::shared::Inner;
+use kvm::vcpus::Vcpus;
 
 /// What the VMM's exit handler tells the turnkey vCPU loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +129,7 @@ impl DebuggerBuilder {
     fn with(
         vm: Option<VmFd>,
         memory: GuestRam,
-        vcpus: Vec<Vcpu>,
+        vcpus: usize,
         sync_regs: bool,
         block_irq: bool,
     ) -> Self {
@@ -139,39 +138,10 @@ impl DebuggerBuilder {
         } else {
             StepIrqs::SkipHandlers
         };
+        let vcpus = Vcpus::new(vcpus, sync_regs, step_irqs);
         DebuggerBuilder {
             block_irq,
-            inner: Inner {
-                vm,
-                memory,
-                vcpus,
-                breakpoints: RwLock::default(),
-                watchpoints: RwLock::default(),
-                table_watches: RwLock::default(),
-                debug_regs: RwLock::default(),
-                page_traps: None,
-                vmm_kick: None,
-                run_gate: Default::default(),
-                applied_traps: Mutex::default(),
-                traps_stale: AtomicBool::new(false),
-                serving: Mutex::new(None),
-                stopping: AtomicBool::new(false),
-                session: Mutex::new(None),
-                home: Default::default(),
-                holder: Mutex::new(()),
-                halt_tick: Duration::from_millis(2),
-                sync_regs,
-                step_irqs,
-                qemu: Arc::default(),
-                exec_file: None,
-                host_files: true,
-                table_pool: None,
-                spaces: Mutex::default(),
-                chardevs: Mutex::default(),
-                cpu_limits: OnceLock::new(),
-                frozen: None,
-                progress: None,
-            },
+            inner: Inner::new(vm, memory, vcpus),
         }
     }
 
@@ -180,7 +150,7 @@ impl DebuggerBuilder {
     /// running the command or a helper of it; the tool draws a progress
     /// bar with it.
     pub fn on_progress(mut self, report: impl Fn(Progress<'_>) + Send + Sync + 'static) -> Self {
-        self.inner.progress = Some(Box::new(report));
+        self.inner.monitor.set_progress(Box::new(report));
         self
     }
 
@@ -207,14 +177,14 @@ impl DebuggerBuilder {
     /// existing regular files are opened, read-only, never through a
     /// symbolic link, never blocking.
     pub fn host_files(mut self, allowed: bool) -> Self {
-        self.inner.host_files = allowed;
+        self.inner.monitor.set_host_files(allowed);
         self
     }
 
     /// Guest-physical pages (page-aligned range, not used by the guest)
     /// from which `monitor vmem map` takes new page tables.
     pub fn table_pool(mut self, range: std::ops::Range<u64>) -> Self {
-        self.inner.table_pool = Some(TablePool::new(range));
+        self.inner.monitor.set_table_pool(TablePool::new(range));
         self
     }
 
@@ -223,7 +193,7 @@ impl DebuggerBuilder {
     /// or 8 aligned bytes, and only on hosts where they fire (not on
     /// kvm_pvm).
     pub fn page_traps(mut self, traps: impl PageTraps + 'static) -> Self {
-        self.inner.page_traps = Some(Box::new(traps));
+        self.inner.trapping.set_page_traps(Box::new(traps));
         self
     }
 
@@ -234,7 +204,7 @@ impl DebuggerBuilder {
     /// Called whenever gdb stops the VM; [`VcpuHooks::after_run`] takes the
     /// `EINTR`.
     pub fn kick(mut self, kick: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.inner.vmm_kick = Some(Box::new(kick));
+        self.inner.vcpus.set_vmm_kick(Box::new(kick));
         self
     }
 
@@ -245,7 +215,7 @@ impl DebuggerBuilder {
     /// until the debugger or shutdown wakes it, as a real CPU would. With
     /// an irqchip, KVM handles `hlt` itself and this is unused.
     pub fn halt_tick(mut self, tick: Duration) -> Self {
-        self.inner.halt_tick = tick;
+        self.inner.vcpus.set_halt_tick(tick);
         self
     }
 
@@ -254,20 +224,21 @@ impl DebuggerBuilder {
     /// `KVM_GUESTDBG_BLOCKIRQ` (the default there), else
     /// [`StepIrqs::SkipHandlers`].
     pub fn step_irqs(mut self, how: StepIrqs) -> Self {
-        self.inner.step_irqs = match how {
+        let how = match how {
             StepIrqs::Block if !self.block_irq => {
                 warn!("this host cannot hold interrupts back in a step (no KVM_GUESTDBG_BLOCKIRQ): skipping handlers instead");
                 StepIrqs::SkipHandlers
             }
             how => how,
         };
+        self.inner.vcpus.set_step_irqs(how);
         self
     }
 
     /// Make an address space (a CR3 value) known to `monitor vmem spaces`;
     /// its root is read from it as the vCPU's paging mode reads CR3.
     pub fn space(self, cr3: u64) -> Self {
-        lock(&self.inner.spaces).insert(cr3, "registered");
+        self.inner.monitor.add_space(cr3, "registered");
         self
     }
 
@@ -296,7 +267,6 @@ impl Debugger {
         let block_irq = u32::try_from(debug_flags).is_ok_and(|f| f & KVM_GUESTDBG_BLOCKIRQ != 0);
         debug!("KVM_CAP_SYNC_REGS: {sync_regs} (steps read registers from kvm_run)");
         debug!("KVM_GUESTDBG_BLOCKIRQ: {block_irq} (steps can hold interrupts back)");
-        let vcpus = (0..vcpus).map(Vcpu::new).collect();
         Ok(DebuggerBuilder::with(
             Some(vm),
             memory,
@@ -310,17 +280,17 @@ impl Debugger {
     /// file, every vCPU stopped for good (resuming, stepping and
     /// breakpoints are refused with a message). No KVM needed.
     pub fn from_dump(dump: Dump) -> DebuggerBuilder {
-        let vcpus: Vec<Vcpu> = (0..dump.cpus().len()).map(Vcpu::new).collect();
-        for v in &vcpus {
+        let cpus = dump.cpus().len();
+        let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), cpus, false, false);
+        for v in builder.inner.vcpus.iter() {
             v.mark_finished();
         }
-        let spaces = dump
-            .cpus()
-            .iter()
-            .map(|c| (c.sregs.cr3, "in the dump"))
-            .collect();
-        let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), vcpus, false, false);
-        builder.inner.spaces = Mutex::new(spaces);
+        for cpu in dump.cpus() {
+            builder
+                .inner
+                .monitor
+                .add_space(cpu.sregs.cr3, "in the dump");
+        }
         builder.inner.frozen = Some(dump.cpus().to_vec());
         builder
     }
@@ -339,7 +309,7 @@ impl Debugger {
     /// Make an address space (a CR3 value) known to `monitor vmem spaces`;
     /// its root is read from it as the vCPU's paging mode reads CR3.
     pub fn add_space(&self, cr3: u64) {
-        lock(&self.inner.spaces).insert(cr3, "registered");
+        self.inner.monitor.add_space(cr3, "registered");
     }
 
     /// Guest RAM.

@@ -17,10 +17,10 @@ use log::{debug, trace, warn};
 
 use super::memory_packets::{self, ReadRequest, WriteRequest};
 use super::packets::{self, Route};
-use super::qemu_packets::QemuFlags;
 use super::rsp;
-use super::wait::{self, Ready, WakeReceiver};
-use crate::target::lock;
+use crate::target::kvm::qemu_flags::QemuFlags;
+use crate::target::sync::lock;
+use crate::target::wait::{self, Ready, WakeReceiver};
 
 /// A stream gdb talks over.
 #[derive(Debug)]

@@ -6,15 +6,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use log::{info, warn};
 
 use super::connection::Stream;
-use super::wait::{self, Ready};
-use crate::target::{lock, Inner};
+use crate::target::kvm::shared::Inner;
+use crate::target::sync::lock;
+use crate::target::wait::{self, Ready};
 
 /// Where gdb connects.
 #[derive(Debug)]
@@ -115,16 +115,16 @@ impl Drop for GdbListener {
 /// Accept gdb connections until `Debugger::stop_serving`: one session at
 /// a time; while one is attached, another client is told so and
 /// disconnected.
-pub(crate) fn serve(dbg: &Arc<Inner>, listener: GdbListener) -> io::Result<()> {
+pub(crate) fn serve(inner: &Arc<Inner>, listener: GdbListener) -> io::Result<()> {
     info!("waiting for gdb on {}", listener.describe());
     let (waker, wake) = wait::wake_pair()?;
-    *lock(&dbg.serving) = Some(waker);
+    inner.link.start_serving(waker);
     // Whether a session holds the VM. One whose gdb is gone (cleanup
     // running, however long that takes on a loaded host) is waited for;
     // one whose gdb is still connected makes a second client be refused.
     let busy = (Mutex::new(Attachment::None), Condvar::new());
     let served = std::thread::scope(|scope| loop {
-        if dbg.stopping.load(Ordering::Acquire) {
+        if inner.link.stopping() {
             return Ok(());
         }
         if wait::wait(listener.raw_fd(), &wake, None)? != Ready::Gdb {
@@ -155,12 +155,11 @@ pub(crate) fn serve(dbg: &Arc<Inner>, listener: GdbListener) -> io::Result<()> {
             busy.1.notify_all();
         };
         scope.spawn(move || {
-            super::session::run(dbg, stream, || set(Attachment::Ending));
+            super::session::run(inner, stream, || set(Attachment::Ending));
             set(Attachment::None);
         });
     });
-    *lock(&dbg.serving) = None;
-    dbg.stopping.store(false, Ordering::Release);
+    inner.link.stopped_serving();
     info!("stopped serving gdb on {}", listener.describe());
     served
 }

@@ -9,8 +9,7 @@
 //! - `packets`: which packets are answered before gdbstub, and how (a pure
 //!   function, unit-tested); `memory_packets` (`m`/`x`/`M`/`X`),
 //!   `qemu_packets` (`qqemu.*`) their families;
-//! - `rsp`: RSP framing, public (the null stub and the tests use it);
-//! - `wait`: the one blocking wait (`poll(2)` on a socket and a wake-up).
+//! - `rsp`: RSP framing, public (the null stub and the tests use it).
 
 pub(crate) mod connection;
 pub(crate) mod event_loop;
@@ -19,4 +18,3 @@ pub(crate) mod packets;
 pub(crate) mod qemu_packets;
 pub mod rsp;
 pub(crate) mod session;
-pub(crate) mod wait;

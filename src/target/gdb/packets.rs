@@ -8,8 +8,9 @@
 use std::borrow::Cow;
 
 use super::memory_packets::{self, ReadRequest, WriteRequest};
-use super::qemu_packets::{self, QemuFlags};
+use super::qemu_packets;
 use super::rsp;
+use crate::target::kvm::qemu_flags::QemuFlags;
 
 /// What to do with one packet from gdb.
 #[derive(Debug, PartialEq, Eq)]

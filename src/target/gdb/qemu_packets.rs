@@ -3,74 +3,26 @@
 //! a system-mode target; `qqemu.PhyMemMode` switches memory accesses to
 //! physical addresses.
 
+use crate::target::kvm::qemu_flags::QemuFlags;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-
-/// QEMU's `Qqemu.sstep` bits: single-step at all, with interrupts
-/// blocked, with timers stopped.
-pub(crate) const SSTEP_ENABLE: u8 = 1;
-pub(crate) const SSTEP_NOIRQ: u8 = 2;
-pub(crate) const SSTEP_NOTIMER: u8 = 4;
-
-/// The state QEMU's packets set.
-#[derive(Debug)]
-pub(crate) struct QemuFlags {
-    /// `Qqemu.PhyMemMode`: gdb's memory accesses are physical (per session).
-    pub(crate) phys_mode: AtomicBool,
-    /// `Qqemu.sstep`: how single steps treat interrupts (kept across
-    /// sessions, as QEMU does).
-    pub(crate) sstep: AtomicU8,
-}
-
-impl Default for QemuFlags {
-    fn default() -> Self {
-        QemuFlags {
-            phys_mode: AtomicBool::new(false),
-            sstep: AtomicU8::new(SSTEP_ENABLE | SSTEP_NOIRQ | SSTEP_NOTIMER),
-        }
-    }
-}
-
-impl QemuFlags {
-    /// Whether a single step keeps interrupts out (NOIRQ).
-    pub(crate) fn step_blocks_irqs(&self) -> bool {
-        self.sstep.load(Ordering::Relaxed) & SSTEP_NOIRQ != 0
-    }
-}
 
 /// Our reply to `payload`, or `None` to hand it to gdbstub.
 pub(crate) fn reply(payload: &[u8], flags: &QemuFlags) -> Option<Cow<'static, str>> {
     let text = match payload {
         b"qqemu.sstepbits" | b"Qqemu.sstepbits" => "ENABLE=1,NOIRQ=2,NOTIMER=4",
-        b"qqemu.sstep" => {
-            let bits = flags.sstep.load(Ordering::Relaxed);
-            return Some(Cow::Owned(format!("{bits:#x}")));
-        }
+        b"qqemu.sstep" => return Some(Cow::Owned(format!("{:#x}", flags.sstep()))),
         p if p.starts_with(b"Qqemu.sstep=") => {
             let value = std::str::from_utf8(&p[12..]).ok();
-            let bits = value.and_then(|v| {
-                let v = v.trim_start_matches("0x");
-                u8::from_str_radix(v, 16).ok()
-            });
+            let bits = value.and_then(|v| u8::from_str_radix(v.trim_start_matches("0x"), 16).ok());
             match bits {
-                Some(bits) if bits & !(SSTEP_ENABLE | SSTEP_NOIRQ | SSTEP_NOTIMER) == 0 => {
-                    flags.sstep.store(bits, Ordering::Relaxed);
-                    "OK"
-                }
+                Some(bits) if flags.set_sstep(bits) => "OK",
                 _ => "E22",
             }
         }
-        b"qqemu.PhyMemMode" => {
-            if flags.phys_mode.load(Ordering::Relaxed) {
-                "1"
-            } else {
-                "0"
-            }
-        }
+        b"qqemu.PhyMemMode" if flags.phys_mode() => "1",
+        b"qqemu.PhyMemMode" => "0",
         b"Qqemu.PhyMemMode:1" | b"Qqemu.PhyMemMode:0" => {
-            flags
-                .phys_mode
-                .store(payload.ends_with(b"1"), Ordering::Relaxed);
+            flags.set_phys_mode(payload.ends_with(b"1"));
             "OK"
         }
         _ => return None,
@@ -92,7 +44,7 @@ mod tests {
         );
         assert_eq!(reply(b"qqemu.PhyMemMode").as_deref(), Some("0"));
         assert_eq!(reply(b"Qqemu.PhyMemMode:1").as_deref(), Some("OK"));
-        assert!(flags.phys_mode.load(Ordering::Relaxed));
+        assert!(flags.phys_mode());
         assert_eq!(reply(b"qqemu.PhyMemMode").as_deref(), Some("1"));
         assert_eq!(reply(b"qqemu.sstep").as_deref(), Some("0x7"));
         assert!(flags.step_blocks_irqs());

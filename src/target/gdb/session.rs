@@ -13,24 +13,22 @@
 //! held-back vCPUs must start, and gdb's Ctrl-C must be heard), when it
 //! halts, when its loop ends, or when the session does.
 
+use std::any::Any;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, GdbStubError};
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use super::connection::{ConnRef, GdbConnection, Input, Stream, Wait, STUB_PACKET_SIZE};
-use super::wait;
 use crate::target::error::StubError;
-use crate::target::kvm::vcpu::Command;
+use crate::target::kvm::command::Command;
+use crate::target::kvm::lending::{Driver, Lent, LentSession, Turn};
+use crate::target::kvm::shared::Inner;
 use crate::target::stub::KvmTarget;
-use crate::target::{lock, Inner};
-
-/// How long a lent step may run before the session goes home.
-pub(crate) const STEP_GRACE: Duration = Duration::from_millis(1);
+use crate::target::sync::lock;
+use crate::target::wait;
 
 type Machine = GdbStubStateMachine<'static, KvmTarget, ConnRef>;
 
@@ -40,34 +38,14 @@ pub(crate) struct Session {
     machine: Option<Machine>,
     target: KvmTarget,
     conn: Arc<Mutex<GdbConnection>>,
+    /// Why the session ended, once [`Turn::Over`] said it did.
+    ended: Option<Ended>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").finish_non_exhaustive()
     }
-}
-
-/// Which thread drives the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Driver {
-    /// The gdb thread.
-    Home,
-    /// The thread of the vCPU with this index (the session is lent).
-    Vcpu(usize),
-}
-
-/// Why [`Session::drive`] returned.
-#[derive(Debug)]
-pub(crate) enum Turn {
-    /// This vCPU alone starts (a step, or a run with the others held
-    /// back): its thread runs it with the session.
-    Start(usize, Command),
-    /// gdb resumed more than the lent vCPU's step (or the step outlasted
-    /// its grace): the gdb thread drives on.
-    Home,
-    /// The session is over.
-    Ended(Ended),
 }
 
 /// Why a session ended.
@@ -90,58 +68,40 @@ impl From<GdbStubError<StubError, io::Error>> for Ended {
     }
 }
 
-/// Where a lent session comes back to the gdb thread.
-#[derive(Debug, Default)]
-pub(crate) struct HomeSlot {
-    slot: Mutex<Option<(Box<Session>, Turn)>>,
-    cv: Condvar,
-    /// The session's socket, to end the reads of a vCPU thread answering
-    /// gdb (it waits for gdb's bytes alone), and whether one is.
-    socket: Mutex<Option<Stream>>,
-    away: AtomicBool,
+impl LentSession for Session {
+    fn drive_with(&mut self, at: Driver, ahead: &mut dyn FnMut(Command)) -> Turn {
+        Session::drive_with(self, at, ahead)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
-impl HomeSlot {
-    /// The VMM stops serving gdb or shuts the VM down: a vCPU thread
-    /// blocked reading gdb's socket gets end-of-file and sends the
-    /// session home, where it ends.
-    pub(crate) fn end_lent_reads(&self) {
-        if self.away.load(Ordering::Acquire) {
-            if let Some(socket) = lock(&self.socket).as_ref() {
-                debug!("ending the gdb socket's reads of the vCPU thread answering gdb");
-                socket.shutdown_read();
-            }
-        }
-    }
+/// The session is over, for `why`.
+fn over(slot: &mut Option<Ended>, why: Ended) -> Turn {
+    *slot = Some(why);
+    Turn::Over
+}
 
-    /// Send the session home (from a vCPU thread).
-    pub(crate) fn send(&self, session: Box<Session>, turn: Turn) {
-        debug!("session back to the gdb thread: {turn:?}");
-        *lock(&self.slot) = Some((session, turn));
-        self.cv.notify_all();
+/// The session a vCPU thread sent home (only a [`Session`] is ever lent).
+fn reclaim(lent: Lent) -> Option<Box<Session>> {
+    let session = lent.into_any().downcast::<Session>().ok();
+    if session.is_none() {
+        warn!("a lent session came home as something else: ending the session");
     }
-
-    /// Wait for the lent session (the gdb thread).
-    fn wait(&self) -> (Box<Session>, Turn) {
-        let mut slot = lock(&self.slot);
-        loop {
-            if let Some(back) = slot.take() {
-                self.away.store(false, Ordering::Release);
-                return back;
-            }
-            slot = self.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
-    }
+    session
 }
 
 /// Run one gdb session on the gdb thread; afterwards the guest runs on
 /// without breakpoints.
-pub(crate) fn run(dbg: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
+pub(crate) fn run(inner: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
     // A `Debugger::monitor` call in progress finishes first.
-    let _holder = lock(&dbg.holder);
-    dbg.qemu.phys_mode.store(false, Ordering::Relaxed);
+    let _holder = inner.link.hold();
+    inner.qemu.set_phys_mode(false);
     let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&dbg.qemu), dbg.frozen.is_some())?;
+        let frozen = inner.frozen.is_some();
+        let conn = GdbConnection::new(stream, wake, Arc::clone(&inner.qemu), frozen)?;
         Ok((waker, conn))
     });
     let (waker, conn) = match started {
@@ -152,75 +112,64 @@ pub(crate) fn run(dbg: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
         }
     };
     // Kept to end a lent reader's reads, and to close the socket at the end.
-    *lock(&dbg.home.socket) = conn.stream().try_clone().ok();
-    *lock(&dbg.session) = Some(waker);
-    dbg.pause_all();
-    let mut target = KvmTarget::new(Arc::clone(dbg));
+    let socket = conn.stream().try_clone().ok();
+    if let Some(reader) = socket.as_ref().and_then(|s| s.try_clone().ok()) {
+        inner
+            .link
+            .home()
+            .set_end_reads(Some(Box::new(move || reader.shutdown_read())));
+    }
+    inner.link.set_session(Some(waker));
+    inner.vcpus.pause_all();
+    let mut target = KvmTarget::new(Arc::clone(inner));
     target.collect_stops();
     target.choose_layout();
-    for index in 0..dbg.vcpus.len() {
+    for index in 0..inner.vcpus.len() {
         target.remember_space(index);
     }
     let mut session = Box::new(Session {
         machine: None,
         target,
         conn: Arc::new(Mutex::new(conn)),
+        ended: None,
     });
     let mut turn = session.start();
     loop {
         turn = match turn {
-            Turn::Start(index, command) => match lend(dbg, index, command, session) {
-                None => {
-                    let back;
-                    (session, back) = dbg.home.wait();
-                    match back {
-                        Turn::Home => session.drive(Driver::Home),
-                        other => other,
-                    }
+            Turn::Start(index, command) => {
+                let (lent, back) = match inner.lend(index, command, session) {
+                    None => inner.link.home().wait(),
+                    Some(kept) => (kept, Turn::Home),
+                };
+                let Some(home) = reclaim(lent) else { break };
+                session = home;
+                match back {
+                    Turn::Home => session.drive(Driver::Home),
+                    other => other,
                 }
-                Some(kept) => {
-                    session = kept;
-                    session.drive(Driver::Home)
-                }
-            },
+            }
             Turn::Home => session.drive(Driver::Home),
-            Turn::Ended(ended) => match session.ended(ended) {
+            Turn::Over => match session.ended() {
                 Some(next) => next,
                 None => break,
             },
         };
     }
     gdb_gone();
-    let socket = lock(&dbg.home.socket).take();
+    inner.link.home().set_end_reads(None);
     // gdb may have gone with the guest running (killed mid-continue):
     // every vCPU parks first, so none hits a breakpoint being lifted or
     // stops for the session after its end, which would park it for good.
-    dbg.pause_all();
-    session.target.clear_debug_state();
-    *lock(&dbg.session) = None;
+    inner.vcpus.pause_all();
+    inner.clear_watches();
+    inner.link.set_session(None);
     if let Some(stream) = socket {
         stream.shutdown();
     }
-    for v in &dbg.vcpus {
+    for v in inner.vcpus.iter() {
         v.take_stop();
-        v.request(Command::Run, dbg);
+        v.request(Command::Run);
     }
-}
-
-/// Lend `session` to vCPU `index` to run `command` (a step or a run); if
-/// the vCPU cannot take it (not parked, or its loop has ended), the
-/// command is given the ordinary way and the session is given back.
-pub(crate) fn lend(
-    dbg: &Inner,
-    index: usize,
-    command: Command,
-    session: Box<Session>,
-) -> Option<Box<Session>> {
-    dbg.home.away.store(true, Ordering::Release);
-    let kept = dbg.vcpus[index].lend(command, session).err()?;
-    dbg.home.away.store(false, Ordering::Release);
-    dbg.vcpus[index].request(command, dbg);
-    Some(kept)
 }
 
 impl Session {
@@ -234,7 +183,7 @@ impl Session {
             Ok(stub) => stub,
             Err(e) => {
                 warn!("cannot start gdbstub: {e}");
-                return Turn::Ended(Ended::Stopped);
+                return over(&mut self.ended, Ended::Stopped);
             }
         };
         match stub.run_state_machine(&mut self.target) {
@@ -242,14 +191,14 @@ impl Session {
                 self.machine = Some(machine);
                 self.drive(Driver::Home)
             }
-            Err(e) => Turn::Ended(e.into()),
+            Err(e) => over(&mut self.ended, e.into()),
         }
     }
 
     /// Log why the session ended; a packet gdbstub could not handle is
     /// answered and the session goes on (`Some`: what happened next).
-    fn ended(&mut self, ended: Ended) -> Option<Turn> {
-        match ended {
+    fn ended(&mut self) -> Option<Turn> {
+        match self.ended.take().unwrap_or(Ended::Stopped) {
             Ended::Reason(DisconnectReason::Kill) => {
                 info!("gdb sent kill: detaching, the guest keeps running")
             }
@@ -283,7 +232,7 @@ impl Session {
     /// while gdb reads the reply that led to the guess.
     pub(crate) fn drive_with(&mut self, at: Driver, ahead: &mut dyn FnMut(Command)) -> Turn {
         let Some(mut gdb) = self.machine.take() else {
-            return Turn::Ended(Ended::Stopped);
+            return over(&mut self.ended, Ended::Stopped);
         };
         let target = &mut self.target;
         let conn = &self.conn;
@@ -314,17 +263,18 @@ impl Session {
                         Ok(Input::Byte(b)) => {
                             gdb = match idle.incoming_data(target, b) {
                                 Ok(gdb) => gdb,
-                                Err(e) => return Turn::Ended(e.into()),
+                                Err(e) => return over(&mut self.ended, e.into()),
                             };
                             continue;
                         }
-                        Ok(Input::Read(read)) => lock(conn)
-                            .serve_read(&read, |data, read, thread| {
-                                target.read_for_gdb(data, read, thread)
-                            }),
+                        Ok(Input::Read(read)) => {
+                            lock(conn).serve_read(&read, |data, read, thread| {
+                                target.read_for_gdb(data, (read.addr, read.len), thread)
+                            })
+                        }
                         Ok(Input::Write(write)) => {
                             let thread = lock(conn).mem_thread();
-                            let result = target.write_for_gdb(&write, thread);
+                            let result = target.write_for_gdb(write.addr, &write.data, thread);
                             lock(conn).answer_write(result)
                         }
                         Ok(Input::Region(addr)) => {
@@ -335,16 +285,20 @@ impl Session {
                             let text = target.monitor_text(&line);
                             lock(conn).answer_monitor(Some(&text))
                         }
-                        Ok(Input::Wake) if target.stopping() => return Turn::Ended(Ended::Stopped),
+                        Ok(Input::Wake) if target.stopping() => {
+                            return over(&mut self.ended, Ended::Stopped)
+                        }
                         // vCPUs are parked between packets; a late wake-up's
                         // stop is collected at the next resume.
                         Ok(Input::Wake | Input::Timeout) => Ok(()),
-                        Err(_) if target.stopping() => return Turn::Ended(Ended::Stopped),
+                        Err(_) if target.stopping() => {
+                            return over(&mut self.ended, Ended::Stopped)
+                        }
                         Err(e) => Err(e),
                     };
                     match answered {
                         Ok(()) => Ok(idle.into()),
-                        Err(e) => return Turn::Ended(Ended::Connection(e)),
+                        Err(e) => return over(&mut self.ended, Ended::Connection(e)),
                     }
                 }
                 GdbStubStateMachine::Running(running) => {
@@ -364,7 +318,7 @@ impl Session {
                             Ok(Input::Byte(b)) => {
                                 gdb = match running.incoming_data(target, b) {
                                     Ok(gdb) => gdb,
-                                    Err(e) => return Turn::Ended(e.into()),
+                                    Err(e) => return over(&mut self.ended, e.into()),
                                 };
                                 continue;
                             }
@@ -375,7 +329,7 @@ impl Session {
                             Ok(Input::Region(_)) => lock(conn).answer_region(None),
                             Ok(Input::Monitor(_)) => lock(conn).answer_monitor(None),
                             Ok(Input::Wake) if target.stopping() => {
-                                return Turn::Ended(Ended::Stopped)
+                                return over(&mut self.ended, Ended::Stopped)
                             }
                             Ok(Input::Wake) => {
                                 target.collect_stops();
@@ -389,7 +343,7 @@ impl Session {
                         };
                         match answered {
                             Ok(()) => Ok(running.into()),
-                            Err(e) => return Turn::Ended(Ended::Connection(e)),
+                            Err(e) => return over(&mut self.ended, Ended::Connection(e)),
                         }
                     }
                 }
@@ -399,12 +353,12 @@ impl Session {
                     interrupt.interrupt_handled(target, Some(stop))
                 }
                 GdbStubStateMachine::Disconnected(gone) => {
-                    return Turn::Ended(Ended::Reason(gone.get_reason()))
+                    return over(&mut self.ended, Ended::Reason(gone.get_reason()))
                 }
             };
             gdb = match next {
                 Ok(gdb) => gdb,
-                Err(e) => return Turn::Ended(e.into()),
+                Err(e) => return over(&mut self.ended, e.into()),
             };
         }
     }

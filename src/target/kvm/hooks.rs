@@ -26,18 +26,19 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use log::{debug, trace, warn};
 
-use crate::target::gdb::session::{self, Driver, Session, Turn, STEP_GRACE};
+use crate::target::kvm::command::{Command, StopKind};
 use crate::target::kvm::fds::exit_of;
 use crate::target::kvm::irq_step::{Origin, MAX_HANDLER_STEPS};
 use crate::target::kvm::kick::StepTimer;
+use crate::target::kvm::lending::{Driver, Lent, Turn, STEP_GRACE};
 use crate::target::kvm::page_watchpoints;
 use crate::target::kvm::run_gate::Pass;
-use crate::target::kvm::vcpu::{Command, Core, StopKind, Vcpu};
+use crate::target::kvm::shared::Inner;
+use crate::target::kvm::vcpu::{Core, Vcpu};
 use crate::target::machine::paging::Paging;
 use crate::target::machine::x86_constants::{
     code_address, BP_VECTOR, DB_VECTOR, HLT, INT3, RFLAGS_IF,
 };
-use crate::target::Inner;
 use crate::vmem::PhysAddr;
 
 /// How many grace periods the step timer is set for at a time.
@@ -174,7 +175,7 @@ struct Hooks {
     pending: Option<Pending>,
     /// The gdb session, lent to this thread while gdb starts this vCPU
     /// alone.
-    session: Option<Box<Session>>,
+    session: Option<Lent>,
     /// When the lent step or run must have stopped (else the session goes
     /// home).
     lent_deadline: Instant,
@@ -242,7 +243,7 @@ impl Hooks {
         let entry = self.prepare(fd);
         if entry == Entry::Run {
             self.inner.sync_traps();
-            self.pass = Some(self.inner.run_gate.enter());
+            self.pass = Some(self.inner.trapping.run_gate().enter());
             self.arm_for_run(fd);
         }
         entry
@@ -252,7 +253,7 @@ impl Hooks {
     /// the gate closed during it.
     fn leave_gate(&mut self) -> bool {
         let pass = self.pass.take();
-        pass.is_some_and(|pass| self.inner.run_gate.leave(pass))
+        pass.is_some_and(|pass| self.inner.trapping.run_gate().leave(pass))
     }
 
     /// Record which host thread runs this vCPU (a TLS read per run; the
@@ -270,7 +271,7 @@ impl Hooks {
     /// [`Self::before_run`] up to the gate.
     fn prepare(&mut self, fd: &mut VcpuFd) -> Entry {
         fd.set_kvm_immediate_exit(0);
-        self.inner.learn_cpuid(fd);
+        self.inner.vcpus.learn_cpuid(fd);
         self.note_thread();
         if let Some(pending) = self.pending.take() {
             self.finish(fd, pending);
@@ -319,7 +320,7 @@ impl Hooks {
         // A stop's registers come back in kvm_run (no ioctls) where the
         // host offers KVM_CAP_SYNC_REGS: for steps, and for every run while
         // gdb is attached (a breakpoint hit reads them twice).
-        if command.steps() || self.inner.attached() {
+        if command.steps() || self.inner.link.attached() {
             self.sync_registers(fd);
         }
         Entry::Run
@@ -328,7 +329,7 @@ impl Hooks {
     /// Have the next exit put the registers in `kvm_run`, where the host
     /// offers KVM_CAP_SYNC_REGS.
     fn sync_registers(&mut self, fd: &mut VcpuFd) {
-        if self.inner.sync_regs {
+        if self.inner.vcpus.sync_regs() {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
             self.synced = true;
@@ -338,7 +339,7 @@ impl Hooks {
     /// The guest-physical address of the instruction at rip, through the
     /// vCPU's own tables.
     fn code_gpa(&self, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<PhysAddr> {
-        let limits = self.inner.cpu_limits();
+        let limits = self.inner.vcpus.cpu_limits();
         let linear = code_address(regs.rip, &sregs.cs);
         let translated = Paging::of(sregs, &limits).translate(&self.inner.memory, linear);
         translated.ok().map(|(gpa, _)| gpa)
@@ -432,12 +433,12 @@ impl Hooks {
                 self.timer_fires.set(Some(Instant::now() + span));
             }
         }
-        if self.inner.vmm_kick.is_none() {
+        if !self.vcpu().has_vmm_kick() {
             self.vcpu()
                 .kick
                 .register(&mut fd.get_kvm_run().immediate_exit);
         }
-        if self.vcpu().stop_wanted() || self.inner.run_gate.closing() {
+        if self.vcpu().stop_wanted() || self.inner.trapping.run_gate().closing() {
             // Asked for before the kick could reach this run.
             fd.set_kvm_immediate_exit(1);
         }
@@ -489,7 +490,7 @@ impl Hooks {
                 );
                 return None;
             }
-            Err(e) if e.errno() != libc::EINTR && self.inner.attached() => {
+            Err(e) if e.errno() != libc::EINTR && self.inner.link.attached() => {
                 warn!("vcpu {}: KVM_RUN failed: {e}", self.index);
                 Pending::Stopped(StopKind::Crashed(Signal::SIGSEGV))
             }
@@ -497,15 +498,15 @@ impl Hooks {
             Ok(VcpuExit::Hlt) => Pending::Halted,
             Ok(VcpuExit::Debug(arch)) => self.on_debug_exit(arch, stepping)?,
             Ok(VcpuExit::InternalError) => Pending::InternalError,
-            Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.traps(gpa) => {
+            Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.watches.traps(gpa) => {
                 let hit = self.serve_trapped(gpa, data, false);
                 Pending::FinishTrap(hit?)
             }
-            Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.traps(gpa) => {
+            Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.watches.traps(gpa) => {
                 let hit = self.serve_trapped(gpa, &mut data.to_vec(), true);
                 Pending::FinishTrap(hit?)
             }
-            Ok(VcpuExit::Shutdown | VcpuExit::FailEntry(..)) if self.inner.attached() => {
+            Ok(VcpuExit::Shutdown | VcpuExit::FailEntry(..)) if self.inner.link.attached() => {
                 warn!(
                     "vcpu {}: guest shut down (triple fault or bad state)",
                     self.index
@@ -525,7 +526,7 @@ impl Hooks {
     /// the watched translation a table write changed.
     fn serve_trapped(&self, gpa: u64, data: &mut [u8], write: bool) -> Option<StopKind> {
         let hit = {
-            let watches = self.inner.watchpoints();
+            let watches = self.inner.watches.watchpoints();
             page_watchpoints::serve_access(&self.inner.memory, &watches, gpa, data, write)
         };
         let remap = if write {
@@ -539,7 +540,7 @@ impl Hooks {
     fn on_debug_exit(&self, arch: kvm_debug_exit_arch, stepping: bool) -> Option<Pending> {
         trace!("vcpu {}: debug exit {arch:x?}", self.index);
         match arch.exception {
-            DB_VECTOR => match self.inner.debug_regs().hit(arch.dr6) {
+            DB_VECTOR => match self.inner.watches.debug_regs().hit(arch.dr6) {
                 Some(kind) => Some(Pending::Stopped(kind)),
                 None if stepping => Some(Pending::StepDone),
                 None => None,
@@ -556,7 +557,7 @@ impl Hooks {
                 // Idle without the session: gdb's Ctrl-C must be heard.
                 self.send_home();
                 let interruptible = fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF != 0);
-                let tick = self.inner.halt_tick;
+                let tick = self.inner.vcpus.halt_tick();
                 self.vcpu().idle(interruptible.then_some(tick));
                 return;
             }
@@ -581,11 +582,11 @@ impl Hooks {
         self.origin = None;
         self.handler_steps = 0;
         self.vcpu()
-            .stop_self(stop, snapshot, self.session.is_some(), &self.inner);
+            .stop_self(stop, snapshot, self.session.is_some(), &self.inner.link);
     }
 
     /// A gdb session lent for a step or run of this vCPU arrived.
-    fn take_session(&mut self, session: Box<Session>) {
+    fn take_session(&mut self, session: Lent) {
         if self.timer.as_ref().is_none_or(|t| !t.is_this_threads()) {
             self.timer = match StepTimer::for_this_thread() {
                 Ok(timer) => Some(timer),
@@ -593,7 +594,7 @@ impl Hooks {
                     // Without a deadline a stuck step would keep gdb's
                     // Ctrl-C unheard: the gdb thread keeps the session.
                     warn!("vcpu {}: no step timer ({e})", self.index);
-                    self.inner.home.send(session, Turn::Home);
+                    self.inner.link.home().send(session, Turn::Home);
                     return;
                 }
             };
@@ -638,13 +639,13 @@ impl Hooks {
             }
             Turn::Start(other, command) => {
                 self.disarm();
-                if let Some(session) = session::lend(&self.inner, other, command, session) {
-                    self.inner.home.send(session, Turn::Home);
+                if let Some(session) = self.inner.lend(other, command, session) {
+                    self.inner.link.home().send(session, Turn::Home);
                 }
             }
             turn => {
                 self.disarm();
-                self.inner.home.send(session, turn);
+                self.inner.link.home().send(session, turn);
             }
         }
         true
@@ -654,7 +655,7 @@ impl Hooks {
     fn send_home(&mut self) {
         self.disarm();
         if let Some(session) = self.session.take() {
-            self.inner.home.send(session, Turn::Home);
+            self.inner.link.home().send(session, Turn::Home);
         }
     }
 
@@ -683,7 +684,7 @@ impl Hooks {
             }
             return true;
         }
-        let limits = self.inner.cpu_limits();
+        let limits = self.inner.vcpus.cpu_limits();
         if origin.entered_interrupt((&regs, &sregs), &self.inner.memory, &limits) {
             debug!(
                 "vcpu {}: the step entered an interrupt handler at {:#x}: running it",
@@ -713,14 +714,14 @@ impl Hooks {
     fn complete_trapped_instruction(&self, fd: &mut VcpuFd) {
         fd.set_kvm_immediate_exit(1);
         loop {
-            let pass = self.inner.run_gate.enter();
+            let pass = self.inner.trapping.run_gate().enter();
             let exit = fd.run();
-            self.inner.run_gate.leave(pass);
+            self.inner.trapping.run_gate().leave(pass);
             match exit {
-                Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.traps(gpa) => {
+                Ok(VcpuExit::MmioRead(gpa, data)) if self.inner.watches.traps(gpa) => {
                     self.serve_trapped(gpa, data, false);
                 }
-                Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.traps(gpa) => {
+                Ok(VcpuExit::MmioWrite(gpa, data)) if self.inner.watches.traps(gpa) => {
                     self.serve_trapped(gpa, &mut data.to_vec(), true);
                 }
                 _ => break,
@@ -755,7 +756,7 @@ impl Hooks {
         let Some(gpa) = self.code_gpa(&regs, &sregs) else {
             return Some(StopKind::Crashed(Signal::SIGSEGV));
         };
-        if self.inner.breakpoints().has_sw(gpa) {
+        if self.inner.watches.breakpoints().has_sw(gpa) {
             return Some(StopKind::SwBreak);
         }
         let mut byte = [0u8];
@@ -797,7 +798,7 @@ impl Drop for Hooks {
         self.leave_gate();
         self.send_home();
         if let Some(session) = self.vcpu().release() {
-            self.inner.home.send(session, Turn::Home);
+            self.inner.link.home().send(session, Turn::Home);
         }
     }
 }

@@ -13,7 +13,7 @@
 
 use std::sync::{Mutex, Once};
 
-use crate::target::lock;
+use crate::target::sync::lock;
 
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 3

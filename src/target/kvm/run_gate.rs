@@ -12,7 +12,7 @@
 
 use std::sync::{Condvar, Mutex};
 
-use crate::target::lock;
+use crate::target::sync::lock;
 
 /// The vCPUs inside `KVM_RUN`, and whether a change waits for them.
 #[derive(Debug, Default)]

@@ -13,8 +13,8 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use crate::target::kvm::fds;
-use crate::target::lock;
 use crate::target::machine::memory::{GuestRam, RamRange};
+use crate::target::sync::lock;
 use crate::vmem::PhysAddr;
 
 /// The granule of a trap.

@@ -15,56 +15,22 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use gdbstub::common::Signal;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use log::debug;
 
 use crate::target::error::StubError;
-use crate::target::gdb::session::Session;
+use crate::target::kvm::command::{Command, StopKind};
+use crate::target::kvm::gdb_link::GdbLink;
 use crate::target::kvm::kick::KickSlot;
-use crate::target::kvm::page_watchpoints::Watch;
-use crate::target::table_watch::Remap;
-use crate::target::{lock, Inner};
+use crate::target::kvm::lending::Lent;
+use crate::target::sync::lock;
 
-/// Why a vCPU stopped by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopKind {
-    /// A single step finished.
-    Step,
-    /// It reached one of our `int3`s (rip is on it).
-    SwBreak,
-    /// A debug register matched (rip is on the instruction).
-    HwBreak,
-    /// An access hit a watchpoint (the instruction completed).
-    Watch(Watch),
-    /// A table write changed a translation `monitor vmem watch` watches
-    /// (the instruction completed).
-    Remapped(Remap),
-    /// The guest cannot go on (triple fault, undecodable instruction…).
-    Crashed(Signal),
-}
-
-/// What the debugger wants a vCPU to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Command {
-    Pause,
-    Run,
-    Step,
-    /// One silent step with breakpoints lifted, then pause.
-    StepOver,
-    Quit,
-}
-
-impl Command {
-    /// Whether the next `KVM_RUN` is a single step.
-    pub(crate) fn steps(self) -> bool {
-        matches!(self, Command::Step | Command::StepOver)
-    }
-}
+/// How the VMM's own kick reaches vCPU `index`.
+pub(crate) type VmmKick = Box<dyn Fn(usize) + Send + Sync>;
 
 /// An ioctl the gdb thread wants made on the parked vCPU's fd.
 type Call = Box<dyn FnOnce(&VcpuFd) + Send>;
@@ -93,7 +59,7 @@ struct Control {
     /// no wake-up through the session's socket then.
     gdb_waiting: bool,
     /// The gdb session, lent for a step or run, on its way to the vCPU thread.
-    lent: Option<Box<Session>>,
+    lent: Option<Lent>,
     /// The vCPU's own thread drives the session (calls run inline).
     driving: bool,
 }
@@ -114,7 +80,7 @@ pub(crate) struct Next {
     /// It parked first.
     pub(crate) parked: bool,
     /// The gdb session, lent for this step or run.
-    pub(crate) lent: Option<Box<Session>>,
+    pub(crate) lent: Option<Lent>,
 }
 
 /// A vCPU and its control block.
@@ -123,6 +89,8 @@ pub(crate) struct Vcpu {
     ctl: Mutex<Control>,
     cv: Condvar,
     pub(crate) kick: KickSlot,
+    /// The VMM's own kick, which replaces [`Self::kick`].
+    vmm_kick: Option<Arc<VmmKick>>,
     /// A `VcpuHooks` holds this vCPU.
     claimed: AtomicBool,
     /// Registers were written since KVM was last given this vCPU's guest
@@ -156,10 +124,21 @@ impl Vcpu {
             }),
             cv: Condvar::new(),
             kick: KickSlot::default(),
+            vmm_kick: None,
             claimed: AtomicBool::new(false),
             registers_written: AtomicBool::new(false),
             host_thread: AtomicI32::new(0),
         }
+    }
+
+    /// The VMM's own kick replaces the debugger's.
+    pub(crate) fn set_vmm_kick(&mut self, kick: Arc<VmmKick>) {
+        self.vmm_kick = Some(kick);
+    }
+
+    /// Whether the VMM kicks this vCPU itself.
+    pub(crate) fn has_vmm_kick(&self) -> bool {
+        self.vmm_kick.is_some()
     }
 
     /// The host thread (Linux TID) that runs this vCPU, once it has run.
@@ -214,7 +193,7 @@ impl Vcpu {
     /// Give the parked vCPU the gdb session and `command` (a step or a
     /// run) to run with it; the session comes back if the vCPU cannot take
     /// it (its loop has ended, or it is not parked).
-    pub(crate) fn lend(&self, command: Command, session: Box<Session>) -> Result<(), Box<Session>> {
+    pub(crate) fn lend(&self, command: Command, session: Lent) -> Result<(), Lent> {
         let mut ctl = self.control();
         if ctl.finished || ctl.running || ctl.command == Command::Quit {
             return Err(session);
@@ -249,7 +228,7 @@ impl Vcpu {
     /// (a parked one is not disturbed). Quitting is final: nothing
     /// replaces it until a new loop claims the vCPU (a session ending as
     /// the VM shuts down must not start its vCPUs again).
-    pub(crate) fn request(&self, command: Command, inner: &Inner) {
+    pub(crate) fn request(&self, command: Command) {
         let mut ctl = self.control();
         if ctl.command == Command::Quit {
             return;
@@ -264,15 +243,15 @@ impl Vcpu {
         drop(ctl);
         self.cv.notify_all();
         if matches!(command, Command::Pause | Command::Quit) && previous != Command::Pause {
-            self.kick_out(inner);
+            self.kick_out();
         }
     }
 
     /// Make the vCPU leave `KVM_RUN` if it is inside (our kick, or the
     /// VMM's where it runs `KVM_RUN` itself).
-    pub(crate) fn kick_out(&self, inner: &Inner) {
+    pub(crate) fn kick_out(&self) {
         self.kick.kick();
-        if let Some(kick) = &inner.vmm_kick {
+        if let Some(kick) = &self.vmm_kick {
             kick(self.index);
         }
     }
@@ -371,7 +350,7 @@ impl Vcpu {
         kind: Option<StopKind>,
         snapshot: Option<Core>,
         answering: bool,
-        inner: &Inner,
+        link: &GdbLink,
     ) {
         let mut ctl = self.control();
         ctl.stop = kind;
@@ -389,7 +368,7 @@ impl Vcpu {
         if kind.is_some() {
             debug!("vcpu {} stopped: {kind:?}", self.index);
             if !watched && !answering {
-                inner.wake();
+                link.wake();
             }
         }
     }
@@ -411,7 +390,7 @@ impl Vcpu {
     /// The hooks that held this vCPU are gone: its loop has ended, and
     /// another `VcpuHooks` may take it. Returns a gdb session lent to it
     /// that it never took.
-    pub(crate) fn release(&self) -> Option<Box<Session>> {
+    pub(crate) fn release(&self) -> Option<Lent> {
         let lent = self.mark_finished();
         self.claimed.store(false, Ordering::Release);
         lent
@@ -420,7 +399,7 @@ impl Vcpu {
     /// The VMM's loop for this vCPU has ended (or will not run again):
     /// nobody may wait for it to park, send it calls or lend it the
     /// session. Returns a session lent to it that it never took.
-    pub(crate) fn mark_finished(&self) -> Option<Box<Session>> {
+    pub(crate) fn mark_finished(&self) -> Option<Lent> {
         let mut ctl = self.control();
         ctl.running = false;
         ctl.finished = true;

@@ -15,6 +15,7 @@ mod lapic;
 mod parallel;
 mod qemu;
 mod scan;
+pub(crate) mod state;
 mod vmem;
 
 use std::fmt;

@@ -2,7 +2,6 @@
 //! our packet layer answers itself.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::Ordering;
 
 use gdbstub::common::{Pid, Tid};
 use gdbstub::target::ext::base::multithread::{MultiThreadBase, MultiThreadResumeOps};
@@ -18,7 +17,6 @@ use log::debug;
 
 use super::{tid, KvmTarget};
 use crate::target::error::StubError;
-use crate::target::gdb::memory_packets::{ReadRequest, WriteRequest};
 use crate::target::machine::memory::GuestTables;
 use crate::target::machine::paging::Paging;
 use crate::target::machine::regions;
@@ -56,7 +54,7 @@ impl KvmTarget {
     /// the space chosen with `monitor vmem use`, or physical.
     fn paging_for_gdb(&self, tid: Tid) -> Result<Paging, TargetError<StubError>> {
         let index = self.index(tid)?;
-        if self.dbg.qemu.phys_mode.load(Ordering::Relaxed) || self.view == View::Physical {
+        if self.inner.qemu.phys_mode() || self.view == View::Physical {
             return Ok(Paging::Off);
         }
         match (self.paging(index)?, self.view) {
@@ -68,11 +66,16 @@ impl KvmTarget {
         }
     }
 
-    /// Write `write` as gdb's `M`/`X` would, for gdb thread `thread`: the
-    /// errno of a refused write.
-    pub(crate) fn write_for_gdb(&mut self, write: &WriteRequest, thread: usize) -> Result<(), u8> {
+    /// Write `data` at `addr` as gdb's `M`/`X` would, for gdb thread
+    /// `thread`: the errno of a refused write.
+    pub(crate) fn write_for_gdb(
+        &mut self,
+        addr: u64,
+        data: &[u8],
+        thread: usize,
+    ) -> Result<(), u8> {
         let thread = NonZeroUsize::new(thread).unwrap_or(NonZeroUsize::MIN);
-        match self.write_addrs(write.addr, &write.data, thread) {
+        match self.write_addrs(addr, data, thread) {
             Ok(()) => Ok(()),
             Err(TargetError::Errno(errno)) => Err(errno),
             Err(_) => Err(1),
@@ -94,10 +97,10 @@ impl KvmTarget {
         if cached.as_ref().is_none_or(|(made_for, _)| *made_for != key) {
             let map = match paging {
                 Paging::Paged { format, root } => {
-                    let tables = GuestTables::new(&self.dbg.memory, root, None);
+                    let tables = GuestTables::new(&self.inner.memory, root, None);
                     regions::mapped(format.as_dyn(), &tables)
                 }
-                Paging::Off => regions::physical(self.dbg.memory.ranges()),
+                Paging::Off => regions::physical(self.inner.memory.ranges()),
             };
             *cached = Some((key, map));
         }
@@ -107,18 +110,18 @@ impl KvmTarget {
             .unwrap_or_default()
     }
 
-    /// Read `read` into `data` as gdb would see it, for gdb thread
-    /// `thread`: how many bytes were read, or the errno of nothing
-    /// readable.
+    /// Read `len` bytes at `addr` into `data` as gdb would see them, for
+    /// gdb thread `thread`: how many bytes were read, or the errno of
+    /// nothing readable.
     pub(crate) fn read_for_gdb(
         &mut self,
         data: &mut Vec<u8>,
-        read: &ReadRequest,
+        (addr, len): (u64, usize),
         thread: usize,
     ) -> Result<usize, u8> {
-        data.resize(read.len, 0);
+        data.resize(len, 0);
         let thread = NonZeroUsize::new(thread).unwrap_or(NonZeroUsize::MIN);
-        match self.read_addrs(read.addr, data, thread) {
+        match self.read_addrs(addr, data, thread) {
             Ok(n) => Ok(n),
             Err(TargetError::Errno(errno)) => Err(errno),
             Err(_) => Err(1),
@@ -134,7 +137,7 @@ impl ExecFile for KvmTarget {
         length: usize,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        let path = self.dbg.exec_file.as_ref().map_or("", |f| &f.name);
+        let path = self.inner.exec_file.as_ref().map_or("", |f| &f.name);
         Ok(super::copy_at(path.as_bytes(), offset, length, buf))
     }
 }
@@ -148,7 +151,7 @@ impl MultiThreadBase for KvmTarget {
 
     fn write_registers(&mut self, regs: &X86_64Regs, tid: Tid) -> TargetResult<(), Self> {
         let index = self.index(tid)?;
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             debug!("register write refused: a memory dump does not change");
             return Err(TargetError::NonFatal);
         }
@@ -164,7 +167,7 @@ impl MultiThreadBase for KvmTarget {
                 .map_err(|_| TargetError::NonFatal)?;
         }
         if changed.regs || changed.sregs {
-            self.dbg.vcpus[index].mark_registers_written();
+            self.inner.vcpus[index].mark_registers_written();
         }
         self.on_vcpu(index, "KVM_SET_REGS/FPU/MSRS", move |fd| {
             if changed.regs {
@@ -188,10 +191,13 @@ impl MultiThreadBase for KvmTarget {
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
         let paging = self.paging_for_gdb(tid)?;
         let mut done = 0usize;
-        for (gpa, offset, n) in paging.pieces(&self.dbg.memory, start, data.len()) {
+        for (gpa, offset, n) in paging.pieces(&self.inner.memory, start, data.len()) {
             let chunk = &mut data[offset..offset + n];
-            let read = self.dbg.memory.read_prefix(gpa, chunk);
-            self.dbg.breakpoints().mask(gpa, &mut chunk[..read]);
+            let read = self.inner.memory.read_prefix(gpa, chunk);
+            self.inner
+                .watches
+                .breakpoints()
+                .mask(gpa, &mut chunk[..read]);
             done += read;
             if read < n {
                 break;
@@ -208,25 +214,28 @@ impl MultiThreadBase for KvmTarget {
         *self.regions.borrow_mut() = None;
         let paging = self.paging_for_gdb(tid)?;
         // Translate every page first: nothing is written unless all is.
-        let pieces: Vec<_> = paging.pieces(&self.dbg.memory, start, data.len()).collect();
+        let pieces: Vec<_> = paging
+            .pieces(&self.inner.memory, start, data.len())
+            .collect();
         if pieces.iter().map(|&(_, _, n)| n).sum::<usize>() < data.len() {
             return Err(TargetError::Errno(14));
         }
         for (gpa, offset, n) in pieces {
             let chunk = &data[offset..offset + n];
-            self.dbg
+            self.inner
                 .memory
                 .write(gpa, chunk)
                 .map_err(|_| TargetError::Errno(14))?;
-            self.dbg
+            self.inner
+                .watches
                 .breakpoints_mut()
-                .after_write(&self.dbg.memory, gpa, chunk);
+                .after_write(&self.inner.memory, gpa, chunk);
         }
         Ok(())
     }
 
     fn list_active_threads(&mut self, register: &mut dyn FnMut(Tid)) -> Result<(), StubError> {
-        for i in 0..self.dbg.vcpus.len() {
+        for i in 0..self.inner.vcpus.len() {
             register(tid(i));
         }
         Ok(())
@@ -245,7 +254,7 @@ impl KvmTarget {
     /// Whether vCPU `index` stopped in `hlt` (rip just past one): KVM's
     /// halted state, or the instruction before rip.
     pub(super) fn halted(&self, index: usize) -> bool {
-        if self.dbg.frozen.is_none() {
+        if self.inner.frozen.is_none() {
             let state = self.on_vcpu(index, "KVM_GET_MP_STATE", |fd| fd.get_mp_state());
             if state.is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED) {
                 return true;
@@ -255,7 +264,7 @@ impl KvmTarget {
         self.linear_pc(index)
             .and_then(|pc| pc.checked_sub(1))
             .and_then(|at| self.gpa_of(index, at))
-            .is_some_and(|gpa| self.dbg.memory.read(gpa, &mut byte).is_ok() && byte[0] == HLT)
+            .is_some_and(|gpa| self.inner.memory.read(gpa, &mut byte).is_ok() && byte[0] == HLT)
     }
 }
 

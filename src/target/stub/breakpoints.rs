@@ -10,20 +10,11 @@ use log::{debug, warn};
 
 use super::resume::Action;
 use super::KvmTarget;
-use crate::target::gdb::session::Driver;
+use crate::target::kvm::command::Command;
+use crate::target::kvm::lending::Driver;
 use crate::target::kvm::page_watchpoints::Watch;
-use crate::target::kvm::vcpu::Command;
 
 impl KvmTarget {
-    /// Remove every breakpoint and watchpoint (detach, kill, disconnect).
-    pub(crate) fn clear_debug_state(&mut self) {
-        self.dbg.breakpoints_mut().clear(&self.dbg.memory);
-        self.dbg.watchpoints_mut().clear();
-        self.dbg.table_watches_mut().clear();
-        self.dbg.debug_regs_mut().clear();
-        self.dbg.untrap_later();
-    }
-
     /// gdb removes (`lifted`) or puts back a breakpoint at `addr` while a
     /// vCPU thread answers it: a breakpoint lifted under that vCPU is
     /// stepped over next, and one put back after its step is left with a
@@ -70,7 +61,11 @@ impl SwBreakpoint for KvmTarget {
             return Ok(false);
         };
         self.guess_after_breakpoint(addr, false);
-        Ok(self.dbg.breakpoints_mut().insert_sw(&self.dbg.memory, gpa))
+        Ok(self
+            .inner
+            .watches
+            .breakpoints_mut()
+            .insert_sw(&self.inner.memory, gpa))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
@@ -78,22 +73,26 @@ impl SwBreakpoint for KvmTarget {
             return Ok(false);
         };
         self.guess_after_breakpoint(addr, true);
-        Ok(self.dbg.breakpoints_mut().remove_sw(&self.dbg.memory, gpa))
+        Ok(self
+            .inner
+            .watches
+            .breakpoints_mut()
+            .remove_sw(&self.inner.memory, gpa))
     }
 }
 
 impl HwBreakpoint for KvmTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             return Ok(false);
         }
         self.guess_after_breakpoint(addr, false);
-        Ok(self.dbg.debug_regs_mut().insert_exec(addr))
+        Ok(self.inner.watches.debug_regs_mut().insert_exec(addr))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         self.guess_after_breakpoint(addr, true);
-        Ok(self.dbg.debug_regs_mut().remove_exec(addr))
+        Ok(self.inner.watches.debug_regs_mut().remove_exec(addr))
     }
 }
 
@@ -107,7 +106,7 @@ impl HwWatchpoint for KvmTarget {
         let Some(gpa) = self.gpa_of(self.current, addr) else {
             return Ok(false);
         };
-        if len == 0 || len > 4096 || self.dbg.frozen.is_some() {
+        if len == 0 || len > 4096 || self.inner.frozen.is_some() {
             return Ok(false);
         }
         debug!("watch {kind:?} {len} bytes at {addr:#x} (gpa {gpa:#x})");
@@ -117,18 +116,18 @@ impl HwWatchpoint for KvmTarget {
             len,
             kind,
         };
-        if !self.dbg.has_page_traps() {
+        if !self.inner.trapping.has_page_traps() {
             // No memslot traps from the VMM: a debug register, if free.
-            let set = self.dbg.debug_regs_mut().insert_watch(watch);
+            let set = self.inner.watches.debug_regs_mut().insert_watch(watch);
             if !set {
                 warn!("watchpoint at {addr:#x} ({len} bytes) refused: the VMM offers no page traps and no debug register fits (4 at most, 1/2/4/8 aligned bytes)");
             }
             return Ok(set);
         }
-        self.dbg.watchpoints_mut().insert(watch);
-        if let Err(e) = self.dbg.apply_traps() {
+        self.inner.watches.watchpoints_mut().insert(watch);
+        if let Err(e) = self.inner.apply_traps() {
             warn!("{e}");
-            self.dbg.watchpoints_mut().remove(addr, len, kind);
+            self.inner.watches.watchpoints_mut().remove(addr, len, kind);
             return Ok(false);
         }
         Ok(true)
@@ -140,11 +139,15 @@ impl HwWatchpoint for KvmTarget {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        if !self.dbg.has_page_traps() {
-            return Ok(self.dbg.debug_regs_mut().remove_watch(addr, len, kind));
+        if !self.inner.trapping.has_page_traps() {
+            return Ok(self
+                .inner
+                .watches
+                .debug_regs_mut()
+                .remove_watch(addr, len, kind));
         }
-        let removed = self.dbg.watchpoints_mut().remove(addr, len, kind);
-        self.dbg.untrap_later();
+        let removed = self.inner.watches.watchpoints_mut().remove(addr, len, kind);
+        self.inner.trapping.untrap_later();
         Ok(removed)
     }
 }

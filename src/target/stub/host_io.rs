@@ -69,7 +69,7 @@ impl HostIoOpen for KvmTarget {
             debug!("vFile:open {name}: refused, not read-only");
             return Err(HostIoError::Errno(HostIoErrno::EACCES));
         }
-        let Some(bytes) = self.dbg.exec_file.as_ref().and_then(|f| f.open(filename)) else {
+        let Some(bytes) = self.inner.exec_file.as_ref().and_then(|f| f.open(filename)) else {
             debug!("vFile:open {name}: not the exec-file");
             return Err(HostIoError::Errno(HostIoErrno::ENOENT));
         };

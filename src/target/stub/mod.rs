@@ -15,7 +15,6 @@ mod stops;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,13 +33,13 @@ use kvm_ioctls::VcpuFd;
 use crate::arch::controls::{CR0_PE, EFER_LMA};
 use crate::target::dump::elf_dump::DumpCpu;
 use crate::target::error::StubError;
-use crate::target::gdb::session::Driver;
-use crate::target::kvm::vcpu::{Command, StopKind};
+use crate::target::kvm::command::{Command, StopKind};
+use crate::target::kvm::lending::Driver;
+use crate::target::kvm::shared::Inner;
 use crate::target::machine::paging::Paging;
 use crate::target::machine::regs::{KvmState, RegLayout, X86_64Kvm};
 use crate::target::machine::x86_constants::code_address;
 use crate::target::monitor::View;
-use crate::target::{lock, Inner};
 use log::debug;
 
 use base::read_extra;
@@ -50,7 +49,7 @@ use resume::Action;
 /// One gdb session's view of the VM.
 #[derive(Debug)]
 pub(crate) struct KvmTarget {
-    dbg: Arc<Inner>,
+    inner: Arc<Inner>,
     actions: Vec<Option<Action>>,
     default_action: Action,
     /// What each vCPU does at the resume being made (reused).
@@ -118,10 +117,10 @@ impl From<StubError> for TargetError<StubError> {
 }
 
 impl KvmTarget {
-    pub(crate) fn new(dbg: Arc<Inner>) -> KvmTarget {
+    pub(crate) fn new(inner: Arc<Inner>) -> KvmTarget {
         KvmTarget {
-            core: RefCell::new(vec![None; dbg.vcpus.len()]),
-            cache: RefCell::new(vec![None; dbg.vcpus.len()]),
+            core: RefCell::new(vec![None; inner.vcpus.len()]),
+            cache: RefCell::new(vec![None; inner.vcpus.len()]),
             expedite: None,
             stop_note: None,
             regions: RefCell::new(None),
@@ -136,14 +135,14 @@ impl KvmTarget {
             lone: None,
             resume_at_home: false,
             guess: None,
-            actions: vec![None; dbg.vcpus.len()],
+            actions: vec![None; inner.vcpus.len()],
             resolved: Vec::new(),
             default_action: Action::Continue,
             pending: VecDeque::new(),
             current: 0,
             monitor_cpu: None,
             view: View::Current,
-            dbg,
+            inner,
         }
     }
 
@@ -164,7 +163,7 @@ impl KvmTarget {
 
     pub(super) fn index(&self, tid: Tid) -> Result<usize, TargetError<StubError>> {
         let index = tid.get() - 1;
-        if index < self.dbg.vcpus.len() {
+        if index < self.inner.vcpus.len() {
             Ok(index)
         } else {
             Err(TargetError::NonFatal)
@@ -226,14 +225,14 @@ impl KvmTarget {
         op: &'static str,
         f: impl FnOnce(&VcpuFd) -> Result<R, kvm_ioctls::Error> + Send + 'static,
     ) -> Result<R, StubError> {
-        self.dbg.vcpus[index]
+        self.inner.vcpus[index]
             .call(f)?
             .map_err(StubError::vcpu(index, op))
     }
 
     /// vCPU `index` of a memory dump, if this is one.
     fn frozen_cpu(&self, index: usize) -> Option<&DumpCpu> {
-        self.dbg.frozen.as_ref()?.get(index)
+        self.inner.frozen.as_ref()?.get(index)
     }
 
     /// Registers may change (the vCPU ran, or was written).
@@ -244,29 +243,30 @@ impl KvmTarget {
     }
 
     pub(super) fn paging(&self, index: usize) -> Result<Paging, TargetError<StubError>> {
-        Ok(Paging::of(&self.core(index)?.1, &self.dbg.cpu_limits()))
+        Ok(Paging::of(
+            &self.core(index)?.1,
+            &self.inner.vcpus.cpu_limits(),
+        ))
     }
 
     /// The guest-physical address of `va` in vCPU `index`'s space.
     pub(super) fn gpa_of(&self, index: usize, va: u64) -> Option<u64> {
         let paging = self.paging(index).ok()?;
         paging
-            .translate(&self.dbg.memory, va)
+            .translate(&self.inner.memory, va)
             .ok()
             .map(|(gpa, _)| gpa)
     }
 
     /// Whether the VMM asked to stop serving gdb.
     pub(crate) fn stopping(&self) -> bool {
-        self.dbg.stopping.load(Ordering::Acquire)
+        self.inner.link.stopping()
     }
 
     /// Record vCPU `index`'s current CR3 as a known address space.
     pub(crate) fn remember_space(&self, index: usize) {
         if let Ok(Paging::Paged { root, .. }) = self.paging(index) {
-            lock(&self.dbg.spaces)
-                .entry(root)
-                .or_insert("seen at a stop");
+            self.inner.monitor.note_space(root, "seen at a stop");
         }
     }
 }
@@ -288,11 +288,11 @@ impl Target for KvmTarget {
     }
 
     fn support_exec_file(&mut self) -> Option<ExecFileOps<'_, Self>> {
-        self.dbg.exec_file.is_some().then_some(self)
+        self.inner.exec_file.is_some().then_some(self)
     }
 
     fn support_host_io(&mut self) -> Option<HostIoOps<'_, Self>> {
-        self.dbg.exec_file.is_some().then_some(self)
+        self.inner.exec_file.is_some().then_some(self)
     }
 
     fn support_target_description_xml_override(

@@ -1,9 +1,8 @@
 //! `monitor` commands: the context they see (built when a command runs)
 //! and the effects they ask for.
 
-use std::collections::btree_map::Entry;
 use std::path::Path;
-use std::sync::{Arc, TryLockError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -12,13 +11,12 @@ use super::base::read_msr;
 use super::KvmTarget;
 use crate::target::dump::host_file::open_client_named;
 use crate::target::error::StubError;
-use crate::target::kvm::vcpu::Command;
-use crate::target::lock;
+use crate::target::kvm::command::Command;
+use crate::target::kvm::shared::Inner;
 use crate::target::machine::paging::{GuestFormat, Paging, CR3_ADDR_MASK, CR4_PKE};
 use crate::target::machine::regs::KvmState;
 use crate::target::machine::x86_constants::{APIC_BASE_EXTD, MSR_APIC_BASE};
 use crate::target::monitor::{self, Effect};
-use crate::target::Inner;
 
 impl monitor::Registers for KvmTarget {
     fn all_registers(&self) -> Option<KvmState> {
@@ -27,7 +25,7 @@ impl monitor::Registers for KvmTarget {
 
     fn debug_registers(&self) -> Option<[u64; 6]> {
         // A dump's CPU notes hold no debug registers.
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             return None;
         }
         self.on_vcpu(self.monitor_vcpu(), "KVM_GET_DEBUGREGS", |fd| {
@@ -39,7 +37,7 @@ impl monitor::Registers for KvmTarget {
 
     fn run_state(&self) -> monitor::RunState {
         // A dump keeps no events.
-        let events = match self.dbg.frozen {
+        let events = match self.inner.frozen {
             Some(_) => None,
             None => self
                 .on_vcpu(self.monitor_vcpu(), "KVM_GET_VCPU_EVENTS", |fd| {
@@ -55,11 +53,11 @@ impl monitor::Registers for KvmTarget {
     }
 
     fn vcpu_threads(&self) -> Vec<Option<i32>> {
-        self.dbg.vcpus.iter().map(|v| v.host_thread()).collect()
+        self.inner.vcpus.iter().map(|v| v.host_thread()).collect()
     }
 
     fn local_apic(&self, index: usize) -> Result<monitor::Lapic, String> {
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             return Err("a memory dump holds no local APIC state".into());
         }
         let (lapic, base) = self
@@ -93,7 +91,7 @@ impl KvmTarget {
 
     /// Everything a monitor command may need about the current vCPU.
     fn monitor_context<'m>(&'m self, mode: &'m mut Option<GuestFormat>) -> monitor::Context<'m> {
-        let limits = self.dbg.cpu_limits();
+        let limits = self.inner.vcpus.cpu_limits();
         let paging = self.core(self.monitor_vcpu()).ok().map(|(_, sregs)| {
             let paging = Paging::of(&sregs, &limits);
             if sregs.cr4 & CR4_PKE == 0 {
@@ -126,31 +124,31 @@ impl KvmTarget {
             }
             None => spaces.push((root, first)),
         };
-        for i in 0..self.dbg.vcpus.len() {
+        for i in 0..self.inner.vcpus.len() {
             if let Ok(Paging::Paged { root, .. }) = self.paging(i) {
                 know(root, format!("current on vcpu {i}"), format!("vcpu {i}"));
             }
         }
         // Registered as CR3 values: the root is what the paging mode reads
         // from them (a PAE PDPT is 32-byte aligned, not page aligned).
-        for (&cr3, &how) in lock(&self.dbg.spaces).iter() {
+        for (cr3, how) in self.inner.monitor.spaces() {
             let root = mode.map_or(cr3 & CR3_ADDR_MASK, |m| m.root(cr3));
             know(root, how.to_string(), how.to_string());
         }
         monitor::Context {
-            memory: &self.dbg.memory,
-            pool: self.dbg.table_pool.as_ref(),
+            memory: &self.inner.memory,
+            pool: self.inner.monitor.table_pool(),
             format: mode.as_ref().map(GuestFormat::as_dyn),
             root,
             root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
             spaces,
             cpu: self.monitor_vcpu(),
-            cpu_count: self.dbg.vcpus.len(),
+            cpu_count: self.inner.vcpus.len(),
             registers: self,
             snapshots: &self.snapshots,
-            host_files: self.dbg.host_files,
+            host_files: self.inner.monitor.host_files(),
             last_stop: self.last_stop.as_ref(),
-            progress: self.dbg.progress(),
+            progress: self.inner.monitor.progress(),
         }
     }
 
@@ -186,21 +184,22 @@ impl KvmTarget {
         let Some(format) = mode else {
             return "error: paging is off on this vCPU\n".into();
         };
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             return "error: a memory dump does not run: nothing can change\n".into();
         }
-        if !self.dbg.attached() {
+        if !self.inner.link.attached() {
             return "error: vmem watch reports its stop to gdb: attach gdb first\n".into();
         }
-        if !self.dbg.has_page_traps() {
+        if !self.inner.trapping.has_page_traps() {
             return "error: vmem watch needs page traps (memslots) from the VMM, and this one offers none\n".into();
         }
-        let (now, pages) = self
-            .dbg
-            .table_watches_mut()
-            .add(&self.dbg.memory, va, root, format);
-        if let Err(e) = self.dbg.apply_traps() {
-            self.dbg.table_watches_mut().remove(Some(va));
+        let (now, pages) =
+            self.inner
+                .watches
+                .table_watches_mut()
+                .add(&self.inner.memory, va, root, format);
+        if let Err(e) = self.inner.apply_traps() {
+            self.inner.watches.table_watches_mut().remove(Some(va));
             return format!("error: cannot trap the tables: {e}\n");
         }
         let now = now.map_or("not mapped".to_string(), |t| t.to_string());
@@ -210,10 +209,10 @@ impl KvmTarget {
     /// Make every vCPU drop cached translations: reloading CR3 through
     /// KVM_SET_SREGS flushes KVM's (and a shadow-paging host's) TLB.
     fn reload_cr3(&self) {
-        if self.dbg.frozen.is_some() {
+        if self.inner.frozen.is_some() {
             return;
         }
-        for i in 0..self.dbg.vcpus.len() {
+        for i in 0..self.inner.vcpus.len() {
             let reloaded = self.on_vcpu(i, "KVM_GET/SET_SREGS", |fd| {
                 fd.get_sregs().and_then(|s| fd.set_sregs(&s))
             });
@@ -226,20 +225,18 @@ impl KvmTarget {
 
 /// `Debugger::monitor`: one command with the vCPUs paused, outside any gdb
 /// session.
-pub(crate) fn run_monitor(dbg: &Arc<Inner>, line: &str) -> Result<String, StubError> {
-    let _holder = match dbg.holder.try_lock() {
-        Ok(guard) => guard,
-        Err(TryLockError::WouldBlock) => return Err(StubError::Attached),
-        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+pub(crate) fn run_monitor(inner: &Arc<Inner>, line: &str) -> Result<String, StubError> {
+    let Some(_holder) = inner.link.try_hold() else {
+        return Err(StubError::Attached);
     };
-    let live = dbg.frozen.is_none();
+    let live = inner.frozen.is_none();
     if live {
-        dbg.pause_all();
+        inner.vcpus.pause_all();
     }
-    let text = KvmTarget::new(Arc::clone(dbg)).monitor_text(line);
+    let text = KvmTarget::new(Arc::clone(inner)).monitor_text(line);
     if live {
-        for v in dbg.vcpus.iter().filter(|v| !v.has_stop()) {
-            v.request(Command::Run, dbg);
+        for v in inner.vcpus.iter().filter(|v| !v.has_stop()) {
+            v.request(Command::Run);
         }
     }
     Ok(text)
@@ -268,39 +265,32 @@ impl KvmTarget {
                 self.snapshots.insert(name, snapshot);
             }
             Effect::AddSpaces(roots) => {
-                let mut spaces = lock(&self.dbg.spaces);
                 for root in roots {
-                    spaces.insert(root, "added");
+                    self.inner.monitor.add_space(root, "added");
                 }
             }
             Effect::Watch { va, root } => text.push_str(&self.watch(va, root, mode)),
             Effect::DiffUsed => self.diff_armed = true,
             Effect::Unwatch(va) => {
-                let removed = self.dbg.table_watches_mut().remove(va);
-                self.dbg.untrap_later();
+                let removed = self.inner.watches.table_watches_mut().remove(va);
+                self.inner.trapping.untrap_later();
                 text.push_str(&format!("{removed} watch(es) removed\n"));
             }
-            Effect::ChardevAdd { id, path } => match lock(&self.dbg.chardevs).entry(id) {
-                Entry::Occupied(e) => {
-                    text.push_str(&format!("error: chardev '{}' already exists\n", e.key()));
+            Effect::ChardevAdd { id, path } => {
+                let allowed = self.inner.monitor.host_files();
+                let open = || open_client_named(allowed, Path::new(&path));
+                match self.inner.monitor.add_chardev(id.clone(), open) {
+                    Ok(()) => debug!("chardev {id}: {path} opened read-only"),
+                    Err(why) => text.push_str(&format!("error: {why}\n")),
                 }
-                Entry::Vacant(slot) => {
-                    match open_client_named(self.dbg.host_files, Path::new(&path)) {
-                        Ok(file) => {
-                            debug!("chardev {}: {path} opened read-only", slot.key());
-                            slot.insert(file);
-                        }
-                        Err(why) => text.push_str(&format!("error: {why}\n")),
-                    }
-                }
-            },
+            }
             Effect::ChardevRemove(id) => {
-                if lock(&self.dbg.chardevs).remove(&id).is_none() {
+                if !self.inner.monitor.remove_chardev(&id) {
                     text.push_str(&format!("error: no chardev '{id}'\n"));
                 }
             }
             Effect::ListWatches => {
-                let list = self.dbg.table_watches().list();
+                let list = self.inner.watches.table_watches().list();
                 for (va, root, now) in &list {
                     let now = now.map_or("not mapped".to_string(), |t| t.to_string());
                     text.push_str(&format!("watching {va:#x} in space {root:#x}: {now}\n"));

@@ -12,8 +12,8 @@ use log::{debug, warn};
 
 use super::KvmTarget;
 use crate::target::error::StubError;
-use crate::target::gdb::session::{Driver, STEP_GRACE};
-use crate::target::kvm::vcpu::{Command, StopKind};
+use crate::target::kvm::command::{Command, StopKind};
+use crate::target::kvm::lending::{Driver, STEP_GRACE};
 use crate::vmem::PhysAddr;
 
 /// The longest run of back-to-back steps that holds the other vCPUs back.
@@ -51,13 +51,13 @@ impl KvmTarget {
                 Some(Some(kind)) => self.pending.push_back((index, kind)),
                 _ => {
                     self.forget(index);
-                    self.dbg.vcpus[index].request(Command::Run, &self.dbg);
+                    self.inner.vcpus[index].request(Command::Run);
                 }
             }
         }
         if !self.pending.is_empty() {
             // Stepping over a breakpoint stopped one: stop everyone.
-            self.dbg.pause_all();
+            self.inner.vcpus.pause_all();
             self.collect_stops();
         }
     }
@@ -72,7 +72,7 @@ impl KvmTarget {
     fn breakpoint_under(&self, index: usize) -> Option<Option<PhysAddr>> {
         let pc = self.linear_pc(index)?;
         let gpa = self.sw_breakpoint_at_rip(index);
-        (gpa.is_some() || self.dbg.debug_regs().exec_at(pc)).then_some(gpa)
+        (gpa.is_some() || self.inner.watches.debug_regs().exec_at(pc)).then_some(gpa)
     }
 
     /// If vCPU `index` sits on one of our breakpoints, execute that one
@@ -80,17 +80,23 @@ impl KvmTarget {
     /// host). Returns the stop the step itself produced, if any.
     pub(super) fn step_over(&self, index: usize) -> Option<Option<StopKind>> {
         let gpa = self.breakpoint_under(index)?;
-        let vcpu = &self.dbg.vcpus[index];
+        let vcpu = &self.inner.vcpus[index];
         debug!("vcpu {index}: stepping over the breakpoint at its rip");
         if let Some(gpa) = gpa {
-            self.dbg.breakpoints().lift(&self.dbg.memory, gpa);
+            self.inner
+                .watches
+                .breakpoints()
+                .lift(&self.inner.memory, gpa);
         }
-        vcpu.request(Command::StepOver, &self.dbg);
+        vcpu.request(Command::StepOver);
         vcpu.wait_parked();
         self.forget(index);
         self.core.borrow_mut()[index] = vcpu.take_snapshot();
         if let Some(gpa) = gpa {
-            self.dbg.breakpoints().replant(&self.dbg.memory, gpa);
+            self.inner
+                .watches
+                .breakpoints()
+                .replant(&self.inner.memory, gpa);
         }
         Some(vcpu.take_stop())
     }
@@ -191,8 +197,8 @@ impl KvmTarget {
             (Some(index), None) => Some(index),
             _ => None,
         };
-        let lend = lone.filter(|_| self.dbg.vmm_kick.is_none());
-        for (index, (vcpu, &action)) in self.dbg.vcpus.iter().zip(actions).enumerate() {
+        let lend = lone.filter(|&i| !self.inner.vcpus[i].has_vmm_kick());
+        for (index, (vcpu, &action)) in self.inner.vcpus.iter().zip(actions).enumerate() {
             let command = match action {
                 Action::Stay => continue,
                 _ if deferred(index, action) => {
@@ -205,11 +211,11 @@ impl KvmTarget {
             if lend == Some(index) {
                 self.lone = Some((index, command));
             } else {
-                vcpu.request(command, &self.dbg);
+                vcpu.request(command);
             }
         }
         if let (Some(index), None) = (lone, lend) {
-            if actions[index] == Action::Step && self.dbg.vcpus[index].wait_stop(STEP_GRACE) {
+            if actions[index] == Action::Step && self.inner.vcpus[index].wait_stop(STEP_GRACE) {
                 self.collect_stops();
             }
         }

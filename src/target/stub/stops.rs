@@ -7,7 +7,7 @@ use log::debug;
 
 use super::resume::Action;
 use super::{tid, KvmTarget};
-use crate::target::kvm::vcpu::StopKind;
+use crate::target::kvm::command::StopKind;
 use crate::vmem::PhysAddr;
 
 /// Whether a stop of vCPU `index` may be reported after a resume with
@@ -23,12 +23,12 @@ fn reportable(actions: &[Action], index: usize) -> bool {
 impl KvmTarget {
     /// Take the stops vCPUs recorded; if any, stop everyone.
     pub(crate) fn collect_stops(&mut self) {
-        if !self.dbg.vcpus.iter().any(|v| v.has_stop()) {
+        if !self.inner.vcpus.iter().any(|v| v.has_stop()) {
             return;
         }
         self.deferred.clear();
-        self.dbg.pause_all();
-        for (i, v) in self.dbg.vcpus.iter().enumerate() {
+        self.inner.vcpus.pause_all();
+        for (i, v) in self.inner.vcpus.iter().enumerate() {
             if let Some(kind) = v.take_stop() {
                 self.pending.push_back((i, kind));
             }
@@ -84,7 +84,7 @@ impl KvmTarget {
     /// Where our `int3` under vCPU `index`'s rip is, if one is.
     pub(super) fn sw_breakpoint_at_rip(&self, index: usize) -> Option<PhysAddr> {
         self.gpa_of(index, self.linear_pc(index)?)
-            .filter(|&gpa| self.dbg.breakpoints().has_sw(gpa))
+            .filter(|&gpa| self.inner.watches.breakpoints().has_sw(gpa))
     }
 
     pub(super) fn reason(&self, index: usize, kind: StopKind) -> MultiThreadStopReason<u64> {
@@ -113,7 +113,7 @@ impl KvmTarget {
     pub(crate) fn interrupt(&mut self) -> MultiThreadStopReason<u64> {
         debug!("interrupt: stopping all vCPUs");
         self.deferred.clear();
-        self.dbg.pause_all();
+        self.inner.vcpus.pause_all();
         self.collect_stops();
         self.next_pending()
             .unwrap_or(BaseStopReason::SignalWithThread {
