@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use gdbstub::target::ext::host_io::HostIoErrno;
 use log::debug;
 
 /// Open a host file a gdb client named (`chardev-add`, `vmem diff
@@ -116,6 +117,23 @@ impl ExecFile {
                 }
             }
         }
+    }
+}
+
+/// Files gdb may hold open at once.
+pub(crate) const MAX_OPEN: usize = 16;
+
+/// The files gdb has open, by descriptor.
+#[derive(Debug, Default)]
+pub(crate) struct OpenFiles(pub(crate) Vec<Option<Arc<[u8]>>>);
+
+impl OpenFiles {
+    /// The file open as `fd` (`EBADF`: none).
+    pub(crate) fn get(&self, fd: u32) -> Result<&Arc<[u8]>, HostIoErrno> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.0.get(i)?.as_ref())
+            .ok_or(HostIoErrno::EBADF)
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) mod hooks;
 pub(crate) mod irq_step;
 pub(crate) mod kick;
 pub(crate) mod lending;
+pub(crate) mod msrs;
 pub(crate) mod page_watchpoints;
 pub(crate) mod planted_breakpoints;
 pub(crate) mod qemu_flags;

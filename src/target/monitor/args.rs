@@ -1,6 +1,7 @@
 //! Parsing monitor arguments: numbers, sizes, rights and `--options`.
 
-use super::{expr, usage, CmdError};
+use super::errors::{usage, CmdError};
+use super::expr;
 use crate::vmem::{BasicMapping, CowMapping, MappingKind, PageSize};
 
 /// Positional words and `--name [value]` options of one command.

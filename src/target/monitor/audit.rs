@@ -5,19 +5,21 @@
 //! broken through an alias). Each finding names the VA range, the PA and
 //! the leaf entry that grants it.
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::args::Args;
+use super::context::{space_of, Context};
+use super::errors::CmdError;
+use super::json;
+use super::listing::{row, walk_space, CUT_SHORT};
 use super::parallel::{map_in_parallel, sort_in_parallel};
-use super::vmem::{row, space_of, walk_space, CUT_SHORT};
-use super::{json, CmdError, Context};
+use super::recorder::Recorder;
 use crate::arch::PageTableFormat;
 use crate::target::machine::memory::GuestTables;
 use crate::target::progress::{Progress, ProgressUnit};
-use crate::vmem::{self, Access, Mapping, MemoryError, PageTableEntry, PhysAddr, TableReadOps};
+use crate::vmem::{self, Access, Mapping, PhysAddr};
 
 pub(crate) const USAGE: &str = "\
 vmem audit [--space CR3|--all] [--limit N] [--json]
@@ -29,58 +31,6 @@ vmem audit [--space CR3|--all] [--limit N] [--json]
 
 /// Findings shown per kind unless `--limit` says otherwise.
 const DEFAULT_LIMIT: usize = 10;
-
-/// The page tables' own pages, noted as the walk reads their entries.
-pub(super) struct Recorder<'a> {
-    tables: GuestTables<'a>,
-    pages: RefCell<BTreeSet<PhysAddr>>,
-    /// The page of the last entry read (a walk reads a table's entries in
-    /// a row: one set insertion per table, not per entry).
-    last: Cell<PhysAddr>,
-}
-
-impl<'a> Recorder<'a> {
-    pub(super) fn new(tables: GuestTables<'a>) -> Self {
-        Recorder {
-            tables,
-            pages: RefCell::default(),
-            last: Cell::new(PhysAddr::MAX),
-        }
-    }
-
-    /// The table pages read so far.
-    pub(super) fn into_pages(self) -> BTreeSet<PhysAddr> {
-        self.pages.into_inner()
-    }
-}
-
-impl TableReadOps for Recorder<'_> {
-    type TableAddr = PhysAddr;
-
-    fn entry_addr(addr: PhysAddr, entry_offset: u64) -> PhysAddr {
-        addr.wrapping_add(entry_offset)
-    }
-
-    fn read_entry(&self, addr: PhysAddr) -> Result<PageTableEntry, MemoryError> {
-        let page = addr & !0xfff;
-        if self.last.replace(page) != page {
-            self.pages.borrow_mut().insert(page);
-        }
-        self.tables.read_entry(addr)
-    }
-
-    fn to_phys(addr: PhysAddr) -> PhysAddr {
-        addr
-    }
-
-    fn from_phys(addr: PhysAddr) -> PhysAddr {
-        addr
-    }
-
-    fn root_table(&self) -> PhysAddr {
-        self.tables.root_table()
-    }
-}
 
 /// One kind of finding: how many, and the first `limit` of them.
 struct Kind {

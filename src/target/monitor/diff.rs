@@ -5,18 +5,18 @@
 //! snapshot is the coalesced walk of every space (cost proportional to the
 //! tables); accessed/dirty bits are not changes.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
 
 use super::args::Args;
-use super::vmem::{row, walk_space, CUT_SHORT};
-use super::{json, CmdError, Context};
-use crate::arch::PageTableFormat;
+use super::context::Context;
+use super::errors::CmdError;
+use super::json;
+use super::listing::{row, CUT_SHORT};
+use super::snapshot::{take_in, Snapshot};
 use crate::target::dump::elf_dump::Dump;
 use crate::target::dump::host_file::open_client_named;
-use crate::target::machine::memory::{GuestRam, GuestTables};
-use crate::vmem::{self, Flags, Mapping};
+use crate::vmem::{self, Mapping};
 
 pub(crate) const USAGE: &str = "\
 vmem snapshot NAME
@@ -28,34 +28,6 @@ vmem diff [NAME | --dump FILE] [--limit N] [--json]
     (accessed/dirty bits are not changes)
     e.g. monitor vmem snapshot before; (continue); monitor vmem diff before
 ";
-
-/// Every known space's mappings at one moment.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Snapshot {
-    spaces: BTreeMap<u64, Vec<Mapping>>,
-    /// The spaces whose walk the budget cut short.
-    cut: BTreeSet<u64>,
-}
-
-/// The mappings of `roots` in `memory`.
-fn take_in(
-    fmt: &dyn PageTableFormat,
-    memory: &GuestRam,
-    roots: impl IntoIterator<Item = u64>,
-) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    for root in roots {
-        let (mut mappings, cut) = walk_space(fmt, &GuestTables::new(memory, root, None));
-        for m in &mut mappings {
-            m.flags.remove(Flags::ACCESSED | Flags::DIRTY);
-        }
-        snapshot.spaces.insert(root, mappings);
-        if cut {
-            snapshot.cut.insert(root);
-        }
-    }
-    snapshot
-}
 
 /// The mappings of every known space now.
 pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, CmdError> {

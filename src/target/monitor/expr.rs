@@ -3,7 +3,7 @@
 //! `4k` sizes), `+ - * & |`, unary `~` and `-`, and parentheses, with or
 //! without spaces.
 
-use super::{usage, CmdError};
+use super::errors::{usage, CmdError};
 use crate::target::machine::regs::KvmState;
 
 /// The value of register `name` (`pc`, `rip`, `eax` …) in `state`.

@@ -4,9 +4,12 @@
 use std::fmt::Write;
 
 use super::args::{self, Args};
-use super::vmem::{row, space_of, WALK_BUDGET};
-use super::{json, usage, CmdError, Context};
+use super::context::{space_of, Context};
+use super::errors::{usage, CmdError};
+use super::json;
+use super::listing::row;
 use crate::target::machine::memory::GuestTables;
+use crate::target::machine::paging::WALK_BUDGET;
 use crate::vmem::{self, Mapping};
 
 /// Rows shown per space unless `--limit` says otherwise.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::vmem::mapping_flags;
+use super::listing::mapping_flags;
 use crate::vmem::{HumanBytes, Mapping};
 
 /// `text` as a JSON string literal.

@@ -4,8 +4,6 @@
 
 use std::fmt::Write;
 
-use super::{cpu_index, usage, CmdError, Context};
-
 /// Usage line of `info lapic` (shown with QEMU's other commands).
 pub(crate) const USAGE: &str = "\
 info lapic [CPU]    the local APIC of vCPU CPU (default: the one marked
@@ -218,22 +216,6 @@ fn icr_lines(out: &mut String, apic: &Lapic) {
             let _ = writeln!(out, " cluster {} mask {:04b} ({kind})", id >> 4, id & 0xf);
         }
     }
-}
-
-/// `info lapic [CPU]`.
-pub(crate) fn info_lapic(
-    ctx: &Context<'_>,
-    words: &[&str],
-    out: &mut String,
-) -> Result<(), CmdError> {
-    let cpu = match words {
-        [] => ctx.cpu,
-        [cpu] => cpu_index(ctx, cpu)?,
-        _ => return Err(usage("expected at most one CPU")),
-    };
-    let apic = ctx.registers.local_apic(cpu)?;
-    out.push_str(&render(&apic));
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@ use std::fmt::Write;
 use kvm_bindings::kvm_segment;
 
 use super::args;
-use super::vmem::WALK_BUDGET;
-use super::{cpu_index, usage, CmdError, Context, Effect};
+use super::context::{cpu_index, Context, Effect};
+use super::errors::{usage, CmdError};
+use super::lapic::render;
 use crate::target::machine::memory::GuestTables;
+use crate::target::machine::paging::WALK_BUDGET;
 use crate::vmem::{self, Flags, Perms};
 
 /// Usage of the QEMU-compatible commands.
@@ -525,5 +527,21 @@ pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), 
         out.push_str("(DR0-DR7 unknown here, as in a memory dump: shown at their reset values)\n");
     }
     let _ = writeln!(out, "EFER={:016x}", s.efer);
+    Ok(())
+}
+
+/// `info lapic [CPU]`.
+pub(crate) fn info_lapic(
+    ctx: &Context<'_>,
+    words: &[&str],
+    out: &mut String,
+) -> Result<(), CmdError> {
+    let cpu = match words {
+        [] => ctx.cpu,
+        [cpu] => cpu_index(ctx, cpu)?,
+        _ => return Err(usage("expected at most one CPU")),
+    };
+    let apic = ctx.registers.local_apic(cpu)?;
+    out.push_str(&render(&apic));
     Ok(())
 }

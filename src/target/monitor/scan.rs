@@ -20,11 +20,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::time::Instant;
 
-use super::audit::Recorder;
-use super::vmem::WALK_BUDGET;
-use super::{usage, CmdError, Context};
+use super::context::Context;
+use super::errors::{usage, CmdError};
+use super::recorder::Recorder;
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::machine::memory::{GuestRam, GuestTables};
+use crate::target::machine::paging::WALK_BUDGET;
 use crate::target::progress::{Progress, ProgressFn, ProgressUnit};
 use crate::vmem::{self, HumanBytes, PhysAddr};
 

@@ -3,43 +3,15 @@
 use std::fmt::Write;
 
 use super::args::{self, Args, Opt};
-use super::{audit, diff, find, json, scan, usage, CmdError, Context, Effect, View};
+use super::context::{space_of, Context, Effect, View};
+use super::errors::{usage, CmdError};
+use super::listing::{flag_letters, row};
+use super::{audit, diff, find, json, scan};
 use crate::arch::{Descriptor, PageTableFormat};
 use crate::target::machine::memory::GuestTables;
-use crate::vmem::{
-    self, Flags, HumanBytes, MapError, Mapping, PageSize, Perms, SpaceAwareMapping, TableReadOps,
-    WalkError,
-};
+use crate::target::machine::paging::WALK_BUDGET;
+use crate::vmem::{self, HumanBytes, MapError, PageSize, SpaceAwareMapping, WalkError};
 
-pub(crate) use crate::target::machine::paging::WALK_BUDGET;
-
-/// Mappings a monitor command keeps from one walk (~80 MiB of them).
-const MAX_MAPPINGS: usize = 1 << 20;
-
-/// What a command says of a walk [`walk_space`] cut short.
-pub(crate) const CUT_SHORT: &str =
-    "walk cut short at its bound (2^24 entries read or 2^20 mappings kept)";
-
-/// Every mapping of the space at `tables`' root, within [`WALK_BUDGET`]
-/// entries and [`MAX_MAPPINGS`] mappings (bad entries skipped); whether a
-/// bound cut the walk short.
-pub(crate) fn walk_space<O: TableReadOps>(
-    fmt: &dyn PageTableFormat,
-    tables: &O,
-) -> (Vec<Mapping>, bool) {
-    let mut cut = false;
-    let mut mappings = Vec::new();
-    for item in vmem::virt_to_phys(fmt, tables, 0, u64::MAX).with_budget(WALK_BUDGET) {
-        match item {
-            Ok(_) if mappings.len() == MAX_MAPPINGS => return (mappings, true),
-            Ok(m) => mappings.push(m),
-            Err(WalkError::BudgetExhausted { .. }) => cut = true,
-            Err(_) => {}
-        }
-    }
-    (mappings, cut)
-}
-/// Default number of rows `walk` prints.
 const DEFAULT_LIMIT: usize = 200;
 
 pub(crate) const USAGE: &str = "\
@@ -73,44 +45,6 @@ vmem use CR3|current|phys
 ";
 
 /// `r w x u g a d c` with `-` for what is missing (c = copy-on-write).
-pub(crate) fn flag_letters(perms: Perms, flags: Flags) -> String {
-    let bits = [
-        (perms.contains(Perms::READ), 'r'),
-        (perms.contains(Perms::WRITE), 'w'),
-        (perms.owner_executable(), 'x'),
-        (perms.contains(Perms::USER), 'u'),
-        (flags.contains(Flags::GLOBAL), 'g'),
-        (flags.contains(Flags::ACCESSED), 'a'),
-        (flags.contains(Flags::DIRTY), 'd'),
-        (flags.contains(Flags::COW), 'c'),
-        (flags.contains(Flags::SELF_MAP), 's'),
-    ];
-    bits.iter()
-        .map(|&(on, c)| if on { c } else { '-' })
-        .collect()
-}
-
-pub(crate) fn mapping_flags(m: &Mapping) -> String {
-    let (_, cow) = m.kind.perms();
-    let mut flags = m.flags;
-    flags.set(Flags::COW, cow);
-    flag_letters(m.perms(), flags)
-}
-
-/// One row of a walk.
-pub(crate) fn row(m: &Mapping) -> String {
-    format!(
-        "{:016x}-{:016x}  {:016x}-{:016x}  {:>6}  {:>4}  {}",
-        m.virt_base,
-        m.virt_last(),
-        m.phys_base,
-        m.phys_base.wrapping_add(m.len - 1),
-        HumanBytes(m.len).to_string(),
-        m.page_size.to_string(),
-        mapping_flags(m)
-    )
-}
-
 const HEADER: &str =
     "virtual start    -end               physical start   -end                 size  page  rwxugadcs";
 
@@ -126,16 +60,6 @@ fn summary(out: &mut String, rows: usize, per_size: &std::collections::BTreeMap<
         sizes.join(", ")
     };
     let _ = writeln!(out, "{rows} mappings; {mapped}");
-}
-
-/// The space `--space` names, or the current vCPU's.
-pub(crate) fn space_of(ctx: &Context<'_>, args: &Args<'_>) -> Result<u64, CmdError> {
-    match args.option("space") {
-        Some(cr3) => Ok(args::number(cr3)? & ctx.root_mask),
-        None => ctx
-            .root
-            .ok_or_else(|| "paging is off on this vCPU: there are no page tables".into()),
-    }
 }
 
 fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {

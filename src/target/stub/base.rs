@@ -11,43 +11,18 @@ use gdbstub::target::ext::base::single_register_access::{
 use gdbstub::target::ext::exec_file::ExecFile;
 use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{TargetError, TargetResult};
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs, KVM_MP_STATE_HALTED};
-use kvm_ioctls::VcpuFd;
+use kvm_bindings::KVM_MP_STATE_HALTED;
 use log::debug;
 
-use super::{tid, KvmTarget};
+use super::target::{tid, KvmTarget};
 use crate::target::error::StubError;
+use crate::target::kvm::msrs::msr_list;
 use crate::target::machine::memory::GuestTables;
 use crate::target::machine::paging::Paging;
 use crate::target::machine::regions;
 use crate::target::machine::regs::{X86_64RegId, X86_64Regs};
 use crate::target::machine::x86_constants::{HLT, MSR_KERNEL_GS_BASE};
 use crate::target::monitor::View;
-
-/// The registers beyond the general and special ones: x87/SSE and
-/// IA32_KERNEL_GS_BASE.
-pub(super) fn read_extra(fd: &VcpuFd) -> Result<(kvm_fpu, u64), kvm_ioctls::Error> {
-    Ok((fd.get_fpu()?, read_msr(fd, MSR_KERNEL_GS_BASE)?))
-}
-
-/// The value of MSR `index` (KVM_GET_MSRS).
-pub(super) fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64, kvm_ioctls::Error> {
-    let mut msrs = msr_list(index, 0)?;
-    match fd.get_msrs(&mut msrs)? {
-        1 => Ok(msrs.as_slice()[0].data),
-        _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
-    }
-}
-
-/// MSR `index` = `data` as an MSR list for KVM_GET/SET_MSRS.
-fn msr_list(index: u32, data: u64) -> Result<Msrs, kvm_ioctls::Error> {
-    Msrs::from_entries(&[kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    }])
-    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
-}
 
 impl KvmTarget {
     /// How gdb's addresses are translated for thread `tid`: its own space,
@@ -138,7 +113,7 @@ impl ExecFile for KvmTarget {
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
         let path = self.inner.exec_file.as_ref().map_or("", |f| &f.name);
-        Ok(super::copy_at(path.as_bytes(), offset, length, buf))
+        Ok(super::target::copy_at(path.as_bytes(), offset, length, buf))
     }
 }
 

@@ -8,8 +8,7 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::TargetResult;
 use log::{debug, warn};
 
-use super::resume::Action;
-use super::KvmTarget;
+use super::target::{Action, KvmTarget};
 use crate::target::kvm::command::Command;
 use crate::target::kvm::lending::Driver;
 use crate::target::kvm::page_watchpoints::Watch;

@@ -3,8 +3,6 @@
 //! through the stub, so neither side needs a file at a shared path. Only
 //! that one file opens, read-only; every other name is "no such file".
 
-use std::sync::Arc;
-
 use gdbstub::target::ext::host_io::{
     FsKind, HostIo, HostIoClose, HostIoCloseOps, HostIoErrno, HostIoError, HostIoFstat,
     HostIoFstatOps, HostIoOpen, HostIoOpenFlags, HostIoOpenMode, HostIoOpenOps, HostIoPread,
@@ -12,23 +10,8 @@ use gdbstub::target::ext::host_io::{
 };
 use log::debug;
 
-use super::KvmTarget;
-
-/// Files gdb may hold open at once.
-const MAX_OPEN: usize = 16;
-
-/// The files gdb has open, by descriptor.
-#[derive(Debug, Default)]
-pub(crate) struct OpenFiles(Vec<Option<Arc<[u8]>>>);
-
-impl OpenFiles {
-    fn get(&self, fd: u32) -> HostIoResult<&Arc<[u8]>, KvmTarget> {
-        usize::try_from(fd)
-            .ok()
-            .and_then(|i| self.0.get(i)?.as_ref())
-            .ok_or(HostIoError::Errno(HostIoErrno::EBADF))
-    }
-}
+use super::target::KvmTarget;
+use crate::target::dump::host_file::MAX_OPEN;
 
 impl HostIo for KvmTarget {
     fn support_open(&mut self) -> Option<HostIoOpenOps<'_, Self>> {
@@ -90,7 +73,7 @@ impl HostIoOpen for KvmTarget {
 
 impl HostIoClose for KvmTarget {
     fn close(&mut self, fd: u32) -> HostIoResult<(), Self> {
-        self.open_files.get(fd)?;
+        self.open_files.get(fd).map_err(HostIoError::Errno)?;
         self.open_files.0[fd as usize] = None;
         Ok(())
     }
@@ -104,13 +87,18 @@ impl HostIoPread for KvmTarget {
         offset: u64,
         buf: &mut [u8],
     ) -> HostIoResult<usize, Self> {
-        Ok(super::copy_at(self.open_files.get(fd)?, offset, count, buf))
+        Ok(super::target::copy_at(
+            self.open_files.get(fd).map_err(HostIoError::Errno)?,
+            offset,
+            count,
+            buf,
+        ))
     }
 }
 
 impl HostIoFstat for KvmTarget {
     fn fstat(&mut self, fd: u32) -> HostIoResult<HostIoStat, Self> {
-        let size = self.open_files.get(fd)?.len() as u64;
+        let size = self.open_files.get(fd).map_err(HostIoError::Errno)?.len() as u64;
         Ok(HostIoStat {
             st_dev: 0,
             st_ino: 0,

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
-use super::base::read_msr;
-use super::KvmTarget;
+use super::target::KvmTarget;
 use crate::target::dump::host_file::open_client_named;
 use crate::target::error::StubError;
 use crate::target::kvm::command::Command;
+use crate::target::kvm::msrs::read_msr;
 use crate::target::kvm::shared::Inner;
 use crate::target::machine::paging::{GuestFormat, Paging, CR3_ADDR_MASK, CR4_PKE};
 use crate::target::machine::regs::KvmState;

@@ -10,7 +10,7 @@ use gdbstub::target::ext::base::multithread::{
 };
 use log::{debug, warn};
 
-use super::KvmTarget;
+use super::target::{Action, KvmTarget};
 use crate::target::error::StubError;
 use crate::target::kvm::command::{Command, StopKind};
 use crate::target::kvm::lending::{Driver, STEP_GRACE};
@@ -18,14 +18,6 @@ use crate::vmem::PhysAddr;
 
 /// The longest run of back-to-back steps that holds the other vCPUs back.
 const MAX_HOLD: Duration = Duration::from_millis(20);
-
-/// What gdb asked one vCPU to do at the next resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    Stay,
-    Continue,
-    Step,
-}
 
 impl KvmTarget {
     /// What gdb wants of thread `tid` at the next resume (unknown threads

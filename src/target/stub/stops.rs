@@ -5,8 +5,7 @@ use gdbstub::common::Signal;
 use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
 use log::debug;
 
-use super::resume::Action;
-use super::{tid, KvmTarget};
+use super::target::{tid, Action, KvmTarget};
 use crate::target::kvm::command::StopKind;
 use crate::vmem::PhysAddr;
 
