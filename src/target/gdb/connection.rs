@@ -727,3 +727,7 @@ impl Connection for ConnRef {
         Connection::flush(&mut *conn)
     }
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

@@ -22,6 +22,7 @@
 
 pub(crate) mod command;
 pub(crate) mod debug_registers;
+pub(crate) mod exit_decision;
 pub(crate) mod fds;
 pub(crate) mod gdb_link;
 pub(crate) mod hooks;
