@@ -159,9 +159,10 @@ fn the_vmm_runs_monitor_commands_itself() {
 /// what gdb wrote above the gap after that.
 #[test]
 fn ram_split_around_the_mmio_gap() {
-    let Some(vm) =
-        DemoVm::start_logging("vmem_gdbstub::target::kvm::traps=debug", &["--mem", "3200"])
-    else {
+    let Some(vm) = DemoVm::start_logging(
+        "vmem_gdbstub::target::kvm::memslots=debug",
+        &["--mem", "3200"],
+    ) else {
         return;
     };
     let out = vm.gdb(&[

@@ -16,7 +16,7 @@
 //! - `watches` (the component): `planted_breakpoints` (`int3` written into
 //!   guest memory), `page_watchpoints`, `table_watches` (`vmem watch`),
 //!   `debug_registers` (DR0-DR7);
-//! - `trapping` (the component): the traps in force; `traps`: `PageTraps`
+//! - `trapping` (the component): the traps in force; `memslots`: `PageTraps`
 //!   and `KvmMemslots` (watched pages trapped through memslots);
 //! - `fds`: the debugger's own handles on the VMM's VM and vCPU fds.
 
@@ -29,6 +29,7 @@ pub(crate) mod hooks;
 pub(crate) mod irq_step;
 pub(crate) mod kick;
 pub(crate) mod lending;
+pub(crate) mod memslots;
 pub(crate) mod msrs;
 pub(crate) mod page_watchpoints;
 pub(crate) mod planted_breakpoints;
@@ -37,7 +38,7 @@ pub(crate) mod run_gate;
 pub(crate) mod shared;
 pub(crate) mod table_watches;
 pub(crate) mod trapping;
-pub(crate) mod traps;
+
 pub(crate) mod vcpu;
 pub(crate) mod vcpus;
 pub(crate) mod watches;

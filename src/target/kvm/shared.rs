@@ -111,26 +111,26 @@ impl Inner {
 
     /// The guest-debug settings for the next `KVM_RUN` under `command`.
     pub(crate) fn guest_debug(&self, command: Command) -> kvm_guest_debug {
-        let mut dbg = kvm_guest_debug::default();
+        let mut debug = kvm_guest_debug::default();
         let stepping = command.steps();
         if !self.link.attached() && !stepping {
-            return dbg;
+            return debug;
         }
-        dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
+        debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP;
         if stepping {
-            dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+            debug.control |= KVM_GUESTDBG_SINGLESTEP;
             // QEMU's default: a step does not enter an interrupt handler.
             if self.vcpus.step_irqs() == StepIrqs::Block && self.steps_without_irqs(command) {
-                dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
+                debug.control |= KVM_GUESTDBG_BLOCKIRQ;
             }
         }
         let over = command == Command::StepOver;
         if let Some((addrs, dr7)) = self.watches.debug_regs().encode(over) {
-            dbg.control |= KVM_GUESTDBG_USE_HW_BP;
-            dbg.arch.debugreg[..4].copy_from_slice(&addrs);
-            dbg.arch.debugreg[7] = dr7;
+            debug.control |= KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[..4].copy_from_slice(&addrs);
+            debug.arch.debugreg[7] = dr7;
         }
-        dbg
+        debug
     }
 
     /// Whether a step under `command` keeps interrupts out (NOIRQ; a step

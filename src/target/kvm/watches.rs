@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::target::kvm::debug_registers::DebugRegs;
+use crate::target::kvm::memslots::Trap;
 use crate::target::kvm::page_watchpoints::Watchpoints;
 use crate::target::kvm::planted_breakpoints::Breakpoints;
 use crate::target::kvm::table_watches::{Remap, TableWatches};
-use crate::target::kvm::traps::Trap;
 use crate::target::machine::memory::GuestRam;
 use crate::target::sync::{read, write};
 use crate::vmem::PhysAddr;

@@ -3,7 +3,21 @@
 //! `info registers`, `info cpus`, `info lapic`).
 //!
 //! A command never fails the gdb session: every error is printed as text
-//! with the command's usage, and changes nothing.
+//! with the command's usage, and changes nothing. Commands are pure text
+//! over vmem; what they change in the session comes back as an
+//! [`Effect`], applied by the stub (`stub/monitor_cmd.rs`).
+//!
+//! Layers, each file importing only from lower ones (this file dispatches):
+//! - the commands: `vmem` (walk, translate, map, unmap, protect, spaces,
+//!   use, watch), which hands `find`, `audit`, `diff`, `scan` theirs;
+//!   `qemu` (QEMU's commands, `info lapic` among them);
+//! - what they share: `context` (what a command sees, its `Effect`),
+//!   `args` and `expr` (arguments, `$reg` arithmetic), `listing` (the
+//!   bounded walk and its rows), `json`, `snapshot`, `recorder` (tables
+//!   that note their pages), `parallel` (work over many spaces on every
+//!   core), `lapic` (an APIC page decoded);
+//! - at the bottom: `errors` (how a command fails), and `state` (what the
+//!   monitor keeps across commands and sessions).
 
 mod args;
 mod audit;
