@@ -160,7 +160,7 @@ fn the_vmm_runs_monitor_commands_itself() {
 #[test]
 fn ram_split_around_the_mmio_gap() {
     let Some(vm) = DemoVm::start_logging(
-        "vmem_gdbstub::target::kvm::memslots=debug",
+        "vmem_gdbstub::target::kvm::watch::memslots=debug",
         &["--mem", "3200"],
     ) else {
         return;

@@ -85,7 +85,7 @@ pub use gdb::event_loop::GdbListener;
 pub use gdb::rsp;
 pub use kvm::hooks::{Entry, ExitOwner, VcpuHooks};
 pub use kvm::irq_step::StepIrqs;
-pub use kvm::memslots::{KvmMemslots, PageTraps, Trap};
+pub use kvm::watch::memslots::{KvmMemslots, PageTraps, Trap};
 pub use machine::memory::{GuestRam, GuestTables, RamRange, TablePool};
 pub use machine::paging::vcpu_mmu;
 pub use machine::regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};

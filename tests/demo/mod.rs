@@ -184,7 +184,7 @@ impl DemoVm {
     }
 
     /// The memslot layouts the stub logged (`memslots: …`, at debug level
-    /// for `vmem_gdbstub::target::kvm::memslots`), once there are `count` of them
+    /// for `vmem_gdbstub::target::kvm::watch::memslots`), once there are `count` of them
     /// or after 10 s.
     pub fn memslot_layouts(&self, count: usize) -> Vec<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

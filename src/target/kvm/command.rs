@@ -3,8 +3,8 @@
 
 use gdbstub::common::Signal;
 
-use crate::target::kvm::page_watchpoints::Watch;
-use crate::target::kvm::table_watches::Remap;
+use crate::target::kvm::watch::page_watchpoints::Watch;
+use crate::target::kvm::watch::table_watches::Remap;
 
 /// Why a vCPU stopped by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,19 +9,14 @@
 //! - `lending`: the gdb session lent to a vCPU thread, known through a
 //!   trait (the gdb side implements it); `gdb_link`: wakers, stop of
 //!   serving, who holds the VM;
-//! - `kick`: interrupting `KVM_RUN`; `run_gate`: memslot changes only with
-//!   no vCPU inside `KVM_RUN`;
+//! - `kick`: interrupting `KVM_RUN`; `msrs`: x87/SSE and MSR ioctls;
 //! - `irq_step`: steps that keep out of interrupt handlers; `qemu_flags`:
 //!   what QEMU's packets set;
-//! - `watches` (the component): `planted_breakpoints` (`int3` written into
-//!   guest memory), `page_watchpoints`, `table_watches` (`vmem watch`),
-//!   `debug_registers` (DR0-DR7);
-//! - `trapping` (the component): the traps in force; `memslots`: `PageTraps`
-//!   and `KvmMemslots` (watched pages trapped through memslots);
+//! - `exit_decision`: whose a `KVM_RUN`'s end is (a pure function);
+//! - `watch/`: what the debugger watches for and how pages are trapped;
 //! - `fds`: the debugger's own handles on the VMM's VM and vCPU fds.
 
 pub(crate) mod command;
-pub(crate) mod debug_registers;
 pub(crate) mod exit_decision;
 pub(crate) mod fds;
 pub(crate) mod gdb_link;
@@ -29,16 +24,9 @@ pub(crate) mod hooks;
 pub(crate) mod irq_step;
 pub(crate) mod kick;
 pub(crate) mod lending;
-pub(crate) mod memslots;
 pub(crate) mod msrs;
-pub(crate) mod page_watchpoints;
-pub(crate) mod planted_breakpoints;
 pub(crate) mod qemu_flags;
-pub(crate) mod run_gate;
 pub(crate) mod shared;
-pub(crate) mod table_watches;
-pub(crate) mod trapping;
-
 pub(crate) mod vcpu;
 pub(crate) mod vcpus;
-pub(crate) mod watches;
+pub(crate) mod watch;

@@ -20,10 +20,10 @@ use crate::target::kvm::gdb_link::GdbLink;
 use crate::target::kvm::irq_step::StepIrqs;
 use crate::target::kvm::lending::Lent;
 use crate::target::kvm::qemu_flags::QemuFlags;
-use crate::target::kvm::table_watches::Remap;
-use crate::target::kvm::trapping::Trapping;
 use crate::target::kvm::vcpus::Vcpus;
-use crate::target::kvm::watches::Watches;
+use crate::target::kvm::watch::table_watches::Remap;
+use crate::target::kvm::watch::trapping::Trapping;
+use crate::target::kvm::watch::watches::Watches;
 use crate::target::machine::memory::GuestRam;
 use crate::target::monitor::state::MonitorState;
 

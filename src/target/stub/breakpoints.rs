@@ -11,7 +11,7 @@ use log::{debug, warn};
 use super::target::{Action, KvmTarget};
 use crate::target::kvm::command::Command;
 use crate::target::kvm::lending::Driver;
-use crate::target::kvm::page_watchpoints::Watch;
+use crate::target::kvm::watch::page_watchpoints::Watch;
 
 impl KvmTarget {
     /// gdb removes (`lifted`) or puts back a breakpoint at `addr` while a

@@ -14,8 +14,8 @@ use log::{debug, trace, warn};
 
 use crate::target::kvm::command::StopKind;
 use crate::target::kvm::irq_step::MAX_HANDLER_STEPS;
-use crate::target::kvm::page_watchpoints;
 use crate::target::kvm::vcpu::Core;
+use crate::target::kvm::watch::page_watchpoints;
 use crate::target::machine::paging::Paging;
 use crate::target::machine::x86_constants::{code_address, BP_VECTOR, HLT, INT3};
 use crate::vmem::PhysAddr;

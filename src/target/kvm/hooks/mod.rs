@@ -31,9 +31,9 @@ use crate::target::kvm::fds::exit_of;
 use crate::target::kvm::irq_step::Origin;
 use crate::target::kvm::kick::StepTimer;
 use crate::target::kvm::lending::{Lent, Turn, STEP_GRACE};
-use crate::target::kvm::run_gate::Pass;
 use crate::target::kvm::shared::Inner;
 use crate::target::kvm::vcpu::Vcpu;
+use crate::target::kvm::watch::run_gate::Pass;
 use crate::target::machine::x86_constants::{DB_VECTOR, RFLAGS_IF};
 
 /// How many grace periods the step timer is set for at a time.

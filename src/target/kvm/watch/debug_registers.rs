@@ -5,7 +5,7 @@
 use gdbstub::target::ext::breakpoints::WatchKind;
 
 use crate::target::kvm::command::StopKind;
-use crate::target::kvm::page_watchpoints::Watch;
+use crate::target::kvm::watch::page_watchpoints::Watch;
 use crate::target::machine::x86_constants::{dr7_condition, dr7_enable, DR6_HIT_MASK, DR7_FIXED_1};
 
 /// What one slot is used for.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use gdbstub::target::ext::breakpoints::WatchKind;
 use log::debug;
 
-use crate::target::kvm::memslots::{Trap, PAGE};
+use crate::target::kvm::watch::memslots::{Trap, PAGE};
 use crate::target::machine::memory::GuestRam;
 use crate::vmem::PhysAddr;
 

@@ -9,7 +9,7 @@ use std::fmt;
 
 use log::debug;
 
-use crate::target::kvm::memslots::PAGE;
+use crate::target::kvm::watch::memslots::PAGE;
 use crate::target::machine::memory::{GuestRam, GuestTables};
 use crate::target::machine::paging::GuestFormat;
 use crate::vmem::{self, HumanBytes, Perms, PhysAddr, Rights};

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::target::kvm::debug_registers::DebugRegs;
-use crate::target::kvm::memslots::Trap;
-use crate::target::kvm::page_watchpoints::Watchpoints;
-use crate::target::kvm::planted_breakpoints::Breakpoints;
-use crate::target::kvm::table_watches::{Remap, TableWatches};
+use crate::target::kvm::watch::debug_registers::DebugRegs;
+use crate::target::kvm::watch::memslots::Trap;
+use crate::target::kvm::watch::page_watchpoints::Watchpoints;
+use crate::target::kvm::watch::planted_breakpoints::Breakpoints;
+use crate::target::kvm::watch::table_watches::{Remap, TableWatches};
 use crate::target::machine::memory::GuestRam;
 use crate::target::sync::{read, write};
 use crate::vmem::PhysAddr;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::target::error::StubError;
-use crate::target::kvm::memslots::{PageTraps, Trap};
-use crate::target::kvm::run_gate::RunGate;
+use crate::target::kvm::watch::memslots::{PageTraps, Trap};
+use crate::target::kvm::watch::run_gate::RunGate;
 use crate::target::sync::lock;
 use crate::vmem::PhysAddr;
 
