@@ -11,7 +11,8 @@ set -eu
 # command:package for each tool the tests run.
 tools="gdb:gdb gcc:gcc python3:python3 dpkg-deb:dpkg lldb:lldb
 qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm
-aarch64-linux-gnu-as:binutils-aarch64-linux-gnu gdb-multiarch:gdb-multiarch"
+aarch64-linux-gnu-as:binutils-aarch64-linux-gnu gdb-multiarch:gdb-multiarch
+makedumpfile:makedumpfile"
 
 # Libraries Firecracker's build needs (tests/firecracker.rs builds it):
 # bindgen's libclang, and libseccomp to link.

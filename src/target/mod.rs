@@ -77,8 +77,11 @@ use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
-pub use dump::elf_dump::{Dump, DumpCpu, DumpError};
+pub use dump::cpu::DumpCpu;
+pub use dump::dump_file::Dump;
+pub use dump::error::DumpError;
 pub use dump::symbols::{symbol_file, SymbolFile, SymbolsError};
+pub use dump::vmcoreinfo::VmcoreInfo;
 pub use error::StubError;
 pub use gdb::connection::Stream;
 pub use gdb::event_loop::GdbListener;
@@ -95,6 +98,7 @@ pub use progress::{Progress, ProgressUnit};
 use dump::host_file::ExecFile;
 use kvm::shared::Inner;
 use kvm::vcpus::Vcpus;
+use monitor::state::DumpFacts;
 
 /// What the VMM's exit handler tells the turnkey vCPU loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,12 +289,17 @@ impl Debugger {
         for v in builder.inner.vcpus.iter() {
             v.mark_finished();
         }
+        let monitor = &mut builder.inner.monitor;
         for cpu in dump.cpus() {
-            builder
-                .inner
-                .monitor
-                .add_space(cpu.sregs.cr3, "in the dump");
+            monitor.add_space(cpu.sregs.cr3, "in the dump");
         }
+        if let Some((root, _)) = dump.vmcoreinfo().and_then(|info| info.kernel_root()) {
+            monitor.add_space(root, "the kernel's (VMCOREINFO)");
+        }
+        monitor.set_dump(DumpFacts {
+            format: dump.format().to_string(),
+            vmcoreinfo: dump.vmcoreinfo().cloned(),
+        });
         builder.inner.frozen = Some(dump.cpus().to_vec());
         builder
     }

@@ -24,6 +24,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo 0 > /proc/sys/kernel/kptr_restrict
+# QEMU's fw_cfg driver hands the kernel's VMCOREINFO to -device vmcoreinfo
+# (the driver writes it as it loads), so dumps carry it.
+[ -f /lib/qemu_fw_cfg.ko ] && insmod /lib/qemu_fw_cfg.ko
 cat /proc/kallsyms > /dev/ttyS1
 sh -c 'while true; do sleep 1000; done' &
 sleep 100000 &
@@ -32,13 +35,15 @@ INIT
     } > "$1"
 }
 
-# build_initramfs CPIO INIT PROGRAM.c...: ./root with busybox, INIT as
-# /init and each freestanding C program as /bin/NAME, packed into CPIO.
+# build_initramfs CPIO INIT PROGRAM.c...: ./root with busybox, the
+# kernel's qemu_fw_cfg module, INIT as /init and each freestanding C
+# program as /bin/NAME, packed into CPIO.
 build_initramfs() {
     cpio=$1 init=$2
     shift 2
-    mkdir -p root/bin root/proc root/sys root/dev root/tmp
+    mkdir -p root/bin root/proc root/sys root/dev root/tmp root/lib
     cp busybox/bin/busybox root/bin/busybox
+    find kernel/lib/modules -name qemu_fw_cfg.ko -exec cp {} root/lib/ \;
     for program in "$@"; do
         gcc -static -nostdlib -ffreestanding -fno-pie -no-pie -mgeneral-regs-only -O2 \
             -o "root/bin/$(basename "$program" .c)" "$program"

@@ -1,224 +1,64 @@
-//! A stopped VM from a file: QEMU's `dump-guest-memory` ELF (a `PT_LOAD`
-//! per RAM range at its guest-physical address, and per vCPU an
-//! `NT_PRSTATUS` note and a "QEMU" note with the full CPU state), mapped
-//! copy-on-write, never read into memory.
+//! QEMU's `dump-guest-memory` ELF (a `PT_LOAD` per RAM range at its
+//! guest-physical address; per vCPU an `NT_PRSTATUS` note and a "QEMU" note
+//! with the full CPU state; a "VMCOREINFO" note if the guest left one), and
+//! raw RAM images: mapped copy-on-write, never read into memory.
 //!
 //! Everything in the file is checked before use: segments must lie inside
 //! the file and not overlap, notes inside their segment; a file that lies
 //! gives a [`DumpError`], never a read outside the mapping.
 
-use std::fmt;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-
 use elf::abi::{PT_LOAD, PT_NOTE};
 use elf::endian::LittleEndian;
 use elf::ElfBytes;
-use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
-use memmap2::{Mmap, MmapOptions};
+use memmap2::Mmap;
 
-use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
+use crate::target::dump::contents::Contents;
+use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::error::{unsupported_format, DumpError};
+use crate::target::dump::notes;
+use crate::target::dump::vmcoreinfo::VmcoreInfo;
 use crate::target::machine::memory::{GuestRam, HostSpans, RamAccess, RamRange};
-use crate::target::machine::x86_constants::flat_segment;
 use crate::vmem::PhysAddr;
 
-/// The note QEMU writes per vCPU with its whole state (`QEMUCPUState`).
-const QEMU_NOTE_NAME: &[u8] = b"QEMU";
-/// Its size in version 1: header, 16 GPRs, rip, rflags, 10 segments of
-/// 24 bytes, cr0-cr4, kernel_gs_base.
-const QEMU_CPU_STATE_SIZE: usize = 8 + 18 * 8 + 10 * 24 + 5 * 8 + 8;
-/// `DESC_L_MASK` in QEMU's segment flags: a 64-bit code segment.
-const DESC_L: u32 = 1 << 21;
-
-/// Why a dump cannot be served.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum DumpError {
-    /// The file cannot be opened or mapped.
-    Io(PathBuf, std::io::Error),
-    /// Not a little-endian ELF64 core file.
-    NotACore(String),
-    /// A segment claims bytes past the end of the file.
-    Truncated {
-        /// The segment's guest-physical address.
-        gpa: u64,
-        /// Where it would end in the file.
-        end: u64,
-        /// How long the file is.
-        file_len: u64,
-    },
-    /// Two RAM segments claim the same guest-physical address.
-    Overlap(u64),
-    /// No "QEMU" CPU-state note: nothing says where the vCPUs were.
-    NoCpus,
-    /// A note is cut short or has an unknown layout.
-    BadNote(String),
-    /// A dump format recognised by its magic bytes, but not read.
-    Unsupported(&'static str),
+/// Read QEMU's ELF dump mapped as `map`.
+pub(crate) fn read(map: Mmap) -> Result<Contents, DumpError> {
+    let ElfHeaders {
+        pieces,
+        cpus,
+        vmcoreinfo,
+    } = ElfHeaders::parse(&map)?;
+    Ok(Contents {
+        ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
+        cpus,
+        vmcoreinfo,
+        format: "ELF".into(),
+    })
 }
 
-/// What the formats we read are, for errors about those we do not.
-const READABLE: &str = "readable: ELF cores (QEMU dump-guest-memory without -z/-l/-s, \
-                        virsh dump --memory-only) and raw RAM images (--raw)";
-
-/// Dump and image formats known by their first bytes, which this target
-/// does not read.
-const UNSUPPORTED_MAGICS: &[(&[u8], &str)] = &[
-    (
-        b"makedumpfile\0",
-        "a kdump-compressed dump in makedumpfile's flattened form (QEMU \
-         dump-guest-memory -z/-l/-s, virsh dump --format=kdump-*)",
-    ),
-    (
-        b"KDUMP   ",
-        "a kdump-compressed dump (makedumpfile -c/-l/-p/-z, virsh dump --format=kdump-*)",
-    ),
-    (b"DISKDUMP", "a diskdump file"),
-    (b"QEVM", "a QEMU migration stream or savevm state"),
-    (b"QFI\xfb", "a qcow2 disk image (a savevm snapshot inside?)"),
-    (b"PAGEDU64", "a Windows 64-bit crash dump"),
-    (b"PAGEDUMP", "a Windows 32-bit crash dump"),
-];
-
-/// The unsupported format `data` starts like, if any.
-fn unsupported_format(data: &[u8]) -> Option<&'static str> {
-    UNSUPPORTED_MAGICS
-        .iter()
-        .find(|(magic, _)| data.starts_with(magic))
-        .map(|(_, what)| *what)
-}
-
-impl fmt::Display for DumpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DumpError::Io(path, e) => write!(f, "{}: {e}", path.display()),
-            DumpError::NotACore(why) => {
-                write!(f, "not a QEMU memory dump: {why} ({READABLE})")
-            }
-            DumpError::Truncated { gpa, end, file_len } => write!(
-                f,
-                "the RAM at {gpa:#x} ends at byte {end:#x} of a {file_len:#x}-byte file (truncated dump?)"
-            ),
-            DumpError::Overlap(gpa) => write!(f, "two RAM segments both hold {gpa:#x}"),
-            DumpError::NoCpus => f.write_str("the dump has no QEMU CPU-state notes"),
-            DumpError::BadNote(why) => write!(f, "bad note: {why}"),
-            DumpError::Unsupported(what) => write!(f, "{what}: not read ({READABLE})"),
-        }
+/// The whole of `map` as guest RAM from `ram_base`.
+pub(crate) fn raw(map: Mmap, ram_base: u64) -> Result<GuestRam, DumpError> {
+    let len = map.len() as u64;
+    if ram_base.checked_add(len).is_none() {
+        return Err(DumpError::NotACore(format!(
+            "{len:#x} bytes of RAM from {ram_base:#x} wrap"
+        )));
     }
-}
-
-impl std::error::Error for DumpError {}
-
-/// One vCPU as the dump recorded it.
-#[derive(Debug, Clone, Copy)]
-pub struct DumpCpu {
-    /// General registers, rip and rflags.
-    pub regs: kvm_regs,
-    /// Segments, descriptor tables, control registers; EFER inferred (the
-    /// dump has none): LME, LMA and NXE in 64-bit code.
-    pub sregs: kvm_sregs,
-    /// IA32_KERNEL_GS_BASE.
-    pub kernel_gs_base: u64,
-}
-
-impl DumpCpu {
-    /// A vCPU in 64-bit kernel code with these registers (the rest zero),
-    /// for a raw RAM image whose VMM recorded only these.
-    pub fn long_mode(rip: u64, rsp: u64, controls: [u64; 4]) -> DumpCpu {
-        let [cr0, cr3, cr4, efer] = controls;
-        let data = flat_segment(0x18, false, true);
-        DumpCpu {
-            regs: kvm_regs {
-                rip,
-                rsp,
-                rflags: 0x2,
-                ..Default::default()
-            },
-            sregs: kvm_sregs {
-                cs: flat_segment(0x10, true, true),
-                ss: data,
-                ds: data,
-                es: data,
-                cr0,
-                cr3,
-                cr4,
-                efer,
-                ..Default::default()
-            },
-            kernel_gs_base: 0,
-        }
-    }
-}
-
-/// A memory dump: guest RAM and the vCPUs' state.
-#[derive(Debug)]
-pub struct Dump {
-    ram: GuestRam,
-    cpus: Vec<DumpCpu>,
-}
-
-impl Dump {
-    /// Map and check QEMU's ELF dump at `path` (milliseconds, whatever its
-    /// size: nothing is read but the headers and notes).
-    pub fn open(path: &Path) -> Result<Dump, DumpError> {
-        let file = File::open(path).map_err(|e| DumpError::Io(path.to_path_buf(), e))?;
-        Dump::open_file(&file, path)
-    }
-
-    /// As [`Dump::open`], for a file already open (`path` names it in
-    /// errors).
-    pub(crate) fn open_file(file: &File, path: &Path) -> Result<Dump, DumpError> {
-        let io = |e| DumpError::Io(path.to_path_buf(), e);
-        // SAFETY: a private (copy-on-write) mapping: writes through it never
-        // reach the file. The dump must not be truncated while served (as
-        // with any mapped file, that would fault).
-        let map = unsafe { MmapOptions::new().map_copy_read_only(file) }.map_err(io)?;
-        let ElfHeaders { pieces, cpus } = ElfHeaders::parse(&map)?;
-        Ok(Dump {
-            ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
-            cpus,
-        })
-    }
-
-    /// A raw RAM image (another VMM's snapshot): the whole file is guest
-    /// RAM from `ram_base`, and `cpu` says where the one vCPU was.
-    pub fn raw(path: &Path, ram_base: u64, cpu: DumpCpu) -> Result<Dump, DumpError> {
-        let io = |e| DumpError::Io(path.to_path_buf(), e);
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: as in `open`.
-        let map = unsafe { MmapOptions::new().map_copy_read_only(&file) }.map_err(io)?;
-        let len = map.len() as u64;
-        if ram_base.checked_add(len).is_none() {
-            return Err(DumpError::NotACore(format!(
-                "{len:#x} bytes of RAM from {ram_base:#x} wrap"
-            )));
-        }
-        let pieces = vec![Piece {
-            gpa: ram_base,
-            len,
-            offset: 0,
-        }];
-        Ok(Dump {
-            ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
-            cpus: vec![cpu],
-        })
-    }
-
-    /// Guest RAM (read-only: gdb's writes are refused).
-    pub fn ram(&self) -> &GuestRam {
-        &self.ram
-    }
-
-    /// The vCPUs, in the dump's order.
-    pub fn cpus(&self) -> &[DumpCpu] {
-        &self.cpus
-    }
+    let pieces = vec![Piece {
+        gpa: ram_base,
+        len,
+        offset: 0,
+    }];
+    Ok(GuestRam::from_access(
+        DumpMemory { map, pieces },
+        HostSpans::Trusted,
+    ))
 }
 
 /// What the headers and notes of a dump say.
 struct ElfHeaders {
     pieces: Vec<Piece>,
     cpus: Vec<DumpCpu>,
+    vmcoreinfo: Option<VmcoreInfo>,
 }
 
 impl ElfHeaders {
@@ -237,6 +77,7 @@ impl ElfHeaders {
         let file_len = data.len() as u64;
         let mut pieces = Vec::new();
         let mut cpus = Vec::new();
+        let mut vmcoreinfo = None;
         for ph in segments.iter() {
             let end = ph.p_offset.checked_add(ph.p_filesz);
             if ph.p_type == PT_LOAD && ph.p_filesz > 0 {
@@ -267,11 +108,8 @@ impl ElfHeaders {
                     .filter(|&end| end <= file_len)
                     .map(|end| &data[ph.p_offset as usize..end as usize])
                     .ok_or_else(|| DumpError::BadNote("notes past the end of the file".into()))?;
-                for note in notes_in(notes)? {
-                    if note.name == QEMU_NOTE_NAME && note.kind == 0 {
-                        cpus.push(qemu_cpu_state(note.desc)?);
-                    }
-                }
+                cpus.extend(notes::qemu_cpus(notes)?);
+                vmcoreinfo = vmcoreinfo.or(notes::vmcoreinfo(notes)?);
             }
         }
         pieces.sort_by_key(|p| p.gpa);
@@ -281,133 +119,12 @@ impl ElfHeaders {
         if cpus.is_empty() {
             return Err(DumpError::NoCpus);
         }
-        Ok(ElfHeaders { pieces, cpus })
+        Ok(ElfHeaders {
+            pieces,
+            cpus,
+            vmcoreinfo,
+        })
     }
-}
-
-/// One ELF note.
-struct Note<'a> {
-    /// Without its trailing NULs.
-    name: &'a [u8],
-    kind: u32,
-    desc: &'a [u8],
-}
-
-/// The notes of a note segment.
-fn notes_in(mut data: &[u8]) -> Result<Vec<Note<'_>>, DumpError> {
-    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let mut notes = Vec::new();
-    while data.len() >= 12 {
-        let (namesz, descsz, kind) = (word(data, 0), word(data, 4), word(data, 8));
-        let name_end = 12 + (namesz as usize).next_multiple_of(4);
-        let desc_end = name_end
-            .checked_add((descsz as usize).next_multiple_of(4))
-            .filter(|&end| end <= data.len() && name_end <= data.len())
-            .ok_or_else(|| DumpError::BadNote(format!("a note of {descsz} bytes is cut short")))?;
-        let name = &data[12..12 + namesz as usize];
-        let name = name.split(|&b| b == 0).next().unwrap_or_default();
-        notes.push(Note {
-            name,
-            kind,
-            desc: &data[name_end..name_end + descsz as usize],
-        });
-        data = &data[desc_end..];
-    }
-    Ok(notes)
-}
-
-/// A vCPU from QEMU's `QEMUCPUState` (version 1, as `target/i386/arch_dump.c`
-/// writes it).
-fn qemu_cpu_state(desc: &[u8]) -> Result<DumpCpu, DumpError> {
-    if desc.len() < QEMU_CPU_STATE_SIZE {
-        return Err(DumpError::BadNote(format!(
-            "QEMU CPU state of {} bytes, {QEMU_CPU_STATE_SIZE} expected",
-            desc.len()
-        )));
-    }
-    let u64_at = |at: usize| u64::from_le_bytes(desc[at..at + 8].try_into().unwrap_or_default());
-    let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap_or_default());
-    let gpr = |i: usize| u64_at(8 + i * 8);
-    let regs = kvm_regs {
-        rax: gpr(0),
-        rbx: gpr(1),
-        rcx: gpr(2),
-        rdx: gpr(3),
-        rsi: gpr(4),
-        rdi: gpr(5),
-        rsp: gpr(6),
-        rbp: gpr(7),
-        r8: gpr(8),
-        r9: gpr(9),
-        r10: gpr(10),
-        r11: gpr(11),
-        r12: gpr(12),
-        r13: gpr(13),
-        r14: gpr(14),
-        r15: gpr(15),
-        rip: gpr(16),
-        rflags: gpr(17),
-    };
-    let segments_at = 8 + 18 * 8;
-    let raw_segment = |i: usize| {
-        let at = segments_at + i * 24;
-        (u32_at(at), u32_at(at + 4), u32_at(at + 8), u64_at(at + 16))
-    };
-    let segment = |i: usize| {
-        let (selector, limit, flags, base) = raw_segment(i);
-        kvm_segment {
-            base,
-            limit,
-            selector: selector as u16,
-            type_: (flags >> 8 & 0xf) as u8,
-            present: (flags >> 15 & 1) as u8,
-            dpl: (flags >> 13 & 3) as u8,
-            db: (flags >> 22 & 1) as u8,
-            s: (flags >> 12 & 1) as u8,
-            l: (flags >> 21 & 1) as u8,
-            g: (flags >> 23 & 1) as u8,
-            avl: (flags >> 20 & 1) as u8,
-            unusable: u8::from(flags >> 15 & 1 == 0),
-            padding: 0,
-        }
-    };
-    let table = |i: usize| {
-        let (_, limit, _, base) = raw_segment(i);
-        kvm_dtable {
-            base,
-            limit: limit as u16,
-            padding: [0; 3],
-        }
-    };
-    let cr = |i: usize| u64_at(segments_at + 10 * 24 + i * 8);
-    let long_mode = raw_segment(0).2 & DESC_L != 0;
-    let sregs = kvm_sregs {
-        cs: segment(0),
-        ds: segment(1),
-        es: segment(2),
-        fs: segment(3),
-        gs: segment(4),
-        ss: segment(5),
-        ldt: segment(6),
-        tr: segment(7),
-        gdt: table(8),
-        idt: table(9),
-        cr0: cr(0),
-        cr2: cr(2),
-        cr3: cr(3),
-        cr4: cr(4),
-        efer: if long_mode {
-            EFER_LME | EFER_LMA | EFER_NXE
-        } else {
-            0
-        },
-        ..Default::default()
-    };
-    Ok(DumpCpu {
-        regs,
-        sregs,
-        kernel_gs_base: u64_at(segments_at + 10 * 24 + 5 * 8),
-    })
 }
 
 /// One RAM segment: guest-physical range and where its bytes are in the
@@ -488,7 +205,13 @@ impl RamAccess for DumpMemory {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
+    use memmap2::MmapOptions;
+
     use super::*;
+    use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
+    use crate::target::dump::notes::{DESC_L, QEMU_CPU_STATE_SIZE, QEMU_NOTE_NAME};
 
     /// A little ELF64 core: `loads` as (paddr, file offset, size) and one
     /// note segment holding `notes` as (name, type, desc).
@@ -655,7 +378,7 @@ mod tests {
             if next() % 8 == 0 {
                 data.truncate((next() % data.len() as u64) as usize);
             }
-            let Ok(ElfHeaders { pieces, cpus }) = ElfHeaders::parse(&data) else {
+            let Ok(ElfHeaders { pieces, cpus, .. }) = ElfHeaders::parse(&data) else {
                 refused += 1;
                 continue;
             };

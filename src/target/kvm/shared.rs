@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use log::warn;
 
-use crate::target::dump::elf_dump::DumpCpu;
+use crate::target::dump::cpu::DumpCpu;
 use crate::target::dump::host_file::ExecFile;
 use crate::target::error::StubError;
 use crate::target::kvm::command::Command;

@@ -56,6 +56,11 @@ pub(crate) trait RamAccess: Send + Sync {
     fn describe(&self, index: usize) -> String {
         format!("ram{index} KVM")
     }
+    /// Why `gpa`, inside a RAM range, cannot be read, where the memory
+    /// knows (a page a dump left out); `None`: it can, or it is no RAM.
+    fn missing(&self, _gpa: PhysAddr) -> Option<String> {
+        None
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> RamAccess for M {
@@ -249,6 +254,12 @@ impl GuestRam {
     /// piece of a dump file), in a word or two.
     pub fn describe(&self, index: usize) -> String {
         self.mem.describe(index)
+    }
+
+    /// Why `gpa` cannot be read, where the memory knows more than "not
+    /// RAM" (a page a kdump file left out).
+    pub fn why_unreadable(&self, gpa: PhysAddr) -> Option<String> {
+        self.mem.missing(gpa)
     }
 
     /// Total bytes of RAM.

@@ -10,6 +10,7 @@ use super::snapshot::Snapshot;
 use crate::arch::PageTableFormat;
 use crate::target::machine::memory::{GuestRam, TablePool};
 use crate::target::machine::regs::KvmState;
+use crate::target::monitor::state::DumpFacts;
 use crate::target::progress::ProgressFn;
 
 /// What gdb's memory accesses go through.
@@ -98,6 +99,8 @@ pub(crate) struct Context<'a> {
     pub last_stop: Option<&'a (Snapshot, String)>,
     /// Where long commands report how far they have got.
     pub progress: &'a ProgressFn,
+    /// The dump being served (`None`: a live VM).
+    pub dump: Option<&'a DumpFacts>,
 }
 
 impl Context<'_> {

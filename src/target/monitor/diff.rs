@@ -14,7 +14,7 @@ use super::errors::CmdError;
 use super::json;
 use super::listing::{row, CUT_SHORT};
 use super::snapshot::{take_in, Snapshot};
-use crate::target::dump::elf_dump::Dump;
+use crate::target::dump::dump_file::Dump;
 use crate::target::dump::host_file::open_client_named;
 use crate::vmem::{self, Mapping};
 

@@ -10,7 +10,8 @@
 //! Layers, each file importing only from lower ones (this file dispatches):
 //! - the commands: `vmem` (walk, translate, map, unmap, protect, spaces,
 //!   use, watch), which hands `find`, `audit`, `diff`, `scan` theirs;
-//!   `qemu` (QEMU's commands, `info lapic` among them);
+//!   `qemu` (QEMU's commands, `info lapic` among them); `dump_info`
+//!   (`info dump`, `info vmcoreinfo`);
 //! - what they share: `context` (what a command sees, its `Effect`),
 //!   `args` and `expr` (arguments, `$reg` arithmetic), `listing` (the
 //!   bounded walk and its rows), `json`, `snapshot`, `recorder` (tables
@@ -23,6 +24,7 @@ mod args;
 mod audit;
 mod context;
 mod diff;
+mod dump_info;
 mod errors;
 mod expr;
 mod find;
@@ -89,6 +91,7 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             out.push_str(vmem::WATCH_USAGE);
             out.push_str(qemu::USAGE);
             out.push_str(lapic::USAGE);
+            out.push_str(dump_info::USAGE);
             (Ok(Effect::None), "", String::new())
         }
         ["vmem", rest @ ..] => {
@@ -117,6 +120,16 @@ pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
             none(qemu::info_mtree(ctx, rest, &mut out)),
             qemu::USAGE,
             "info mtree".into(),
+        ),
+        ["info", "dump"] => (
+            none(dump_info::info_dump(ctx, &mut out)),
+            dump_info::USAGE,
+            "info dump".into(),
+        ),
+        ["info", "vmcoreinfo"] => (
+            none(dump_info::info_vmcoreinfo(ctx, &mut out)),
+            dump_info::USAGE,
+            "info vmcoreinfo".into(),
         ),
         ["info", "registers"] => (
             none(qemu::info_registers(ctx, &mut out)),

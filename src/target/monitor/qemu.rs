@@ -245,7 +245,8 @@ pub(crate) fn chardev_add(words: &[&str]) -> Result<Effect, CmdError> {
 
 /// `xp /FMT ADDR`: physical memory.
 pub(crate) fn xp(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(), CmdError> {
-    dump(words, out, |addr, buf| ctx.memory.read(addr, buf).is_ok())
+    let read = |addr, buf: &mut [u8]| ctx.memory.read(addr, buf).is_ok();
+    dump(words, out, read, |addr| ctx.memory.why_unreadable(addr))
 }
 
 /// `x /FMT ADDR`: virtual memory, through the current space (physical
@@ -255,7 +256,11 @@ pub(crate) fn x(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(
         return xp(ctx, words, out);
     };
     let tables = GuestTables::new(ctx.memory, root, None);
-    dump(words, out, |addr, buf| {
+    let why = |va| {
+        let (pa, _) = vmem::translate_pa(fmt, &tables, root, va).ok()?;
+        ctx.memory.why_unreadable(pa)
+    };
+    let read = |addr: u64, buf: &mut [u8]| {
         let mut done = 0usize;
         while done < buf.len() {
             let va = addr.wrapping_add(done as u64);
@@ -269,16 +274,18 @@ pub(crate) fn x(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result<(
             done += n;
         }
         true
-    })
+    };
+    dump(words, out, read, why)
 }
 
 /// QEMU's memory dump of `words` (`/FMT ADDR`) read by `read`: the lines
 /// that can be read, then one error line for the first element that
-/// cannot.
+/// cannot (with `why` it cannot, where the memory knows).
 fn dump(
     words: &[&str],
     out: &mut String,
     read: impl Fn(u64, &mut [u8]) -> bool,
+    why: impl Fn(u64) -> Option<String>,
 ) -> Result<(), CmdError> {
     let (spec, addr) = match words {
         [spec, addr] if spec.starts_with('/') => (&spec[1..], *addr),
@@ -322,7 +329,8 @@ fn dump(
             if i % per_line != 0 {
                 out.push('\n');
             }
-            return Err(format!("Cannot access memory at {at:#x}").into());
+            let because = why(at).map(|why| format!(": {why}")).unwrap_or_default();
+            return Err(format!("Cannot access memory at {at:#x}{because}").into());
         }
         if i % per_line == 0 {
             let _ = write!(out, "{at:016x}:");

@@ -7,9 +7,19 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::Mutex;
 
+use crate::target::dump::vmcoreinfo::VmcoreInfo;
 use crate::target::machine::memory::TablePool;
 use crate::target::progress::{self, ProgressFn};
 use crate::target::sync::lock;
+
+/// What the monitor says of a dump being served (`info dump`).
+#[derive(Debug, Clone)]
+pub(crate) struct DumpFacts {
+    /// What the file is, in a few words.
+    pub(crate) format: String,
+    /// The VMCOREINFO the guest left, if any.
+    pub(crate) vmcoreinfo: Option<VmcoreInfo>,
+}
 
 /// The monitor's lasting state.
 #[derive(Default)]
@@ -25,6 +35,8 @@ pub(crate) struct MonitorState {
     table_pool: Option<TablePool>,
     /// Told how long monitor commands are getting on.
     progress: Option<Box<ProgressFn>>,
+    /// The dump being served (`None`: a live VM).
+    dump: Option<DumpFacts>,
 }
 
 impl std::fmt::Debug for MonitorState {
@@ -99,6 +111,16 @@ impl MonitorState {
     /// Set [`Self::table_pool`].
     pub(crate) fn set_table_pool(&mut self, pool: TablePool) {
         self.table_pool = Some(pool);
+    }
+
+    /// The dump being served, if it is one.
+    pub(crate) fn dump(&self) -> Option<&DumpFacts> {
+        self.dump.as_ref()
+    }
+
+    /// Set [`Self::dump`].
+    pub(crate) fn set_dump(&mut self, facts: DumpFacts) {
+        self.dump = Some(facts);
     }
 
     /// Where long commands report their progress.

@@ -149,6 +149,7 @@ impl KvmTarget {
             host_files: self.inner.monitor.host_files(),
             last_stop: self.last_stop.as_ref(),
             progress: self.inner.monitor.progress(),
+            dump: self.inner.monitor.dump(),
         }
     }
 

@@ -21,7 +21,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
 use crate::arch::controls::{CR0_PE, EFER_LMA};
-use crate::target::dump::elf_dump::DumpCpu;
+use crate::target::dump::cpu::DumpCpu;
 use crate::target::error::StubError;
 use crate::target::kvm::command::{Command, StopKind};
 use crate::target::kvm::lending::Driver;

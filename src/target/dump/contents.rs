@@ -1,0 +1,15 @@
+//! [`Contents`]: what a format reader found in a dump file.
+
+use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::vmcoreinfo::VmcoreInfo;
+use crate::target::machine::memory::GuestRam;
+
+/// A dump's RAM, vCPUs, VMCOREINFO and format, as read.
+pub(crate) struct Contents {
+    pub(crate) ram: GuestRam,
+    pub(crate) cpus: Vec<DumpCpu>,
+    pub(crate) vmcoreinfo: Option<VmcoreInfo>,
+    /// What the file is, in a few words (`ELF`, `kdump-zlib (flattened),
+    /// dump level 0, …`).
+    pub(crate) format: String,
+}

@@ -1,0 +1,160 @@
+//! ELF notes as dumps carry them: the notes of a note segment, and the
+//! vCPU state QEMU writes per CPU (its "QEMU" note, `QEMUCPUState`), in an
+//! ELF core's `PT_NOTE` or a kdump file's note area alike.
+
+use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
+
+use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
+use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::error::DumpError;
+use crate::target::dump::vmcoreinfo::{VmcoreInfo, VMCOREINFO_NOTE_NAME};
+
+/// The note QEMU writes per vCPU with its whole state (`QEMUCPUState`).
+pub(crate) const QEMU_NOTE_NAME: &[u8] = b"QEMU";
+/// Its size in version 1: header, 16 GPRs, rip, rflags, 10 segments of
+/// 24 bytes, cr0-cr4, kernel_gs_base.
+pub(crate) const QEMU_CPU_STATE_SIZE: usize = 8 + 18 * 8 + 10 * 24 + 5 * 8 + 8;
+/// `DESC_L_MASK` in QEMU's segment flags: a 64-bit code segment.
+pub(crate) const DESC_L: u32 = 1 << 21;
+
+/// The vCPUs of QEMU's CPU-state notes in the note area `data`, in order.
+pub(crate) fn qemu_cpus(data: &[u8]) -> Result<Vec<DumpCpu>, DumpError> {
+    notes_in(data)?
+        .iter()
+        .filter(|note| note.name == QEMU_NOTE_NAME && note.kind == 0)
+        .map(|note| qemu_cpu_state(note.desc))
+        .collect()
+}
+
+/// The VMCOREINFO note in the note area `data`, if there is one.
+pub(crate) fn vmcoreinfo(data: &[u8]) -> Result<Option<VmcoreInfo>, DumpError> {
+    Ok(notes_in(data)?
+        .iter()
+        .find(|note| note.name == VMCOREINFO_NOTE_NAME)
+        .map(|note| VmcoreInfo::parse(note.desc)))
+}
+
+/// One ELF note.
+struct Note<'a> {
+    /// Without its trailing NULs.
+    name: &'a [u8],
+    kind: u32,
+    desc: &'a [u8],
+}
+
+/// The notes of a note segment.
+fn notes_in(mut data: &[u8]) -> Result<Vec<Note<'_>>, DumpError> {
+    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut notes = Vec::new();
+    while data.len() >= 12 {
+        let (namesz, descsz, kind) = (word(data, 0), word(data, 4), word(data, 8));
+        let name_end = 12 + (namesz as usize).next_multiple_of(4);
+        let desc_end = name_end
+            .checked_add((descsz as usize).next_multiple_of(4))
+            .filter(|&end| end <= data.len() && name_end <= data.len())
+            .ok_or_else(|| DumpError::BadNote(format!("a note of {descsz} bytes is cut short")))?;
+        let name = &data[12..12 + namesz as usize];
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        notes.push(Note {
+            name,
+            kind,
+            desc: &data[name_end..name_end + descsz as usize],
+        });
+        data = &data[desc_end..];
+    }
+    Ok(notes)
+}
+
+/// A vCPU from QEMU's `QEMUCPUState` (version 1, as `target/i386/arch_dump.c`
+/// writes it).
+fn qemu_cpu_state(desc: &[u8]) -> Result<DumpCpu, DumpError> {
+    if desc.len() < QEMU_CPU_STATE_SIZE {
+        return Err(DumpError::BadNote(format!(
+            "QEMU CPU state of {} bytes, {QEMU_CPU_STATE_SIZE} expected",
+            desc.len()
+        )));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(desc[at..at + 8].try_into().unwrap_or_default());
+    let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap_or_default());
+    let gpr = |i: usize| u64_at(8 + i * 8);
+    let regs = kvm_regs {
+        rax: gpr(0),
+        rbx: gpr(1),
+        rcx: gpr(2),
+        rdx: gpr(3),
+        rsi: gpr(4),
+        rdi: gpr(5),
+        rsp: gpr(6),
+        rbp: gpr(7),
+        r8: gpr(8),
+        r9: gpr(9),
+        r10: gpr(10),
+        r11: gpr(11),
+        r12: gpr(12),
+        r13: gpr(13),
+        r14: gpr(14),
+        r15: gpr(15),
+        rip: gpr(16),
+        rflags: gpr(17),
+    };
+    let segments_at = 8 + 18 * 8;
+    let raw_segment = |i: usize| {
+        let at = segments_at + i * 24;
+        (u32_at(at), u32_at(at + 4), u32_at(at + 8), u64_at(at + 16))
+    };
+    let segment = |i: usize| {
+        let (selector, limit, flags, base) = raw_segment(i);
+        kvm_segment {
+            base,
+            limit,
+            selector: selector as u16,
+            type_: (flags >> 8 & 0xf) as u8,
+            present: (flags >> 15 & 1) as u8,
+            dpl: (flags >> 13 & 3) as u8,
+            db: (flags >> 22 & 1) as u8,
+            s: (flags >> 12 & 1) as u8,
+            l: (flags >> 21 & 1) as u8,
+            g: (flags >> 23 & 1) as u8,
+            avl: (flags >> 20 & 1) as u8,
+            unusable: u8::from(flags >> 15 & 1 == 0),
+            padding: 0,
+        }
+    };
+    let table = |i: usize| {
+        let (_, limit, _, base) = raw_segment(i);
+        kvm_dtable {
+            base,
+            limit: limit as u16,
+            padding: [0; 3],
+        }
+    };
+    let cr = |i: usize| u64_at(segments_at + 10 * 24 + i * 8);
+    let long_mode = raw_segment(0).2 & DESC_L != 0;
+    let sregs = kvm_sregs {
+        cs: segment(0),
+        ds: segment(1),
+        es: segment(2),
+        fs: segment(3),
+        gs: segment(4),
+        ss: segment(5),
+        ldt: segment(6),
+        tr: segment(7),
+        gdt: table(8),
+        idt: table(9),
+        cr0: cr(0),
+        cr2: cr(2),
+        cr3: cr(3),
+        cr4: cr(4),
+        efer: if long_mode {
+            EFER_LME | EFER_LMA | EFER_NXE
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    Ok(DumpCpu {
+        regs,
+        sregs,
+        kernel_gs_base: u64_at(segments_at + 10 * 24 + 5 * 8),
+    })
+}

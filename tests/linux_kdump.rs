@@ -1,0 +1,358 @@
+//! kdump-compressed dumps of the Linux fixture against its ELF dump of the
+//! same moment: QEMU's own `dump-guest-memory -z` (flattened), and
+//! `makedumpfile -R`'s plain file of it. Debian's QEMU writes only zlib and
+//! its makedumpfile neither snappy nor zstd (nor a kdump file of QEMU's
+//! ELF), so the LZO, snappy and zstd files, and one that leaves pages out,
+//! are the plain file rewritten here page by page in makedumpfile's layout,
+//! with each codec crate's own encoder. The ELF dump, read by the reader
+//! every other test checks against QEMU and Linux, is the oracle: same RAM,
+//! same registers, same `info mem`.
+
+mod fixture;
+
+use std::path::{Path, PathBuf};
+
+use fixture::{fixture, kallsyms, Served};
+use vmem_gdbstub::target::{Debugger, Dump};
+
+/// The kdump files QEMU and makedumpfile made of the moment of dump.elf.
+const MADE: [&str; 2] = ["dump.kdump", "dump.kdump-plain"];
+
+fn open(path: &Path) -> Dump {
+    Dump::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn monitor(dump: &Path, lines: &[&str]) -> Vec<String> {
+    let debugger = Debugger::from_dump(open(dump)).build();
+    lines
+        .iter()
+        .map(|line| debugger.monitor(line).expect("monitor"))
+        .collect()
+}
+
+/// Every RAM byte of `dump` that reads, by page (`None`: it does not).
+fn ram(dump: &Dump) -> Vec<(u64, Option<Vec<u8>>)> {
+    let mut pages = Vec::new();
+    for r in dump.ram().ranges() {
+        for gpa in (r.gpa..r.gpa + r.size).step_by(4096) {
+            let mut page = vec![0u8; 4096];
+            let read = dump.ram().read(gpa, &mut page).is_ok();
+            pages.push((gpa, read.then_some(page)));
+        }
+    }
+    pages
+}
+
+/// Page codecs as makedumpfile flags them.
+#[derive(Clone, Copy)]
+enum Codec {
+    Lzo,
+    Snappy,
+    Zstd,
+}
+
+impl Codec {
+    fn flag(self) -> u32 {
+        match self {
+            Codec::Lzo => 0x2,
+            Codec::Snappy => 0x4,
+            Codec::Zstd => 0x20,
+        }
+    }
+
+    fn encode(self, page: &[u8]) -> Vec<u8> {
+        match self {
+            Codec::Lzo => lzo1x::compress(page, lzo1x::CompressLevel::default()),
+            Codec::Snappy => snap::raw::Encoder::new().compress_vec(page).unwrap(),
+            Codec::Zstd => {
+                ruzstd::encoding::compress_to_vec(page, ruzstd::encoding::CompressionLevel::Fastest)
+            }
+        }
+    }
+}
+
+/// `dump.kdump-plain` written again in makedumpfile's layout: pages
+/// `keep` says no to left out (their bits cleared in the second bitmap, as
+/// a dump level does), the others compressed with `codec` (raw where that
+/// is no smaller, as makedumpfile does), the header saying so.
+fn rewrite(
+    dir: &Path,
+    name: &str,
+    codec: Codec,
+    keep: impl Fn(u64) -> bool,
+    level: i32,
+) -> PathBuf {
+    let plain = std::fs::read(dir.join("dump.kdump-plain")).unwrap();
+    let word = |at: usize| u32::from_le_bytes(plain[at..at + 4].try_into().unwrap());
+    let long = |at: usize| u64::from_le_bytes(plain[at..at + 8].try_into().unwrap());
+    let block = word(428) as usize;
+    let bitmap_at = (1 + word(432) as usize) * block;
+    let half = word(436) as usize * block / 2;
+    let second = bitmap_at + half;
+    let dumped: Vec<u64> = (0..half as u64 * 8)
+        .filter(|&pfn| plain[second + (pfn / 8) as usize] >> (pfn % 8) & 1 == 1)
+        .collect();
+    let descs = second + half;
+    let kept: Vec<(usize, u64)> = dumped
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, pfn)| keep(pfn))
+        .collect();
+    let mut out = plain[..descs].to_vec();
+    out[424..428].copy_from_slice(&codec.flag().to_le_bytes());
+    out[block + 8..block + 12].copy_from_slice(&level.to_le_bytes());
+    for &pfn in &dumped {
+        if !keep(pfn) {
+            out[second + (pfn / 8) as usize] &= !(1 << (pfn % 8));
+        }
+    }
+    let mut data = Vec::new();
+    let data_at = descs + kept.len() * 24;
+    for &(i, _) in &kept {
+        let d = descs + i * 24;
+        let (offset, size, flags) = (long(d) as usize, word(d + 8) as usize, word(d + 12));
+        let stored = &plain[offset..offset + size];
+        let mut page = vec![0u8; block];
+        match flags {
+            0 => page.copy_from_slice(stored),
+            1 => {
+                let mut z = flate2::Decompress::new(true);
+                z.decompress(stored, &mut page, flate2::FlushDecompress::Finish)
+                    .unwrap();
+            }
+            other => panic!("page {i} has flags {other:#x}"),
+        }
+        let packed = codec.encode(&page);
+        let (bytes, flags) = if packed.len() < block {
+            (packed, codec.flag())
+        } else {
+            (page, 0)
+        };
+        out.extend(((data_at + data.len()) as u64).to_le_bytes());
+        out.extend((bytes.len() as u32).to_le_bytes());
+        out.extend(flags.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        data.extend_from_slice(&bytes);
+    }
+    out.extend(data);
+    let path = std::env::temp_dir().join(format!("vmem-kdump-{name}-{}", std::process::id()));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn every_kdump_file_holds_the_ram_and_cpus_of_the_elf_dump() {
+    let Some(dir) = fixture() else { return };
+    let elf = open(&dir.join("dump.elf"));
+    let elf_ram = ram(&elf);
+    let made = MADE.iter().map(|f| dir.join(f));
+    let rewritten = [
+        ("lzo", Codec::Lzo),
+        ("snappy", Codec::Snappy),
+        ("zstd", Codec::Zstd),
+    ]
+    .map(|(name, codec)| rewrite(dir, name, codec, |_| true, 0));
+    let files: Vec<PathBuf> = made.chain(rewritten.iter().cloned()).collect();
+    for path in &files {
+        let kdump = open(path);
+        assert_eq!(kdump.cpus().len(), elf.cpus().len(), "{}", path.display());
+        for (k, e) in kdump.cpus().iter().zip(elf.cpus()) {
+            assert_eq!(k.regs, e.regs, "{}", path.display());
+            assert_eq!(k.sregs, e.sregs, "{}", path.display());
+        }
+        assert!(ram(&kdump) == elf_ram, "{}: RAM differs", path.display());
+        assert_eq!(kdump.vmcoreinfo(), elf.vmcoreinfo(), "{}", path.display());
+    }
+    let formats: Vec<String> = files.iter().map(|f| open(f).format().to_string()).collect();
+    for (format, codec) in formats
+        .iter()
+        .zip(["zlib", "zlib", "lzo", "snappy", "zstd"])
+    {
+        assert!(format.starts_with(&format!("kdump-{codec}")), "{format}");
+    }
+    assert!(formats[0].contains("(flattened)") && !formats[1].contains("(flattened)"));
+    for path in rewritten {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn every_kdump_file_serves_the_same_page_tables() {
+    let Some(dir) = fixture() else { return };
+    let lines = ["info mem", "vmem spaces", "info registers"];
+    let elf = monitor(&dir.join("dump.elf"), &lines);
+    assert!(elf[0].lines().count() > 20, "{}", elf[0]);
+    for file in MADE {
+        assert_eq!(monitor(&dir.join(file), &lines), elf, "{file}");
+    }
+}
+
+/// The guest left its VMCOREINFO (the fixture's VM has `-device
+/// vmcoreinfo`): `info dump` reads it, and the kernel's own top table it
+/// names (`init_top_pgt`) maps the kernel as the vCPUs' tables do.
+#[test]
+fn vmcoreinfo_names_the_kernel_and_its_page_tables() {
+    let Some(dir) = fixture() else { return };
+    let dump = open(&dir.join("dump.kdump"));
+    let info = dump.vmcoreinfo().expect("VMCOREINFO");
+    assert!(
+        info.os_release().is_some_and(|r| r.starts_with("6.")),
+        "{info:?}"
+    );
+    let (root, how) = info.kernel_root().expect("kernel root");
+    assert!(how.contains("init_top_pgt"), "{how}");
+    let symbols = kallsyms(dir);
+    // KASLR: the symbol VMCOREINFO names is where kallsyms saw it.
+    assert_eq!(info.symbol("init_top_pgt"), Some(symbols["init_top_pgt"]));
+    let banner = symbols["linux_banner"];
+    let out = monitor(
+        &dir.join("dump.kdump"),
+        &[
+            "info dump",
+            "vmem spaces",
+            &format!("gva2gpa {banner:#x}"),
+            &format!("vmem translate --space {root:#x} {banner:#x}"),
+            "info vmcoreinfo",
+        ],
+    );
+    assert!(
+        out[0].contains("format: kdump-zlib (flattened)"),
+        "{}",
+        out[0]
+    );
+    assert!(
+        out[0].contains(&format!("kernel page-table root: {root:#x}")),
+        "{}",
+        out[0]
+    );
+    assert!(
+        out[1].contains(&format!("{root:#x}")) && out[1].contains("VMCOREINFO"),
+        "{}",
+        out[1]
+    );
+    let gpa = out[2].trim().rsplit(' ').next().unwrap().to_string();
+    assert!(out[3].contains(&gpa), "{gpa} / {}", out[3]);
+    assert!(out[4].contains("OSRELEASE=6."), "{}", out[4]);
+    assert!(out[4].lines().count() > 20, "{}", out[4]);
+}
+
+/// Pages a dump level left out (here every third one, with their bits
+/// cleared in the dumped-pages bitmap as makedumpfile clears them) are not
+/// RAM, and say why; every other page reads as in the ELF dump.
+#[test]
+fn pages_left_out_are_said_to_be_left_out() {
+    let Some(dir) = fixture() else { return };
+    let path = rewrite(dir, "left-out", Codec::Zstd, |pfn| pfn % 3 != 1, 31);
+    let elf = ram(&open(&dir.join("dump.elf")));
+    let partial = ram(&open(&path));
+    assert_eq!(elf.len(), partial.len());
+    for ((gpa, whole), (at, part)) in elf.iter().zip(&partial) {
+        assert_eq!(gpa, at);
+        if gpa / 4096 % 3 == 1 {
+            assert!(part.is_none(), "{gpa:#x} was left out");
+        } else {
+            assert_eq!(part, whole, "{gpa:#x}");
+        }
+    }
+    let out = monitor(&path, &["xp /2xg 0x1000", "xp /2xg 0x2000", "info dump"]);
+    assert!(
+        out[0].contains("Cannot access memory at 0x1000: page 0x1000 was excluded from the dump (makedumpfile dump level 31)"),
+        "{}",
+        out[0]
+    );
+    assert!(out[1].starts_with("0000000000002000:"), "{}", out[1]);
+    assert!(out[2].contains("dump level 31"), "{}", out[2]);
+    let _ = std::fs::remove_file(path);
+}
+
+/// gdb against a kdump file, as against the ELF one: the banner through
+/// the kernel's tables.
+#[test]
+fn gdb_reads_a_kdump_file() {
+    let Some(dir) = fixture() else { return };
+    let banner = kallsyms(dir)["linux_banner"];
+    for file in MADE {
+        let dump = dir.join(file);
+        let served = Served::with_args(&["--dump", dump.to_str().unwrap()]);
+        let out = served.gdb(&[&format!("x/s {banner:#x}"), "monitor info dump"]);
+        assert!(out.contains("\"Linux version 6."), "{file}: {out}");
+        assert!(out.contains("format: kdump-"), "{file}: {out}");
+    }
+}
+
+/// Cut short or corrupted, a kdump file is refused in one line or served
+/// with the pages that still read; never a panic, never a read outside the
+/// file.
+#[test]
+fn lying_kdump_files_get_one_line_and_never_panic() {
+    let Some(dir) = fixture() else { return };
+    let tmp = std::env::temp_dir().join(format!("vmem-kdump-mutants-{}", std::process::id()));
+    for source in ["dump.kdump-plain", "dump.kdump"] {
+        let original = std::fs::read(dir.join(source)).unwrap();
+        let len = original.len();
+        let mut mutants: Vec<Vec<u8>> = [
+            1,
+            100,
+            500,
+            4096,
+            4200,
+            8192,
+            9000,
+            20000,
+            70000,
+            200000,
+            1 << 20,
+            len / 2,
+            len - 1,
+        ]
+        .iter()
+        .filter(|&&n| n < len)
+        .map(|&n| original[..n].to_vec())
+        .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..40 {
+            let mut m = original.clone();
+            // Half in the headers, bitmaps and descriptors, half anywhere.
+            let span = if round % 2 == 0 {
+                len.min(1 << 20)
+            } else {
+                len
+            };
+            for _ in 0..1 + next() % 16 {
+                let at = (next() % span as u64) as usize;
+                m[at] = next() as u8;
+            }
+            mutants.push(m);
+        }
+        for (i, m) in mutants.iter().enumerate() {
+            std::fs::write(&tmp, m).unwrap();
+            match Dump::open(&tmp) {
+                Err(e) => {
+                    let line = e.to_string();
+                    assert!(
+                        !line.is_empty() && !line.contains('\n'),
+                        "{source} #{i}: {line}"
+                    );
+                }
+                Ok(dump) => {
+                    let mut page = [0u8; 4096];
+                    for r in dump.ram().ranges() {
+                        for gpa in (r.gpa..r.gpa + r.size).step_by(4096 * 7) {
+                            let _ = dump.ram().read(gpa, &mut page);
+                        }
+                    }
+                    let debugger = Debugger::from_dump(dump).build();
+                    let _ = debugger.monitor("info mem");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+}
