@@ -356,3 +356,36 @@ fn lying_kdump_files_get_one_line_and_never_panic() {
     }
     let _ = std::fs::remove_file(&tmp);
 }
+
+/// The kernel's own kallsyms tables, found through VMCOREINFO and read
+/// through its page tables, say what `/proc/kallsyms` of that boot said
+/// (every symbol of the kernel image, in order; modules are not in them),
+/// so gdb names kernel addresses with no `--symbols`.
+#[test]
+fn the_dump_carries_its_own_symbols() {
+    let Some(dir) = fixture() else { return };
+    let proc_kallsyms = std::fs::read_to_string(dir.join("kallsyms")).unwrap();
+    let core: Vec<&str> = proc_kallsyms
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.contains('['))
+        .collect();
+    for file in ["dump.elf", "dump.kdump"] {
+        let decoded = open(&dir.join(file)).kallsyms().expect("kallsyms");
+        let decoded: Vec<&str> = decoded.lines().collect();
+        assert_eq!(decoded.len(), core.len(), "{file}");
+        let differ: Vec<(&&str, &&str)> =
+            decoded.iter().zip(&core).filter(|(a, b)| a != b).collect();
+        assert!(
+            differ.is_empty(),
+            "{file}: {} lines differ, first {:?}",
+            differ.len(),
+            differ.first()
+        );
+    }
+    let dump = dir.join("dump.kdump");
+    let served = Served::with_args(&["--dump", dump.to_str().unwrap()]);
+    let out = served.gdb(&["x/s &linux_banner", "info symbol $pc"]);
+    assert!(out.contains("<linux_banner>:\t\"Linux version 6."), "{out}");
+    assert!(out.contains("in section .kernel"), "{out}");
+}

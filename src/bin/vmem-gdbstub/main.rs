@@ -204,19 +204,19 @@ fn run_serve(serve: Serve) -> ExitCode {
         Ok(dump) => dump,
         Err(e) => return bad(format!("{}: {e}", serve.file.display())),
     };
-    let builder = match serve.options.apply(Debugger::from_dump(dump)) {
-        Ok(builder) => builder,
+    let served = match serve.options.apply(dump) {
+        Ok(served) => served,
         Err(e) => return bad(e),
     };
     let listener = match GdbListener::tcp(&serve.listen) {
         Ok(listener) => listener,
         Err(e) => return bad(format!("cannot listen on {}: {e}", serve.listen)),
     };
-    if let Some(note) = serve.options.symbols_note() {
+    if let Some(note) = served.symbols_note {
         println!("{note}");
     }
     println!("gdb stub listening on {}", listener.describe());
-    match builder.build().serve(listener) {
+    match served.builder.build().serve(listener) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => bad(e),
     }

@@ -14,10 +14,12 @@ use crate::target::dump::cpu::DumpCpu;
 use crate::target::dump::elf_dump;
 use crate::target::dump::error::{unsupported_format, DumpError};
 use crate::target::dump::file_view::{FileView, FLATTENED_SIGNATURE};
+use crate::target::dump::kallsyms;
 use crate::target::dump::kdump::{self, KDUMP_SIGNATURE};
 use crate::target::dump::notes;
 use crate::target::dump::vmcoreinfo::VmcoreInfo;
 use crate::target::machine::memory::{GuestRam, HostSpans};
+use crate::target::machine::paging::{CpuLimits, Paging};
 use crate::vmem::HumanBytes;
 
 /// A memory dump: guest RAM and the vCPUs' state.
@@ -96,6 +98,27 @@ impl Dump {
     /// The VMCOREINFO the guest left, if any.
     pub fn vmcoreinfo(&self) -> Option<&VmcoreInfo> {
         self.vmcoreinfo.as_ref()
+    }
+
+    /// The kernel's symbols as `/proc/kallsyms` lines, decoded from its
+    /// own kallsyms tables through the VMCOREINFO (Linux 6.x), read
+    /// through the kernel's page tables; why not where it cannot be.
+    pub fn kallsyms(&self) -> Result<String, String> {
+        let info = self.vmcoreinfo().ok_or("the dump has no VMCOREINFO")?;
+        let (root, _) = info
+            .kernel_root()
+            .ok_or("VMCOREINFO names no kernel page table")?;
+        let cpu = self.cpus.first().ok_or("the dump has no CPU")?;
+        let Paging::Paged { format, .. } = Paging::of(&cpu.sregs, &CpuLimits::default()) else {
+            return Err("the first CPU has paging off".into());
+        };
+        let kernel = Paging::Paged { format, root };
+        let read = |va: u64, buf: &mut [u8]| {
+            kernel
+                .translate(&self.ram, va)
+                .is_ok_and(|(pa, left)| left >= buf.len() as u64 && self.ram.read(pa, buf).is_ok())
+        };
+        kallsyms::kallsyms(info, &read)
     }
 
     /// What the file is, in a few words (`ELF`; `kdump-zlib (flattened),

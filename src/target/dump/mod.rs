@@ -17,6 +17,7 @@ pub(crate) mod elf_dump;
 pub(crate) mod error;
 pub(crate) mod file_view;
 pub(crate) mod host_file;
+pub(crate) mod kallsyms;
 pub(crate) mod kdump;
 pub(crate) mod notes;
 pub(crate) mod symbols;

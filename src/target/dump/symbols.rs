@@ -9,6 +9,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::target::dump::dump_file::Dump;
+
 /// Why a listing cannot be turned into a symbol file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -282,6 +284,17 @@ impl SymbolFile {
             .map_or("symbols".into(), |n| n.to_string_lossy());
         Ok(SymbolFile {
             name: format!("/vmem-gdbstub/{base}.elf"),
+            elf,
+        })
+    }
+
+    /// The symbol file of the kernel in `dump`, from its own kallsyms
+    /// tables ([`Dump::kallsyms`]): no listing needed.
+    pub fn from_dump(dump: &Dump) -> Result<SymbolFile, String> {
+        let listing = dump.kallsyms()?;
+        let elf = symbol_file(&listing).map_err(|e| format!("the dump's kallsyms: {e}"))?;
+        Ok(SymbolFile {
+            name: "/vmem-gdbstub/kallsyms-of-the-dump.elf".into(),
             elf,
         })
     }

@@ -141,13 +141,15 @@ struct Args {
 pub struct ServeOptions {
     /// With a dump: the kernel's System.map or /proc/kallsyms of that boot;
     /// gdb loads the symbol file made of it by itself (as the exec-file,
-    /// read through the stub), so addresses get names.
+    /// read through the stub), so addresses get names. Without it, the
+    /// kernel's own kallsyms tables in the dump are used where its
+    /// VMCOREINFO names them (Linux 6.x).
     #[arg(long)]
     symbols: Option<PathBuf>,
-    /// With --symbols: also write the symbol file to FILE (a new file;
-    /// an existing one or a link is refused), for debuggers that need a
-    /// local copy: `lldb FILE -o "gdb-remote 9001"`.
-    #[arg(long, value_name = "FILE", requires = "symbols")]
+    /// Also write the symbol file to FILE (a new file; an existing one or a
+    /// link is refused), for debuggers that need a local copy: `lldb FILE
+    /// -o "gdb-remote 9001"`.
+    #[arg(long, value_name = "FILE")]
     save_symbols: Option<PathBuf>,
     /// Refuse gdb's monitor commands that name host files
     /// (`chardev-add file,…`, `vmem diff --dump`).
@@ -155,35 +157,66 @@ pub struct ServeOptions {
     no_host_files: bool,
 }
 
-impl ServeOptions {
-    /// A dump's debugger with these options: its symbols made (and saved)
-    /// and handed to gdb, host files allowed or not.
-    pub fn apply(&self, builder: DebuggerBuilder) -> Result<DebuggerBuilder, String> {
-        let mut builder = builder.host_files(!self.no_host_files);
-        if let Some(listing) = &self.symbols {
-            let symbols = SymbolFile::from_listing(listing)?;
-            if let Some(path) = &self.save_symbols {
-                symbols
-                    .save(path)
-                    .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
-                info!("symbols written to {}", path.display());
-            }
-            builder = builder.exec_file_bytes(symbols.name, symbols.elf);
-        }
-        Ok(builder)
-    }
+/// A dump's debugger, and what to tell the user about its symbols.
+pub struct Served {
+    /// The debugger, to build.
+    pub builder: DebuggerBuilder,
+    /// Where the symbols come from and how lldb gets them (`None`: no
+    /// symbols).
+    pub symbols_note: Option<String>,
+}
 
-    /// What to tell the user about the symbols, if there are any.
-    pub fn symbols_note(&self) -> Option<String> {
-        let listing = self.symbols.as_ref()?;
-        Some(format!(
-            "symbols of {}: gdb loads them by itself; lldb needs a local copy: {}",
-            listing.display(),
+impl ServeOptions {
+    /// A debugger for `dump` with these options: its symbols (from
+    /// `--symbols`, else the dump's own kallsyms) made, saved and handed to
+    /// gdb; host files allowed or not.
+    pub fn apply(&self, dump: Dump) -> Result<Served, String> {
+        let (symbols, from) = match &self.symbols {
+            Some(listing) => (
+                Some(SymbolFile::from_listing(listing)?),
+                listing.display().to_string(),
+            ),
+            None => match SymbolFile::from_dump(&dump) {
+                Ok(symbols) => (
+                    Some(symbols),
+                    "the kernel in the dump (its kallsyms)".into(),
+                ),
+                Err(why) => {
+                    info!("no symbols: {why}");
+                    (None, String::new())
+                }
+            },
+        };
+        let mut builder = Debugger::from_dump(dump).host_files(!self.no_host_files);
+        let Some(symbols) = symbols else {
+            if self.save_symbols.is_some() {
+                return Err(
+                    "--save-symbols: the dump has no kallsyms to save (give --symbols)".into(),
+                );
+            }
+            return Ok(Served {
+                builder,
+                symbols_note: None,
+            });
+        };
+        if let Some(path) = &self.save_symbols {
+            symbols
+                .save(path)
+                .map_err(|e| format!("--save-symbols {}: {e}", path.display()))?;
+            info!("symbols written to {}", path.display());
+        }
+        builder = builder.exec_file_bytes(symbols.name, symbols.elf);
+        let note = format!(
+            "symbols of {from}: gdb loads them by itself; lldb needs a local copy: {}",
             match &self.save_symbols {
                 Some(path) => format!("lldb {} -o \"gdb-remote PORT\"", path.display()),
                 None => "write one with --save-symbols FILE".into(),
             }
-        ))
+        );
+        Ok(Served {
+            builder,
+            symbols_note: Some(note),
+        })
     }
 }
 
@@ -361,7 +394,8 @@ fn serve_dump(
         .collect();
     let ram_mib = dump.ram().total_size() >> 20;
     let vcpus = dump.cpus().len();
-    let debugger = Arc::new(args.serve.apply(Debugger::from_dump(dump))?.build());
+    let served = args.serve.apply(dump)?;
+    let debugger = Arc::new(served.builder.build());
     let listener = listener(args)?;
     println!(
         "dump {}: {vcpus} vCPUs, {ram_mib} MiB, CR3 {}, opened in {:.1} ms",
@@ -370,7 +404,7 @@ fn serve_dump(
         took.as_secs_f64() * 1e3
     );
     run_monitor_commands(&debugger, &args.monitor);
-    if let Some(note) = args.serve.symbols_note() {
+    if let Some(note) = served.symbols_note {
         println!("{note}");
     }
     // The last line: whoever starts the demo may stop reading here.
