@@ -168,15 +168,6 @@ impl RamAccess for DumpMemory {
         done
     }
 
-    fn covers(&self, _gpa: PhysAddr, _len: usize) -> bool {
-        // A dump is read-only here: gdb's writes are refused.
-        false
-    }
-
-    fn write(&self, _gpa: PhysAddr, _data: &[u8]) -> usize {
-        0
-    }
-
     fn load_u64(&self, gpa: PhysAddr) -> Option<u64> {
         let bytes = self.at(gpa)?.get(..8)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))

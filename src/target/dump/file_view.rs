@@ -169,41 +169,33 @@ fn place(extents: &mut BTreeMap<u64, Extent>, offset: u64, len: u64, source: u64
     // (and its tail past the new one, if it goes beyond).
     if let Some((&start, &e)) = extents.range(..offset).next_back() {
         if start + e.len > offset {
-            extents.insert(
-                start,
-                Extent {
-                    len: offset - start,
-                    source: e.source,
-                },
-            );
-            if start + e.len > end {
-                let skip = end - start;
-                extents.insert(
-                    end,
-                    Extent {
-                        len: e.len - skip,
-                        source: e.source + skip,
-                    },
-                );
-            }
+            let head = Extent {
+                len: offset - start,
+                source: e.source,
+            };
+            extents.insert(start, head);
+            keep_tail(extents, start, e, end);
         }
     }
     let covered: Vec<u64> = extents.range(offset..end).map(|(&s, _)| s).collect();
     for start in covered {
         if let Some(e) = extents.remove(&start) {
-            if start + e.len > end {
-                let skip = end - start;
-                extents.insert(
-                    end,
-                    Extent {
-                        len: e.len - skip,
-                        source: e.source + skip,
-                    },
-                );
-            }
+            keep_tail(extents, start, e, end);
         }
     }
     extents.insert(offset, Extent { len, source });
+}
+
+/// What of the run `e` at `start` lies past `end` stays, from `end`.
+fn keep_tail(extents: &mut BTreeMap<u64, Extent>, start: u64, e: Extent, end: u64) {
+    if start + e.len > end {
+        let skip = end - start;
+        let tail = Extent {
+            len: e.len - skip,
+            source: e.source + skip,
+        };
+        extents.insert(end, tail);
+    }
 }
 
 #[cfg(test)]

@@ -391,14 +391,6 @@ impl RamAccess for KdumpMemory {
         done
     }
 
-    fn covers(&self, _gpa: PhysAddr, _len: usize) -> bool {
-        false
-    }
-
-    fn write(&self, _gpa: PhysAddr, _data: &[u8]) -> usize {
-        0
-    }
-
     fn load_u64(&self, gpa: PhysAddr) -> Option<u64> {
         let mut word = [0u8; 8];
         (self.read(gpa, &mut word) == 8).then(|| u64::from_le_bytes(word))

@@ -43,10 +43,16 @@ impl RamRange {
 pub(crate) trait RamAccess: Send + Sync {
     /// Copy from `gpa` into `buf` up to the first byte that is not RAM.
     fn read(&self, gpa: PhysAddr, buf: &mut [u8]) -> usize;
-    /// Whether all of `gpa .. gpa + len` is writable RAM.
-    fn covers(&self, gpa: PhysAddr, len: usize) -> bool;
-    /// Copy `data` to `gpa` up to the first byte that is not RAM.
-    fn write(&self, gpa: PhysAddr, data: &[u8]) -> usize;
+    /// Whether all of `gpa .. gpa + len` is writable RAM (by default none
+    /// is: a dump is read-only, gdb's writes are refused).
+    fn covers(&self, _gpa: PhysAddr, _len: usize) -> bool {
+        false
+    }
+    /// Copy `data` to `gpa` up to the first byte that is not RAM (by
+    /// default nothing is written).
+    fn write(&self, _gpa: PhysAddr, _data: &[u8]) -> usize {
+        0
+    }
     /// An aligned little-endian word.
     fn load_u64(&self, gpa: PhysAddr) -> Option<u64>;
     /// The RAM ranges.
