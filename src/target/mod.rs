@@ -77,7 +77,7 @@ use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
-pub use dump::cpu::DumpCpu;
+pub use dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
 pub use dump::dump_file::Dump;
 pub use dump::error::DumpError;
 pub use dump::symbols::{symbol_file, SymbolFile, SymbolsError};

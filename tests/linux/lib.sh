@@ -13,8 +13,10 @@ fetch_kernel() {
 }
 
 # write_init FILE: a busybox /init that mounts proc, sys and dev, prints
-# kallsyms on the second serial port, starts a shell loop and a sleeper,
-# then runs the lines read from stdin (the fixture's own processes).
+# kallsyms on the second serial port (KALLSYMS_TO: another device, or
+# "console" for the console between KALLSYMS-BEGIN and KALLSYMS-END
+# lines), starts a shell loop and a sleeper, then runs the lines read from
+# stdin (the fixture's own processes).
 write_init() {
     {
         cat <<'INIT'
@@ -27,7 +29,12 @@ echo 0 > /proc/sys/kernel/kptr_restrict
 # QEMU's fw_cfg driver hands the kernel's VMCOREINFO to -device vmcoreinfo
 # (the driver writes it as it loads), so dumps carry it.
 [ -f /lib/qemu_fw_cfg.ko ] && insmod /lib/qemu_fw_cfg.ko
-cat /proc/kallsyms > /dev/ttyS1
+INIT
+        case "${KALLSYMS_TO:-/dev/ttyS1}" in
+        console) echo 'echo KALLSYMS-BEGIN; cat /proc/kallsyms; echo KALLSYMS-END' ;;
+        *) echo "cat /proc/kallsyms > ${KALLSYMS_TO:-/dev/ttyS1}" ;;
+        esac
+        cat <<'INIT'
 sh -c 'while true; do sleep 1000; done' &
 sleep 100000 &
 INIT

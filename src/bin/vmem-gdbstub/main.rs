@@ -46,8 +46,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Serve a dump (QEMU's `dump-guest-memory` ELF, `virsh dump
-    /// --memory-only`) to gdb and lldb until interrupted.
+    /// Serve a dump (QEMU's `dump-guest-memory` ELF or kdump file, `virsh
+    /// dump`, makedumpfile's output) to gdb and lldb until interrupted.
     Serve(Serve),
     /// Coalesced mappings of an address space (`monitor vmem walk`).
     Walk(Offline),
@@ -119,6 +119,9 @@ fn main() -> ExitCode {
         Ok(dump) => dump,
         Err(e) => return bad(format!("{}: {e}", offline.file.display())),
     };
+    if let Err(why) = demo::servable(&dump) {
+        return bad(format!("{}: {why}", offline.file.display()));
+    }
     let mut builder = Debugger::from_dump(dump);
     if let Some(bar) = progress_bar::on_terminal() {
         builder = builder.on_progress(bar);

@@ -1,4 +1,5 @@
-//! [`DumpCpu`]: one vCPU as a dump recorded it.
+//! [`DumpCpu`] (an x86 vCPU) and [`Aarch64Cpu`] (an arm64 one) as a dump
+//! recorded them, and which of the two a dump holds ([`DumpArch`]).
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
@@ -43,4 +44,29 @@ impl DumpCpu {
             kernel_gs_base: 0,
         }
     }
+}
+
+/// The architecture of a dump's guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DumpArch {
+    /// x86-64 (its vCPUs in [`crate::target::Dump::cpus`]).
+    X86_64,
+    /// AArch64 (its vCPUs in [`crate::target::Dump::aarch64_cpus`]).
+    Aarch64,
+}
+
+/// One arm64 vCPU from its `NT_PRSTATUS` note: the general registers, as
+/// Linux's `user_pt_regs` holds them. QEMU's dump has no system registers
+/// (no TTBR0/TTBR1/TCR): the kernel's tables come from VMCOREINFO.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Aarch64Cpu {
+    /// x0 … x30 (x30 is the link register, with its PAC bits).
+    pub x: [u64; 31],
+    /// The stack pointer of the exception level it ran at.
+    pub sp: u64,
+    /// The program counter.
+    pub pc: u64,
+    /// PSTATE (NZCV, DAIF, the exception level and SP selection …).
+    pub pstate: u64,
 }

@@ -9,24 +9,28 @@ use std::path::Path;
 use log::debug;
 use memmap2::{Mmap, MmapOptions};
 
+use crate::arch::aarch64::{Aarch64, Half};
+use crate::arch::PageTableFormat;
 use crate::target::dump::contents::Contents;
-use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
 use crate::target::dump::elf_dump;
 use crate::target::dump::error::{unsupported_format, DumpError};
 use crate::target::dump::file_view::{FileView, FLATTENED_SIGNATURE};
-use crate::target::dump::kallsyms;
+use crate::target::dump::kallsyms::{self, Offsets};
 use crate::target::dump::kdump::{self, KDUMP_SIGNATURE};
 use crate::target::dump::notes;
 use crate::target::dump::vmcoreinfo::VmcoreInfo;
-use crate::target::machine::memory::{GuestRam, HostSpans};
+use crate::target::machine::memory::{GuestRam, GuestTables, HostSpans};
 use crate::target::machine::paging::{CpuLimits, Paging};
-use crate::vmem::HumanBytes;
+use crate::vmem::{self, HumanBytes};
 
 /// A memory dump: guest RAM and the vCPUs' state.
 #[derive(Debug)]
 pub struct Dump {
     ram: GuestRam,
+    arch: DumpArch,
     cpus: Vec<DumpCpu>,
+    arm_cpus: Vec<Aarch64Cpu>,
     vmcoreinfo: Option<VmcoreInfo>,
     format: String,
 }
@@ -57,7 +61,7 @@ impl Dump {
             "{}: {}, {} CPU(s), {} of RAM{}",
             path.display(),
             contents.format,
-            contents.cpus.len(),
+            contents.cpus.len() + contents.arm_cpus.len(),
             HumanBytes(contents.ram.total_size()),
             if contents.vmcoreinfo.is_some() {
                 ", VMCOREINFO"
@@ -67,7 +71,9 @@ impl Dump {
         );
         Ok(Dump {
             ram: contents.ram,
+            arch: contents.arch,
             cpus: contents.cpus,
+            arm_cpus: contents.arm_cpus,
             vmcoreinfo: contents.vmcoreinfo,
             format: contents.format,
         })
@@ -79,7 +85,9 @@ impl Dump {
         let file = File::open(path).map_err(|e| DumpError::Io(path.to_path_buf(), e))?;
         Ok(Dump {
             ram: elf_dump::raw(map_file(&file, path)?, ram_base)?,
+            arch: DumpArch::X86_64,
             cpus: vec![cpu],
+            arm_cpus: Vec::new(),
             vmcoreinfo: None,
             format: "raw RAM image".into(),
         })
@@ -90,9 +98,19 @@ impl Dump {
         &self.ram
     }
 
-    /// The vCPUs, in the dump's order.
+    /// The x86 vCPUs, in the dump's order (none in an arm64 dump).
     pub fn cpus(&self) -> &[DumpCpu] {
         &self.cpus
+    }
+
+    /// The guest's architecture.
+    pub fn arch(&self) -> DumpArch {
+        self.arch
+    }
+
+    /// The arm64 vCPUs, in the dump's order (none in an x86 dump).
+    pub fn aarch64_cpus(&self) -> &[Aarch64Cpu] {
+        &self.arm_cpus
     }
 
     /// The VMCOREINFO the guest left, if any.
@@ -108,17 +126,28 @@ impl Dump {
         let (root, _) = info
             .kernel_root()
             .ok_or("VMCOREINFO names no kernel page table")?;
-        let cpu = self.cpus.first().ok_or("the dump has no CPU")?;
-        let Paging::Paged { format, .. } = Paging::of(&cpu.sregs, &CpuLimits::default()) else {
-            return Err("the first CPU has paging off".into());
+        let x86;
+        let (format, offsets): (&dyn PageTableFormat, Offsets) = match self.arch {
+            DumpArch::Aarch64 => (&aarch64_kernel(info), Offsets::Relative),
+            _ => {
+                let cpu = self.cpus.first().ok_or("the dump has no CPU")?;
+                let Paging::Paged { format, .. } = Paging::of(&cpu.sregs, &CpuLimits::default())
+                else {
+                    return Err("the first CPU has paging off".into());
+                };
+                x86 = format;
+                (x86.as_dyn(), Offsets::AbsolutePercpu)
+            }
         };
-        let kernel = Paging::Paged { format, root };
+        let tables = GuestTables::new(&self.ram, root, None);
         let read = |va: u64, buf: &mut [u8]| {
-            kernel
-                .translate(&self.ram, va)
-                .is_ok_and(|(pa, left)| left >= buf.len() as u64 && self.ram.read(pa, buf).is_ok())
+            let Ok((pa, page)) = vmem::translate_pa(format, &tables, root, va) else {
+                return false;
+            };
+            let left = page.bytes() - (va & (page.bytes() - 1));
+            left >= buf.len() as u64 && self.ram.read(pa, buf).is_ok()
         };
-        kallsyms::kallsyms(info, &read)
+        kallsyms::kallsyms(info, offsets, &read)
     }
 
     /// What the file is, in a few words (`ELF`; `kdump-zlib (flattened),
@@ -126,6 +155,17 @@ impl Dump {
     pub fn format(&self) -> &str {
         &self.format
     }
+}
+
+/// The arm64 kernel's half (TTBR1) for the VA size VMCOREINFO gives
+/// (`NUMBER(VA_BITS)`: 39 is three levels, else four).
+pub(crate) fn aarch64_kernel(info: &VmcoreInfo) -> Aarch64 {
+    let levels = if info.number("VA_BITS") == Some(39) {
+        3
+    } else {
+        4
+    };
+    Aarch64::new(levels, Half::Upper)
 }
 
 /// `file` mapped read-only (copy-on-write).
@@ -140,14 +180,19 @@ fn map_file(file: &File, path: &Path) -> Result<Mmap, DumpError> {
 /// A kdump file's RAM, and its vCPUs from the ELF notes it carries.
 fn read_kdump(view: FileView) -> Result<Contents, DumpError> {
     let (memory, headers) = kdump::open(view)?;
-    if !matches!(headers.machine.as_str(), "x86_64" | "") {
-        return Err(DumpError::Kdump(format!(
-            "a dump of a {} guest: only x86_64 kdump files are served so far",
-            headers.machine
-        )));
-    }
-    let cpus = notes::qemu_cpus(&headers.notes)?;
-    if cpus.is_empty() {
+    // QEMU writes "Unknown" for arm64 guests: then the notes tell (QEMU's
+    // x86 CPU-state notes, or arm64's register notes).
+    let x86 = || notes::qemu_cpus(&headers.notes);
+    let arm = || notes::aarch64_cpus(&headers.notes);
+    let (arch, cpus, arm_cpus) = match headers.machine.as_str() {
+        "x86_64" => (DumpArch::X86_64, x86()?, Vec::new()),
+        "aarch64" => (DumpArch::Aarch64, Vec::new(), arm()?),
+        _ => match x86()? {
+            cpus if !cpus.is_empty() => (DumpArch::X86_64, cpus, Vec::new()),
+            _ => (DumpArch::Aarch64, Vec::new(), arm()?),
+        },
+    };
+    if cpus.is_empty() && arm_cpus.is_empty() {
         return Err(DumpError::NoCpus);
     }
     let vmcoreinfo = match headers.vmcoreinfo {
@@ -156,7 +201,9 @@ fn read_kdump(view: FileView) -> Result<Contents, DumpError> {
     };
     Ok(Contents {
         ram: GuestRam::from_access(memory, HostSpans::Untrusted),
+        arch,
         cpus,
+        arm_cpus,
         vmcoreinfo,
         format: headers.format,
     })

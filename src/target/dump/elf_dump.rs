@@ -13,7 +13,7 @@ use elf::ElfBytes;
 use memmap2::Mmap;
 
 use crate::target::dump::contents::Contents;
-use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
 use crate::target::dump::error::{unsupported_format, DumpError};
 use crate::target::dump::notes;
 use crate::target::dump::vmcoreinfo::VmcoreInfo;
@@ -25,11 +25,15 @@ pub(crate) fn read(map: Mmap) -> Result<Contents, DumpError> {
     let ElfHeaders {
         pieces,
         cpus,
+        arm_cpus,
+        arch,
         vmcoreinfo,
     } = ElfHeaders::parse(&map)?;
     Ok(Contents {
         ram: GuestRam::from_access(DumpMemory { map, pieces }, HostSpans::Trusted),
+        arch,
         cpus,
+        arm_cpus,
         vmcoreinfo,
         format: "ELF".into(),
     })
@@ -57,7 +61,9 @@ pub(crate) fn raw(map: Mmap, ram_base: u64) -> Result<GuestRam, DumpError> {
 /// What the headers and notes of a dump say.
 struct ElfHeaders {
     pieces: Vec<Piece>,
+    arch: DumpArch,
     cpus: Vec<DumpCpu>,
+    arm_cpus: Vec<Aarch64Cpu>,
     vmcoreinfo: Option<VmcoreInfo>,
 }
 
@@ -71,12 +77,17 @@ impl ElfHeaders {
         if file.ehdr.e_type != elf::abi::ET_CORE {
             return Err(DumpError::NotACore("not an ELF core file".into()));
         }
+        let arch = match file.ehdr.e_machine {
+            elf::abi::EM_AARCH64 => DumpArch::Aarch64,
+            _ => DumpArch::X86_64,
+        };
         let segments = file
             .segments()
             .ok_or_else(|| DumpError::NotACore("no program headers".into()))?;
         let file_len = data.len() as u64;
         let mut pieces = Vec::new();
         let mut cpus = Vec::new();
+        let mut arm_cpus = Vec::new();
         let mut vmcoreinfo = None;
         for ph in segments.iter() {
             let end = ph.p_offset.checked_add(ph.p_filesz);
@@ -108,7 +119,10 @@ impl ElfHeaders {
                     .filter(|&end| end <= file_len)
                     .map(|end| &data[ph.p_offset as usize..end as usize])
                     .ok_or_else(|| DumpError::BadNote("notes past the end of the file".into()))?;
-                cpus.extend(notes::qemu_cpus(notes)?);
+                match arch {
+                    DumpArch::Aarch64 => arm_cpus.extend(notes::aarch64_cpus(notes)?),
+                    _ => cpus.extend(notes::qemu_cpus(notes)?),
+                }
                 vmcoreinfo = vmcoreinfo.or(notes::vmcoreinfo(notes)?);
             }
         }
@@ -116,12 +130,14 @@ impl ElfHeaders {
         if let Some(pair) = pieces.windows(2).find(|w| w[0].gpa + w[0].len > w[1].gpa) {
             return Err(DumpError::Overlap(pair[1].gpa));
         }
-        if cpus.is_empty() {
+        if cpus.is_empty() && arm_cpus.is_empty() {
             return Err(DumpError::NoCpus);
         }
         Ok(ElfHeaders {
             pieces,
+            arch,
             cpus,
+            arm_cpus,
             vmcoreinfo,
         })
     }

@@ -4,9 +4,9 @@
 //! `kallsyms_relative_base` (Linux 6.x; earlier kernels do not), and the
 //! table is decoded as `kernel/kallsyms.c` does — each name a length (one
 //! byte, or two for "big" names) and token numbers, the first character
-//! of the expanded name its type; addresses relative to the base (x86-64's
-//! negative offsets are base-relative, positive ones absolute per-CPU
-//! offsets). What comes out reads as `/proc/kallsyms` of that boot, without
+//! of the expanded name its type; addresses relative to the base (arm64:
+//! unsigned offsets; x86-64: negative offsets base-relative, positive ones
+//! absolute per-CPU offsets). What comes out reads as `/proc/kallsyms` of that boot, without
 //! modules, so `--symbols` is not needed for a dump that has it.
 
 use std::fmt::Write;
@@ -18,13 +18,22 @@ const MAX_SYMBOLS: u32 = 1 << 22;
 /// Longest name (Linux's KSYM_NAME_LEN is 512).
 const MAX_NAME: usize = 1024;
 
+/// How the table stores addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offsets {
+    /// `CONFIG_KALLSYMS_ABSOLUTE_PERCPU` (x86-64): offsets ≥ 0 are
+    /// absolute (per-CPU), negative ones count down from the base less one.
+    AbsolutePercpu,
+    /// Every offset is unsigned, from the base (arm64).
+    Relative,
+}
+
 /// The kernel's symbols, as `/proc/kallsyms` lines (`ADDR TYPE NAME`),
-/// read with `read(va, buf)` (kernel virtual addresses; false: unreadable).
-/// Addresses as x86-64 stores them (`CONFIG_KALLSYMS_ABSOLUTE_PERCPU`):
-/// offsets ≥ 0 are absolute (per-CPU), negative ones count down from the
-/// base less one.
+/// read with `read(va, buf)` (kernel virtual addresses; false: unreadable),
+/// addresses stored as `offsets` says.
 pub(crate) fn kallsyms(
     info: &VmcoreInfo,
+    offsets: Offsets,
     read: &dyn Fn(u64, &mut [u8]) -> bool,
 ) -> Result<String, String> {
     let symbol = |name: &str| {
@@ -95,10 +104,10 @@ pub(crate) fn kallsyms(
             return Err(format!("symbol {i} decodes to {} bytes", name.len()));
         }
         let raw = i32::from_le_bytes(offsets_raw[i * 4..i * 4 + 4].try_into().unwrap_or_default());
-        let addr = if raw >= 0 {
-            raw as u64
-        } else {
-            base.wrapping_sub(1).wrapping_sub(raw as i64 as u64)
+        let addr = match offsets {
+            Offsets::AbsolutePercpu if raw >= 0 => raw as u64,
+            Offsets::AbsolutePercpu => base.wrapping_sub(1).wrapping_sub(raw as i64 as u64),
+            Offsets::Relative => base.wrapping_add(raw as u32 as u64),
         };
         let kind = name[0] as char;
         let _ = writeln!(
@@ -205,11 +214,16 @@ mod tests {
                 None => false,
             }
         };
-        let listing = kallsyms(&info, &read).expect("decodes");
+        let listing = kallsyms(&info, Offsets::AbsolutePercpu, &read).expect("decodes");
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines[0], "ffffffff81000000 T _start");
         assert_eq!(lines[1], "ffffffff81000200 D banner");
         assert_eq!(lines[2], format!("0000000000000040 t {}", "x".repeat(130)));
+        let relative = kallsyms(&info, Offsets::Relative, &read).expect("decodes");
+        assert!(
+            relative.starts_with("0000000080ffffff T _start\n"),
+            "{relative}"
+        );
         // A table that lies about its size, or that memory does not hold.
         let mut lying = memory.clone();
         lying[0x1000..0x1004].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -220,9 +234,9 @@ mod tests {
                 .map(|b| buf.copy_from_slice(b))
                 .is_some()
         };
-        assert!(kallsyms(&info, &read_lying).is_err());
+        assert!(kallsyms(&info, Offsets::AbsolutePercpu, &read_lying).is_err());
         let cut = |va: u64, buf: &mut [u8]| !(0x4000..0x5000).contains(&va) && read(va, buf);
-        assert!(kallsyms(&info, &cut).is_err());
-        assert!(kallsyms(&VmcoreInfo::default(), &read).is_err());
+        assert!(kallsyms(&info, Offsets::AbsolutePercpu, &cut).is_err());
+        assert!(kallsyms(&VmcoreInfo::default(), Offsets::AbsolutePercpu, &read).is_err());
     }
 }

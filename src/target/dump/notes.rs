@@ -5,7 +5,7 @@
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 
 use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
-use crate::target::dump::cpu::DumpCpu;
+use crate::target::dump::cpu::{Aarch64Cpu, DumpCpu};
 use crate::target::dump::error::DumpError;
 use crate::target::dump::vmcoreinfo::{VmcoreInfo, VMCOREINFO_NOTE_NAME};
 
@@ -23,6 +23,42 @@ pub(crate) fn qemu_cpus(data: &[u8]) -> Result<Vec<DumpCpu>, DumpError> {
         .iter()
         .filter(|note| note.name == QEMU_NOTE_NAME && note.kind == 0)
         .map(|note| qemu_cpu_state(note.desc))
+        .collect()
+}
+
+/// `NT_PRSTATUS`, the note each CPU's general registers are in.
+const NT_PRSTATUS: u32 = 1;
+/// Where `pr_reg` starts in a 64-bit `elf_prstatus`.
+const PR_REG: usize = 112;
+
+/// The arm64 vCPUs of the `NT_PRSTATUS` notes in the note area `data`, in
+/// order (`pr_reg`: x0-x30, sp, pc, pstate).
+pub(crate) fn aarch64_cpus(data: &[u8]) -> Result<Vec<Aarch64Cpu>, DumpError> {
+    notes_in(data)?
+        .iter()
+        .filter(|note| note.name == b"CORE" && note.kind == NT_PRSTATUS)
+        .map(|note| {
+            let regs = note.desc.get(PR_REG..PR_REG + 34 * 8).ok_or_else(|| {
+                DumpError::BadNote(format!(
+                    "an arm64 NT_PRSTATUS of {} bytes, {} expected",
+                    note.desc.len(),
+                    PR_REG + 34 * 8
+                ))
+            })?;
+            let reg = |i: usize| {
+                u64::from_le_bytes(regs[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            let mut cpu = Aarch64Cpu {
+                sp: reg(31),
+                pc: reg(32),
+                pstate: reg(33),
+                ..Aarch64Cpu::default()
+            };
+            for (i, x) in cpu.x.iter_mut().enumerate() {
+                *x = reg(i);
+            }
+            Ok(cpu)
+        })
         .collect()
 }
 

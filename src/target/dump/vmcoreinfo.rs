@@ -23,7 +23,7 @@ pub struct VmcoreInfo {
 
 impl VmcoreInfo {
     /// The lines of `text` (NUL padding and lines without `=` ignored;
-    /// at most [`MAX_VMCOREINFO`] bytes read).
+    /// at most 64 KiB read).
     pub fn parse(text: &[u8]) -> VmcoreInfo {
         let text = &text[..text.len().min(MAX_VMCOREINFO)];
         let text = text.split(|&b| b == 0).next().unwrap_or_default();

@@ -24,8 +24,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{error, info, warn};
 use vmem_gdbstub::arch::I686;
 use vmem_gdbstub::target::{
-    Debugger, DebuggerBuilder, Dump, DumpCpu, DumpError, Entry, ExitAction, ExitOwner, GdbListener,
-    SymbolFile,
+    Debugger, DebuggerBuilder, Dump, DumpArch, DumpCpu, DumpError, Entry, ExitAction, ExitOwner,
+    GdbListener, SymbolFile,
 };
 
 /// Where build.rs built the guest from guest/ (gdb is told this name;
@@ -89,8 +89,9 @@ struct Args {
     /// stopping, as on hosts without KVM_GUESTDBG_BLOCKIRQ.
     #[arg(long)]
     skip_irq_handlers: bool,
-    /// Serve a memory dump (QEMU's `dump-guest-memory` ELF) instead of
-    /// booting a VM: registers and memory from the file; it does not run.
+    /// Serve a memory dump (QEMU's `dump-guest-memory` ELF or kdump file,
+    /// makedumpfile's output) instead of booting a VM: registers and memory
+    /// from the file; it does not run.
     #[arg(long, conflicts_with = "raw")]
     dump: Option<PathBuf>,
     /// Serve a raw RAM image (another VMM's snapshot) instead: the file is
@@ -166,11 +167,26 @@ pub struct Served {
     pub symbols_note: Option<String>,
 }
 
+/// Whether gdb and the monitor commands can serve `dump`: x86 guests
+/// only so far (an arm64 dump is read — registers, memory, VMCOREINFO,
+/// symbols — but not served).
+pub fn servable(dump: &Dump) -> Result<(), String> {
+    match dump.arch() {
+        DumpArch::X86_64 => Ok(()),
+        _ => Err(
+            "an arm64 dump: its registers, memory and symbols are read, but gdb and the \
+                  monitor commands serve x86 guests only so far"
+                .into(),
+        ),
+    }
+}
+
 impl ServeOptions {
     /// A debugger for `dump` with these options: its symbols (from
     /// `--symbols`, else the dump's own kallsyms) made, saved and handed to
     /// gdb; host files allowed or not.
     pub fn apply(&self, dump: Dump) -> Result<Served, String> {
+        servable(&dump)?;
         let (symbols, from) = match &self.symbols {
             Some(listing) => (
                 Some(SymbolFile::from_listing(listing)?),
