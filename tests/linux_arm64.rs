@@ -12,34 +12,13 @@ mod fixture;
 use std::collections::HashMap;
 use std::path::Path;
 
-use fixture::arm64_fixture;
+use fixture::{arm64_fixture, qemu_registers};
 use vmem_gdbstub::arch::aarch64::{Aarch64, Half};
 use vmem_gdbstub::target::{Dump, DumpArch, GuestTables};
 use vmem_gdbstub::vmem::{self, Perms};
 
 fn open(path: &Path) -> Dump {
     Dump::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// QEMU's `info registers -a`: per CPU, each `NAME=hex` field.
-fn qemu_registers(dir: &Path) -> Vec<HashMap<String, u64>> {
-    let text = std::fs::read_to_string(dir.join("registers")).unwrap();
-    let mut cpus: Vec<HashMap<String, u64>> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("CPU#") {
-            cpus.push(HashMap::new());
-            continue;
-        }
-        let Some(cpu) = cpus.last_mut() else { continue };
-        for field in line.split_whitespace() {
-            if let Some((name, value)) = field.split_once('=') {
-                if let Ok(v) = u64::from_str_radix(value, 16) {
-                    cpu.entry(name.to_string()).or_insert(v);
-                }
-            }
-        }
-    }
-    cpus
 }
 
 /// The words QEMU's gdbstub printed for `x/8xg ADDR` lines, by address,
