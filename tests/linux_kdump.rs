@@ -389,3 +389,59 @@ fn the_dump_carries_its_own_symbols() {
     assert!(out.contains("<linux_banner>:\t\"Linux version 6."), "{out}");
     assert!(out.contains("in section .kernel"), "{out}");
 }
+
+/// A guest's own vmcore has no QEMU CPU-state notes: the vCPUs come from
+/// its `NT_PRSTATUS` notes (registers as the QEMU notes say), in the
+/// kernel's long mode, with the kernel's own tables from VMCOREINFO as CR3;
+/// the kernel reads as in the full dump.
+#[test]
+fn a_dump_with_only_prstatus_notes_reads_through_the_kernels_tables() {
+    let Some(dir) = fixture() else { return };
+    let mut file = std::fs::read(dir.join("dump.elf")).unwrap();
+    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
+    let note = elf
+        .segments()
+        .unwrap()
+        .iter()
+        .find(|ph| ph.p_type == elf::abi::PT_NOTE)
+        .unwrap();
+    let (mut at, end) = (
+        note.p_offset as usize,
+        (note.p_offset + note.p_filesz) as usize,
+    );
+    drop(elf);
+    let mut hidden = 0;
+    while at + 12 <= end {
+        let word = |i: usize| u32::from_le_bytes(file[i..i + 4].try_into().unwrap()) as usize;
+        let (namesz, descsz) = (word(at), word(at + 4));
+        if &file[at + 12..at + 16] == b"QEMU" {
+            file[at + 15] = b'X';
+            hidden += 1;
+        }
+        at += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+    }
+    assert_eq!(hidden, 2);
+    let path = std::env::temp_dir().join(format!("vmem-prstatus-only-{}", std::process::id()));
+    std::fs::write(&path, &file).unwrap();
+    let full = open(&dir.join("dump.elf"));
+    let bare = open(&path);
+    let root = full.vmcoreinfo().unwrap().kernel_root().unwrap().0;
+    assert_eq!(bare.cpus().len(), 2);
+    for (b, f) in bare.cpus().iter().zip(full.cpus()) {
+        assert_eq!(b.regs, f.regs);
+        assert_eq!(b.sregs.cr3, root);
+        assert_eq!(b.sregs.cs.selector, f.sregs.cs.selector);
+        assert_eq!(b.sregs.gs.base, f.sregs.gs.base);
+    }
+    let banner = kallsyms(dir)["linux_banner"];
+    let lines = [
+        format!("x /2xg {banner:#x}"),
+        format!("gva2gpa {banner:#x}"),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let out = monitor(&path, &lines);
+    assert_eq!(out, monitor(&dir.join("dump.elf"), &lines));
+    // "Linux ve", little-endian.
+    assert!(out[0].contains("65762078756e694c"), "{}", out[0]);
+    let _ = std::fs::remove_file(path);
+}

@@ -182,7 +182,11 @@ fn read_kdump(view: FileView) -> Result<Contents, DumpError> {
     let (memory, headers) = kdump::open(view)?;
     // QEMU writes "Unknown" for arm64 guests: then the notes tell (QEMU's
     // x86 CPU-state notes, or arm64's register notes).
-    let x86 = || notes::qemu_cpus(&headers.notes);
+    let vmcoreinfo = match &headers.vmcoreinfo {
+        Some(text) => Some(VmcoreInfo::parse(text)),
+        None => notes::vmcoreinfo(&headers.notes)?,
+    };
+    let x86 = || notes::x86_cpus(&headers.notes, vmcoreinfo.as_ref());
     let arm = || notes::aarch64_cpus(&headers.notes);
     let (arch, cpus, arm_cpus) = match headers.machine.as_str() {
         "x86_64" => (DumpArch::X86_64, x86()?, Vec::new()),
@@ -195,10 +199,6 @@ fn read_kdump(view: FileView) -> Result<Contents, DumpError> {
     if cpus.is_empty() && arm_cpus.is_empty() {
         return Err(DumpError::NoCpus);
     }
-    let vmcoreinfo = match headers.vmcoreinfo {
-        Some(text) => Some(VmcoreInfo::parse(&text)),
-        None => notes::vmcoreinfo(&headers.notes)?,
-    };
     Ok(Contents {
         ram: GuestRam::from_access(memory, HostSpans::Untrusted),
         arch,

@@ -119,11 +119,11 @@ impl ElfHeaders {
                     .filter(|&end| end <= file_len)
                     .map(|end| &data[ph.p_offset as usize..end as usize])
                     .ok_or_else(|| DumpError::BadNote("notes past the end of the file".into()))?;
+                vmcoreinfo = vmcoreinfo.or(notes::vmcoreinfo(notes)?);
                 match arch {
                     DumpArch::Aarch64 => arm_cpus.extend(notes::aarch64_cpus(notes)?),
-                    _ => cpus.extend(notes::qemu_cpus(notes)?),
+                    _ => cpus.extend(notes::x86_cpus(notes, vmcoreinfo.as_ref())?),
                 }
-                vmcoreinfo = vmcoreinfo.or(notes::vmcoreinfo(notes)?);
             }
         }
         pieces.sort_by_key(|p| p.gpa);

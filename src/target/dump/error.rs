@@ -33,7 +33,8 @@ pub enum DumpError {
     },
     /// Two RAM segments claim the same guest-physical address.
     Overlap(u64),
-    /// No "QEMU" CPU-state note: nothing says where the vCPUs were.
+    /// No CPU state: no "QEMU" CPU-state note, nor `NT_PRSTATUS` notes
+    /// with a VMCOREINFO that names the kernel's page tables.
     NoCpus,
     /// A note is cut short or has an unknown layout.
     BadNote(String),
@@ -89,7 +90,10 @@ impl fmt::Display for DumpError {
                 "the {what} end at byte {end:#x} of a {file_len:#x}-byte file (truncated dump?)"
             ),
             DumpError::Overlap(gpa) => write!(f, "two RAM segments both hold {gpa:#x}"),
-            DumpError::NoCpus => f.write_str("the dump has no QEMU CPU-state notes"),
+            DumpError::NoCpus => f.write_str(
+                "the dump has no CPU state: no QEMU CPU-state notes, and no NT_PRSTATUS with a \
+                 VMCOREINFO naming the kernel's page tables",
+            ),
             DumpError::BadNote(why) => write!(f, "bad note: {why}"),
             DumpError::Kdump(why) => write!(f, "bad kdump-compressed dump: {why}"),
             DumpError::Flattened(why) => write!(f, "bad flattened dump: {why}"),

@@ -4,7 +4,9 @@
 
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 
-use crate::arch::controls::{EFER_LMA, EFER_LME, EFER_NXE};
+use crate::arch::controls::{
+    CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE,
+};
 use crate::target::dump::cpu::{Aarch64Cpu, DumpCpu};
 use crate::target::dump::error::DumpError;
 use crate::target::dump::vmcoreinfo::{VmcoreInfo, VMCOREINFO_NOTE_NAME};
@@ -17,12 +19,65 @@ pub(crate) const QEMU_CPU_STATE_SIZE: usize = 8 + 18 * 8 + 10 * 24 + 5 * 8 + 8;
 /// `DESC_L_MASK` in QEMU's segment flags: a 64-bit code segment.
 pub(crate) const DESC_L: u32 = 1 << 21;
 
-/// The vCPUs of QEMU's CPU-state notes in the note area `data`, in order.
-pub(crate) fn qemu_cpus(data: &[u8]) -> Result<Vec<DumpCpu>, DumpError> {
-    notes_in(data)?
+/// The x86 vCPUs of the note area `data`, in order: QEMU's CPU-state
+/// notes; without them (a guest's own kdump vmcore), the `NT_PRSTATUS`
+/// registers, in the long mode the kernel runs in, with the kernel's own
+/// tables (`info`'s root; 5-level if it says so) as CR3 — none without
+/// VMCOREINFO to say where those are.
+pub(crate) fn x86_cpus(data: &[u8], info: Option<&VmcoreInfo>) -> Result<Vec<DumpCpu>, DumpError> {
+    let notes = notes_in(data)?;
+    let qemu: Vec<DumpCpu> = notes
         .iter()
         .filter(|note| note.name == QEMU_NOTE_NAME && note.kind == 0)
         .map(|note| qemu_cpu_state(note.desc))
+        .collect::<Result<_, _>>()?;
+    // (An x86 kernel's VMCOREINFO names init_top_pgt; arm64's notes are
+    // NT_PRSTATUS too, and must not be read as x86 registers.)
+    let x86_kernel = info.filter(|i| i.symbol("init_top_pgt").is_some());
+    let Some((root, _)) = x86_kernel
+        .and_then(VmcoreInfo::kernel_root)
+        .filter(|_| qemu.is_empty())
+    else {
+        return Ok(qemu);
+    };
+    let la57 = info.and_then(|i| i.number("pgtable_l5_enabled")) == Some(1);
+    let cr4 = CR4_PAE | CR4_PSE | if la57 { CR4_LA57 } else { 0 };
+    let controls = [
+        CR0_PG | CR0_PE | CR0_WP,
+        root,
+        cr4,
+        EFER_LME | EFER_LMA | EFER_NXE,
+    ];
+    notes
+        .iter()
+        .filter(|note| note.name == b"CORE" && note.kind == NT_PRSTATUS)
+        .map(|note| {
+            let regs = note.desc.get(PR_REG..PR_REG + 27 * 8).ok_or_else(|| {
+                DumpError::BadNote(format!(
+                    "an x86-64 NT_PRSTATUS of {} bytes",
+                    note.desc.len()
+                ))
+            })?;
+            let reg = |i: usize| {
+                u64::from_le_bytes(regs[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            // user_regs_struct: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax
+            // rcx rdx rsi rdi orig_ax rip cs eflags rsp ss fs_base gs_base.
+            let mut cpu = DumpCpu::long_mode(reg(16), reg(19), controls);
+            let r = &mut cpu.regs;
+            (r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx) =
+                (reg(0), reg(1), reg(2), reg(3), reg(4), reg(5));
+            (r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx) =
+                (reg(6), reg(7), reg(8), reg(9), reg(10), reg(11));
+            (r.rdx, r.rsi, r.rdi, r.rflags) = (reg(12), reg(13), reg(14), reg(18));
+            let s = &mut cpu.sregs;
+            s.cs.selector = reg(17) as u16;
+            s.cs.dpl = (reg(17) & 3) as u8;
+            s.ss.selector = reg(20) as u16;
+            s.ss.dpl = (reg(20) & 3) as u8;
+            (s.fs.base, s.gs.base) = (reg(21), reg(22));
+            Ok(cpu)
+        })
         .collect()
 }
 
