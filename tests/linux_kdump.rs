@@ -398,18 +398,19 @@ fn the_dump_carries_its_own_symbols() {
 fn a_dump_with_only_prstatus_notes_reads_through_the_kernels_tables() {
     let Some(dir) = fixture() else { return };
     let mut file = std::fs::read(dir.join("dump.elf")).unwrap();
-    let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
-    let note = elf
-        .segments()
-        .unwrap()
-        .iter()
-        .find(|ph| ph.p_type == elf::abi::PT_NOTE)
-        .unwrap();
-    let (mut at, end) = (
-        note.p_offset as usize,
-        (note.p_offset + note.p_filesz) as usize,
-    );
-    drop(elf);
+    let (mut at, end) = {
+        let elf = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&file).unwrap();
+        let note = elf
+            .segments()
+            .unwrap()
+            .iter()
+            .find(|ph| ph.p_type == elf::abi::PT_NOTE)
+            .unwrap();
+        (
+            note.p_offset as usize,
+            (note.p_offset + note.p_filesz) as usize,
+        )
+    };
     let mut hidden = 0;
     while at + 12 <= end {
         let word = |i: usize| u32::from_le_bytes(file[i..i + 4].try_into().unwrap()) as usize;
