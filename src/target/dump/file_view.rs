@@ -122,6 +122,12 @@ impl FileView {
         self.extents.is_some()
     }
 
+    /// How many bytes the file itself holds (a flattened one's plain file
+    /// may claim more).
+    pub(crate) fn stored_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
     /// The plain file's length.
     pub(crate) fn len(&self) -> u64 {
         self.len

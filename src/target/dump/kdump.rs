@@ -169,6 +169,15 @@ pub(crate) fn open(view: FileView) -> Result<(KdumpMemory, KdumpHeaders), DumpEr
         )));
     }
     let words = max_pfn.div_ceil(64) as usize;
+    // Both bitmaps are read (and a rank kept per word): they must be in
+    // the file, not only claimed (a flattened file's gaps read as zeros).
+    if (words as u64) * 16 > view.stored_len() {
+        return Err(DumpError::Cut {
+            what: "bitmaps",
+            end: bitmap_at.saturating_add(words as u64 * 16),
+            file_len: view.stored_len(),
+        });
+    }
     let bitmap = |at: u64| -> Result<Vec<u64>, DumpError> {
         let bytes = view.bytes(at, words * 8).ok_or(DumpError::Cut {
             what: "bitmaps",
@@ -443,5 +452,75 @@ impl RamAccess for KdumpMemory {
             "page {:#x} of the dump cannot be read back{incomplete}",
             pfn * self.block_size
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flattened file holding `records` (offset, bytes).
+    fn flattened(records: &[(u64, Vec<u8>)]) -> FileView {
+        let mut f = b"makedumpfile\0".to_vec();
+        f.resize(16, 0);
+        f.extend(1i64.to_be_bytes());
+        f.extend(1i64.to_be_bytes());
+        f.resize(4096, 0);
+        for (offset, bytes) in records {
+            f.extend((*offset as i64).to_be_bytes());
+            f.extend((bytes.len() as i64).to_be_bytes());
+            f.extend(bytes);
+        }
+        f.extend((-1i64).to_be_bytes());
+        f.extend((-1i64).to_be_bytes());
+        let mut map = memmap2::MmapMut::map_anon(f.len()).expect("anon map");
+        map.copy_from_slice(&f);
+        FileView::flattened(map.make_read_only().expect("read-only")).expect("flattened")
+    }
+
+    /// A kdump header for 4 KiB blocks claiming `max_pfn` pages and bitmaps
+    /// to match, and its sub-header.
+    fn header(max_pfn: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 2 * 4096];
+        h[..8].copy_from_slice(KDUMP_SIGNATURE);
+        h[HEADER_VERSION..HEADER_VERSION + 4].copy_from_slice(&6i32.to_le_bytes());
+        h[BLOCK_SIZE..BLOCK_SIZE + 4].copy_from_slice(&4096i32.to_le_bytes());
+        h[SUB_HDR_SIZE..SUB_HDR_SIZE + 4].copy_from_slice(&1i32.to_le_bytes());
+        let bitmap_blocks = (max_pfn.div_ceil(8) * 2).div_ceil(4096) as u32;
+        h[BITMAP_BLOCKS..BITMAP_BLOCKS + 4].copy_from_slice(&bitmap_blocks.to_le_bytes());
+        h[NR_CPUS..NR_CPUS + 4].copy_from_slice(&1i32.to_le_bytes());
+        let sub = 4096 + MAX_MAPNR_64;
+        h[sub..sub + 8].copy_from_slice(&max_pfn.to_le_bytes());
+        h
+    }
+
+    /// A file that claims bitmaps for 2^40 pages, far past the bytes it
+    /// holds, is refused (it would otherwise be read into memory).
+    #[test]
+    fn claimed_bitmaps_must_be_in_the_file() {
+        let view = flattened(&[(0, header(1 << 40)), (1 << 38, vec![1])]);
+        match open(view) {
+            Err(DumpError::Cut { what, .. }) => assert_eq!(what, "bitmaps"),
+            other => panic!("{other:?}"),
+        }
+        // 64 pages, the first eight RAM, none dumped: RAM that says why
+        // it cannot be read.
+        let mut h = header(64);
+        h.resize(3 * 4096, 0);
+        h[2 * 4096] = 0xff;
+        let (memory, headers) = open(flattened(&[(0, h)])).expect("opens");
+        assert!(
+            headers.format.contains("0 of 8 RAM pages dumped"),
+            "{}",
+            headers.format
+        );
+        let ranges = memory.ranges();
+        assert_eq!(
+            (ranges.len(), ranges[0].gpa, ranges[0].size),
+            (1, 0, 0x8000)
+        );
+        assert_eq!(memory.read(0x1000, &mut [0u8; 8]), 0);
+        let why = memory.missing(0x1000).expect("a reason");
+        assert!(why.contains("excluded from the dump"), "{why}");
     }
 }
