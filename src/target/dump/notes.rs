@@ -48,37 +48,28 @@ pub(crate) fn x86_cpus(data: &[u8], info: Option<&VmcoreInfo>) -> Result<Vec<Dum
         cr4,
         EFER_LME | EFER_LMA | EFER_NXE,
     ];
-    notes
+    let cpus = prstatus_registers(&notes, 27, "x86-64")?;
+    Ok(cpus
         .iter()
-        .filter(|note| note.name == b"CORE" && note.kind == NT_PRSTATUS)
-        .map(|note| {
-            let regs = note.desc.get(PR_REG..PR_REG + 27 * 8).ok_or_else(|| {
-                DumpError::BadNote(format!(
-                    "an x86-64 NT_PRSTATUS of {} bytes",
-                    note.desc.len()
-                ))
-            })?;
-            let reg = |i: usize| {
-                u64::from_le_bytes(regs[i * 8..i * 8 + 8].try_into().unwrap_or_default())
-            };
+        .map(|reg| {
             // user_regs_struct: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax
             // rcx rdx rsi rdi orig_ax rip cs eflags rsp ss fs_base gs_base.
-            let mut cpu = DumpCpu::long_mode(reg(16), reg(19), controls);
+            let mut cpu = DumpCpu::long_mode(reg[16], reg[19], controls);
             let r = &mut cpu.regs;
             (r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx) =
-                (reg(0), reg(1), reg(2), reg(3), reg(4), reg(5));
+                (reg[0], reg[1], reg[2], reg[3], reg[4], reg[5]);
             (r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx) =
-                (reg(6), reg(7), reg(8), reg(9), reg(10), reg(11));
-            (r.rdx, r.rsi, r.rdi, r.rflags) = (reg(12), reg(13), reg(14), reg(18));
+                (reg[6], reg[7], reg[8], reg[9], reg[10], reg[11]);
+            (r.rdx, r.rsi, r.rdi, r.rflags) = (reg[12], reg[13], reg[14], reg[18]);
             let s = &mut cpu.sregs;
-            s.cs.selector = reg(17) as u16;
-            s.cs.dpl = (reg(17) & 3) as u8;
-            s.ss.selector = reg(20) as u16;
-            s.ss.dpl = (reg(20) & 3) as u8;
-            (s.fs.base, s.gs.base) = (reg(21), reg(22));
-            Ok(cpu)
+            s.cs.selector = reg[17] as u16;
+            s.cs.dpl = (reg[17] & 3) as u8;
+            s.ss.selector = reg[20] as u16;
+            s.ss.dpl = (reg[20] & 3) as u8;
+            (s.fs.base, s.gs.base) = (reg[21], reg[22]);
+            cpu
         })
-        .collect()
+        .collect())
 }
 
 /// `NT_PRSTATUS`, the note each CPU's general registers are in.
@@ -89,30 +80,45 @@ const PR_REG: usize = 112;
 /// The arm64 vCPUs of the `NT_PRSTATUS` notes in the note area `data`, in
 /// order (`pr_reg`: x0-x30, sp, pc, pstate).
 pub(crate) fn aarch64_cpus(data: &[u8]) -> Result<Vec<Aarch64Cpu>, DumpError> {
-    notes_in(data)?
+    let cpus = prstatus_registers(&notes_in(data)?, 34, "arm64")?;
+    Ok(cpus
+        .iter()
+        .map(|reg| {
+            let mut cpu = Aarch64Cpu {
+                sp: reg[31],
+                pc: reg[32],
+                pstate: reg[33],
+                ..Aarch64Cpu::default()
+            };
+            cpu.x.copy_from_slice(&reg[..31]);
+            cpu
+        })
+        .collect())
+}
+
+/// The first `count` words of `pr_reg` in each `NT_PRSTATUS` note of
+/// `notes`, in order; a note too short for them is an error (`arch` names
+/// the layout expected).
+fn prstatus_registers(
+    notes: &[Note<'_>],
+    count: usize,
+    arch: &str,
+) -> Result<Vec<Vec<u64>>, DumpError> {
+    notes
         .iter()
         .filter(|note| note.name == b"CORE" && note.kind == NT_PRSTATUS)
         .map(|note| {
-            let regs = note.desc.get(PR_REG..PR_REG + 34 * 8).ok_or_else(|| {
+            let regs = note.desc.get(PR_REG..PR_REG + count * 8).ok_or_else(|| {
                 DumpError::BadNote(format!(
-                    "an arm64 NT_PRSTATUS of {} bytes, {} expected",
+                    "an {arch} NT_PRSTATUS of {} bytes, {} expected",
                     note.desc.len(),
-                    PR_REG + 34 * 8
+                    PR_REG + count * 8
                 ))
             })?;
-            let reg = |i: usize| {
-                u64::from_le_bytes(regs[i * 8..i * 8 + 8].try_into().unwrap_or_default())
-            };
-            let mut cpu = Aarch64Cpu {
-                sp: reg(31),
-                pc: reg(32),
-                pstate: reg(33),
-                ..Aarch64Cpu::default()
-            };
-            for (i, x) in cpu.x.iter_mut().enumerate() {
-                *x = reg(i);
-            }
-            Ok(cpu)
+            Ok(regs
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+                .collect())
         })
         .collect()
 }
