@@ -2,6 +2,16 @@
 # busybox, build an initramfs, boot it under QEMU TCG and wait for words on
 # its console. Each function works in the current directory.
 
+# built OUT FILE...: whether every FILE is in OUT, not empty (the fixture
+# is cached there).
+built() {
+    dir=$1
+    shift
+    for f in "$@"; do
+        [ -s "$dir/$f" ] || return 1
+    done
+}
+
 # fetch_kernel OUT: OUT/vmlinuz (the cloud kernel the metapackage names) and
 # ./busybox/bin/busybox.
 fetch_kernel() {

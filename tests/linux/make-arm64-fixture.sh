@@ -21,11 +21,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../target/linux-arm64-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-done=yes
-for f in Image kallsyms dump.elf dump.kdump registers gdb-reads; do
-    [ -s "$out/$f" ] || done=no
-done
-[ $done = yes ] && exit 0
+. "$here/lib.sh"
+built "$out" Image kallsyms dump.elf dump.kdump registers gdb-reads && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -35,22 +32,20 @@ cd "$work"
 # and cache, arm64 as the only architecture.
 mkdir -p apt/lists/partial apt/cache/archives/partial
 echo "deb [arch=arm64] http://deb.debian.org/debian bookworm main" > apt/sources.list
-apt_arm64() {
-    apt-get -q -o Dir::Etc::SourceList="$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-        -o Dir::State::Lists="$work/apt/lists" -o Dir::Cache="$work/apt/cache" \
-        -o APT::Architecture=arm64 -o APT::Architectures::=arm64 "$@"
-}
-apt_arm64 update >/dev/null
-image=$(apt-cache -o Dir::Etc::SourceList="$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-    -o Dir::State::Lists="$work/apt/lists" -o Dir::Cache="$work/apt/cache" \
-    -o APT::Architecture=arm64 -o APT::Architectures::=arm64 depends linux-image-cloud-arm64 |
+apt_options="-o Dir::Etc::SourceList=$work/apt/sources.list -o Dir::Etc::SourceParts=/dev/null
+    -o Dir::State::Lists=$work/apt/lists -o Dir::Cache=$work/apt/cache
+    -o APT::Architecture=arm64 -o APT::Architectures::=arm64"
+# shellcheck disable=SC2086
+apt-get -q $apt_options update >/dev/null
+# shellcheck disable=SC2086
+image=$(apt-cache $apt_options depends linux-image-cloud-arm64 |
     sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
-apt_arm64 download "$image" busybox-static >/dev/null 2>&1
+# shellcheck disable=SC2086
+apt-get -q $apt_options download "$image" busybox-static >/dev/null 2>&1
 dpkg-deb -x "$image"_*.deb kernel
 dpkg-deb -x busybox-static_*.deb busybox
 cp kernel/boot/vmlinuz-* "$out/Image"
 
-. "$here/lib.sh"
 KALLSYMS_TO=console write_init init <<'INIT'
 sleep 1
 echo READY

@@ -20,17 +20,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../target/linux-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-done=yes
-for f in dump.elf dump.kdump dump.kdump-plain dump2.elf kallsyms registers; do
-    [ -s "$out/$f" ] || done=no
-done
-[ $done = yes ] && exit 0
+. "$here/lib.sh"
+built "$out" dump.elf dump.kdump dump.kdump-plain dump2.elf kallsyms registers && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-. "$here/lib.sh"
 fetch_kernel "$out"
 write_init init <<'INIT'
 /bin/mapper &
