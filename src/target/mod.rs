@@ -77,10 +77,11 @@ use kvm_bindings::{KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use log::{debug, warn};
 
-pub use dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
+pub use dump::arm_kernel::ArmKernel;
+pub use dump::cpu::{Aarch64Cpu, Aarch64Fp, DumpArch, DumpCpu};
 pub use dump::dump_file::Dump;
 pub use dump::error::DumpError;
-pub use dump::symbols::{symbol_file, SymbolFile, SymbolsError};
+pub use dump::symbols::{symbol_file, symbol_file_for, SymbolFile, SymbolsError};
 pub use dump::vmcoreinfo::VmcoreInfo;
 pub use error::StubError;
 pub use gdb::connection::Stream;
@@ -95,6 +96,7 @@ pub use machine::regs::{RegLayout, X86_64Kvm, X86_64RegId, X86_64Regs};
 pub use machine::x86_constants::flat_segment;
 pub use progress::{Progress, ProgressUnit};
 
+use dump::arm_kernel::ArmDump;
 use dump::host_file::ExecFile;
 use kvm::shared::Inner;
 use kvm::vcpus::Vcpus;
@@ -284,6 +286,9 @@ impl Debugger {
     /// file, every vCPU stopped for good (resuming, stepping and
     /// breakpoints are refused with a message). No KVM needed.
     pub fn from_dump(dump: Dump) -> DebuggerBuilder {
+        if dump.arch() == DumpArch::Aarch64 {
+            return Debugger::from_arm_dump(dump);
+        }
         let cpus = dump.cpus().len();
         let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), cpus, false, false);
         for v in builder.inner.vcpus.iter() {
@@ -301,6 +306,40 @@ impl Debugger {
             vmcoreinfo: dump.vmcoreinfo().cloned(),
         });
         builder.inner.frozen = Some(dump.cpus().to_vec());
+        builder
+    }
+
+    /// An arm64 dump's debugger: its CPUs as gdb's threads, memory
+    /// through the kernel's table (VMCOREINFO's, else found in RAM; when
+    /// neither finds it, kernel addresses do not translate: `monitor vmem
+    /// use phys` reads physical ones) and the processes' tables `monitor
+    /// vmem spaces --scan` finds.
+    fn from_arm_dump(dump: Dump) -> DebuggerBuilder {
+        let mut builder = DebuggerBuilder::with(None, dump.ram().clone(), 0, false, false);
+        let kernel = match dump.aarch64_kernel() {
+            Ok(kernel) => kernel.clone(),
+            Err(why) => {
+                warn!("{why}: kernel addresses do not translate");
+                ArmKernel {
+                    format: crate::arch::aarch64::Aarch64::UPPER_48,
+                    root: u64::MAX,
+                    how: format!("not found: {why}"),
+                    pac_mask: None,
+                }
+            }
+        };
+        debug!(
+            "arm64 dump: the kernel's table (TTBR1) at {:#x}, {}",
+            kernel.root, kernel.how
+        );
+        builder.inner.monitor.set_dump(DumpFacts {
+            format: dump.format().to_string(),
+            vmcoreinfo: dump.vmcoreinfo().cloned(),
+        });
+        builder.inner.arm = Some(ArmDump {
+            cpus: dump.aarch64_cpus().to_vec(),
+            kernel,
+        });
         builder
     }
 

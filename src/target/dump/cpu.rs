@@ -69,4 +69,17 @@ pub struct Aarch64Cpu {
     pub pc: u64,
     /// PSTATE (NZCV, DAIF, the exception level and SP selection …).
     pub pstate: u64,
+    /// The FP/SIMD registers from its `NT_PRFPREG` note, if it has one.
+    pub fp: Option<Aarch64Fp>,
+}
+
+/// One arm64 vCPU's FP/SIMD state (`user_fpsimd_state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Aarch64Fp {
+    /// v0 … v31 (the low 128 bits of SVE's z0 … z31).
+    pub v: [u128; 32],
+    /// FPSR.
+    pub fpsr: u32,
+    /// FPCR.
+    pub fpcr: u32,
 }

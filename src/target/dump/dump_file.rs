@@ -5,12 +5,13 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use log::debug;
 use memmap2::{Mmap, MmapOptions};
 
-use crate::arch::aarch64::{Aarch64, Half};
 use crate::arch::PageTableFormat;
+use crate::target::dump::arm_kernel::{upper_half, ArmKernel};
 use crate::target::dump::contents::Contents;
 use crate::target::dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
 use crate::target::dump::elf_dump;
@@ -33,6 +34,8 @@ pub struct Dump {
     arm_cpus: Vec<Aarch64Cpu>,
     vmcoreinfo: Option<VmcoreInfo>,
     format: String,
+    /// An arm64 dump's kernel translation, found once.
+    arm_kernel: OnceLock<Result<ArmKernel, String>>,
 }
 
 impl Dump {
@@ -76,6 +79,7 @@ impl Dump {
             arm_cpus: contents.arm_cpus,
             vmcoreinfo: contents.vmcoreinfo,
             format: contents.format,
+            arm_kernel: OnceLock::new(),
         })
     }
 
@@ -90,6 +94,7 @@ impl Dump {
             arm_cpus: Vec::new(),
             vmcoreinfo: None,
             format: "raw RAM image".into(),
+            arm_kernel: OnceLock::new(),
         })
     }
 
@@ -113,6 +118,19 @@ impl Dump {
         &self.arm_cpus
     }
 
+    /// How an arm64 dump's kernel translates its addresses (TTBR1's
+    /// table from VMCOREINFO, else found in RAM); why not where neither
+    /// finds it, or for an x86 dump. Found once (a scan reads every page).
+    pub fn aarch64_kernel(&self) -> Result<&ArmKernel, String> {
+        if self.arch != DumpArch::Aarch64 {
+            return Err("not an arm64 dump".into());
+        }
+        self.arm_kernel
+            .get_or_init(|| ArmKernel::find(&self.ram, self.vmcoreinfo(), &self.arm_cpus))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// The VMCOREINFO the guest left, if any.
     pub fn vmcoreinfo(&self) -> Option<&VmcoreInfo> {
         self.vmcoreinfo.as_ref()
@@ -128,7 +146,7 @@ impl Dump {
             .ok_or("VMCOREINFO names no kernel page table")?;
         let x86;
         let (format, offsets): (&dyn PageTableFormat, Offsets) = match self.arch {
-            DumpArch::Aarch64 => (&aarch64_kernel(info), Offsets::Relative),
+            DumpArch::Aarch64 => (&upper_half(info), Offsets::Relative),
             _ => {
                 let cpu = self.cpus.first().ok_or("the dump has no CPU")?;
                 let Paging::Paged { format, .. } = Paging::of(&cpu.sregs, &CpuLimits::default())
@@ -155,17 +173,6 @@ impl Dump {
     pub fn format(&self) -> &str {
         &self.format
     }
-}
-
-/// The arm64 kernel's half (TTBR1) for the VA size VMCOREINFO gives
-/// (`NUMBER(VA_BITS)`: 39 is three levels, else four).
-pub(crate) fn aarch64_kernel(info: &VmcoreInfo) -> Aarch64 {
-    let levels = if info.number("VA_BITS") == Some(39) {
-        3
-    } else {
-        4
-    };
-    Aarch64::new(levels, Half::Upper)
 }
 
 /// `file` mapped read-only (copy-on-write).

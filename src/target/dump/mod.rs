@@ -10,6 +10,7 @@
 //! - `host_file`: the host-file rules (what a client may name, the
 //!   exec-file served over `vFile`).
 
+pub(crate) mod arm_kernel;
 pub(crate) mod contents;
 pub(crate) mod cpu;
 pub(crate) mod dump_file;

@@ -7,7 +7,7 @@ use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 use crate::arch::controls::{
     CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE,
 };
-use crate::target::dump::cpu::{Aarch64Cpu, DumpCpu};
+use crate::target::dump::cpu::{Aarch64Cpu, Aarch64Fp, DumpCpu};
 use crate::target::dump::error::DumpError;
 use crate::target::dump::vmcoreinfo::{VmcoreInfo, VMCOREINFO_NOTE_NAME};
 
@@ -80,7 +80,13 @@ const PR_REG: usize = 112;
 /// The arm64 vCPUs of the `NT_PRSTATUS` notes in the note area `data`, in
 /// order (`pr_reg`: x0-x30, sp, pc, pstate).
 pub(crate) fn aarch64_cpus(data: &[u8]) -> Result<Vec<Aarch64Cpu>, DumpError> {
-    let cpus = prstatus_registers(&notes_in(data)?, 34, "arm64")?;
+    let notes = notes_in(data)?;
+    let cpus = prstatus_registers(&notes, 34, "arm64")?;
+    // Each CPU's NT_PRFPREG follows its NT_PRSTATUS, in the same order.
+    let mut fp = notes
+        .iter()
+        .filter(|note| note.name == b"CORE" && note.kind == NT_PRFPREG)
+        .map(|note| fpsimd_state(note.desc));
     Ok(cpus
         .iter()
         .map(|reg| {
@@ -88,12 +94,29 @@ pub(crate) fn aarch64_cpus(data: &[u8]) -> Result<Vec<Aarch64Cpu>, DumpError> {
                 sp: reg[31],
                 pc: reg[32],
                 pstate: reg[33],
+                fp: fp.next().flatten(),
                 ..Aarch64Cpu::default()
             };
             cpu.x.copy_from_slice(&reg[..31]);
             cpu
         })
         .collect())
+}
+
+/// `NT_PRFPREG`, the note of a CPU's FP/SIMD registers.
+const NT_PRFPREG: u32 = 2;
+
+/// An arm64 `user_fpsimd_state` (32 × 16 bytes, FPSR, FPCR); `None` if
+/// `desc` is too short for one.
+fn fpsimd_state(desc: &[u8]) -> Option<Aarch64Fp> {
+    let regs = desc.get(..32 * 16 + 8)?;
+    let mut fp = Aarch64Fp::default();
+    for (v, bytes) in fp.v.iter_mut().zip(regs.chunks_exact(16)) {
+        *v = u128::from_le_bytes(bytes.try_into().ok()?);
+    }
+    fp.fpsr = u32::from_le_bytes(regs[512..516].try_into().ok()?);
+    fp.fpcr = u32::from_le_bytes(regs[516..520].try_into().ok()?);
+    Some(fp)
 }
 
 /// The first `count` words of `pr_reg` in each `NT_PRSTATUS` note of

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::target::dump::cpu::DumpArch;
 use crate::target::dump::dump_file::Dump;
 
 /// Why a listing cannot be turned into a symbol file.
@@ -150,11 +151,18 @@ impl SectionHeader {
     }
 }
 
-/// An ELF64 x86-64 symbol file for the symbols of `listing`: one `NOBITS`
-/// section per stretch of addresses the symbols cover (`.kernel`, then
-/// `.kernel.1` … for the module area), so gdb names only addresses inside
-/// them; absolute symbols (per-CPU offsets) belong to no section.
+/// An ELF64 x86-64 symbol file for the symbols of `listing`
+/// ([`symbol_file_for`] an x86-64 kernel).
 pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
+    symbol_file_for(listing, DumpArch::X86_64)
+}
+
+/// An ELF64 symbol file for the symbols of `listing`, a kernel of `arch`:
+/// one `NOBITS` section per stretch of addresses the symbols cover
+/// (`.kernel`, then `.kernel.1` … for the module area), so gdb names only
+/// addresses inside them; absolute symbols (per-CPU offsets) belong to no
+/// section.
+pub fn symbol_file_for(listing: &str, arch: DumpArch) -> Result<Vec<u8>, SymbolsError> {
     let symbols = parse(listing)?;
     let ranges = sections(&symbols);
     // Section indices: 0 null, 1.. the ranges, then symtab, strtab, shstrtab.
@@ -203,10 +211,14 @@ pub fn symbol_file(listing: &str) -> Result<Vec<u8>, SymbolsError> {
     let sections_at = (shstrtab_at + shstrtab.len()).next_multiple_of(8);
     let section_count = symtab_index + 3;
     let mut out = Vec::with_capacity(sections_at + section_count * SECTION_HEADER);
-    // ELF header: ELF64, little endian, ET_EXEC, x86-64.
+    // ELF header: ELF64, little endian, ET_EXEC, the kernel's machine.
+    let machine: u16 = match arch {
+        DumpArch::Aarch64 => 183,
+        _ => 62,
+    };
     out.extend(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     out.extend(2u16.to_le_bytes());
-    out.extend(62u16.to_le_bytes());
+    out.extend(machine.to_le_bytes());
     out.extend(1u32.to_le_bytes());
     out.extend(0u64.to_le_bytes()); // entry
     out.extend(0u64.to_le_bytes()); // phoff
@@ -273,12 +285,14 @@ pub struct SymbolFile {
 }
 
 impl SymbolFile {
-    /// Read `listing` (a `System.map` or `/proc/kallsyms`) and make its
-    /// symbol file; errors name the listing, in one line.
-    pub fn from_listing(listing: &Path) -> Result<SymbolFile, String> {
+    /// Read `listing` (a `System.map` or `/proc/kallsyms`) of a kernel of
+    /// `arch` and make its symbol file; errors name the listing, in one
+    /// line.
+    pub fn from_listing(listing: &Path, arch: DumpArch) -> Result<SymbolFile, String> {
         let text =
             std::fs::read_to_string(listing).map_err(|e| format!("{}: {e}", listing.display()))?;
-        let elf = symbol_file(&text).map_err(|e| format!("{}: {e}", listing.display()))?;
+        let elf =
+            symbol_file_for(&text, arch).map_err(|e| format!("{}: {e}", listing.display()))?;
         let base = listing
             .file_name()
             .map_or("symbols".into(), |n| n.to_string_lossy());
@@ -292,7 +306,8 @@ impl SymbolFile {
     /// tables ([`Dump::kallsyms`]): no listing needed.
     pub fn from_dump(dump: &Dump) -> Result<SymbolFile, String> {
         let listing = dump.kallsyms()?;
-        let elf = symbol_file(&listing).map_err(|e| format!("the dump's kallsyms: {e}"))?;
+        let elf = symbol_file_for(&listing, dump.arch())
+            .map_err(|e| format!("the dump's kallsyms: {e}"))?;
         Ok(SymbolFile {
             name: "/vmem-gdbstub/kallsyms-of-the-dump.elf".into(),
             elf,

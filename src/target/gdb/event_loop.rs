@@ -155,7 +155,12 @@ pub(crate) fn serve(inner: &Arc<Inner>, listener: GdbListener) -> io::Result<()>
             busy.1.notify_all();
         };
         scope.spawn(move || {
-            super::session::run(inner, stream, || set(Attachment::Ending));
+            let gone = || set(Attachment::Ending);
+            if inner.arm.is_some() {
+                super::dump_session::run(inner, stream, gone);
+            } else {
+                super::session::run(inner, stream, gone);
+            }
             set(Attachment::None);
         });
     });

@@ -2,6 +2,8 @@
 //! gdbstub `Target` (`crate::target::stub`).
 //!
 //! - `event_loop`: listeners and `serve` (one session at a time);
+//! - `dump_session`: a session on an arm64 dump (its own target, nothing
+//!   lent);
 //! - `session`: one gdb session, the driver of gdbstub's state machine, lent
 //!   to a vCPU thread while gdb starts that vCPU alone;
 //! - `connection`: the socket, framing, buffering, and acting on each
@@ -12,6 +14,7 @@
 //! - `rsp`: RSP framing, public (the null stub and the tests use it).
 
 pub(crate) mod connection;
+pub(crate) mod dump_session;
 pub(crate) mod event_loop;
 pub(crate) mod memory_packets;
 pub(crate) mod packets;

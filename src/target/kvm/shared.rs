@@ -12,6 +12,7 @@ use kvm_bindings::{
 };
 use log::warn;
 
+use crate::target::dump::arm_kernel::ArmDump;
 use crate::target::dump::cpu::DumpCpu;
 use crate::target::dump::host_file::ExecFile;
 use crate::target::error::StubError;
@@ -34,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) memory: GuestRam,
     /// A memory dump's vCPUs, which never run (`None`: live vCPUs).
     pub(crate) frozen: Option<Vec<DumpCpu>>,
+    /// An arm64 dump's CPUs and kernel (served by their own target).
+    pub(crate) arm: Option<ArmDump>,
     pub(crate) vcpus: Vcpus,
     pub(crate) watches: Watches,
     pub(crate) trapping: Trapping,
@@ -63,6 +66,7 @@ impl Inner {
             vm,
             memory,
             frozen: None,
+            arm: None,
             vcpus,
             watches: Watches::default(),
             trapping: Trapping::default(),

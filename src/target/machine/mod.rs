@@ -3,6 +3,8 @@
 //! (`paging`), lldb's memory regions (`regions`), guest RAM (`memory`),
 //! and the x86 constants these share (`x86_constants`).
 
+pub(crate) mod aarch64_regs;
+pub(crate) mod arm_paging;
 pub(crate) mod memory;
 pub(crate) mod paging;
 pub(crate) mod regions;

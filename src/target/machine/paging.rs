@@ -217,18 +217,33 @@ impl Paging {
         va: u64,
         len: usize,
     ) -> impl Iterator<Item = (PhysAddr, usize, usize)> + 'm {
-        let mut done = 0usize;
-        std::iter::from_fn(move || {
-            if done >= len {
-                return None;
-            }
-            let (gpa, in_page) = self.translate(mem, va.wrapping_add(done as u64)).ok()?;
-            let n = (len - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
-            let piece = (gpa, done, n);
-            done += n;
-            Some(piece)
-        })
+        pieces(move |va| self.translate(mem, va), va, len)
     }
+}
+
+/// `len` bytes from `va` cut at page ends by `translate` (an address's
+/// guest-physical address and how many bytes from it stay in its page):
+/// each piece as (its guest-physical address, its offset in the range,
+/// its length). Ends early at the first address that does not translate.
+pub(crate) fn pieces<F>(
+    translate: F,
+    va: u64,
+    len: usize,
+) -> impl Iterator<Item = (PhysAddr, usize, usize)>
+where
+    F: Fn(u64) -> Result<(PhysAddr, u64), TranslateFault>,
+{
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let (gpa, in_page) = translate(va.wrapping_add(done as u64)).ok()?;
+        let n = (len - done).min(usize::try_from(in_page).unwrap_or(usize::MAX));
+        let piece = (gpa, done, n);
+        done += n;
+        Some(piece)
+    })
 }
 
 #[cfg(test)]

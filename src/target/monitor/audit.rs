@@ -16,7 +16,6 @@ use super::json;
 use super::listing::{row, walk_space, CUT_SHORT};
 use super::parallel::{map_in_parallel, sort_in_parallel};
 use super::recorder::Recorder;
-use crate::arch::PageTableFormat;
 use crate::target::machine::memory::GuestTables;
 use crate::target::progress::{Progress, ProgressUnit};
 use crate::vmem::{self, Access, Mapping, PhysAddr};
@@ -75,13 +74,13 @@ enum Use {
 }
 
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     args.no_positional()?;
     let roots: Vec<u64> = if args.flag("all") {
         ctx.roots().collect()
     } else {
         vec![space_of(ctx, args)?]
     };
+    let spaces = ctx.with_formats(roots.iter().copied())?;
     let limit = args.limit(DEFAULT_LIMIT)?;
     // Each space walked whole (the rights of a table shared with another
     // space depend on the entries above it, which may differ: KPTI's
@@ -96,7 +95,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
         })
     };
     report(0);
-    let walks = map_in_parallel(&roots, |&root| {
+    let walks = map_in_parallel(&spaces, |&(root, fmt)| {
         let recorder = Recorder::new(GuestTables::new(ctx.memory, root, None));
         let (mappings, cut) = walk_space(fmt, &recorder);
         report(walked.fetch_add(1, Ordering::Relaxed) + 1);
@@ -141,7 +140,6 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     if args.flag("json") {
         report_json(
             ctx,
-            fmt,
             &kinds,
             (roots.len(), leaf_count, table_pages.len()),
             out,
@@ -158,7 +156,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     for kind in &kinds {
         let _ = writeln!(out, "{}: {}", kind.title, kind.count);
         for (root, m, note) in &kind.found {
-            let grant = granted_by(ctx, fmt, *root, m);
+            let grant = granted_by(ctx, *root, m);
             let _ = writeln!(out, "  space {root:#x}  {}", row(m));
             let _ = writeln!(
                 out,
@@ -298,7 +296,10 @@ fn sweep_aliases(leaves: &[(u64, &[Mapping])], kind: &mut Kind, limit: usize) {
     }
 }
 
-fn granted_by(ctx: &Context<'_>, fmt: &dyn PageTableFormat, root: u64, m: &Mapping) -> String {
+fn granted_by(ctx: &Context<'_>, root: u64, m: &Mapping) -> String {
+    let Ok(fmt) = ctx.format_of(root) else {
+        return String::new();
+    };
     let tables = GuestTables::new(ctx.memory, root, None);
     vmem::translate(fmt, &tables, m.virt_base)
         .steps()
@@ -315,7 +316,6 @@ fn granted_by(ctx: &Context<'_>, fmt: &dyn PageTableFormat, root: u64, m: &Mappi
 /// "note"}…]}…]}`; `count` counts all, `shown` holds the first `--limit`.
 fn report_json(
     ctx: &Context<'_>,
-    fmt: &dyn PageTableFormat,
     kinds: &[Kind],
     (spaces, mappings, table_pages): (usize, usize, usize),
     out: &mut String,
@@ -331,7 +331,7 @@ fn report_json(
                         "{{\"space\":{},\"mapping\":{},\"granted_by\":{},\"note\":{}}}",
                         json::hex(*root),
                         json::mapping(m),
-                        json::string(&granted_by(ctx, fmt, *root, m)),
+                        json::string(&granted_by(ctx, *root, m)),
                         json::string(note)
                     )
                 })

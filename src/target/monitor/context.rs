@@ -8,6 +8,7 @@ use super::errors::{usage, CmdError};
 use super::lapic::Lapic;
 use super::snapshot::Snapshot;
 use crate::arch::PageTableFormat;
+use crate::target::dump::cpu::Aarch64Cpu;
 use crate::target::machine::memory::{GuestRam, TablePool};
 use crate::target::machine::regs::KvmState;
 use crate::target::monitor::state::DumpFacts;
@@ -68,12 +69,20 @@ pub(crate) enum Effect {
     ChardevRemove(String),
 }
 
+/// A page-table format a command walks with.
+pub(crate) type Format<'a> = &'a (dyn PageTableFormat + Sync);
+
 /// What a command may look at.
 pub(crate) struct Context<'a> {
     pub memory: &'a GuestRam,
     pub pool: Option<&'a TablePool>,
-    /// Paging format of the current vCPU (`None`: paging off).
+    /// Paging format of the current vCPU (`None`: paging off); on arm64
+    /// the kernel's half (TTBR1).
     pub format: Option<&'a (dyn PageTableFormat + Sync)>,
+    /// arm64: the format of every root but the current one, which is the
+    /// kernel's (TTBR1): the others are processes' TTBR0 tables, the
+    /// lower half. `None`: every root has `format` (x86).
+    pub lower_half: Option<&'a (dyn PageTableFormat + Sync)>,
     /// Root of the current space (`None`: paging off).
     pub root: Option<u64>,
     /// The bits of a CR3 value that name the root table in this mode.
@@ -103,7 +112,46 @@ pub(crate) struct Context<'a> {
     pub dump: Option<&'a DumpFacts>,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    /// The format the tables at `root` are in: `format`, except on arm64
+    /// where only the kernel's root is TTBR1's (see `lower_half`).
+    pub(crate) fn format_of(
+        &self,
+        root: u64,
+    ) -> Result<&'a (dyn PageTableFormat + Sync), CmdError> {
+        match (self.lower_half, self.root) {
+            (Some(lower), Some(kernel)) if root != kernel => Ok(lower),
+            _ => self
+                .format
+                .ok_or_else(|| "paging is off on this vCPU: there are no page tables".into()),
+        }
+    }
+
+    /// Each of `roots` with the format of its tables.
+    pub(crate) fn with_formats(
+        &self,
+        roots: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<(u64, Format<'a>)>, CmdError> {
+        roots
+            .into_iter()
+            .map(|root| Ok((root, self.format_of(root)?)))
+            .collect()
+    }
+
+    /// The known spaces grouped by the format of their tables (one group
+    /// on x86; the kernel's and the processes' on arm64), in walk order.
+    pub(crate) fn spaces_by_format(&self) -> Result<Vec<(Format<'a>, Vec<u64>)>, CmdError> {
+        let mut groups: Vec<(Format<'a>, Vec<u64>)> = Vec::new();
+        for root in self.roots() {
+            let fmt = self.format_of(root)?;
+            match groups.iter_mut().find(|(f, _)| std::ptr::addr_eq(*f, fmt)) {
+                Some((_, roots)) => roots.push(root),
+                None => groups.push((fmt, vec![root])),
+            }
+        }
+        Ok(groups)
+    }
+
     /// The roots of the known spaces, in walk order.
     pub(crate) fn roots(&self) -> impl Iterator<Item = u64> + '_ {
         self.spaces.iter().map(|(root, _)| *root)
@@ -113,8 +161,13 @@ impl Context<'_> {
 /// The vCPUs' state (the current one's registers, any one's local APIC),
 /// read when a command asks.
 pub(crate) trait Registers {
-    /// All of the current vCPU's registers (`None`: they cannot be read).
+    /// All of the current vCPU's registers (`None`: they cannot be read,
+    /// or the CPU is not an x86 one).
     fn all_registers(&self) -> Option<KvmState>;
+    /// The current CPU's registers, if it is an arm64 one (a dump's).
+    fn aarch64(&self) -> Option<Aarch64Cpu> {
+        None
+    }
     /// DR0-DR3, DR6, DR7 (`None`: not known, as in a memory dump).
     fn debug_registers(&self) -> Option<[u64; 6]>;
     /// The local APIC of vCPU `cpu` (an index the VM has), or why there

@@ -31,8 +31,7 @@ vmem diff [NAME | --dump FILE] [--limit N] [--json]
 
 /// The mappings of every known space now.
 pub(crate) fn take(ctx: &Context<'_>) -> Result<Snapshot, CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    Ok(take_in(fmt, ctx.memory, ctx.roots()))
+    Ok(take_in(ctx.memory, ctx.with_formats(ctx.roots())?))
 }
 
 /// Changes shown per space unless `--limit` says otherwise.
@@ -91,13 +90,12 @@ fn report(
 
 /// `vmem diff [NAME | --dump FILE] [--limit N]`.
 pub(crate) fn diff(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let limit = args.limit(DEFAULT_LIMIT)?;
     let now = take(ctx)?;
     if let Some(file) = args.option("dump") {
         let opened = open_client_named(ctx.host_files, Path::new(file))?;
         let dump = Dump::open_file(&opened, Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
-        let before = take_in(fmt, dump.ram(), ctx.roots());
+        let before = take_in(dump.ram(), ctx.with_formats(ctx.roots())?);
         report(
             &before,
             &now,

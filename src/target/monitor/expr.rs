@@ -4,7 +4,42 @@
 //! without spaces.
 
 use super::errors::{usage, CmdError};
+use crate::target::dump::cpu::Aarch64Cpu;
 use crate::target::machine::regs::KvmState;
+
+/// The current vCPU's registers, of whichever architecture.
+pub(crate) enum RegisterFile {
+    /// An x86 vCPU's.
+    X86(KvmState),
+    /// An arm64 CPU's general registers (a dump's).
+    Aarch64(Aarch64Cpu),
+}
+
+impl RegisterFile {
+    /// The value of register `name` (lower case).
+    fn get(&self, name: &str) -> Option<u64> {
+        match self {
+            RegisterFile::X86(state) => register(state, name),
+            RegisterFile::Aarch64(cpu) => arm_register(cpu, name),
+        }
+    }
+}
+
+/// The value of arm64 register `name` (`pc`, `sp`, `x0`-`x30`, `fp`,
+/// `lr`, `cpsr`/`pstate`) of `cpu`.
+fn arm_register(cpu: &Aarch64Cpu, name: &str) -> Option<u64> {
+    match name {
+        "pc" => Some(cpu.pc),
+        "sp" => Some(cpu.sp),
+        "fp" => Some(cpu.x[29]),
+        "lr" => Some(cpu.x[30]),
+        "cpsr" | "pstate" => Some(cpu.pstate),
+        _ => {
+            let index: usize = name.strip_prefix('x')?.parse().ok()?;
+            cpu.x.get(index).copied()
+        }
+    }
+}
 
 /// The value of register `name` (`pc`, `rip`, `eax` …) in `state`.
 fn register(state: &KvmState, name: &str) -> Option<u64> {
@@ -67,7 +102,7 @@ fn register(state: &KvmState, name: &str) -> Option<u64> {
 /// `read` gives the registers (called only if a `$` appears).
 pub(crate) fn substitute(
     line: &str,
-    read: impl FnOnce() -> Option<KvmState>,
+    read: impl FnOnce() -> Option<RegisterFile>,
 ) -> Result<String, CmdError> {
     if !line.contains('$') {
         return Ok(line.to_string());
@@ -81,7 +116,8 @@ pub(crate) fn substitute(
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(rest.len() - at - 1);
         let name = &rest[at + 1..at + 1 + name_len];
-        let value = register(&state, &name.to_ascii_lowercase())
+        let value = state
+            .get(&name.to_ascii_lowercase())
             .ok_or_else(|| usage(format!("unknown register ${name}")))?;
         out.push_str(&format!("{value:#x}"));
         rest = &rest[at + 1 + name_len..];
@@ -253,7 +289,7 @@ mod tests {
 
     #[test]
     fn registers_and_arithmetic() {
-        let line = substitute("xp /2gx $sp + 0x10", || Some(state())).unwrap();
+        let line = substitute("xp /2gx $sp + 0x10", || Some(RegisterFile::X86(state()))).unwrap();
         assert_eq!(line, "xp /2gx 0xffffffff80600000 + 0x10");
         assert_eq!(words(&line), ["xp", "/2gx", "0xffffffff80600000+0x10"]);
         assert_eq!(
@@ -265,18 +301,41 @@ mod tests {
         assert_eq!(eval("4k-1", number).unwrap(), 0xfff);
         assert_eq!(eval("0x1234&~0xff", number).unwrap(), 0x1200);
         assert_eq!(eval("-1", number).unwrap(), u64::MAX);
-        let eax = substitute("$eax", || Some(state())).unwrap();
+        let eax = substitute("$eax", || Some(RegisterFile::X86(state()))).unwrap();
         assert_eq!(eax, "0x23456789");
         assert_eq!(
-            substitute("$PC", || Some(state())).unwrap(),
+            substitute("$PC", || Some(RegisterFile::X86(state()))).unwrap(),
             "0xffffffff80400341"
         );
         assert!(matches!(
-            substitute("$nope", || Some(state())),
+            substitute("$nope", || Some(RegisterFile::X86(state()))),
             Err(CmdError::Usage(_))
         ));
         assert!(eval("(1+2", number).is_err());
         assert!(eval("1+", number).is_err());
+    }
+
+    /// arm64 names: pc, sp, x0-x30, fp, lr, cpsr.
+    #[test]
+    fn arm64_registers() {
+        let mut cpu = Aarch64Cpu {
+            pc: 0xffff_8000_0801_0000,
+            sp: 0xffff_8000_0a00_3d40,
+            pstate: 0x3c5,
+            ..Default::default()
+        };
+        cpu.x[3] = 0x30;
+        cpu.x[29] = 0x29;
+        cpu.x[30] = 0x30_0000;
+        let arm = || Some(RegisterFile::Aarch64(cpu));
+        assert_eq!(substitute("$pc+4", arm).unwrap(), "0xffff800008010000+4");
+        assert_eq!(
+            substitute("$X3 $fp $lr $sp", arm).unwrap(),
+            "0x30 0x29 0x300000 0xffff80000a003d40"
+        );
+        assert_eq!(substitute("$cpsr", arm).unwrap(), "0x3c5");
+        assert!(substitute("$x31", arm).is_err());
+        assert!(substitute("$rax", arm).is_err());
     }
 
     #[test]

@@ -24,11 +24,11 @@ vmem find --va VA [--space CR3] [--limit N] [--json]
 ";
 
 pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let (start, len) = match args.option("va") {
         Some(va) => {
             let va = args::number(va)?;
             let root = space_of(ctx, args)?;
+            let fmt = ctx.format_of(root)?;
             let tables = GuestTables::new(ctx.memory, root, None);
             let pa = vmem::translate_pa(fmt, &tables, root, va)
                 .map_err(|fault| format!("{va:#x} is not mapped in space {root:#x}: {fault}"))?
@@ -55,6 +55,7 @@ pub(crate) fn run(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Resul
     let limit = args.limit(DEFAULT_LIMIT)?;
     let mut found: Vec<Found> = Vec::new();
     for (root, label) in &ctx.spaces {
+        let fmt = ctx.format_of(*root)?;
         let tables = GuestTables::new(ctx.memory, *root, None);
         // Streamed: a hostile space may map the range a million times.
         let mut here = Found {

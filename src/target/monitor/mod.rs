@@ -33,6 +33,7 @@ mod lapic;
 mod listing;
 mod parallel;
 mod qemu;
+mod qemu_aarch64;
 mod recorder;
 mod scan;
 mod snapshot;
@@ -72,7 +73,11 @@ fn usage_of(block: &str, command: &str) -> String {
 /// Run one monitor command line; returns its output and what to do next.
 pub(crate) fn run(ctx: &Context<'_>, line: &str) -> (String, Effect) {
     let mut out = String::new();
-    let line = match expr::substitute(line, || ctx.registers.all_registers()) {
+    let registers = || match ctx.registers.aarch64() {
+        Some(cpu) => Some(expr::RegisterFile::Aarch64(cpu)),
+        None => ctx.registers.all_registers().map(expr::RegisterFile::X86),
+    };
+    let line = match expr::substitute(line, registers) {
         Ok(line) => line,
         Err(CmdError::Usage(why) | CmdError::Failed(why)) => {
             return (format!("error: {why}\n"), Effect::None);

@@ -10,6 +10,7 @@ use super::args;
 use super::context::{cpu_index, Context, Effect};
 use super::errors::{usage, CmdError};
 use super::lapic::render;
+use super::qemu_aarch64;
 use crate::target::machine::memory::GuestTables;
 use crate::target::machine::paging::WALK_BUDGET;
 use crate::vmem::{self, Flags, Perms};
@@ -453,6 +454,10 @@ const DEBUG_REGISTERS_AT_RESET: [u64; 6] = [0, 0, 0, 0, 0xffff_0ff0, 0x400];
 
 /// `info registers`.
 pub(crate) fn info_registers(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdError> {
+    if let Some(cpu) = ctx.registers.aarch64() {
+        qemu_aarch64::info_registers(&cpu, out);
+        return Ok(());
+    }
     let state = ctx
         .registers
         .all_registers()

@@ -108,12 +108,24 @@ impl Scanner<'_> {
     /// Walk `root` over `start .. start + len`; `None` if an entry is bad
     /// or the scan's budget is spent.
     fn confirm(&mut self, root: PhysAddr, start: u64, len: u64) -> Option<Confirmed> {
+        self.confirm_in(self.fmt, root, start, len)
+    }
+
+    /// [`Scanner::confirm`] for tables in `fmt` (a known space's own
+    /// format, on arm64 the kernel's half).
+    fn confirm_in(
+        &mut self,
+        fmt: &dyn PageTableFormat,
+        root: PhysAddr,
+        start: u64,
+        len: u64,
+    ) -> Option<Confirmed> {
         if self.budget == 0 {
             self.cut = true;
             return None;
         }
         let recorder = Recorder::new(GuestTables::new(self.memory, root, None));
-        let mut walk = vmem::virt_to_phys(self.fmt, &recorder, start, len)
+        let mut walk = vmem::virt_to_phys(fmt, &recorder, start, len)
             .with_budget(CONFIRM_BUDGET.min(self.budget));
         let (mut mappings, mut bytes) = (0, 0);
         for item in walk.by_ref() {
@@ -186,8 +198,19 @@ pub(crate) fn scan(
     mode: ScanMode,
     out: &mut String,
 ) -> Result<Vec<u64>, CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
     let reference = ctx.root.ok_or("paging is off on this vCPU")?;
+    // arm64: processes' roots are TTBR0 tables (the lower half), sharing
+    // nothing with the kernel's (TTBR1): only their structure tells them.
+    let (fmt, mode) = match ctx.lower_half {
+        Some(lower) => {
+            let _ = writeln!(
+                out,
+                "arm64: processes' tables (TTBR0) share nothing with the kernel's (TTBR1): found by their structure"
+            );
+            (lower, ScanMode::Any)
+        }
+        None => (ctx.format_of(reference)?, mode),
+    };
     if fmt.entry_size() != 8 || 1usize << fmt.index_bits(0) != ENTRIES {
         return Err("scanning needs 64-bit tables of 512 entries (x86-64)".into());
     }
@@ -198,11 +221,14 @@ pub(crate) fn scan(
         budget: SCAN_BUDGET,
         cut: false,
     };
-    let known: BTreeSet<PhysAddr> = ctx.roots().collect();
+    let known = ctx.with_formats(ctx.roots())?;
     let started = Instant::now();
     let half = fmt.linear_mask() / 2 + 1;
     let found = match mode {
-        ScanMode::Shared => scan_shared(&mut scanner, reference, &known, half, out)?,
+        ScanMode::Shared => {
+            let known = known.iter().map(|&(root, _)| root).collect();
+            scan_shared(&mut scanner, reference, &known, half, out)?
+        }
         ScanMode::Any => scan_any(&mut scanner, &known, out),
     };
     let scanned = found.1;
@@ -338,13 +364,13 @@ fn is_user_copy(scanner: &mut Scanner<'_>, kernel: PhysAddr, user: PhysAddr, hal
 /// another candidate, mapping something.
 fn scan_any(
     scanner: &mut Scanner<'_>,
-    known: &BTreeSet<PhysAddr>,
+    known: &[(PhysAddr, &(dyn PageTableFormat + Sync))],
     out: &mut String,
 ) -> (Vec<PhysAddr>, u64) {
     // The known spaces' own tables are not roots.
-    let mut skip = known.clone();
-    for &root in known {
-        if let Some(c) = scanner.confirm(root, 0, u64::MAX) {
+    let mut skip: BTreeSet<PhysAddr> = known.iter().map(|&(root, _)| root).collect();
+    for &(root, fmt) in known {
+        if let Some(c) = scanner.confirm_in(fmt, root, 0, u64::MAX) {
             skip.extend(c.tables);
         }
     }

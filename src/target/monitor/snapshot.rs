@@ -17,14 +17,14 @@ pub(crate) struct Snapshot {
     pub(super) cut: BTreeSet<u64>,
 }
 
-/// The mappings of `roots` in `memory`.
-pub(super) fn take_in(
-    fmt: &dyn PageTableFormat,
+/// The mappings of `roots` (each with the format of its tables) in
+/// `memory`.
+pub(super) fn take_in<'f>(
     memory: &GuestRam,
-    roots: impl IntoIterator<Item = u64>,
+    roots: impl IntoIterator<Item = (u64, &'f (dyn PageTableFormat + Sync))>,
 ) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    for root in roots {
+    for (root, fmt) in roots {
         let (mut mappings, cut) = walk_space(fmt, &GuestTables::new(memory, root, None));
         for m in &mut mappings {
             m.flags.remove(Flags::ACCESSED | Flags::DIRTY);

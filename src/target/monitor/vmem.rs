@@ -81,7 +81,7 @@ fn walk(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdE
             .ok_or_else(|| usage("END is below START"))?
     };
     let limit = args.limit(DEFAULT_LIMIT)?;
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let fmt = ctx.format_of(root)?;
     let tables = GuestTables::new(ctx.memory, root, None);
     if args.flag("json") {
         walk_json(fmt, &tables, root, (start, len), limit, out);
@@ -162,7 +162,7 @@ pub(crate) fn describe(fmt: &dyn PageTableFormat, level: usize, d: &Descriptor) 
 fn translate(ctx: &Context<'_>, args: &Args<'_>, out: &mut String) -> Result<(), CmdError> {
     let va = args.number(0, "VA")?;
     let root = space_of(ctx, args)?;
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let fmt = ctx.format_of(root)?;
     let tables = GuestTables::new(ctx.memory, root, None);
     let tr = vmem::translate(fmt, &tables, va);
     if args.flag("json") {
@@ -267,7 +267,7 @@ fn edit(
     out: &mut String,
 ) -> Result<Effect, CmdError> {
     let root = space_of(ctx, args)?;
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
+    let fmt = ctx.format_of(root)?;
     let tables = GuestTables::new(ctx.memory, root, ctx.pool);
     let va = args.number(0, "VA")?;
     let result = match command {
@@ -309,17 +309,21 @@ fn edit(
 }
 
 fn spaces(ctx: &Context<'_>, json: bool, out: &mut String) -> Result<(), CmdError> {
-    let fmt = ctx.format.ok_or("paging is off on this vCPU")?;
-    let roots: Vec<u64> = ctx.roots().collect();
     let tables = GuestTables::new(ctx.memory, 0, None);
-    let walks: Vec<_> = vmem::walk_va_spaces(fmt, &tables, &roots)
-        .with_budget(WALK_BUDGET)
-        .collect();
+    // Spaces share sub-tables only within one format (on arm64 the
+    // kernel's half is a root of its own).
+    let mut walks = Vec::new();
+    for (fmt, roots) in ctx.spaces_by_format()? {
+        let group = vmem::walk_va_spaces(fmt, &tables, roots.as_slice()).with_budget(WALK_BUDGET);
+        walks.extend(group.map(|walk| (fmt, walk)));
+    }
+    let order = |space: u64| ctx.roots().position(|root| root == space);
+    walks.sort_by_key(|(_, walk)| order(walk.space));
     if json {
-        spaces_json(fmt, &walks, &ctx.spaces, out);
+        spaces_json(&walks, &ctx.spaces, out);
         return Ok(());
     }
-    for (walk, (_, label)) in walks.iter().zip(&ctx.spaces) {
+    for ((fmt, walk), (_, label)) in walks.iter().zip(&ctx.spaces) {
         let _ = writeln!(out, "space {:#x} ({label}):", walk.space);
         for item in &walk.mappings {
             match item {
@@ -358,15 +362,14 @@ fn spaces(ctx: &Context<'_>, json: bool, out: &mut String) -> Result<(), CmdErro
 /// [MAPPING…], "shared": [{"va", "len", "with", "their_va", "depth"}…],
 /// "errors": [TEXT…]}…]}` (`shared`: sub-tables another space holds).
 fn spaces_json(
-    fmt: &dyn PageTableFormat,
-    walks: &[vmem::SpaceWalk],
+    walks: &[(&(dyn PageTableFormat + Sync), vmem::SpaceWalk)],
     known: &[(u64, String)],
     out: &mut String,
 ) {
     let spaces: Vec<String> = walks
         .iter()
         .zip(known)
-        .map(|(walk, (_, label))| {
+        .map(|((fmt, walk), (_, label))| {
             let (mut own, mut shared) = (Vec::new(), Vec::new());
             for item in &walk.mappings {
                 match item {
@@ -498,7 +501,7 @@ pub(crate) fn run(ctx: &Context<'_>, words: &[&str], out: &mut String) -> Result
         "watch" => {
             let va = args.number(0, "VA")?;
             let root = space_of(ctx, &args)?;
-            ctx.format.ok_or("paging is off on this vCPU")?;
+            ctx.format_of(root)?;
             Ok(Effect::Watch { va, root })
         }
         "unwatch" => match args.positional.first() {

@@ -6,13 +6,16 @@
 //! gdbstub's `MonitorCmd`). `target.rs` has the session's state and the
 //! register cache all of them use; this file only names the files.
 
+mod arm_dump;
 mod base;
 mod breakpoints;
 mod host_io;
 mod monitor_cmd;
+mod monitor_effects;
 mod resume;
 mod stops;
 mod target;
 
+pub(crate) use arm_dump::ArmDumpTarget;
 pub(crate) use monitor_cmd::run_monitor;
-pub(crate) use target::KvmTarget;
+pub(crate) use target::{tid, KvmTarget};

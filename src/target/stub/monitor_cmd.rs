@@ -1,14 +1,14 @@
 //! `monitor` commands: the context they see (built when a command runs)
 //! and the effects they ask for.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, warn};
 
+use super::arm_dump::ArmDumpTarget;
+use super::monitor_effects::{apply_shared, Picks};
 use super::target::KvmTarget;
-use crate::target::dump::host_file::open_client_named;
 use crate::target::error::StubError;
 use crate::target::kvm::command::Command;
 use crate::target::kvm::msrs::read_msr;
@@ -139,6 +139,7 @@ impl KvmTarget {
             memory: &self.inner.memory,
             pool: self.inner.monitor.table_pool(),
             format: mode.as_ref().map(GuestFormat::as_dyn),
+            lower_half: None,
             root,
             root_mask: mode.map_or(u64::MAX, |m| m.root(u64::MAX)),
             spaces,
@@ -230,6 +231,9 @@ pub(crate) fn run_monitor(inner: &Arc<Inner>, line: &str) -> Result<String, Stub
     let Some(_holder) = inner.link.try_hold() else {
         return Err(StubError::Attached);
     };
+    if let Some(mut target) = ArmDumpTarget::new(Arc::clone(inner)) {
+        return Ok(target.monitor_text(line));
+    }
     let live = inner.frozen.is_none();
     if live {
         inner.vcpus.pause_all();
@@ -252,45 +256,22 @@ impl KvmTarget {
         debug!("monitor: {line}");
         let mut mode = None;
         let (mut text, effect) = monitor::run(&self.monitor_context(&mut mode), line);
-        match effect {
-            Effect::None => {}
-            Effect::SelectCpu(index) => {
-                self.monitor_cpu = Some(index);
-                text.push_str(&format!(
-                    "monitor commands now use CPU #{index} (until the VM next stops)\n"
-                ));
-            }
-            Effect::TablesChanged => self.reload_cr3(),
-            Effect::Use(view) => self.view = view,
-            Effect::Snapshot(name, snapshot) => {
-                self.snapshots.insert(name, snapshot);
-            }
-            Effect::AddSpaces(roots) => {
-                for root in roots {
-                    self.inner.monitor.add_space(root, "added");
-                }
-            }
-            Effect::Watch { va, root } => text.push_str(&self.watch(va, root, mode)),
-            Effect::DiffUsed => self.diff_armed = true,
-            Effect::Unwatch(va) => {
+        let picks = Picks {
+            monitor_cpu: &mut self.monitor_cpu,
+            view: &mut self.view,
+            snapshots: &mut self.snapshots,
+        };
+        match apply_shared(effect, &self.inner, picks, &mut text) {
+            None => {}
+            Some(Effect::TablesChanged) => self.reload_cr3(),
+            Some(Effect::Watch { va, root }) => text.push_str(&self.watch(va, root, mode)),
+            Some(Effect::DiffUsed) => self.diff_armed = true,
+            Some(Effect::Unwatch(va)) => {
                 let removed = self.inner.watches.table_watches_mut().remove(va);
                 self.inner.trapping.untrap_later();
                 text.push_str(&format!("{removed} watch(es) removed\n"));
             }
-            Effect::ChardevAdd { id, path } => {
-                let allowed = self.inner.monitor.host_files();
-                let open = || open_client_named(allowed, Path::new(&path));
-                match self.inner.monitor.add_chardev(id.clone(), open) {
-                    Ok(()) => debug!("chardev {id}: {path} opened read-only"),
-                    Err(why) => text.push_str(&format!("error: {why}\n")),
-                }
-            }
-            Effect::ChardevRemove(id) => {
-                if !self.inner.monitor.remove_chardev(&id) {
-                    text.push_str(&format!("error: no chardev '{id}'\n"));
-                }
-            }
-            Effect::ListWatches => {
+            Some(Effect::ListWatches) => {
                 let list = self.inner.watches.table_watches().list();
                 for (va, root, now) in &list {
                     let now = now.map_or("not mapped".to_string(), |t| t.to_string());
@@ -298,6 +279,7 @@ impl KvmTarget {
                 }
                 text.push_str(&format!("{} watched translation(s)\n", list.len()));
             }
+            Some(_) => {}
         }
         text
     }

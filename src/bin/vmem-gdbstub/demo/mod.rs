@@ -167,17 +167,20 @@ pub struct Served {
     pub symbols_note: Option<String>,
 }
 
-/// Whether gdb and the monitor commands can serve `dump`: x86 guests
-/// only so far (an arm64 dump is read — registers, memory, VMCOREINFO,
-/// symbols — but not served).
+/// Whether gdb and the monitor commands can serve `dump`: an arm64 one
+/// needs its kernel's table (from VMCOREINFO, else found in RAM).
 pub fn servable(dump: &Dump) -> Result<(), String> {
     match dump.arch() {
-        DumpArch::X86_64 => Ok(()),
-        _ => Err(
-            "an arm64 dump: its registers, memory and symbols are read, but gdb and the \
-                  monitor commands serve x86 guests only so far"
-                .into(),
-        ),
+        DumpArch::Aarch64 => dump
+            .aarch64_kernel()
+            .map(|kernel| {
+                info!(
+                    "the kernel's table (TTBR1): {:#x}, {}",
+                    kernel.root, kernel.how
+                )
+            })
+            .map_err(|why| format!("an arm64 dump whose kernel cannot be read: {why}")),
+        _ => Ok(()),
     }
 }
 
@@ -189,7 +192,7 @@ impl ServeOptions {
         servable(&dump)?;
         let (symbols, from) = match &self.symbols {
             Some(listing) => (
-                Some(SymbolFile::from_listing(listing)?),
+                Some(SymbolFile::from_listing(listing, dump.arch())?),
                 listing.display().to_string(),
             ),
             None => match SymbolFile::from_dump(&dump) {
