@@ -12,7 +12,7 @@ mod fixture;
 use std::collections::HashMap;
 use std::path::Path;
 
-use fixture::{arm64_fixture, qemu_registers};
+use fixture::{arm64_fixture, qemu_registers, Served};
 use vmem_gdbstub::arch::aarch64::{Aarch64, Half};
 use vmem_gdbstub::target::{Dump, DumpArch, GuestTables};
 use vmem_gdbstub::vmem::{self, Perms};
@@ -199,22 +199,451 @@ fn the_dump_carries_its_own_symbols() {
     );
 }
 
-/// Until gdb and the monitor commands serve arm64 guests, the tool and the
-/// demo say so in one line instead of serving nothing.
+/// The dump `file` of the fixture served by the demo VM (with `args`).
+fn serve(dir: &Path, file: &str, args: &[&str]) -> Served {
+    let dump = dir.join(file);
+    let mut all = vec!["--dump", dump.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Served::with_args(&all)
+}
+
+/// gdb-multiarch's output for `commands` against `served`.
+fn gdb(served: &Served, commands: &[&str]) -> String {
+    served.gdb_as("gdb-multiarch", &[], commands)
+}
+
+/// The `NAME VALUE` pairs gdb printed on lines starting with `tag `.
+fn printed(text: &str, tag: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' '))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((
+                name.to_string(),
+                u64::from_str_radix(value.trim(), 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// QEMU's `Znn` lines (each z register as 128-bit elements `[3-2]`,
+/// `[1-0]`, two words each): element 0, v0-v31, of each CPU.
+fn qemu_vector_registers(dir: &Path) -> Vec<Vec<u128>> {
+    let text = std::fs::read_to_string(dir.join("registers")).unwrap();
+    let mut cpus: Vec<Vec<u128>> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("CPU#") {
+            cpus.push(Vec::new());
+        } else if let Some(low) = line.trim_start().strip_prefix("[1-0]=") {
+            // Two 128-bit elements as four words, element 0 last.
+            let words: Vec<u128> = low
+                .split(':')
+                .map(|w| u128::from_str_radix(w, 16).unwrap())
+                .collect();
+            let v = (words[2] << 64) | words[3];
+            cpus.last_mut().unwrap().push(v);
+        }
+    }
+    cpus
+}
+
+/// The registers gdb reads of every thread are the ones QEMU printed:
+/// x0-x30, sp, pc, cpsr, v0-v31, FPSR, FPCR; the threads are named after
+/// their CPUs.
 #[test]
-fn serving_an_arm64_dump_is_refused_in_one_line() {
+fn gdb_sees_every_cpu_as_qemu_printed_it() {
     let Some(dir) = arm64_fixture() else { return };
-    let dump = dir.join("dump.kdump");
-    for args in [vec!["walk"], vec!["serve", "--listen", "127.0.0.1:0"]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmem-gdbstub"))
-            .args(&args[..1])
-            .arg(&dump)
-            .args(&args[1..])
-            .output()
+    let qemu = qemu_registers(dir);
+    let vectors = qemu_vector_registers(dir);
+    let served = serve(dir, "dump.kdump", &[]);
+    let mut names: Vec<String> = (0..31).map(|i| format!("x{i}")).collect();
+    names.extend(["sp", "pc", "cpsr", "fpsr", "fpcr"].map(String::from));
+    let mut commands = vec!["info threads".to_string()];
+    for thread in 1..=qemu.len() {
+        commands.push(format!("thread {thread}"));
+        commands.push(format!("printf \"CPU {}\\n\"", thread - 1));
+        for name in &names {
+            commands.push(format!("printf \"R {name} %lx\\n\", ${name}"));
+        }
+        for i in 0..32 {
+            commands.push(format!(
+                "printf \"V v{i} %016lx%016lx\\n\", $v{i}.d.u[1], $v{i}.d.u[0]"
+            ));
+        }
+    }
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let out = gdb(&served, &commands);
+    for (index, q) in qemu.iter().enumerate() {
+        assert!(out.contains(&format!("CPU#{index} [EL1h]")), "{out}");
+        let part = out
+            .split(&format!("CPU {index}\n"))
+            .nth(1)
+            .expect("the thread's registers")
+            .split("CPU ")
+            .next()
             .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
-        assert!(said.contains("an arm64 dump"), "{said}");
-        assert_eq!(said.trim_end().lines().count(), 1, "{said}");
+        let regs = printed(part, "R");
+        assert_eq!(regs.len(), names.len(), "{part}");
+        for (name, value) in regs {
+            let key = match name.as_str() {
+                "cpsr" => "PSTATE".to_string(),
+                x if x.starts_with('x') => format!("X{:02}", x[1..].parse::<u32>().unwrap()),
+                other => other.to_uppercase(),
+            };
+            assert_eq!(value, q[&key], "CPU {index} {name}");
+        }
+        let v: Vec<u128> = part
+            .lines()
+            .filter_map(|l| l.strip_prefix("V v"))
+            .map(|l| u128::from_str_radix(l.split_once(' ').unwrap().1, 16).unwrap())
+            .collect();
+        assert_eq!(v, vectors[index], "CPU {index}");
+    }
+}
+
+/// Where `linux_banner` is, from the kernel's own Image: the Image is
+/// the kernel from `_text`, and its bytes at `_stext` (but words boot
+/// patched) are the ones QEMU's gdbstub read there (this kernel's kallsyms has no data symbols, and
+/// Debian's System.map is a placeholder).
+fn linux_banner(dir: &Path) -> u64 {
+    let image = std::fs::read(dir.join("Image")).unwrap();
+    let stext = fixture::kallsyms(dir)["_stext"];
+    let (words, _) = gdb_reads(dir);
+    // The first word is ftrace's and the last a jump label's, patched at
+    // boot: the five between are the Image's.
+    let head: Vec<u8> = (1..6)
+        .flat_map(|i| words[&(stext + 8 * i)].to_le_bytes())
+        .collect();
+    let find = |needle: &[u8]| {
+        image
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap() as u64
+    };
+    stext + 8 - find(&head) + find(b"Linux version 6.")
+}
+
+/// gdb reads kernel memory as QEMU's own gdbstub read it at the moment of
+/// the dump, from the ELF and the kdump file alike; with a listing naming
+/// `linux_banner` (`--symbols`), `x/s linux_banner` and the function of
+/// each CPU's pc.
+#[test]
+fn gdb_reads_what_qemus_gdbstub_read() {
+    let Some(dir) = arm64_fixture() else { return };
+    let (words, strings) = gdb_reads(dir);
+    let listing = std::fs::read_to_string(dir.join("kallsyms")).unwrap()
+        + &format!("{:016x} D linux_banner\n", linux_banner(dir));
+    let symbols = std::env::temp_dir().join(format!("vmem-arm64-symbols-{}", std::process::id()));
+    std::fs::write(&symbols, listing).unwrap();
+    for file in ["dump.elf", "dump.kdump"] {
+        let served = serve(dir, file, &["--symbols", symbols.to_str().unwrap()]);
+        let mut commands: Vec<String> = words
+            .keys()
+            .map(|va| format!("printf \"M {va:x} %lx\\n\", *(unsigned long *){va:#x}"))
+            .collect();
+        commands.extend(
+            strings
+                .keys()
+                .map(|va| format!("printf \"S {va:x} %s\\n\", (char *){va:#x}")),
+        );
+        commands.extend(["x/s linux_banner".into(), "info symbol $pc".into()]);
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        let out = gdb(&served, &commands);
+        let read: HashMap<u64, u64> = printed(&out, "M")
+            .into_iter()
+            .map(|(va, w)| (u64::from_str_radix(&va, 16).unwrap(), w))
+            .collect();
+        assert_eq!(read, words, "{file}");
+        for (va, s) in &strings {
+            assert!(out.contains(&format!("S {va:x} {s}\n")), "{file}: {out}");
+        }
+        let release = open(&dir.join(file))
+            .vmcoreinfo()
+            .unwrap()
+            .os_release()
+            .unwrap()
+            .to_string();
+        let banner = out
+            .lines()
+            .find(|l| l.contains("<linux_banner>:"))
+            .unwrap_or("");
+        assert!(
+            banner.contains(&format!("\"Linux version {release}")),
+            "{out}"
+        );
+        assert!(out.contains("cpu_do_idle + "), "{out}");
+    }
+    let _ = std::fs::remove_file(&symbols);
+}
+
+/// The monitor on arm64: QEMU's `info registers` lines, the kernel's
+/// half as its current space (the root QEMU's TTBR1 held), the same walk
+/// from the ELF and the kdump file, rights of text and data, `$pc`
+/// arithmetic, and what a dump cannot do said in one line.
+#[test]
+fn monitor_commands_work_on_arm64() {
+    let Some(dir) = arm64_fixture() else { return };
+    let qemu_text = std::fs::read_to_string(dir.join("registers")).unwrap();
+    let qemu_cpu0: Vec<&str> = qemu_text
+        .lines()
+        .skip_while(|l| *l != "CPU#0")
+        .skip(1)
+        .take(12)
+        .collect();
+    let ttbr1 = sysregs(dir)[0]["TTBR1_EL1"] & 0x0000_ffff_ffff_f000;
+    let commands = [
+        "monitor info registers",
+        "monitor vmem spaces --json",
+        "monitor vmem walk --limit 100000",
+        "monitor vmem translate $pc",
+        "monitor gva2gpa $pc+4",
+        "monitor vmem watch $pc",
+        "monitor info lapic",
+        "monitor x /2gx $sp",
+        "monitor vmem find --va $pc",
+    ];
+    let mut walks = Vec::new();
+    for file in ["dump.elf", "dump.kdump"] {
+        let served = serve(dir, file, &[]);
+        let out = gdb(&served, &commands);
+        let lines: Vec<&str> = out.lines().collect();
+        let first = lines
+            .iter()
+            .position(|l| l.starts_with(" PC="))
+            .expect("info registers");
+        assert_eq!(&lines[first..first + 11], &qemu_cpu0[..11], "{file}");
+        assert!(
+            qemu_cpu0[11].starts_with(lines[first + 11]),
+            "{file}: {}",
+            lines[first + 11]
+        );
+        assert!(
+            out.contains(&format!("{{\"spaces\":[{{\"space\":\"{ttbr1:#x}\"")),
+            "{file}: {out}"
+        );
+        let walk: Vec<&str> = lines
+            .iter()
+            .skip_while(|l| !l.starts_with(&format!("space {ttbr1:#x}:")))
+            .take_while(|l| !l.contains(" mappings; "))
+            .copied()
+            .collect();
+        assert!(walk.len() > 100, "{file}: {out}");
+        walks.push(walk.join("\n"));
+        assert!(out.contains("; effective r-x"), "{file}: {out}");
+        assert!(out.contains("gpa: 0x"), "{file}: {out}");
+        assert!(
+            out.contains("error: a memory dump does not run: nothing can change"),
+            "{out}"
+        );
+        assert!(
+            out.contains("error: an arm64 machine has no local APIC"),
+            "{out}"
+        );
+        assert!(out.contains(" maps physical 0x"), "{out}");
+        assert!(!out.contains("Remote connection closed"), "{out}");
+    }
+    assert_eq!(walks[0], walks[1], "the ELF and kdump walks differ");
+}
+
+/// Each CPU's TTBR0_EL1, TTBR1_EL1, TCR_EL1 as QEMU's gdbstub read them.
+fn sysregs(dir: &Path) -> Vec<HashMap<String, u64>> {
+    let text = std::fs::read_to_string(dir.join("sysregs")).unwrap();
+    let mut cpus: Vec<HashMap<String, u64>> = Vec::new();
+    let names = ["TTBR0_EL1", "TTBR1_EL1", "TCR_EL1"];
+    let values: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split_once(" = 0x"))
+        .map(|(_, v)| u64::from_str_radix(v.trim(), 16).unwrap())
+        .collect();
+    assert_eq!(values.len(), 6, "{text}");
+    for cpu in values.chunks(3) {
+        cpus.push(
+            names
+                .iter()
+                .map(|n| n.to_string())
+                .zip(cpu.iter().copied())
+                .collect(),
+        );
+    }
+    cpus
+}
+
+/// `spaces --scan` finds the processes' TTBR0 tables by their structure:
+/// every one QEMU's TTBR0 held that maps anything is among them, and
+/// through each that maps busybox's load address gdb reads the busybox
+/// binary the guest runs.
+#[test]
+fn processes_are_found_by_their_tables() {
+    let Some(dir) = arm64_fixture() else { return };
+    let busybox = std::fs::read(dir.join("busybox")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmem-gdbstub"))
+        .arg("spaces")
+        .arg(dir.join("dump.kdump"))
+        .arg("--scan")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let found: Vec<u64> = text
+        .lines()
+        .filter(|l| l.ends_with("found by its structure"))
+        .filter_map(|l| {
+            u64::from_str_radix(l.strip_prefix("space 0x")?.split(':').next()?, 16).ok()
+        })
+        .collect();
+    let dump = open(&dir.join("dump.kdump"));
+    for cpu in sysregs(dir) {
+        let root = cpu["TTBR0_EL1"] & 0x0000_ffff_ffff_f000;
+        let mut table = vec![0u8; 4096];
+        dump.ram().read(root, &mut table).unwrap();
+        if table.iter().any(|&b| b != 0) {
+            assert!(found.contains(&root), "TTBR0 {root:#x} not found: {text}");
+        }
+    }
+    let served = serve(dir, "dump.kdump", &[]);
+    let mut commands = vec!["monitor vmem spaces --scan".to_string()];
+    for root in &found {
+        commands.push(format!("monitor vmem use {root:#x}"));
+        commands.push(format!(
+            "printf \"B {root:x} %lx\\n\", *(unsigned long *)0x400000"
+        ));
+    }
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let out = gdb(&served, &commands);
+    let head = u64::from_le_bytes(busybox[..8].try_into().unwrap());
+    let processes = printed(&out, "B");
+    assert!(!processes.is_empty(), "{out}");
+    for (root, word) in &processes {
+        assert_eq!(*word, head, "space {root}: {out}");
+    }
+    assert!(processes.len() >= 2, "{out}");
+}
+
+/// gdb 18 reads the upper half's PAC mask and strips the PAC of the
+/// saved return address: the caller's frame is the function (by the
+/// kernel's kallsyms) holding x30 with its top bits set again.
+#[test]
+fn gdb_18_strips_pac_from_return_addresses() {
+    let Some(dir) = arm64_fixture() else { return };
+    let gdb18 = Path::new("/opt/gdb18/bin/gdb");
+    if !gdb18.exists() {
+        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "gdb 18 is missing (scripts/install-test-deps.sh)"
+        );
+        eprintln!("SKIPPED: no /opt/gdb18/bin/gdb");
+        return;
+    }
+    let dump = open(&dir.join("dump.elf"));
+    let mask = dump.vmcoreinfo().unwrap().number("KERNELPACMASK").unwrap() as u64;
+    let x30 = dump.aarch64_cpus()[0].x[30];
+    let lr = x30 | mask;
+    assert_ne!(lr, x30, "the fixture's x30 carries a PAC");
+    let served = serve(dir, "dump.elf", &[]);
+    let out = served.gdb_as(
+        gdb18.to_str().unwrap(),
+        &[],
+        &["p/x $pauth_cmask_high", "bt 2"],
+    );
+    assert!(out.contains(&format!("= {mask:#x}")), "{out}");
+    let caller = kallsyms_function(dir, lr);
+    assert!(
+        out.contains(&format!("#1  {lr:#018x} [PAC] in {caller} ()")),
+        "{caller}: {out}"
+    );
+}
+
+/// The function of the kernel's kallsyms listing holding `addr`.
+fn kallsyms_function(dir: &Path, addr: u64) -> String {
+    let listing = std::fs::read_to_string(dir.join("kallsyms")).unwrap();
+    let mut best = (0, String::new());
+    for line in listing.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(a), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let a = u64::from_str_radix(a, 16).unwrap_or(0);
+        if "tT".contains(kind) && a <= addr && a > best.0 {
+            best = (a, name.to_string());
+        }
+    }
+    best.1
+}
+
+/// lldb reads the same registers and memory.
+#[test]
+fn lldb_reads_the_arm64_dump_too() {
+    let Some(dir) = arm64_fixture() else { return };
+    if std::process::Command::new("lldb")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(!required, "lldb is missing");
+        eprintln!("SKIPPED: no lldb");
+        return;
+    }
+    let (words, _) = gdb_reads(dir);
+    let (&va, &word) = words.iter().min().unwrap();
+    let pc = qemu_registers(dir)[0]["PC"];
+    let served = serve(dir, "dump.kdump", &[]);
+    let out = std::process::Command::new("lldb")
+        .arg("--batch")
+        .args(["-o", &format!("gdb-remote 127.0.0.1:{}", served.port)])
+        .args(["-o", "register read pc"])
+        .args([
+            "-o",
+            &format!("memory read --format x --size 8 --count 1 {va:#x}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("lldb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(text.contains(&format!("pc = {pc:#018x}")), "{text}");
+    assert!(text.contains(&format!("{word:#018x}")), "{text}");
+}
+
+/// Without VMCOREINFO's `swapper_pg_dir` the kernel's table is found in
+/// RAM: the root QEMU's TTBR1 held, and kernel memory reads the same.
+#[test]
+fn the_kernel_table_is_found_without_vmcoreinfo() {
+    let Some(dir) = arm64_fixture() else { return };
+    let mut bytes = std::fs::read(dir.join("dump.kdump")).unwrap();
+    let needle = b"SYMBOL(swapper_pg_dir)=";
+    let mut hidden = 0;
+    for at in 0..bytes.len() - needle.len() {
+        if &bytes[at..at + needle.len()] == needle {
+            bytes[at + 7..at + 21].copy_from_slice(b"hidden_pg_root");
+            hidden += 1;
+        }
+    }
+    assert!(hidden > 0);
+    let copy = std::env::temp_dir().join(format!(
+        "vmem-arm64-novmcoreinfo-{}.kdump",
+        std::process::id()
+    ));
+    std::fs::write(&copy, &bytes).unwrap();
+    drop(bytes);
+    let dump = open(&copy);
+    let _ = std::fs::remove_file(&copy);
+    assert!(dump.vmcoreinfo().unwrap().kernel_root().is_none());
+    let kernel = dump.aarch64_kernel().expect("found in RAM");
+    assert!(kernel.how.contains("found in RAM"), "{}", kernel.how);
+    assert_eq!(
+        kernel.root,
+        sysregs(dir)[0]["TTBR1_EL1"] & 0x0000_ffff_ffff_f000
+    );
+    let (words, _) = gdb_reads(dir);
+    let tables = GuestTables::new(dump.ram(), kernel.root, None);
+    for (&va, &word) in &words {
+        let (pa, _) = vmem::translate_pa(&kernel.format, &tables, kernel.root, va).expect("mapped");
+        let mut buf = [0u8; 8];
+        dump.ram().read(pa, &mut buf).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), word, "{va:#x}");
     }
 }

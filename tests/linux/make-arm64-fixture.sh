@@ -13,6 +13,10 @@
 #                     release, swapper_pg_dir (this kernel has no
 #                     CONFIG_KALLSYMS_ALL: no data symbols in kallsyms, so
 #                     the last three are where its VMCOREINFO says)
+#   OUT/sysregs       each CPU's TTBR0_EL1, TTBR1_EL1 and TCR_EL1 as QEMU's
+#                     gdbstub read them then (the dump has no system
+#                     registers)
+#   OUT/busybox       the arm64 busybox the guest's processes run
 #   OUT/console.log   the guest's console
 # QEMU TCG boots it in seconds. Needs: apt-get, dpkg-deb, python3,
 # qemu-system-aarch64, gdb-multiarch.
@@ -22,7 +26,7 @@ out=${1:-$here/../../target/linux-arm64-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 . "$here/lib.sh"
-built "$out" Image kallsyms dump.elf dump.kdump registers gdb-reads && exit 0
+built "$out" Image kallsyms dump.elf dump.kdump registers gdb-reads sysregs busybox && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -45,6 +49,7 @@ apt-get -q $apt_options download "$image" busybox-static >/dev/null 2>&1
 dpkg-deb -x "$image"_*.deb kernel
 dpkg-deb -x busybox-static_*.deb busybox
 cp kernel/boot/vmlinuz-* "$out/Image"
+cp busybox/bin/busybox "$out/busybox"
 
 KALLSYMS_TO=console write_init init <<'INIT'
 sleep 1
@@ -79,10 +84,16 @@ gdb-multiarch -batch -nx -ex "target remote $work/gdb.sock" \
     -ex "x/8xg $(symbol _stext)" -ex "x/s $uts" -ex "x/s $uts+130" \
     -ex "x/8xg $(vmcoreinfo swapper_pg_dir)" -ex "info registers pc sp cpsr" \
     > "$out/gdb-reads.part" 2>&1
+# shellcheck disable=SC2016
+gdb-multiarch -batch -nx -ex "target remote $work/gdb.sock" \
+    -ex "thread 1" -ex 'p/x $TTBR0_EL1' -ex 'p/x $TTBR1_EL1' -ex 'p/x $TCR_EL1' \
+    -ex "thread 2" -ex 'p/x $TTBR0_EL1' -ex 'p/x $TTBR1_EL1' -ex 'p/x $TCR_EL1' \
+    > "$out/sysregs.part" 2>&1
 python3 "$here/hmp.py" "$work/monitor.sock" quit
 wait_exit $qemu
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/gdb-reads.part" "$out/gdb-reads"
+mv "$out/sysregs.part" "$out/sysregs"
 mv "$out/dump.part" "$out/dump.elf"
 mv "$out/dump.kdump.part" "$out/dump.kdump"
 echo "arm64 Linux fixture in $out"

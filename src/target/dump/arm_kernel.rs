@@ -54,7 +54,7 @@ impl ArmKernel {
             format,
             root,
             how: format!(
-                "found in RAM: the root mapping every CPU's pc and sp ({candidates} candidate(s), the fullest taken)"
+                "found in RAM: the root mapping every CPU's pc and sp ({candidates} candidate(s), the sparsest taken)"
             ),
             pac_mask,
         })
@@ -73,9 +73,10 @@ pub(crate) fn upper_half(info: &VmcoreInfo) -> Aarch64 {
 }
 
 /// The page of RAM whose tables (4 levels, else 3) map every CPU's
-/// upper-half pc and sp, with the most top-level entries of those that do
-/// (a leftover early table maps the kernel image alone); the format, the
-/// root and how many pages qualified.
+/// upper-half pc and sp, with the fewest top-level entries of those that
+/// do (the kernel uses a handful; a last-level table, full of page
+/// descriptors, can pass for a root by chance); the format, the root and
+/// how many pages qualified.
 fn scan(ram: &GuestRam, cpus: &[Aarch64Cpu]) -> Result<(Aarch64, PhysAddr, usize), String> {
     let addresses: Vec<u64> = cpus
         .iter()
@@ -116,7 +117,8 @@ fn scan(ram: &GuestRam, cpus: &[Aarch64Cpu]) -> Result<(Aarch64, PhysAddr, usize
                 }
                 candidates += 1;
                 let entries = valid_entries(ram, &format, root);
-                if best.is_none_or(|(most, _)| entries > most) {
+                log::debug!("arm64 kernel root candidate {root:#x}: {entries} top-level entries");
+                if best.is_none_or(|(fewest, _)| entries < fewest) {
                     best = Some((entries, root));
                 }
             }
