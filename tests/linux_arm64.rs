@@ -12,7 +12,7 @@ mod fixture;
 use std::collections::HashMap;
 use std::path::Path;
 
-use fixture::{arm64_fixture, qemu_registers, Served};
+use fixture::{arm64_fixture, have, qemu_registers, Served};
 use vmem_gdbstub::arch::aarch64::{Aarch64, Half};
 use vmem_gdbstub::target::{Dump, DumpArch, GuestTables};
 use vmem_gdbstub::vmem::{self, Perms};
@@ -378,7 +378,7 @@ fn gdb_reads_what_qemus_gdbstub_read() {
 
 /// The monitor on arm64: QEMU's `info registers` lines, the kernel's
 /// half as its current space (the root QEMU's TTBR1 held), the same walk
-/// from the ELF and the kdump file, rights of text and data, `$pc`
+/// from the ELF and the kdump file and from the tool offline, rights of text and data, `$pc`
 /// arithmetic, and what a dump cannot do said in one line.
 #[test]
 fn monitor_commands_work_on_arm64() {
@@ -443,6 +443,19 @@ fn monitor_commands_work_on_arm64() {
         assert!(!out.contains("Remote connection closed"), "{out}");
     }
     assert_eq!(walks[0], walks[1], "the ELF and kdump walks differ");
+    // The tool answers offline what the monitor answers through gdb.
+    let tool = std::process::Command::new(env!("CARGO_BIN_EXE_vmem-gdbstub"))
+        .arg("walk")
+        .arg(dir.join("dump.kdump"))
+        .args(["--limit", "100000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&tool.stdout);
+    let offline: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.contains(" mappings; "))
+        .collect();
+    assert_eq!(offline.join("\n"), walks[0]);
 }
 
 /// Each CPU's TTBR0_EL1, TTBR1_EL1, TCR_EL1 as QEMU's gdbstub read them.
@@ -525,14 +538,8 @@ fn processes_are_found_by_their_tables() {
 #[test]
 fn gdb_18_strips_pac_from_return_addresses() {
     let Some(dir) = arm64_fixture() else { return };
-    let gdb18 = Path::new("/opt/gdb18/bin/gdb");
-    if !gdb18.exists() {
-        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "gdb 18 is missing (scripts/install-test-deps.sh)"
-        );
-        eprintln!("SKIPPED: no /opt/gdb18/bin/gdb");
+    let gdb18 = "/opt/gdb18/bin/gdb";
+    if !have(gdb18) {
         return;
     }
     let dump = open(&dir.join("dump.elf"));
@@ -541,11 +548,7 @@ fn gdb_18_strips_pac_from_return_addresses() {
     let lr = x30 | mask;
     assert_ne!(lr, x30, "the fixture's x30 carries a PAC");
     let served = serve(dir, "dump.elf", &[]);
-    let out = served.gdb_as(
-        gdb18.to_str().unwrap(),
-        &[],
-        &["p/x $pauth_cmask_high", "bt 2"],
-    );
+    let out = served.gdb_as(gdb18, &[], &["p/x $pauth_cmask_high", "bt 2"]);
     assert!(out.contains(&format!("= {mask:#x}")), "{out}");
     let caller = kallsyms_function(dir, lr);
     assert!(
@@ -576,14 +579,7 @@ fn kallsyms_function(dir: &Path, addr: u64) -> String {
 #[test]
 fn lldb_reads_the_arm64_dump_too() {
     let Some(dir) = arm64_fixture() else { return };
-    if std::process::Command::new("lldb")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        let required = std::env::var("VMEM_GDBSTUB_REQUIRE_KVM").is_ok_and(|v| v == "1");
-        assert!(!required, "lldb is missing");
-        eprintln!("SKIPPED: no lldb");
+    if !have("lldb") {
         return;
     }
     let (words, _) = gdb_reads(dir);

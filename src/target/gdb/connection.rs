@@ -20,7 +20,7 @@ use super::packets::{self, Route};
 use super::rsp;
 use crate::target::kvm::qemu_flags::QemuFlags;
 use crate::target::sync::lock;
-use crate::target::wait::{self, Ready, WakeReceiver};
+use crate::target::wait::{self, Ready, WakeReceiver, Waker};
 
 /// A stream gdb talks over.
 #[derive(Debug)]
@@ -196,6 +196,24 @@ pub(crate) enum Input {
 }
 
 impl GdbConnection {
+    /// A new session's connection over `stream` (QEMU's physical-memory
+    /// mode off), with the waker that wakes its waits; `None`, logged,
+    /// when the socket cannot be set up.
+    pub(crate) fn start(
+        stream: Stream,
+        qemu: &Arc<QemuFlags>,
+        frozen: bool,
+    ) -> Option<(Waker, GdbConnection)> {
+        qemu.set_phys_mode(false);
+        let started = wait::wake_pair().and_then(|(waker, wake)| {
+            let conn = GdbConnection::new(stream, wake, Arc::clone(qemu), frozen)?;
+            Ok((waker, conn))
+        });
+        started
+            .map_err(|e| warn!("cannot start the gdb session: {e}"))
+            .ok()
+    }
+
     /// A session's connection over `stream`; vCPUs wake it through the
     /// waker paired with `wake`.
     pub(crate) fn new(

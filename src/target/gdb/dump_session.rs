@@ -16,7 +16,6 @@ use crate::target::error::StubError;
 use crate::target::kvm::shared::Inner;
 use crate::target::stub::ArmDumpTarget;
 use crate::target::sync::lock;
-use crate::target::wait;
 
 type Machine = GdbStubStateMachine<'static, ArmDumpTarget, ConnRef>;
 
@@ -28,16 +27,8 @@ pub(crate) fn run(inner: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
         warn!("no arm64 dump to serve");
         return;
     };
-    let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&inner.qemu), true)?;
-        Ok((waker, conn))
-    });
-    let (waker, conn) = match started {
-        Ok(started) => started,
-        Err(e) => {
-            warn!("cannot start the gdb session: {e}");
-            return;
-        }
+    let Some((waker, conn)) = GdbConnection::start(stream, &inner.qemu, true) else {
+        return;
     };
     let socket = conn.stream().try_clone().ok();
     inner.link.set_session(Some(waker));

@@ -28,7 +28,6 @@ use crate::target::kvm::lending::{Driver, Lent, LentSession, Turn};
 use crate::target::kvm::shared::Inner;
 use crate::target::stub::KvmTarget;
 use crate::target::sync::lock;
-use crate::target::wait;
 
 type Machine = GdbStubStateMachine<'static, KvmTarget, ConnRef>;
 
@@ -98,18 +97,9 @@ fn reclaim(lent: Lent) -> Option<Box<Session>> {
 pub(crate) fn run(inner: &Arc<Inner>, stream: Stream, gdb_gone: impl FnOnce()) {
     // A `Debugger::monitor` call in progress finishes first.
     let _holder = inner.link.hold();
-    inner.qemu.set_phys_mode(false);
-    let started = wait::wake_pair().and_then(|(waker, wake)| {
-        let frozen = inner.frozen.is_some();
-        let conn = GdbConnection::new(stream, wake, Arc::clone(&inner.qemu), frozen)?;
-        Ok((waker, conn))
-    });
-    let (waker, conn) = match started {
-        Ok(started) => started,
-        Err(e) => {
-            warn!("cannot start the gdb session: {e}");
-            return;
-        }
+    let frozen = inner.frozen.is_some();
+    let Some((waker, conn)) = GdbConnection::start(stream, &inner.qemu, frozen) else {
+        return;
     };
     // Kept to end a lent reader's reads, and to close the socket at the end.
     let socket = conn.stream().try_clone().ok();
