@@ -136,18 +136,25 @@ impl ArmDumpTarget {
         Ok(done)
     }
 
-    /// lldb's `qMemoryRegionInfo` for `addr`, from the kernel's half (or
-    /// physical RAM in the physical view).
+    /// lldb's `qMemoryRegionInfo` for `addr`, from the kernel's half and
+    /// the chosen process's (or physical RAM in the physical view).
     pub(crate) fn region_info(&self, addr: u64) -> String {
         let mut cached = self.regions.borrow_mut();
         if cached.as_ref().is_none_or(|(view, _)| *view != self.view) {
+            let memory = &self.inner.memory;
             let map = match self.paging() {
                 Some(paging) => {
+                    // The lower half (a chosen process's), then the
+                    // kernel's: in address order.
+                    let lower = paging.user_root.map(|root| {
+                        regions::mapped(&paging.lower(), &GuestTables::new(memory, root, None))
+                    });
                     let root = paging.kernel_root;
-                    let tables = GuestTables::new(&self.inner.memory, root, None);
-                    regions::mapped(&paging.kernel, &tables)
+                    let kernel =
+                        regions::mapped(&paging.kernel, &GuestTables::new(memory, root, None));
+                    lower.into_iter().flatten().chain(kernel).collect()
                 }
-                None => regions::physical(self.inner.memory.ranges()),
+                None => regions::physical(memory.ranges()),
             };
             *cached = Some((self.view, map));
         }
