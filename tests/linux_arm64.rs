@@ -643,3 +643,45 @@ fn the_kernel_table_is_found_without_vmcoreinfo() {
         assert_eq!(u64::from_le_bytes(buf), word, "{va:#x}");
     }
 }
+
+/// Cut short or corrupted, an arm64 kdump file is refused in one line or
+/// served — registers, the kernel's walk (its table from VMCOREINFO, or
+/// searched for in RAM when the mutation hid it) — never a panic.
+#[test]
+fn lying_arm64_dumps_get_one_line_and_never_panic() {
+    let Some(dir) = arm64_fixture() else { return };
+    let tmp = std::env::temp_dir().join(format!("vmem-arm64-mutants-{}", std::process::id()));
+    let original = std::fs::read(dir.join("dump.kdump")).unwrap();
+    let mut mutants = fixture::mutants(&original);
+    // VMCOREINFO's kernel table hidden: the search runs on the mutant.
+    let mut hidden = original.clone();
+    let needle = b"SYMBOL(swapper_pg_dir)=";
+    for at in 0..hidden.len() - needle.len() {
+        if &hidden[at..at + needle.len()] == needle {
+            hidden[at + 7] = b'X';
+        }
+    }
+    mutants.push(hidden);
+    for (i, m) in mutants.iter().enumerate() {
+        std::fs::write(&tmp, m).unwrap();
+        match Dump::open(&tmp) {
+            Err(e) => {
+                let line = e.to_string();
+                assert!(!line.is_empty() && !line.contains('\n'), "#{i}: {line}");
+            }
+            Ok(dump) => {
+                let debugger = vmem_gdbstub::target::Debugger::from_dump(dump).build();
+                for line in [
+                    "info registers",
+                    "vmem walk --limit 20",
+                    "vmem translate $pc",
+                    "x /4gx $sp",
+                ] {
+                    let text = debugger.monitor(line).expect("monitor");
+                    assert!(!text.is_empty(), "#{i} {line}");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+}

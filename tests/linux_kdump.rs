@@ -290,47 +290,7 @@ fn lying_kdump_files_get_one_line_and_never_panic() {
     let tmp = std::env::temp_dir().join(format!("vmem-kdump-mutants-{}", std::process::id()));
     for source in ["dump.kdump-plain", "dump.kdump"] {
         let original = std::fs::read(dir.join(source)).unwrap();
-        let len = original.len();
-        let mut mutants: Vec<Vec<u8>> = [
-            1,
-            100,
-            500,
-            4096,
-            4200,
-            8192,
-            9000,
-            20000,
-            70000,
-            200000,
-            1 << 20,
-            len / 2,
-            len - 1,
-        ]
-        .iter()
-        .filter(|&&n| n < len)
-        .map(|&n| original[..n].to_vec())
-        .collect();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for round in 0..40 {
-            let mut m = original.clone();
-            // Half in the headers, bitmaps and descriptors, half anywhere.
-            let span = if round % 2 == 0 {
-                len.min(1 << 20)
-            } else {
-                len
-            };
-            for _ in 0..1 + next() % 16 {
-                let at = (next() % span as u64) as usize;
-                m[at] = next() as u8;
-            }
-            mutants.push(m);
-        }
+        let mutants = fixture::mutants(&original);
         for (i, m) in mutants.iter().enumerate() {
             std::fs::write(&tmp, m).unwrap();
             match Dump::open(&tmp) {
