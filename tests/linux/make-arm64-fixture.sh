@@ -7,6 +7,8 @@
 #   OUT/dump.elf      QEMU's dump-guest-memory of that boot (virt, -cpu max,
 #                     2 vCPUs, 512 MiB, -device vmcoreinfo)
 #   OUT/dump.kdump    the same moment in QEMU's kdump-zlib (flattened)
+#   OUT/dump2.elf     a second dump, after the guest started one more
+#                     process (a line sent to its console)
 #   OUT/registers     QEMU's `info registers -a` at that moment
 #   OUT/gdb-reads     what QEMU's own gdbstub read then (gdb-multiarch):
 #                     kernel text (_stext), init_uts_ns's sysname and
@@ -26,7 +28,7 @@ out=${1:-$here/../../target/linux-arm64-fixture}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 . "$here/lib.sh"
-built "$out" Image kallsyms dump.elf dump.kdump registers gdb-reads sysregs busybox && exit 0
+built "$out" Image kallsyms dump.elf dump.kdump dump2.elf registers gdb-reads sysregs busybox && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -54,6 +56,10 @@ cp busybox/bin/busybox "$out/busybox"
 KALLSYMS_TO=console write_init init <<'INIT'
 sleep 1
 echo READY
+read -r go
+sleep 100001 &
+sleep 1
+echo STARTED
 exec sleep 100000
 INIT
 build_initramfs initramfs.cpio init
@@ -62,7 +68,8 @@ build_initramfs initramfs.cpio init
 qemu-system-aarch64 -machine virt -cpu max -smp 2 -m 512 -display none -nodefaults -no-reboot \
     -kernel "$out/Image" -initrd initramfs.cpio -device vmcoreinfo \
     -append "console=ttyAMA0 panic=-1 quiet" \
-    -serial "file:$out/console.log" \
+    -chardev "socket,id=console,path=$work/console.sock,server=on,wait=off,logfile=$out/console.log" \
+    -serial chardev:console \
     -gdb "unix:$work/gdb.sock,server=on,wait=off" \
     -monitor "unix:$work/monitor.sock,server,nowait" &
 qemu=$!
@@ -89,11 +96,17 @@ gdb-multiarch -batch -nx -ex "target remote $work/gdb.sock" \
     -ex "thread 1" -ex 'p/x $TTBR0_EL1' -ex 'p/x $TTBR1_EL1' -ex 'p/x $TCR_EL1' \
     -ex "thread 2" -ex 'p/x $TTBR0_EL1' -ex 'p/x $TTBR1_EL1' -ex 'p/x $TCR_EL1' \
     > "$out/sysregs.part" 2>&1
-python3 "$here/hmp.py" "$work/monitor.sock" quit
+# One more process, then the second dump.
+python3 "$here/hmp.py" "$work/monitor.sock" cont
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"go\n")' \
+    "$work/console.sock"
+wait_console "$out/console.log" STARTED 60 $qemu
+python3 "$here/hmp.py" "$work/monitor.sock" stop "dump-guest-memory $out/dump2.part" quit
 wait_exit $qemu
 mv "$out/kallsyms.part" "$out/kallsyms"
 mv "$out/gdb-reads.part" "$out/gdb-reads"
 mv "$out/sysregs.part" "$out/sysregs"
 mv "$out/dump.part" "$out/dump.elf"
 mv "$out/dump.kdump.part" "$out/dump.kdump"
+mv "$out/dump2.part" "$out/dump2.elf"
 echo "arm64 Linux fixture in $out"

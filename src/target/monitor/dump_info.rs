@@ -44,16 +44,20 @@ pub(crate) fn info_dump(ctx: &Context<'_>, out: &mut String) -> Result<(), CmdEr
         "  KASLR offset: {}",
         or_none(info.kernel_offset().map(|o| format!("{o:#x}")))
     );
-    for number in [
-        "phys_base",
-        "kimage_voffset",
-        "PHYS_OFFSET",
-        "VA_BITS",
-        "pgtable_l5_enabled",
+    // Addresses in hex, counts and flags in decimal.
+    for (number, address) in [
+        ("phys_base", true),
+        ("kimage_voffset", true),
+        ("PHYS_OFFSET", true),
+        ("VA_BITS", false),
+        ("pgtable_l5_enabled", false),
+        ("KERNELPACMASK", true),
     ] {
-        if let Some(value) = info.number(number) {
-            let _ = writeln!(out, "  {number}: {value:#x}");
-        }
+        let _ = match info.number(number) {
+            Some(value) if address => writeln!(out, "  {number}: {value:#x}"),
+            Some(value) => writeln!(out, "  {number}: {value}"),
+            None => Ok(()),
+        };
     }
     match info.kernel_root() {
         Some((root, how)) => {
