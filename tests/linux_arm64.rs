@@ -8,6 +8,10 @@
 //! against the ELF one; the kernel's symbols from the dump itself.
 
 mod fixture;
+#[path = "mmu/rng.rs"]
+mod rng;
+#[path = "demo/rsp.rs"]
+mod rsp;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -798,4 +802,71 @@ fn diff_between_two_arm64_dumps_agrees_with_translation() {
         sampled += 1;
     }
     assert!(sampled > 50, "{sampled}");
+}
+
+/// Hostile packets to an arm64 dump's session — reads and writes at
+/// absurd addresses and lengths, register numbers past the file, threads
+/// that do not exist, monitor lines that point gdb's reads through
+/// garbage "process tables", target-description reads past its end —
+/// are each answered, and gdb-multiarch attaches afterwards.
+#[test]
+fn hostile_packets_leave_the_arm64_session_serving() {
+    let Some(dir) = arm64_fixture() else { return };
+    let served = serve(dir, "dump.kdump", &[]);
+    let addrs = [
+        0u64,
+        0x4000_0000,
+        0x0000_ffff_ffff_f000,
+        0xffff_0000_0000_0000,
+        0xffff_ffff_ffff_fff0,
+        0x8000_0000_0000_0000,
+        u64::MAX,
+    ];
+    let lens = [0u64, 1, 0x1000, 0x10_0000, 0xffff_ffff, u64::MAX];
+    let mut rng = rng::Rng(0x5eed_a64d);
+    let mut client = rsp::Rsp::connect(served.port);
+    let (mut sent, mut answered) = (0, 0);
+    for _ in 0..20_000 {
+        let addr = *rng.pick(&addrs) ^ (rng.below(1 << 20) << 12);
+        let len = *rng.pick(&lens);
+        let tid = *rng.pick(&["0", "-1", "1", "2", "3", "7fffffff", "zz", ""]);
+        let payload = match rng.below(9) {
+            0 => format!("m{addr:x},{len:x}"),
+            1 => format!("x{addr:x},{len:x}"),
+            2 => format!("M{addr:x},4:deadbeef"),
+            3 => format!("p{:x}", rng.below(300)),
+            4 => format!("Hg{tid}"),
+            5 => "g".to_string(),
+            6 => format!("qThreadExtraInfo,{tid}"),
+            7 => format!(
+                "qXfer:features:read:target.xml:{:x},{len:x}",
+                rng.below(1 << 16)
+            ),
+            _ => {
+                let line = match rng.below(4) {
+                    0 => format!("vmem use {addr:#x}"),
+                    1 => format!("vmem walk --space {addr:#x} --limit 5"),
+                    2 => format!("x /4gx {addr:#x}"),
+                    _ => "vmem use current".to_string(),
+                };
+                let hex: String = line.bytes().map(|b| format!("{b:02x}")).collect();
+                format!("qRcmd,{hex}")
+            }
+        };
+        sent += 1;
+        match client.request(payload.as_bytes()) {
+            rsp::Reply::Packet(_) => answered += 1,
+            rsp::Reply::Timeout => panic!("unanswered: {payload}"),
+            rsp::Reply::Closed => panic!("closed after {payload}"),
+        }
+        // A monitor command answers in several packets: get back in step.
+        if payload.starts_with("qRcmd") {
+            assert!(client.resync(), "{payload}");
+        }
+    }
+    assert_eq!(answered, sent);
+    drop(client);
+    let pc = qemu_registers(dir)[0]["PC"];
+    let out = gdb(&served, &["p/x $pc"]);
+    assert!(out.contains(&format!("= {pc:#x}")), "{out}");
 }
