@@ -568,7 +568,8 @@ fn kallsyms_function(dir: &Path, addr: u64) -> String {
     best.1
 }
 
-/// lldb reads the same registers and memory.
+/// lldb reads the same registers and memory, names frames with the
+/// saved symbol file, and sees the kernel's regions with their rights.
 #[test]
 fn lldb_reads_the_arm64_dump_too() {
     let Some(dir) = arm64_fixture() else { return };
@@ -578,23 +579,46 @@ fn lldb_reads_the_arm64_dump_too() {
     let (words, _) = gdb_reads(dir);
     let (&va, &word) = words.iter().min().unwrap();
     let pc = qemu_registers(dir)[0]["PC"];
-    let served = serve(dir, "dump.kdump", &[]);
+    let symbols = std::env::temp_dir().join(format!("vmem-arm64-lldb-{}.elf", std::process::id()));
+    let _ = std::fs::remove_file(&symbols);
+    let served = serve(
+        dir,
+        "dump.kdump",
+        &["--save-symbols", symbols.to_str().unwrap()],
+    );
     let out = std::process::Command::new("lldb")
         .arg("--batch")
+        .arg(&symbols)
         .args(["-o", &format!("gdb-remote 127.0.0.1:{}", served.port)])
         .args(["-o", "register read pc"])
         .args([
             "-o",
             &format!("memory read --format x --size 8 --count 1 {va:#x}"),
         ])
+        .args([
+            "-o",
+            "bt 1",
+            "-o",
+            "memory region $pc",
+            "-o",
+            "memory region $sp",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .expect("lldb");
+    let _ = std::fs::remove_file(&symbols);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     eprintln!("{text}");
     assert!(text.contains(&format!("pc = {pc:#018x}")), "{text}");
     assert!(text.contains(&format!("{word:#018x}")), "{text}");
+    // The saved symbols name the frame; the regions come from the
+    // kernel's tables: text r-x, the stack rw-.
+    assert!(text.contains("`cpu_do_idle + "), "{text}");
+    let regions: Vec<&str> = text.lines().filter(|l| l.starts_with("[0x")).collect();
+    assert_eq!(regions.len(), 2, "{text}");
+    assert!(regions[0].contains(") r-x"), "{text}");
+    assert!(regions[1].contains(") rw-"), "{text}");
 }
 
 /// Without VMCOREINFO's `swapper_pg_dir` the kernel's table is found in
