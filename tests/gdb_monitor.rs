@@ -580,7 +580,7 @@ fn audit_names_what_is_unsafe_in_the_demo_layout() {
         "{out}"
     );
     assert!(
-        out.contains("user pages the kernel may execute (no SMEP): 0"),
+        out.contains("user pages the kernel may execute (no SMEP or PXN): 0"),
         "{out}"
     );
     for root in [a, b] {

@@ -443,7 +443,7 @@ fn audit_of_linux_finds_no_writable_code() {
         "{out}"
     );
     assert!(
-        out.contains("user pages the kernel may execute (no SMEP): 0"),
+        out.contains("user pages the kernel may execute (no SMEP or PXN): 0"),
         "{out}"
     );
     let tables = number_after(&out, "page-table pages mapped writable: ").unwrap();

@@ -1,6 +1,6 @@
 //! `monitor vmem audit`: what in the page tables is unsafe — mappings both
 //! writable and executable, user pages in the kernel half, user pages the
-//! kernel may execute (no SMEP), page-table pages mapped writable, and one
+//! kernel may execute (no SMEP or PXN), page-table pages mapped writable, and one
 //! physical page writable in one place and executable in another (W^X
 //! broken through an alias). Each finding names the VA range, the PA and
 //! the leaf entry that grants it.
@@ -190,7 +190,7 @@ fn leaf_kinds() -> [Kind; 4] {
     [
         Kind::new("writable and executable"),
         Kind::new("user-accessible in the kernel half"),
-        Kind::new("user pages the kernel may execute (no SMEP)"),
+        Kind::new("user pages the kernel may execute (no SMEP or PXN)"),
         Kind::new("page-table pages mapped writable"),
     ]
 }
