@@ -40,6 +40,7 @@ impl ArmKernel {
             .map(|m| m as u64)
             .filter(|&m| m != 0);
         if let Some(info) = info {
+            supported(info)?;
             if let Some((root, how)) = info.kernel_root() {
                 return Ok(ArmKernel {
                     format: upper_half(info),
@@ -58,6 +59,22 @@ impl ArmKernel {
             ),
             pac_mask,
         })
+    }
+}
+
+/// Whether the walker reads this kernel's tables: a 4 KiB granule, 39- or
+/// 48-bit VAs (not 16/64 KiB pages, not 52-bit LPA2).
+fn supported(info: &VmcoreInfo) -> Result<(), String> {
+    if let Some(size) = info.page_size().filter(|&s| s != 4096) {
+        return Err(format!(
+            "the kernel uses {size}-byte pages: only the 4 KiB granule is read"
+        ));
+    }
+    match info.number("VA_BITS") {
+        None | Some(39) | Some(48) => Ok(()),
+        Some(bits) => Err(format!(
+            "the kernel uses {bits}-bit addresses: only 39 and 48 bits are read"
+        )),
     }
 }
 
@@ -85,8 +102,7 @@ fn scan(ram: &GuestRam, cpus: &[Aarch64Cpu]) -> Result<(Aarch64, PhysAddr, usize
         .collect();
     let Some(&first) = addresses.first() else {
         return Err(
-            "no VMCOREINFO, and no CPU was in the kernel: the kernel's table cannot be found"
-                .into(),
+            "VMCOREINFO names no kernel table, and no CPU was in the kernel to find it by".into(),
         );
     };
     for levels in [4, 3] {
@@ -127,7 +143,10 @@ fn scan(ram: &GuestRam, cpus: &[Aarch64Cpu]) -> Result<(Aarch64, PhysAddr, usize
             return Ok((format, root, candidates));
         }
     }
-    Err("no VMCOREINFO, and no page of RAM maps the CPUs' kernel addresses".into())
+    Err(
+        "VMCOREINFO names no kernel table, and no page of RAM maps the CPUs' kernel addresses"
+            .into(),
+    )
 }
 
 /// How many of `root`'s top-level entries are tables or blocks.
@@ -157,4 +176,80 @@ pub(crate) struct ArmDump {
     pub cpus: Vec<Aarch64Cpu>,
     /// The kernel's translation.
     pub kernel: ArmKernel,
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::target::machine::memory::TablePool;
+    use crate::vmem::{BasicMapping, MapRequest, MappingKind, TableOps};
+
+    const KERNEL_VA: u64 = 0xffff_8000_1000_0000;
+
+    /// RAM with the kernel's tables at some root mapping KERNEL_VA (2 MiB
+    /// of it) to 0x20_0000, and a decoy page full of page descriptors.
+    fn ram_with_kernel() -> (GuestRam, u64) {
+        let ranges = [(GuestAddress(0), 8 << 20)];
+        let mem = GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap());
+        let pool = TablePool::new(0x40_0000..0x50_0000);
+        let root = GuestTables::new(&mem, 0, Some(&pool))
+            .alloc_table()
+            .unwrap();
+        let tables = GuestTables::new(&mem, root, Some(&pool));
+        let rw = MappingKind::Basic(BasicMapping {
+            readable: true,
+            writable: true,
+            executable: true,
+        });
+        let request = MapRequest::new(KERNEL_VA, 0x20_0000, 0x20_0000, rw);
+        vmem::map(&Aarch64::UPPER_48, &tables, request).unwrap();
+        // A last-level table's worth of page descriptors, earlier in RAM.
+        let decoy: Vec<u8> = (0..512u64)
+            .flat_map(|i| (0x10_0000 + i * 0x1000 | 0x703).to_le_bytes())
+            .collect();
+        mem.write(0x1000, &decoy).unwrap();
+        (mem, root)
+    }
+
+    fn cpu_at(pc: u64) -> Aarch64Cpu {
+        Aarch64Cpu {
+            pc,
+            sp: pc + 0x1000,
+            ..Default::default()
+        }
+    }
+
+    /// Without VMCOREINFO the root mapping the CPUs' pc and sp is found;
+    /// CPUs outside the kernel, or tables that map nothing of theirs, are
+    /// a one-line error.
+    #[test]
+    fn the_kernel_root_is_found_by_what_the_cpus_use() {
+        let (mem, root) = ram_with_kernel();
+        let found = ArmKernel::find(&mem, None, &[cpu_at(KERNEL_VA + 0x40)]).unwrap();
+        assert_eq!((found.root, found.format), (root, Aarch64::UPPER_48));
+        assert!(found.how.contains("found in RAM"), "{}", found.how);
+        let user = ArmKernel::find(&mem, None, &[cpu_at(0x40_0000)]).unwrap_err();
+        assert!(user.contains("no CPU was in the kernel"), "{user}");
+        let elsewhere = ArmKernel::find(&mem, None, &[cpu_at(0xffff_9000_0000_0000)]).unwrap_err();
+        assert!(elsewhere.contains("no page of RAM"), "{elsewhere}");
+    }
+
+    /// VMCOREINFO's table is taken as it says; granules and VA sizes the
+    /// walker does not read are refused in one line.
+    #[test]
+    fn vmcoreinfo_names_the_table_and_its_shape() {
+        let (mem, _) = ram_with_kernel();
+        let info = |text: &str| VmcoreInfo::parse(text.as_bytes());
+        let named = info("SYMBOL(swapper_pg_dir)=ffff800011000000\nNUMBER(kimage_voffset)=0xffff7fffd1000000\nNUMBER(VA_BITS)=39\nNUMBER(KERNELPACMASK)=0xff80000000000000\n");
+        let kernel = ArmKernel::find(&mem, Some(&named), &[]).unwrap();
+        assert_eq!(kernel.root, 0x4000_0000);
+        assert_eq!(kernel.format, Aarch64::UPPER_39);
+        assert_eq!(kernel.pac_mask, Some(0xff80_0000_0000_0000));
+        for text in ["PAGESIZE=65536\n", "NUMBER(VA_BITS)=52\n"] {
+            let why = ArmKernel::find(&mem, Some(&info(text)), &[]).unwrap_err();
+            assert!(why.contains("only"), "{why}");
+        }
+    }
 }

@@ -78,11 +78,11 @@ pub(crate) struct Context<'a> {
     pub pool: Option<&'a TablePool>,
     /// Paging format of the current vCPU (`None`: paging off); on arm64
     /// the kernel's half (TTBR1).
-    pub format: Option<&'a (dyn PageTableFormat + Sync)>,
+    pub format: Option<Format<'a>>,
     /// arm64: the format of every root but the current one, which is the
     /// kernel's (TTBR1): the others are processes' TTBR0 tables, the
     /// lower half. `None`: every root has `format` (x86).
-    pub lower_half: Option<&'a (dyn PageTableFormat + Sync)>,
+    pub lower_half: Option<Format<'a>>,
     /// Root of the current space (`None`: paging off).
     pub root: Option<u64>,
     /// The bits of a CR3 value that name the root table in this mode.
@@ -115,10 +115,7 @@ pub(crate) struct Context<'a> {
 impl<'a> Context<'a> {
     /// The format the tables at `root` are in: `format`, except on arm64
     /// where only the kernel's root is TTBR1's (see `lower_half`).
-    pub(crate) fn format_of(
-        &self,
-        root: u64,
-    ) -> Result<&'a (dyn PageTableFormat + Sync), CmdError> {
+    pub(crate) fn format_of(&self, root: u64) -> Result<Format<'a>, CmdError> {
         match (self.lower_half, self.root) {
             (Some(lower), Some(kernel)) if root != kernel => Ok(lower),
             _ => self
