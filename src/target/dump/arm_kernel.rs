@@ -207,7 +207,7 @@ mod tests {
         vmem::map(&Aarch64::UPPER_48, &tables, request).unwrap();
         // A last-level table's worth of page descriptors, earlier in RAM.
         let decoy: Vec<u8> = (0..512u64)
-            .flat_map(|i| (0x10_0000 + i * 0x1000 | 0x703).to_le_bytes())
+            .flat_map(|i| ((0x10_0000 + i * 0x1000) | 0x703).to_le_bytes())
             .collect();
         mem.write(0x1000, &decoy).unwrap();
         (mem, root)
