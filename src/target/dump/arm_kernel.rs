@@ -80,7 +80,7 @@ fn supported(info: &VmcoreInfo) -> Result<(), String> {
 
 /// The arm64 kernel's half (TTBR1) for the VA size VMCOREINFO gives
 /// (`NUMBER(VA_BITS)`: 39 is three levels, else four).
-pub(crate) fn upper_half(info: &VmcoreInfo) -> Aarch64 {
+fn upper_half(info: &VmcoreInfo) -> Aarch64 {
     let levels = if info.number("VA_BITS") == Some(39) {
         3
     } else {

@@ -11,7 +11,7 @@ use log::debug;
 use memmap2::{Mmap, MmapOptions};
 
 use crate::arch::PageTableFormat;
-use crate::target::dump::arm_kernel::{upper_half, ArmKernel};
+use crate::target::dump::arm_kernel::ArmKernel;
 use crate::target::dump::contents::Contents;
 use crate::target::dump::cpu::{Aarch64Cpu, DumpArch, DumpCpu};
 use crate::target::dump::elf_dump;
@@ -141,20 +141,24 @@ impl Dump {
     /// through the kernel's page tables; why not where it cannot be.
     pub fn kallsyms(&self) -> Result<String, String> {
         let info = self.vmcoreinfo().ok_or("the dump has no VMCOREINFO")?;
-        let (root, _) = info
-            .kernel_root()
-            .ok_or("VMCOREINFO names no kernel page table")?;
         let x86;
-        let (format, offsets): (&dyn PageTableFormat, Offsets) = match self.arch {
-            DumpArch::Aarch64 => (&upper_half(info), Offsets::Relative),
+        let (format, root, offsets): (&dyn PageTableFormat, u64, Offsets) = match self.arch {
+            // The one arm64 kernel translation the debugger uses too.
+            DumpArch::Aarch64 => {
+                let kernel = self.aarch64_kernel()?;
+                (&kernel.format, kernel.root, Offsets::Relative)
+            }
             _ => {
+                let (root, _) = info
+                    .kernel_root()
+                    .ok_or("VMCOREINFO names no kernel page table")?;
                 let cpu = self.cpus.first().ok_or("the dump has no CPU")?;
                 let Paging::Paged { format, .. } = Paging::of(&cpu.sregs, &CpuLimits::default())
                 else {
                     return Err("the first CPU has paging off".into());
                 };
                 x86 = format;
-                (x86.as_dyn(), Offsets::AbsolutePercpu)
+                (x86.as_dyn(), root, Offsets::AbsolutePercpu)
             }
         };
         let tables = GuestTables::new(&self.ram, root, None);
